@@ -1,0 +1,3 @@
+from mrsa.cli import main
+
+main()

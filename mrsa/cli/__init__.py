@@ -1,0 +1,22 @@
+"""The ``mrsa`` command line (typer). Each command group lives in its own module."""
+
+from __future__ import annotations
+
+import typer
+
+from mrsa.cli.backend_cmd import backend
+from mrsa.cli.solve import solve
+
+app = typer.Typer(
+    name="mrsa",
+    help="Markovian RSA: recursive self-aggregation of reasoning tails, as a CLI, a job service and benchmarks.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+app.command()(solve)
+app.command()(backend)
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,302 @@
+"""``mrsa solve``: run Markovian RSA on one problem, in-process, with live progress."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from pydantic import ValidationError
+from rich.live import Live
+from rich.table import Table
+
+from mrsa.backends.base import BackendError
+from mrsa.backends.embedded import EmbeddedUnavailable
+from mrsa.backends.factory import BACKEND_KINDS, open_backend
+from mrsa.backends.http import HttpOptions
+from mrsa.cli.common import EXIT_USAGE, err_console, fail, out_console, print_json
+from mrsa.domain import Event, JobResult, JobSpec, JobStatus
+from mrsa.engine.limits import ContextBudgetError, check_context
+from mrsa.engine.prompts import UnknownPromptSetError, check_prompt_set
+from mrsa.params import PRESETS, RSAParams, UnknownPresetError, describe_validation_error, resolve_params
+from mrsa.settings import get_settings
+
+PRESET_HELP = (
+    f"Named parameter set: {', '.join(PRESETS)}. Default: smoke on the embedded model, zaya1 with --backend."
+)
+
+
+def build_params(preset: str | None, embedded: bool, overrides: dict[str, Any]) -> RSAParams:
+    """Resolve preset + flags, exiting 2 with a one-line message naming the field on bad input."""
+    sampling = {k: overrides.pop(k) for k in ("temperature", "top_p", "top_k") if k in overrides}
+    if any(v is not None for v in sampling.values()):
+        overrides["sampling"] = sampling
+    try:
+        params = resolve_params(preset or ("smoke" if embedded else None), overrides)
+        check_prompt_set(params.prompts)
+    except UnknownPresetError as exc:
+        fail(str(exc), EXIT_USAGE)
+    except UnknownPromptSetError as exc:
+        fail(str(exc), EXIT_USAGE)
+    except ValidationError as exc:
+        fail(describe_validation_error(exc), EXIT_USAGE)
+    return params
+
+
+def read_problem(problem: str | None, file: Path | None) -> str:
+    if file is not None:
+        if problem is not None:
+            fail("give the problem as an argument or with --file, not both", EXIT_USAGE)
+        try:
+            problem = file.read_text(encoding="utf-8")
+        except OSError as exc:
+            fail(f"--file: cannot read {file}: {exc.strerror}", EXIT_USAGE)
+    if problem is not None and problem.strip() == "-":
+        problem = sys.stdin.read()
+    if problem is None or not problem.strip():
+        fail("problem: give a non-empty problem (argument, --file PATH, or - for stdin)", EXIT_USAGE)
+    return problem.strip()
+
+
+class Progress:
+    """Live progress: round, candidates done of N, tokens/s and the current vote distribution."""
+
+    def __init__(self, params: RSAParams) -> None:
+        self.params = params
+        self.round = 0
+        self.done = 0
+        self.decode = 0
+        self.started = time.monotonic()
+        self.answers: dict[str, int] = {}
+        self.status = "starting"
+
+    def on_event(self, event: Event) -> None:
+        if event.type == "candidate":
+            if event.round != self.round:
+                self.round, self.answers = event.round or 0, {}
+            self.done = event.done or self.done
+            self.decode += event.decode_tokens or 0
+            key = event.answer if event.answer is not None else "(none)"
+            self.answers[key] = self.answers.get(key, 0) + 1
+        elif event.type == "round":
+            self.round, self.done, self.answers = event.round or 0, 0, {}
+        elif event.type in ("status", "done") and event.status is not None:
+            self.status = event.status.value
+
+    def render(self) -> Table:
+        elapsed = max(1e-6, time.monotonic() - self.started)
+        table = Table.grid(padding=(0, 2))
+        table.add_row(
+            f"[bold]round[/] {self.round}/{self.params.rounds}",
+            f"[bold]candidates[/] {self.done}/{self.params.population}",
+            f"[bold]tokens/s[/] {self.decode / elapsed:.1f}",
+            f"[bold]elapsed[/] {elapsed:.0f}s",
+        )
+        top = sorted(self.answers.items(), key=lambda kv: -kv[1])[:5]
+        table.add_row("[bold]votes[/] " + ("  ".join(f"{a[:24]}×{n}" for a, n in top) or "—"))
+        return table
+
+
+def render_result(result: JobResult) -> None:
+    stats = Table(title="Rounds", show_lines=False)
+    for col in ("round", "candidates", "finished", "truncated", "decode tok", "prompt tok", "top answers"):
+        stats.add_column(col, justify="right" if col not in ("top answers",) else "left")
+    for r in result.rounds:
+        top = ", ".join(f"{v.answer[:20]}×{v.count}" for v in r.votes[:3]) or "—"
+        finished = sum(1 for c in r.candidates if c.finish_reason == "stop")
+        stats.add_row(
+            str(r.index),
+            str(len(r.candidates)),
+            str(finished),
+            str(r.truncated),
+            str(r.usage.decode_tokens),
+            str(r.usage.prompt_tokens),
+            top,
+        )
+    out_console.print(stats)
+    votes = Table(title="Final votes")
+    votes.add_column("answer")
+    votes.add_column("votes", justify="right")
+    votes.add_column("finished", justify="right")
+    for v in result.votes:
+        votes.add_row(v.answer, str(v.count), str(v.finished))
+    if result.votes:
+        out_console.print(votes)
+    u = result.usage
+    out_console.print(
+        f"decode tokens {u.decode_tokens} · prompt tokens {u.prompt_tokens} · requests {u.requests} · "
+        f"{result.elapsed_s:.1f}s"
+    )
+    if result.status != JobStatus.succeeded:
+        out_console.print(f"[bold red]{result.status.value}[/]: {result.error}")
+    else:
+        out_console.print(
+            f"[bold green]answer:[/] {result.answer if result.answer is not None else '(no answer)'}"
+        )
+
+
+async def _solve(
+    spec: JobSpec,
+    backend_url: str | None,
+    backend_kind: str,
+    options: HttpOptions,
+    concurrency: int | None,
+    trace_dir: Path | None,
+    redis_url: str | None,
+    show_progress: bool,
+) -> JobResult:
+    from workers.inprocess import InProcessRunner
+
+    async with open_backend(
+        backend_url, backend_kind, model=spec.model, options=options, trace_dir=trace_dir
+    ) as backend:
+        info = await backend.info()
+        await check_context(backend, spec)
+        if spec.model is None and info.model is not None:
+            spec = spec.model_copy(update={"model": info.model})
+        store = queue = None
+        if redis_url is not None:
+            from mrsa.store.redis import open_redis
+
+            store, queue = await open_redis(redis_url)
+        capacity = concurrency or info.capacity
+        async with InProcessRunner(backend, store, queue, capacity=capacity) as runner:
+            progress = Progress(spec.params)
+            if not show_progress:
+                return await runner.solve(spec)
+            if err_console.is_terminal:
+                with Live(progress.render(), console=err_console, refresh_per_second=4) as live:
+
+                    def update(event: Event) -> None:
+                        progress.on_event(event)
+                        live.update(progress.render())
+
+                    return await runner.solve(spec, update)
+
+            def log_line(event: Event) -> None:
+                progress.on_event(event)
+                if event.type in ("round", "done") or (
+                    event.type == "candidate" and progress.done == spec.params.population
+                ):
+                    err_console.print(progress.render())
+
+            return await runner.solve(spec, log_line)
+
+
+def solve(
+    problem: Annotated[str | None, typer.Argument(help="The problem text ('-' reads stdin).")] = None,
+    file: Annotated[Path | None, typer.Option("--file", "-f", help="Read the problem from a file.")] = None,
+    preset: Annotated[str | None, typer.Option(help=PRESET_HELP)] = None,
+    population: Annotated[int | None, typer.Option(help="N: candidates per round.")] = None,
+    subset: Annotated[int | None, typer.Option(help="K: tails per aggregation prompt.")] = None,
+    rounds: Annotated[int | None, typer.Option(help="T: aggregation rounds after round 0.")] = None,
+    budget: Annotated[int | None, typer.Option(help="β: max decode tokens of one candidate.")] = None,
+    tail: Annotated[int | None, typer.Option(help="τ: model tokens carried forward per candidate.")] = None,
+    chunk: Annotated[
+        int | None, typer.Option(help="Delethink chunk size in tokens (off by default).")
+    ] = None,
+    carryover: Annotated[int | None, typer.Option(help="Tokens a chunked candidate continues from.")] = None,
+    tail_source: Annotated[str | None, typer.Option(help="trace, reasoning or answer_or_tail.")] = None,
+    selection: Annotated[str | None, typer.Option(help="majority, aggregate or population.")] = None,
+    aggregate_temperature: Annotated[
+        float | None, typer.Option(help="Temperature of the final aggregation.")
+    ] = None,
+    temperature: Annotated[float | None, typer.Option(help="Sampling temperature.")] = None,
+    top_p: Annotated[float | None, typer.Option(help="Nucleus sampling mass.")] = None,
+    top_k: Annotated[int | None, typer.Option(help="Top-k (-1 = off).")] = None,
+    seed: Annotated[int | None, typer.Option(help="Job seed (all random choices derive from it).")] = None,
+    prompts: Annotated[str | None, typer.Option(help="Prompt template set under prompts/.")] = None,
+    backend: Annotated[
+        str | None,
+        typer.Option(
+            "--backend", help="Inference server URL [env MRSA_BACKEND_URL]; unset = embedded model."
+        ),
+    ] = None,
+    backend_kind: Annotated[
+        str | None, typer.Option(help=f"Server type: {', '.join(BACKEND_KINDS)} [env MRSA_BACKEND_KIND].")
+    ] = None,
+    model: Annotated[
+        str | None, typer.Option(help="Model id [env MRSA_MODEL]; default: the server's first.")
+    ] = None,
+    concurrency: Annotated[
+        int | None, typer.Option(help="Requests in flight (default: server capacity).")
+    ] = None,
+    timeout: Annotated[float | None, typer.Option(help="Backend read timeout, seconds.")] = None,
+    retries: Annotated[int | None, typer.Option(help="Backend retries on 429/5xx/timeouts.")] = None,
+    redis: Annotated[
+        str | None, typer.Option("--redis", help="Run through Redis at this URL [env MRSA_REDIS_URL].")
+    ] = None,
+    json_out: Annotated[
+        bool, typer.Option("--json", help="Print one JSON object (the result) on stdout.")
+    ] = False,
+    trace: Annotated[
+        Path | None, typer.Option("--trace", help="Write every backend request/response to DIR.")
+    ] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")] = False,
+) -> None:
+    """Solve one problem with Markovian RSA and print the answer with per-round stats."""
+    settings = get_settings()
+    backend_url = backend or settings.backend_url
+    text = read_problem(problem, file)
+    overrides: dict[str, Any] = {
+        "population": population,
+        "subset": subset,
+        "rounds": rounds,
+        "budget": budget,
+        "tail": tail,
+        "chunk": chunk,
+        "carryover": carryover,
+        "tail_source": tail_source,
+        "selection": selection,
+        "aggregate_temperature": aggregate_temperature,
+        "temperature": temperature,
+        "top_p": top_p,
+        "top_k": top_k,
+        "seed": seed,
+        "prompts": prompts,
+    }
+    params = build_params(preset, backend_url is None, overrides)
+    kind = backend_kind or settings.backend_kind
+    if kind not in BACKEND_KINDS:
+        fail(f"backend-kind: unknown {kind!r}; choose one of {', '.join(BACKEND_KINDS)}", EXIT_USAGE)
+    if concurrency is not None and concurrency < 1:
+        fail("concurrency: must be ≥ 1", EXIT_USAGE)
+    try:
+        options = HttpOptions(
+            timeout_s=timeout or settings.backend_timeout_s,
+            max_retries=settings.backend_retries if retries is None else retries,
+            concurrency=concurrency or settings.backend_concurrency or 8,
+        )
+    except ValidationError as exc:
+        fail(describe_validation_error(exc), EXIT_USAGE)
+    spec = JobSpec(problem=text, params=params, model=model or settings.model)
+    try:
+        result = asyncio.run(
+            _solve(
+                spec,
+                backend_url,
+                kind,
+                options,
+                concurrency,
+                trace,
+                redis or settings.redis_url,
+                show_progress=not (quiet or json_out),
+            )
+        )
+    except KeyboardInterrupt:
+        fail("cancelled (Ctrl-C); the embedded server was stopped", 130)
+    except ContextBudgetError as exc:
+        fail(str(exc), EXIT_USAGE)
+    except (BackendError, EmbeddedUnavailable) as exc:
+        fail(str(exc))
+    except OSError as exc:
+        fail(f"{type(exc).__name__}: {exc}")
+    if json_out:
+        print_json(result)
+    else:
+        render_result(result)
+    if result.status != JobStatus.succeeded:
+        raise typer.Exit(1)

@@ -1,0 +1,183 @@
+"""The wire contract: jobs, tasks, candidates, usage and results (pydantic models).
+
+These models are what the store persists, what workers exchange through the queue and what the
+API and ``mrsa solve --json`` return. Keep them free of behaviour beyond small derived values.
+"""
+
+from __future__ import annotations
+
+import time
+from enum import StrEnum
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from mrsa.params import RSAParams
+
+FinishReason = Literal["stop", "length", "abort", "error"]
+
+
+class JobStatus(StrEnum):
+    """Lifecycle of a job. ``succeeded``, ``failed`` and ``cancelled`` are terminal."""
+
+    queued = "queued"
+    running = "running"
+    succeeded = "succeeded"
+    failed = "failed"
+    cancelled = "cancelled"
+
+    @property
+    def terminal(self) -> bool:
+        return self in (JobStatus.succeeded, JobStatus.failed, JobStatus.cancelled)
+
+
+class Usage(BaseModel):
+    """Token usage. The ZAYA1 report counts decode tokens only (D(q)); prompt tokens are kept apart."""
+
+    decode_tokens: int = 0
+    prompt_tokens: int = 0
+    requests: int = 0
+
+    def __add__(self, other: Usage) -> Usage:
+        return Usage(
+            decode_tokens=self.decode_tokens + other.decode_tokens,
+            prompt_tokens=self.prompt_tokens + other.prompt_tokens,
+            requests=self.requests + other.requests,
+        )
+
+
+class JobSpec(BaseModel):
+    """What a user asked for: the problem, the resolved parameters and the model id."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    problem: str = Field(min_length=1, description="The problem statement (LaTeX allowed).")
+    params: RSAParams
+    model: str | None = Field(None, description="Model id passed to the inference server.")
+
+
+class Task(BaseModel):
+    """One unit of work on the queue: one candidate of one round, or the final aggregation call.
+
+    ``parents`` are the previous round's candidate indices whose tails go into the prompt; they are
+    planned once when the round is planned, so a redelivered task builds the same prompt.
+    """
+
+    job_id: str
+    kind: Literal["candidate", "select"] = "candidate"
+    round: int
+    index: int
+    parents: list[int] = Field(default_factory=list)
+
+    @property
+    def key(self) -> str:
+        return f"{self.job_id}:{self.kind}:{self.round}:{self.index}"
+
+
+class ChunkCheckpoint(BaseModel):
+    """State of a chunked (Delethink) candidate after ``chunks`` completed requests."""
+
+    chunks: int
+    text: str
+    token_ids: list[int] | None = None
+    usage: Usage = Field(default_factory=Usage)
+    finish_reason: FinishReason = "length"
+
+
+class Candidate(BaseModel):
+    """One generated candidate with everything needed to inspect, aggregate and grade it."""
+
+    round: int
+    index: int
+    parents: list[int] = Field(default_factory=list)
+    prompt: str = Field("", description="The user prompt this candidate answered.")
+    reasoning: str | None = None
+    content: str = ""
+    trace: str = Field("", description="Raw trace: reasoning + '</think>' + content when reasoning exists.")
+    finish_reason: FinishReason = "stop"
+    answer: str | None = None
+    usage: Usage = Field(default_factory=Usage)
+    chunks: int = 1
+    tail: str = Field("", description="The text carried to the next round.")
+    tail_tokens: int = Field(0, description="Length of the tail in model tokens.")
+    source_tokens: int = Field(0, description="Length in model tokens of the text the tail was cut from.")
+    finished_at: float = Field(default_factory=time.time)
+
+    @property
+    def finished(self) -> bool:
+        return self.finish_reason == "stop"
+
+
+class Vote(BaseModel):
+    answer: str
+    count: int
+    finished: int = Field(0, description="Votes from candidates that finished (not truncated).")
+
+
+class CandidateSummary(BaseModel):
+    index: int
+    answer: str | None
+    finish_reason: FinishReason
+    decode_tokens: int
+    prompt_tokens: int
+    tail_tokens: int
+    source_tokens: int
+    parents: list[int]
+
+
+class RoundSummary(BaseModel):
+    index: int
+    usage: Usage
+    truncated: int
+    votes: list[Vote]
+    candidates: list[CandidateSummary]
+
+
+class JobResult(BaseModel):
+    """The result of a finished job (also the shape of ``mrsa solve --json``)."""
+
+    job_id: str
+    status: JobStatus
+    answer: str | None
+    selection: str
+    error: str | None = None
+    params: RSAParams
+    model: str | None = None
+    usage: Usage
+    votes: list[Vote]
+    answers: list[str | None] = Field(
+        default_factory=list, description="Final-round answers of every candidate (selection 'population')."
+    )
+    rounds: list[RoundSummary]
+    elapsed_s: float = 0.0
+
+
+class Job(BaseModel):
+    """A job as stored: spec, owner, status and progress counters."""
+
+    id: str
+    spec: JobSpec
+    owner: str = "local"
+    status: JobStatus = JobStatus.queued
+    round: int = 0
+    error: str | None = None
+    created_at: float = Field(default_factory=time.time)
+    updated_at: float = Field(default_factory=time.time)
+    finished_at: float | None = None
+    answer: str | None = None
+
+
+class Event(BaseModel):
+    """A progress event of one job (served as server-sent events and read by ``mrsa watch``)."""
+
+    type: Literal["status", "candidate", "round", "done"]
+    job_id: str
+    status: JobStatus | None = None
+    round: int | None = None
+    index: int | None = None
+    answer: str | None = None
+    finish_reason: FinishReason | None = None
+    decode_tokens: int | None = None
+    done: int | None = Field(None, description="Candidates of the round stored so far.")
+    error: str | None = None
+    at: float = Field(default_factory=time.time)

@@ -1,0 +1,52 @@
+"""Deterministic planning: subsets of parents per aggregation prompt and per-request seeds.
+
+Every random choice of a job derives from its seed and the position it is made for (round,
+index, chunk), never from process state, so a rerun or a redelivered task makes the same choice.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+
+from mrsa.domain import Task
+from mrsa.params import RSAParams
+
+
+def derive_seed(seed: int, *path: object) -> int:
+    """A 31-bit seed for ``path`` under ``seed`` (stable across processes and Python versions)."""
+    material = ":".join([str(seed), *(str(p) for p in path)]).encode()
+    return int.from_bytes(hashlib.blake2b(material, digest_size=8).digest(), "big") & 0x7FFFFFFF
+
+
+def plan_subsets(seed: int, round_index: int, population: int, subset: int, prompts: int) -> list[list[int]]:
+    """For each of ``prompts`` aggregation prompts of round ``round_index``, ``subset`` distinct
+    parent indices drawn uniformly from ``range(population)``: without replacement within a prompt,
+    independently across prompts."""
+    if not 1 <= subset <= population:
+        raise ValueError(f"subset must be in 1..{population}, got {subset}")
+    out: list[list[int]] = []
+    for index in range(prompts):
+        rng = random.Random(derive_seed(seed, "subset", round_index, index))
+        out.append(rng.sample(range(population), subset))
+    return out
+
+
+def request_seed(seed: int, round_index: int, index: int, chunk: int = 0) -> int:
+    """The sampling seed sent with one request."""
+    return derive_seed(seed, "request", round_index, index, chunk)
+
+
+def round_tasks(job_id: str, params: RSAParams, round_index: int) -> list[Task]:
+    """The N tasks of a round; round 0 has no parents."""
+    if round_index == 0:
+        return [Task(job_id=job_id, round=0, index=i) for i in range(params.population)]
+    subsets = plan_subsets(params.seed, round_index, params.population, params.subset, params.population)
+    return [
+        Task(job_id=job_id, round=round_index, index=i, parents=parents) for i, parents in enumerate(subsets)
+    ]
+
+
+def selection_subset(params: RSAParams) -> list[int]:
+    """Parents of the final aggregation call (selection ``aggregate``)."""
+    return plan_subsets(params.seed, params.rounds + 1, params.population, params.subset, 1)[0]

@@ -1,0 +1,62 @@
+"""Prompt templates: plain text files under ``prompts/NAME/`` (``string.Template`` syntax).
+
+The problem always comes first and is byte-identical across a job's prompts, so vLLM/SGLang
+prefix caching reuses it. Installed wheels carry the templates as ``mrsa/_prompts``; a source
+checkout reads the top-level ``prompts/`` folder.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from pathlib import Path
+from string import Template
+
+_FILES = ("round0", "aggregate", "aggregate_single", "candidate", "continue")
+
+
+class UnknownPromptSetError(ValueError):
+    def __init__(self, name: str) -> None:
+        super().__init__(f"prompts: unknown prompt set {name!r}; available: {', '.join(available_sets())}")
+
+
+def prompts_root() -> Path:
+    packaged = Path(__file__).resolve().parent.parent / "_prompts"
+    if packaged.is_dir():
+        return packaged
+    return Path(__file__).resolve().parents[2] / "prompts"
+
+
+def available_sets() -> list[str]:
+    root = prompts_root()
+    return sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+
+
+@cache
+def _template(prompt_set: str, name: str) -> Template:
+    path = prompts_root() / prompt_set / f"{name}.txt"
+    if not path.is_file():
+        raise UnknownPromptSetError(prompt_set)
+    return Template(path.read_text(encoding="utf-8").rstrip("\n"))
+
+
+def check_prompt_set(prompt_set: str) -> None:
+    """Raise :class:`UnknownPromptSetError` unless every template of the set exists."""
+    for name in _FILES:
+        _template(prompt_set, name)
+
+
+def round0_prompt(prompt_set: str, problem: str) -> str:
+    return _template(prompt_set, "round0").substitute(problem=problem)
+
+
+def aggregation_prompt(prompt_set: str, problem: str, tails: list[str]) -> str:
+    """The aggregation prompt holding ``tails`` in order (K = 1 uses the single-attempt wording)."""
+    block = _template(prompt_set, "candidate")
+    candidates = "\n\n".join(block.substitute(number=i + 1, tail=t) for i, t in enumerate(tails))
+    name = "aggregate_single" if len(tails) == 1 else "aggregate"
+    return _template(prompt_set, name).substitute(problem=problem, k=len(tails), candidates=candidates)
+
+
+def continuation_prompt(prompt_set: str, prompt: str, carryover: str) -> str:
+    """A new-turn continuation, for servers that cannot continue an assistant prefill raw."""
+    return _template(prompt_set, "continue").substitute(prompt=prompt, carryover=carryover)

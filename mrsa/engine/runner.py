@@ -1,0 +1,242 @@
+"""The event-driven job engine (DESIGN §2): no coordinator process.
+
+A job is stored and its round-0 tasks enqueued. Whoever runs a task generates that candidate and
+stores it; the worker that stores the last candidate of round t plans round t+1 (or, after round
+T, selects the answer and finishes the job). The round advance is a compare-and-set in the store,
+so a redelivered completion never plans a round twice.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Sequence
+
+from mrsa import metrics
+from mrsa.backends.base import Backend, BackendError, Message
+from mrsa.domain import (
+    Candidate,
+    CandidateSummary,
+    Event,
+    Job,
+    JobResult,
+    JobSpec,
+    JobStatus,
+    RoundSummary,
+    Task,
+    Usage,
+)
+from mrsa.engine import prompts
+from mrsa.engine.answers import extract_answer
+from mrsa.engine.generation import _request, generate_candidate, load_parents
+from mrsa.engine.planning import request_seed, round_tasks, selection_subset
+from mrsa.engine.selection import majority, tally
+from mrsa.store.base import JobStore
+
+
+def new_job_id() -> str:
+    return uuid.uuid4().hex[:16]
+
+
+def summarise_round(index: int, candidates: Sequence[Candidate]) -> RoundSummary:
+    usage = Usage()
+    for c in candidates:
+        usage = usage + c.usage
+    return RoundSummary(
+        index=index,
+        usage=usage,
+        truncated=sum(1 for c in candidates if c.finish_reason == "length"),
+        votes=tally(candidates),
+        candidates=[
+            CandidateSummary(
+                index=c.index,
+                answer=c.answer,
+                finish_reason=c.finish_reason,
+                decode_tokens=c.usage.decode_tokens,
+                prompt_tokens=c.usage.prompt_tokens,
+                tail_tokens=c.tail_tokens,
+                source_tokens=c.source_tokens,
+                parents=c.parents,
+            )
+            for c in candidates
+        ],
+    )
+
+
+class Engine:
+    """Runs tasks of Markovian RSA jobs against one backend, with state in a :class:`JobStore`."""
+
+    def __init__(self, store: JobStore, backend: Backend) -> None:
+        self.store = store
+        self.backend = backend
+
+    # -- submission --------------------------------------------------------------------------------
+
+    async def submit(self, spec: JobSpec, owner: str = "local", job_id: str | None = None) -> Job:
+        """Store a job and enqueue its round-0 tasks."""
+        job = Job(id=job_id or new_job_id(), spec=spec, owner=owner)
+        await self.store.create_job(job, round_tasks(job.id, spec.params, 0))
+        await self.store.add_event(job.id, Event(type="status", job_id=job.id, status=JobStatus.queued))
+        return job
+
+    # -- tasks -------------------------------------------------------------------------------------
+
+    async def run_task(self, task: Task) -> None:
+        """Run one task to completion (idempotent: a redelivered task finds its result stored)."""
+        job = await self.store.get_job(task.job_id)
+        if job is None or job.status.terminal:
+            return
+        if job.status == JobStatus.queued:
+            await self.store.mark_running(job.id)
+            await self.store.add_event(job.id, Event(type="status", job_id=job.id, status=JobStatus.running))
+        if task.kind == "select":
+            await self._run_select(job, task)
+            return
+        params = job.spec.params
+        stored = await self.store.get_candidates(job.id, task.round, [task.index])
+        if stored:
+            count = await self.store.save_candidate(job.id, stored[0])
+        else:
+            priority = self._priority(task)
+            cand = await generate_candidate(
+                self.backend, self.store, job.id, job.spec.problem, params, task, priority
+            )
+            count = await self.store.save_candidate(job.id, cand)
+            metrics.CANDIDATES.labels(cand.finish_reason).inc()
+            metrics.DECODE_TOKENS.inc(cand.usage.decode_tokens)
+            metrics.PROMPT_TOKENS.inc(cand.usage.prompt_tokens)
+            await self.store.add_event(
+                job.id,
+                Event(
+                    type="candidate",
+                    job_id=job.id,
+                    round=task.round,
+                    index=task.index,
+                    answer=cand.answer,
+                    finish_reason=cand.finish_reason,
+                    decode_tokens=cand.usage.decode_tokens,
+                    done=count,
+                ),
+            )
+        if count >= params.population:
+            await self._round_complete(job, task.round)
+
+    @staticmethod
+    def _priority(task: Task) -> int:
+        """Later rounds first: they unblock a job's progress (used where the server enables it)."""
+        return -task.round
+
+    async def _round_complete(self, job: Job, round_index: int) -> None:
+        params = job.spec.params
+        if round_index < params.rounds:
+            won = await self.store.advance_round(
+                job.id, round_index, round_tasks(job.id, params, round_index + 1)
+            )
+            if won:
+                metrics.ROUNDS_COMPLETED.inc()
+                await self.store.add_event(job.id, Event(type="round", job_id=job.id, round=round_index + 1))
+            return
+        if params.selection == "aggregate":
+            select = Task(
+                job_id=job.id, kind="select", round=round_index + 1, index=0, parents=selection_subset(params)
+            )
+            if await self.store.advance_round(job.id, round_index, [select]):
+                metrics.ROUNDS_COMPLETED.inc()
+            return
+        await self.finish(job.id)
+
+    async def _run_select(self, job: Job, task: Task) -> None:
+        """Selection ``aggregate``: one more aggregation call at a lower temperature."""
+        params = job.spec.params
+        stored = await self.store.get_candidates(job.id, task.round, [0])
+        if not stored:
+            parents = await load_parents(self.store, job.id, task)
+            prompt = prompts.aggregation_prompt(params.prompts, job.spec.problem, [p.tail for p in parents])
+            tag: dict[str, str | int] = {
+                "job": job.id,
+                "round": task.round,
+                "index": 0,
+                "chunk": 0,
+                "kind": "select",
+            }
+            req = _request(
+                params,
+                [Message(role="user", content=prompt)],
+                params.budget,
+                request_seed(params.seed, task.round, 0),
+                tag,
+                temperature=params.aggregate_temperature,
+            )
+            result = (await self.backend.generate(req))[0]
+            cand = Candidate(
+                round=task.round,
+                index=0,
+                parents=list(task.parents),
+                prompt=prompt,
+                reasoning=result.reasoning,
+                content=result.content,
+                trace=result.trace,
+                finish_reason=result.finish_reason,
+                answer=extract_answer(result.content, result.trace, result.finish_reason == "stop"),
+                usage=Usage(
+                    decode_tokens=result.completion_tokens, prompt_tokens=result.prompt_tokens, requests=1
+                ),
+            )
+            await self.store.save_candidate(job.id, cand)
+        await self.finish(job.id)
+
+    # -- results -----------------------------------------------------------------------------------
+
+    async def build_result(self, job: Job, status: JobStatus, error: str | None = None) -> JobResult:
+        params = job.spec.params
+        rounds = []
+        usage = Usage()
+        for r in range(params.rounds + 1):
+            cands = await self.store.get_candidates(job.id, r)
+            if not cands:
+                break
+            summary = summarise_round(r, cands)
+            usage = usage + summary.usage
+            rounds.append(summary)
+        final = rounds[-1] if rounds and len(rounds[-1].candidates) == params.population else None
+        votes = final.votes if final else []
+        answer = majority(votes)
+        if params.selection == "aggregate":
+            chosen = await self.store.get_candidates(job.id, params.rounds + 1, [0])
+            if chosen:
+                usage = usage + chosen[0].usage
+                answer = chosen[0].answer or answer
+        return JobResult(
+            job_id=job.id,
+            status=status,
+            answer=answer if status == JobStatus.succeeded else None,
+            selection=params.selection,
+            error=error,
+            params=params,
+            model=job.spec.model,
+            usage=usage,
+            votes=votes,
+            answers=[c.answer for c in final.candidates] if final else [],
+            rounds=rounds,
+            elapsed_s=round(time.time() - job.created_at, 3),
+        )
+
+    async def finish(
+        self, job_id: str, status: JobStatus = JobStatus.succeeded, error: str | None = None
+    ) -> bool:
+        """Build the result and record the terminal state once."""
+        job = await self.store.get_job(job_id)
+        if job is None or job.status.terminal:
+            return False
+        result = await self.build_result(job, status, error)
+        won = await self.store.finish_job(job_id, result)
+        if won:
+            metrics.JOBS_FINISHED.labels(status.value).inc()
+            await self.store.add_event(
+                job_id, Event(type="done", job_id=job_id, status=status, answer=result.answer, error=error)
+            )
+        return won
+
+    async def fail(self, job_id: str, error: BaseException | str) -> bool:
+        reason = str(error) if isinstance(error, str | BackendError) else f"{type(error).__name__}: {error}"
+        return await self.finish(job_id, JobStatus.failed, reason)

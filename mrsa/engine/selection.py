@@ -1,0 +1,40 @@
+"""Votes and majority selection over a population of candidates."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from mrsa.domain import Candidate, Vote
+from mrsa.engine.equivalence import cluster
+
+
+def tally(candidates: Sequence[Candidate]) -> list[Vote]:
+    """Votes per equivalence class of answers, most votes first (finished votes break ties, then
+    first appearance). Candidates without an answer do not vote."""
+    voters = [c for c in candidates if c.answer is not None]
+    groups = cluster([c.answer for c in voters if c.answer is not None])
+    votes = []
+    for order, group in enumerate(groups):
+        members = [voters[i] for i in group]
+        votes.append(
+            (
+                Vote(
+                    answer=members[0].answer or "",
+                    count=len(members),
+                    finished=sum(1 for m in members if m.finished),
+                ),
+                order,
+            )
+        )
+    votes.sort(key=lambda vo: (-vo[0].count, -vo[0].finished, vo[1]))
+    return [v for v, _ in votes]
+
+
+def majority(votes: Sequence[Vote]) -> str | None:
+    """The majority answer, preferring finished candidates: when any finished candidate answered,
+    only finished votes count; otherwise all votes do."""
+    if not votes:
+        return None
+    if any(v.finished for v in votes):
+        return max(votes, key=lambda v: v.finished).answer  # max keeps the first of equals
+    return votes[0].answer

@@ -1,0 +1,177 @@
+"""The validated knobs of Markovian RSA: sampling, algorithm parameters and named presets.
+
+Everything a user can set is a pydantic model with a description, so the CLI's ``--help``, the
+REST API's OpenAPI schema and the error messages all come from this one place.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+TailSource = Literal["trace", "reasoning", "answer_or_tail"]
+Selection = Literal["majority", "aggregate", "population"]
+
+# Upper limits: generous for real use, tight enough that a typo (an extra zero) is caught early.
+MAX_POPULATION = 512
+MAX_SUBSET = 64
+MAX_ROUNDS = 64
+MAX_BUDGET = 1_048_576
+
+
+class SamplingParams(BaseModel):
+    """Sampling settings passed to the inference server for every candidate."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    temperature: float = Field(1.0, ge=0.0, le=5.0, description="Sampling temperature.")
+    top_p: float = Field(1.0, gt=0.0, le=1.0, description="Nucleus sampling mass.")
+    top_k: int = Field(-1, ge=-1, description="Top-k cut-off; -1 disables it.")
+
+
+class RSAParams(BaseModel):
+    """Parameters of one Markovian RSA run (DESIGN §1)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    population: int = Field(16, ge=1, le=MAX_POPULATION, description="N: candidates per round.")
+    subset: int = Field(
+        4, ge=1, le=MAX_SUBSET, description="K: candidate tails shown in one aggregation prompt."
+    )
+    rounds: int = Field(
+        2, ge=0, le=MAX_ROUNDS, description="T: aggregation rounds after round 0 (T+1 generation stages)."
+    )
+    budget: int = Field(40960, ge=1, le=MAX_BUDGET, description="β: max decode tokens of one candidate.")
+    tail: int = Field(
+        4096, ge=1, le=MAX_BUDGET, description="τ: model tokens of each candidate carried forward."
+    )
+    chunk: int | None = Field(
+        None,
+        ge=1,
+        le=MAX_BUDGET,
+        description="Delethink chunk: max generated tokens held in one request's context (off when unset).",
+    )
+    carryover: int = Field(
+        512, ge=0, le=MAX_BUDGET, description="Tokens of its own output a chunked candidate continues from."
+    )
+    tail_source: TailSource = Field(
+        "trace",
+        description="What the tail is cut from: the raw trace, the reasoning only, or the answer when "
+        "finished else the reasoning tail.",
+    )
+    selection: Selection = Field("majority", description="How the final answer is chosen after round T.")
+    aggregate_temperature: float = Field(
+        0.6, ge=0.0, le=5.0, description="Temperature of the final aggregation call (selection 'aggregate')."
+    )
+    sampling: SamplingParams = Field(default_factory=SamplingParams)
+    seed: int = Field(0, ge=0, le=2**63 - 1, description="Job seed: every random choice derives from it.")
+    prompts: str = Field(
+        "v1", pattern=r"^[A-Za-z0-9_.-]+$", description="Prompt template set (prompts/NAME)."
+    )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> RSAParams:
+        if self.subset > self.population:
+            raise ValueError(
+                f"subset: K={self.subset} must be ≤ population N={self.population} "
+                "(tails are drawn without replacement within a prompt)"
+            )
+        if self.tail > self.budget:
+            raise ValueError(f"tail: τ={self.tail} must be ≤ budget β={self.budget}")
+        if self.chunk is not None:
+            if self.carryover >= self.chunk:
+                raise ValueError(f"carryover: {self.carryover} must be < chunk {self.chunk}")
+            if self.chunk > self.budget:
+                raise ValueError(f"chunk: {self.chunk} must be ≤ budget β={self.budget}")
+        return self
+
+    @property
+    def stages(self) -> int:
+        """Generation stages: round 0 plus T aggregation rounds."""
+        return self.rounds + 1
+
+    @property
+    def request_tokens(self) -> int:
+        """The most decode tokens one request may hold in its context (chunk, else budget)."""
+        return self.chunk if self.chunk is not None else self.budget
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "zaya1": {
+        "population": 16,
+        "subset": 4,
+        "rounds": 2,
+        "budget": 40960,
+        "tail": 4096,
+        "sampling": {"temperature": 1.0, "top_p": 1.0, "top_k": -1},
+    },
+    "zaya1-extra-high": {
+        "population": 32,
+        "subset": 4,
+        "rounds": 8,
+        "budget": 32768,
+        "tail": 4096,
+        "sampling": {"temperature": 1.0, "top_p": 1.0, "top_k": -1},
+    },
+    "rsa-paper": {
+        "population": 16,
+        "subset": 4,
+        "rounds": 9,
+        "budget": 8192,
+        "tail": 8192,
+        "sampling": {"temperature": 1.0, "top_p": 1.0, "top_k": -1},
+    },
+    # Tiny, for the embedded SmolLM2-135M on a CPU (8192-token context) and for tests:
+    # |q| + K·τ + β stays far inside the context and a run takes seconds.
+    "smoke": {
+        "population": 4,
+        "subset": 2,
+        "rounds": 1,
+        "budget": 96,
+        "tail": 48,
+        "sampling": {"temperature": 0.8, "top_p": 0.95, "top_k": 40},
+    },
+}
+DEFAULT_PRESET = "zaya1"
+
+
+class UnknownPresetError(ValueError):
+    """A preset name that is not in :data:`PRESETS`."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"preset: unknown preset {name!r}; choose one of {', '.join(sorted(PRESETS))}")
+        self.name = name
+
+
+def _merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in overrides.items():
+        if value is None:
+            continue
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def resolve_params(preset: str | None = None, overrides: dict[str, Any] | None = None) -> RSAParams:
+    """Build :class:`RSAParams` from a preset plus overrides (``None`` values are ignored).
+
+    Raises :class:`UnknownPresetError` or pydantic's ``ValidationError``.
+    """
+    name = preset or DEFAULT_PRESET
+    if name not in PRESETS:
+        raise UnknownPresetError(name)
+    return RSAParams.model_validate(_merge(PRESETS[name], overrides or {}))
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    """One line naming the field and the reason, for CLI messages."""
+    parts = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"] if p != "__root__")
+        msg = str(err["msg"]).removeprefix("Value error, ")
+        parts.append(msg if not loc or msg.startswith(loc.split(".")[-1] + ":") else f"{loc}: {msg}")
+    return "; ".join(parts)

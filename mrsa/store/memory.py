@@ -1,0 +1,234 @@
+"""In-memory ``JobStore`` and ``TaskQueue`` for ``mrsa solve`` and tests.
+
+Single event loop, no persistence. It keeps the same semantics as the Redis implementation
+(idempotent writes, compare-and-set round advance, pending tasks, reclaim after idle, dead letters)
+so the engine cannot tell them apart and the same contract tests run on both.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from mrsa.domain import Candidate, ChunkCheckpoint, Event, Job, JobResult, JobStatus, Task
+from mrsa.store.base import Delivery, QueueStats
+
+
+@dataclass
+class _Pending:
+    consumer: str
+    delivery: Delivery
+    last_seen: float
+
+
+class MemoryTaskQueue:
+    """A FIFO of tasks with a pending list, like a Redis Stream with one consumer group."""
+
+    def __init__(self, max_deliveries: int = 5) -> None:
+        self.max_deliveries = max_deliveries
+        self._ids = itertools.count(1)
+        self._ready: deque[Delivery] = deque()
+        self._pending: dict[str, _Pending] = {}
+        self._dead: list[Delivery] = []
+        self._cond = asyncio.Condition()
+
+    async def enqueue(self, tasks: Sequence[Task]) -> None:
+        async with self._cond:
+            for task in tasks:
+                self._ready.append(Delivery(id=str(next(self._ids)), task=task, deliveries=0))
+            self._cond.notify_all()
+
+    async def take(self, consumer: str, count: int, block_ms: int) -> list[Delivery]:
+        if count <= 0:
+            return []
+        async with self._cond:
+            if not self._ready and block_ms > 0:
+                try:
+                    await asyncio.wait_for(self._cond.wait_for(lambda: bool(self._ready)), block_ms / 1000)
+                except TimeoutError:
+                    return []
+            out: list[Delivery] = []
+            while self._ready and len(out) < count:
+                d = self._ready.popleft()
+                d = d.model_copy(update={"deliveries": d.deliveries + 1})
+                self._pending[d.id] = _Pending(consumer, d, time.monotonic())
+                out.append(d)
+            return out
+
+    async def ack(self, delivery: Delivery) -> None:
+        self._pending.pop(delivery.id, None)
+
+    async def heartbeat(self, consumer: str, deliveries: Sequence[Delivery]) -> None:
+        now = time.monotonic()
+        for d in deliveries:
+            p = self._pending.get(d.id)
+            if p is not None and p.consumer == consumer:
+                p.last_seen = now
+
+    async def reclaim(self, consumer: str, idle_ms: int, count: int) -> list[Delivery]:
+        now = time.monotonic()
+        out: list[Delivery] = []
+        for key, p in list(self._pending.items()):
+            if len(out) >= count:
+                break
+            if (now - p.last_seen) * 1000 < idle_ms:
+                continue
+            if p.delivery.deliveries >= self.max_deliveries:
+                del self._pending[key]
+                self._dead.append(p.delivery)
+                continue
+            d = p.delivery.model_copy(update={"deliveries": p.delivery.deliveries + 1})
+            self._pending[key] = _Pending(consumer, d, now)
+            out.append(d)
+        return out
+
+    async def drop_job(self, job_id: str) -> int:
+        """Remove a job's queued tasks (cancellation)."""
+        async with self._cond:
+            before = len(self._ready)
+            self._ready = deque(d for d in self._ready if d.task.job_id != job_id)
+            return before - len(self._ready)
+
+    async def stats(self) -> QueueStats:
+        return QueueStats(queued=len(self._ready), in_flight=len(self._pending), dead=len(self._dead))
+
+    @property
+    def dead_letters(self) -> list[Delivery]:
+        return list(self._dead)
+
+
+@dataclass
+class _JobState:
+    job: Job
+    candidates: dict[tuple[int, int], Candidate] = field(default_factory=dict)
+    checkpoints: dict[tuple[int, int], ChunkCheckpoint] = field(default_factory=dict)
+    result: JobResult | None = None
+    events: list[Event] = field(default_factory=list)
+
+
+class MemoryJobStore:
+    """Job state in a dict; enqueues through the :class:`MemoryTaskQueue` it was built with."""
+
+    def __init__(self, queue: MemoryTaskQueue) -> None:
+        self.queue = queue
+        self._jobs: dict[str, _JobState] = {}
+        self._events_changed = asyncio.Condition()
+
+    def _state(self, job_id: str) -> _JobState:
+        try:
+            return self._jobs[job_id]
+        except KeyError:
+            raise KeyError(f"unknown job {job_id!r}") from None
+
+    async def create_job(self, job: Job, tasks: Sequence[Task]) -> None:
+        if job.id in self._jobs:
+            return
+        self._jobs[job.id] = _JobState(job=job.model_copy(deep=True))
+        await self.queue.enqueue(tasks)
+
+    async def get_job(self, job_id: str) -> Job | None:
+        st = self._jobs.get(job_id)
+        return st.job.model_copy(deep=True) if st else None
+
+    async def list_jobs(self, owner: str | None = None, limit: int = 100) -> list[Job]:
+        jobs = [s.job for s in self._jobs.values() if owner is None or s.job.owner == owner]
+        jobs.sort(key=lambda j: j.created_at, reverse=True)
+        return [j.model_copy(deep=True) for j in jobs[:limit]]
+
+    async def mark_running(self, job_id: str) -> None:
+        st = self._state(job_id)
+        if st.job.status == JobStatus.queued:
+            st.job.status = JobStatus.running
+            st.job.updated_at = time.time()
+
+    async def save_candidate(self, job_id: str, candidate: Candidate) -> int:
+        st = self._state(job_id)
+        st.candidates.setdefault((candidate.round, candidate.index), candidate.model_copy(deep=True))
+        st.job.updated_at = time.time()
+        return sum(1 for (r, _) in st.candidates if r == candidate.round)
+
+    async def get_candidates(
+        self, job_id: str, round_index: int, indices: Sequence[int] | None = None
+    ) -> list[Candidate]:
+        st = self._state(job_id)
+        if indices is None:
+            keys = sorted(i for (r, i) in st.candidates if r == round_index)
+        else:
+            keys = [i for i in indices if (round_index, i) in st.candidates]
+        return [st.candidates[(round_index, i)].model_copy(deep=True) for i in keys]
+
+    async def advance_round(self, job_id: str, from_round: int, tasks: Sequence[Task]) -> bool:
+        st = self._state(job_id)
+        if st.job.status.terminal or st.job.round != from_round:
+            return False
+        st.job.round = from_round + 1
+        st.job.updated_at = time.time()
+        await self.queue.enqueue(tasks)
+        return True
+
+    async def finish_job(self, job_id: str, result: JobResult) -> bool:
+        st = self._state(job_id)
+        if st.job.status.terminal:
+            return False
+        st.job.status = result.status
+        st.job.error = result.error
+        st.job.answer = result.answer
+        st.job.finished_at = st.job.updated_at = time.time()
+        st.result = result.model_copy(deep=True)
+        return True
+
+    async def get_result(self, job_id: str) -> JobResult | None:
+        st = self._jobs.get(job_id)
+        return st.result.model_copy(deep=True) if st and st.result else None
+
+    async def cancel_job(self, job_id: str, reason: str = "cancelled") -> bool:
+        st = self._state(job_id)
+        if st.job.status.terminal:
+            return False
+        st.job.status = JobStatus.cancelled
+        st.job.error = reason
+        st.job.finished_at = st.job.updated_at = time.time()
+        await self.queue.drop_job(job_id)
+        return True
+
+    async def save_checkpoint(self, job_id: str, round_index: int, index: int, cp: ChunkCheckpoint) -> None:
+        st = self._state(job_id)
+        old = st.checkpoints.get((round_index, index))
+        if old is None or old.chunks < cp.chunks:
+            st.checkpoints[(round_index, index)] = cp.model_copy(deep=True)
+
+    async def load_checkpoint(self, job_id: str, round_index: int, index: int) -> ChunkCheckpoint | None:
+        cp = self._state(job_id).checkpoints.get((round_index, index))
+        return cp.model_copy(deep=True) if cp else None
+
+    async def add_event(self, job_id: str, event: Event) -> None:
+        self._state(job_id).events.append(event)
+        async with self._events_changed:
+            self._events_changed.notify_all()
+
+    async def read_events(
+        self, job_id: str, after: str | None, block_ms: int, count: int = 100
+    ) -> list[tuple[str, Event]]:
+        st = self._state(job_id)
+        start = int(after) if after else 0
+
+        def ready() -> bool:
+            return len(st.events) > start
+
+        if not ready() and block_ms > 0:
+            async with self._events_changed:
+                try:
+                    await asyncio.wait_for(self._events_changed.wait_for(ready), block_ms / 1000)
+                except TimeoutError:
+                    return []
+        return [(str(i + 1), e) for i, e in enumerate(st.events[start : start + count], start=start)]
+
+
+def open_memory(max_deliveries: int = 5) -> tuple[MemoryJobStore, MemoryTaskQueue]:
+    """A store and queue that share one in-process state."""
+    queue = MemoryTaskQueue(max_deliveries=max_deliveries)
+    return MemoryJobStore(queue), queue

@@ -1,0 +1,83 @@
+"""Run jobs inside the current process: a :class:`Worker` on a store/queue pair (memory by
+default), plus helpers to submit jobs and wait for their results. ``mrsa solve`` and in-process
+``mrsa bench`` use it; with a Redis store/queue it also works as one worker among others."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable
+
+from mrsa.backends.base import Backend
+from mrsa.domain import Event, Job, JobResult, JobSpec
+from mrsa.engine.runner import Engine
+from mrsa.store.base import JobStore, TaskQueue
+from mrsa.store.memory import open_memory
+from workers.loop import Worker, WorkerOptions
+
+EventCallback = Callable[[Event], Awaitable[None] | None]
+
+
+class InProcessRunner:
+    """An engine plus one in-process worker, for the lifetime of an ``async with`` block."""
+
+    def __init__(
+        self,
+        backend: Backend,
+        store: JobStore | None = None,
+        queue: TaskQueue | None = None,
+        capacity: int = 1,
+        options: WorkerOptions | None = None,
+    ) -> None:
+        if store is None or queue is None:
+            store, queue = open_memory()
+        self.store = store
+        self.queue = queue
+        self.engine = Engine(store, backend)
+        opts = options or WorkerOptions()
+        opts.capacity = capacity
+        self.worker = Worker(self.engine, queue, opts)
+        self._stop = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> InProcessRunner:
+        self._task = asyncio.create_task(self.worker.run(self._stop))
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._task is not None:
+            if exc and exc[0] is not None:
+                self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def submit(self, spec: JobSpec, job_id: str | None = None) -> Job:
+        return await self.engine.submit(spec, job_id=job_id)
+
+    async def wait(self, job_id: str, on_event: EventCallback | None = None) -> JobResult:
+        """Follow the job's events until it is terminal; return its result."""
+        after: str | None = None
+        while True:
+            if self._task is not None and self._task.done():
+                self._task.result()  # surface a crashed worker instead of waiting forever
+            for event_id, event in await self.store.read_events(job_id, after, block_ms=500):
+                after = event_id
+                if on_event is not None:
+                    maybe = on_event(event)
+                    if maybe is not None:
+                        await maybe
+            job = await self.store.get_job(job_id)
+            if job is not None and job.status.terminal:
+                result = await self.store.get_result(job_id)
+                if result is None:  # cancelled: no result was recorded, build one from what is stored
+                    result = await self.engine.build_result(job, job.status, job.error)
+                return result
+
+    async def solve(self, spec: JobSpec, on_event: EventCallback | None = None) -> JobResult:
+        job = await self.submit(spec)
+        try:
+            return await self.wait(job.id, on_event)
+        except asyncio.CancelledError:
+            await self.store.cancel_job(job.id, "cancelled by the user")
+            raise
