@@ -1,0 +1,35 @@
+"""The installed wheel carries the prompt templates (not only the source tree)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_wheel_ships_prompts_and_loads_them(tmp_path: Path) -> None:
+    out = tmp_path / "dist"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(out), str(ROOT)],
+        check=True, capture_output=True, timeout=300,
+    )
+    [wheel] = list(out.glob("mrsa-*.whl"))
+    names = zipfile.ZipFile(wheel).namelist()
+    for template in ("round0", "aggregate", "aggregate_single", "candidate", "continue"):
+        assert f"mrsa/_prompts/v1/{template}.txt" in names
+    site = tmp_path / "site"
+    zipfile.ZipFile(wheel).extractall(site)
+    code = (
+        "from mrsa.engine import prompts; import pathlib;"
+        "root = prompts.prompts_root(); assert root.name == '_prompts', root;"
+        "print(prompts.aggregation_prompt('v1', 'Q?', ['a', 'b']))"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, env={"PYTHONPATH": str(site)},
+        capture_output=True, text=True, timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("Q?\n\n") and "<attempt 2>\nb\n</attempt 2>" in proc.stdout
