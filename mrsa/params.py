@@ -52,8 +52,12 @@ class RSAParams(BaseModel):
         le=MAX_BUDGET,
         description="Delethink chunk: max generated tokens held in one request's context (off when unset).",
     )
-    carryover: int = Field(
-        512, ge=0, le=MAX_BUDGET, description="Tokens of its own output a chunked candidate continues from."
+    carryover: int | None = Field(
+        None,
+        ge=0,
+        le=MAX_BUDGET,
+        description="Tokens of its own output a chunked candidate continues from "
+        "(default: min(512, chunk // 2)).",
     )
     tail_source: TailSource = Field(
         "trace",
@@ -67,7 +71,7 @@ class RSAParams(BaseModel):
     sampling: SamplingParams = Field(default_factory=SamplingParams)
     seed: int = Field(0, ge=0, le=2**63 - 1, description="Job seed: every random choice derives from it.")
     prompts: str = Field(
-        "v1", pattern=r"^[A-Za-z0-9_.-]+$", description="Prompt template set (prompts/NAME)."
+        "v1", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="Prompt template set (prompts/NAME)."
     )
 
     @model_validator(mode="after")
@@ -79,6 +83,8 @@ class RSAParams(BaseModel):
             )
         if self.tail > self.budget:
             raise ValueError(f"tail: τ={self.tail} must be ≤ budget β={self.budget}")
+        if self.carryover is None:
+            self.carryover = min(512, self.chunk // 2) if self.chunk is not None else 512
         if self.chunk is not None:
             if self.carryover >= self.chunk:
                 raise ValueError(f"carryover: {self.carryover} must be < chunk {self.chunk}")
@@ -90,6 +96,11 @@ class RSAParams(BaseModel):
     def stages(self) -> int:
         """Generation stages: round 0 plus T aggregation rounds."""
         return self.rounds + 1
+
+    @property
+    def carryover_tokens(self) -> int:
+        """The resolved carry-over (the validator fills the default in)."""
+        return self.carryover if self.carryover is not None else 0
 
     @property
     def request_tokens(self) -> int:

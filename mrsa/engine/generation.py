@@ -80,7 +80,9 @@ async def _generate_chunked(
     chunks = cp.chunks if cp else 0
     finish: FinishReason = cp.finish_reason if cp else "length"
     last: GenerationResult | None = None
-    while chunks == 0 or (finish == "length" and usage.decode_tokens < params.budget):
+    # ceil(β / chunk) requests at most, even when a server under-reports (or omits) its usage.
+    max_chunks = -(-params.budget // params.chunk)
+    while chunks == 0 or (finish == "length" and usage.decode_tokens < params.budget and chunks < max_chunks):
         max_tokens = min(params.chunk, params.budget - usage.decode_tokens)
         tag: dict[str, str | int] = {"job": job_id, "round": task.round, "index": task.index, "chunk": chunks}
         seed = request_seed(params.seed, task.round, task.index, chunks)
@@ -89,7 +91,11 @@ async def _generate_chunked(
             req = _request(params, user, max_tokens, seed, tag, priority=priority)
         else:
             own = ids if ids is not None else await backend.tokenize(text)
-            carry = await backend.detokenize(cut_tail(own, params.carryover)) if params.carryover else ""
+            carry = (
+                await backend.detokenize(cut_tail(own, params.carryover_tokens))
+                if params.carryover_tokens
+                else ""
+            )
             if backend.supports_prefill:
                 req = _request(params, user, max_tokens, seed, tag, prefill=carry, priority=priority)
             else:

@@ -24,7 +24,7 @@ def worst_case_tokens(
     if p.rounds > 0 or p.selection == "aggregate":
         prompt = max(prompt, aggregate_overhead + p.subset * p.tail)
     if p.chunk is not None and p.chunk < p.budget:
-        prompt += p.carryover + continue_overhead
+        prompt += p.carryover_tokens + continue_overhead
     return prompt + p.request_tokens + CHAT_TEMPLATE_MARGIN
 
 

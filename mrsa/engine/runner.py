@@ -86,8 +86,7 @@ class Engine:
         job = await self.store.get_job(task.job_id)
         if job is None or job.status.terminal:
             return
-        if job.status == JobStatus.queued:
-            await self.store.mark_running(job.id)
+        if job.status == JobStatus.queued and await self.store.mark_running(job.id):
             await self.store.add_event(job.id, Event(type="status", job_id=job.id, status=JobStatus.running))
         if task.kind == "select":
             await self._run_select(job, task)

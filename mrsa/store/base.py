@@ -70,8 +70,8 @@ class JobStore(Protocol):
 
     async def list_jobs(self, owner: str | None = None, limit: int = 100) -> list[Job]: ...
 
-    async def mark_running(self, job_id: str) -> None:
-        """queued → running (no-op in any other state)."""
+    async def mark_running(self, job_id: str) -> bool:
+        """queued → running; ``True`` only for the caller that made the transition."""
         ...
 
     async def save_candidate(self, job_id: str, candidate: Candidate) -> int:

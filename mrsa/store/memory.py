@@ -139,11 +139,13 @@ class MemoryJobStore:
         jobs.sort(key=lambda j: j.created_at, reverse=True)
         return [j.model_copy(deep=True) for j in jobs[:limit]]
 
-    async def mark_running(self, job_id: str) -> None:
+    async def mark_running(self, job_id: str) -> bool:
         st = self._state(job_id)
-        if st.job.status == JobStatus.queued:
-            st.job.status = JobStatus.running
-            st.job.updated_at = time.time()
+        if st.job.status != JobStatus.queued:
+            return False
+        st.job.status = JobStatus.running
+        st.job.updated_at = time.time()
+        return True
 
     async def save_candidate(self, job_id: str, candidate: Candidate) -> int:
         st = self._state(job_id)

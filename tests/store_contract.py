@@ -1,0 +1,330 @@
+"""The JobStore/TaskQueue contract, written once for every implementation.
+
+Use it by subclassing :class:`StoreContract` in a ``test_*.py`` module and providing a ``pair``
+fixture that yields a fresh ``(store, queue)`` sharing one state, with the queue built for
+:data:`MAX_DELIVERIES` deliveries::
+
+    class TestMemoryStore(StoreContract):
+        @pytest.fixture
+        def pair(self) -> StorePair:
+            return open_memory(max_deliveries=MAX_DELIVERIES)
+
+Only behaviour promised by :mod:`mrsa.store.base` is tested here (event ids are opaque strings,
+reclaim is timed with short real sleeps) so a Redis implementation runs the same class.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from mrsa.domain import (
+    Candidate,
+    ChunkCheckpoint,
+    Event,
+    Job,
+    JobResult,
+    JobSpec,
+    JobStatus,
+    Task,
+    Usage,
+)
+from mrsa.params import RSAParams
+from mrsa.store.base import TaskQueue
+
+MAX_DELIVERIES = 3
+StorePair = tuple[Any, Any]  # (JobStore, TaskQueue); Any so implementations need not subclass
+
+PARAMS = RSAParams(population=3, subset=2, rounds=2, budget=64, tail=16)
+
+
+def make_job(job_id: str, owner: str = "local", created_at: float | None = None) -> Job:
+    job = Job(id=job_id, spec=JobSpec(problem="What is 6*7?", params=PARAMS), owner=owner)
+    if created_at is not None:
+        job.created_at = created_at
+    return job
+
+
+def tasks_of(job_id: str, round_index: int = 0, n: int = 3) -> list[Task]:
+    return [Task(job_id=job_id, round=round_index, index=i) for i in range(n)]
+
+
+def make_candidate(round_index: int, index: int, answer: str = "42") -> Candidate:
+    return Candidate(
+        round=round_index,
+        index=index,
+        content=f"\\boxed{{{answer}}}",
+        trace=f"\\boxed{{{answer}}}",
+        answer=answer,
+        usage=Usage(decode_tokens=5, prompt_tokens=7, requests=1),
+    )
+
+
+def make_result(job_id: str, status: JobStatus = JobStatus.succeeded, answer: str | None = "42") -> JobResult:
+    return JobResult(
+        job_id=job_id,
+        status=status,
+        answer=answer,
+        selection="majority",
+        error=None if status == JobStatus.succeeded else "boom",
+        params=PARAMS,
+        usage=Usage(),
+        votes=[],
+        rounds=[],
+    )
+
+
+async def take_all(queue: TaskQueue, consumer: str = "c1", count: int = 100) -> list[Task]:
+    return [d.task for d in await queue.take(consumer, count, block_ms=0)]
+
+
+class StoreContract:
+    """Contract tests; subclasses provide the ``pair`` fixture."""
+
+    # -- queue: take / ack --------------------------------------------------------------------------
+
+    async def test_take_delivers_in_order_up_to_count(self, pair: StorePair) -> None:
+        store, queue = pair
+        await store.create_job(make_job("j1"), tasks_of("j1", n=3))
+        first = await queue.take("c1", 2, block_ms=0)
+        assert [d.task.index for d in first] == [0, 1]
+        assert all(d.deliveries == 1 and d.task.job_id == "j1" for d in first)
+        assert len({d.id for d in first}) == 2
+        rest = await queue.take("c2", 5, block_ms=0)
+        assert [d.task.index for d in rest] == [2]
+        assert await queue.take("c1", 5, block_ms=0) == []
+        stats = await queue.stats()
+        assert (stats.queued, stats.in_flight, stats.dead) == (0, 3, 0)
+
+    async def test_take_on_empty_queue_times_out(self, pair: StorePair) -> None:
+        _, queue = pair
+        started = time.monotonic()
+        assert await queue.take("c1", 1, block_ms=50) == []
+        assert time.monotonic() - started < 2.0
+        assert await queue.take("c1", 0, block_ms=0) == []
+
+    async def test_take_wakes_up_when_a_task_arrives(self, pair: StorePair) -> None:
+        store, queue = pair
+        waiting = asyncio.create_task(queue.take("c1", 5, block_ms=3000))
+        await asyncio.sleep(0.02)
+        started = time.monotonic()
+        await store.create_job(make_job("j1"), tasks_of("j1", n=1))
+        got = await asyncio.wait_for(waiting, 3)
+        assert [d.task.key for d in got] == ["j1:candidate:0:0"]
+        assert time.monotonic() - started < 1.0
+
+    async def test_ack_forgets_the_task(self, pair: StorePair) -> None:
+        store, queue = pair
+        await store.create_job(make_job("j1"), tasks_of("j1", n=2))
+        a, b = await queue.take("c1", 2, block_ms=0)
+        await queue.ack(a)
+        assert (await queue.stats()).in_flight == 1
+        await queue.ack(a)  # acking twice is harmless
+        assert (await queue.stats()).in_flight == 1
+        reclaimed = await queue.reclaim("c2", idle_ms=0, count=10)
+        assert [d.id for d in reclaimed] == [b.id]  # the acked task is never redelivered
+
+    # -- queue: reclaim / heartbeat / dead letters --------------------------------------------------
+
+    async def test_reclaim_takes_over_silent_tasks(self, pair: StorePair) -> None:
+        store, queue = pair
+        await store.create_job(make_job("j1"), tasks_of("j1", n=2))
+        taken = await queue.take("dead-worker", 2, block_ms=0)
+        assert await queue.reclaim("c2", idle_ms=60_000, count=10) == []  # not idle long enough
+        reclaimed = await queue.reclaim("c2", idle_ms=0, count=1)
+        assert len(reclaimed) == 1
+        assert reclaimed[0].id in {d.id for d in taken}
+        assert reclaimed[0].deliveries == 2
+        assert reclaimed[0].task in [d.task for d in taken]
+        # The reclaimer now owns it: acking by id works and it is gone.
+        await queue.ack(reclaimed[0])
+        assert (await queue.stats()).in_flight == 1
+
+    async def test_heartbeat_keeps_tasks_from_being_reclaimed(self, pair: StorePair) -> None:
+        store, queue = pair
+        await store.create_job(make_job("j1"), tasks_of("j1", n=2))
+        alive, silent = await queue.take("c1", 2, block_ms=0)
+        await asyncio.sleep(0.12)
+        await queue.heartbeat("c1", [alive])
+        reclaimed = await queue.reclaim("c2", idle_ms=100, count=10)
+        assert [d.id for d in reclaimed] == [silent.id]
+
+    async def test_dead_letter_after_max_deliveries(self, pair: StorePair) -> None:
+        store, queue = pair
+        await store.create_job(make_job("j1"), tasks_of("j1", n=1))
+        (delivery,) = await queue.take("c1", 1, block_ms=0)
+        seen = [delivery.deliveries]
+        for _ in range(MAX_DELIVERIES + 2):
+            for d in await queue.reclaim("c2", idle_ms=0, count=10):
+                seen.append(d.deliveries)
+        assert seen == list(range(1, MAX_DELIVERIES + 1))
+        stats = await queue.stats()
+        assert (stats.queued, stats.in_flight, stats.dead) == (0, 0, 1)
+
+    # -- jobs -------------------------------------------------------------------------------------
+
+    async def test_create_get_and_list_jobs(self, pair: StorePair) -> None:
+        store, _ = pair
+        assert await store.get_job("nope") is None
+        await store.create_job(make_job("a", owner="alice", created_at=1.0), [])
+        await store.create_job(make_job("b", owner="bob", created_at=2.0), [])
+        await store.create_job(make_job("c", owner="alice", created_at=3.0), [])
+        job = await store.get_job("a")
+        assert job is not None and job.owner == "alice" and job.status == JobStatus.queued
+        assert job.spec.params == PARAMS
+        assert [j.id for j in await store.list_jobs()] == ["c", "b", "a"]  # newest first
+        assert [j.id for j in await store.list_jobs(owner="alice")] == ["c", "a"]
+        assert [j.id for j in await store.list_jobs(limit=1)] == ["c"]
+
+    async def test_mark_running_only_from_queued(self, pair: StorePair) -> None:
+        store, _ = pair
+        await store.create_job(make_job("j1"), [])
+        await store.mark_running("j1")
+        assert (await store.get_job("j1")).status == JobStatus.running
+        await store.finish_job("j1", make_result("j1"))
+        await store.mark_running("j1")
+        assert (await store.get_job("j1")).status == JobStatus.succeeded
+
+    async def test_save_candidate_is_idempotent(self, pair: StorePair) -> None:
+        store, _ = pair
+        await store.create_job(make_job("j1"), [])
+        assert await store.save_candidate("j1", make_candidate(0, 1)) == 1
+        assert await store.save_candidate("j1", make_candidate(0, 0)) == 2
+        # A duplicate (a redelivered task) is a no-op: same count, the first version is kept.
+        assert await store.save_candidate("j1", make_candidate(0, 1, answer="other")) == 2
+        assert await store.save_candidate("j1", make_candidate(1, 1)) == 1  # counts are per round
+        stored = await store.get_candidates("j1", 0)
+        assert [c.index for c in stored] == [0, 1]  # ordered by index
+        assert stored[1].answer == "42"
+        assert stored[1].usage == Usage(decode_tokens=5, prompt_tokens=7, requests=1)
+        assert [c.index for c in await store.get_candidates("j1", 1)] == [1]
+        assert await store.get_candidates("j1", 2) == []
+
+    async def test_get_candidates_by_indices(self, pair: StorePair) -> None:
+        store, _ = pair
+        await store.create_job(make_job("j1"), [])
+        for i in range(3):
+            await store.save_candidate("j1", make_candidate(0, i, answer=str(i)))
+        some = await store.get_candidates("j1", 0, [2, 0])
+        assert sorted(c.index for c in some) == [0, 2]
+        assert {c.index: c.answer for c in some} == {0: "0", 2: "2"}
+        missing = await store.get_candidates("j1", 0, [1, 7])
+        assert [c.index for c in missing] == [1]  # unknown indices are skipped
+        assert await store.get_candidates("j1", 0, []) == []
+
+    async def test_advance_round_is_a_compare_and_set(self, pair: StorePair) -> None:
+        store, queue = pair
+        await store.create_job(make_job("j1"), [])
+        assert await store.advance_round("j1", 0, tasks_of("j1", 1)) is True
+        assert (await store.get_job("j1")).round == 1
+        # A redelivered completion of round 0, or a stale pointer, loses and enqueues nothing.
+        assert await store.advance_round("j1", 0, tasks_of("j1", 1)) is False
+        assert await store.advance_round("j1", 5, tasks_of("j1", 6)) is False
+        taken = await take_all(queue)
+        assert [(t.round, t.index) for t in taken] == [(1, 0), (1, 1), (1, 2)]
+        assert await store.advance_round("j1", 1, tasks_of("j1", 2)) is True
+        assert (await store.get_job("j1")).round == 2
+
+    async def test_concurrent_advances_have_one_winner(self, pair: StorePair) -> None:
+        store, queue = pair
+        await store.create_job(make_job("j1"), [])
+        wins = await asyncio.gather(*(store.advance_round("j1", 0, tasks_of("j1", 1)) for _ in range(8)))
+        assert sorted(wins) == [False] * 7 + [True]
+        assert len(await take_all(queue)) == 3
+
+    async def test_finish_job_once(self, pair: StorePair) -> None:
+        store, queue = pair
+        await store.create_job(make_job("j1"), [])
+        assert await store.get_result("j1") is None
+        assert await store.finish_job("j1", make_result("j1", answer="42")) is True
+        assert await store.finish_job("j1", make_result("j1", JobStatus.failed, None)) is False
+        job = await store.get_job("j1")
+        assert job.status == JobStatus.succeeded and job.answer == "42" and job.finished_at is not None
+        result = await store.get_result("j1")
+        assert result is not None and result.status == JobStatus.succeeded and result.answer == "42"
+        # A terminal job does not advance.
+        assert await store.advance_round("j1", 0, tasks_of("j1", 1)) is False
+        assert await take_all(queue) == []
+
+    async def test_failed_job_keeps_the_error(self, pair: StorePair) -> None:
+        store, _ = pair
+        await store.create_job(make_job("j1"), [])
+        assert await store.finish_job("j1", make_result("j1", JobStatus.failed, None)) is True
+        job = await store.get_job("j1")
+        assert job.status == JobStatus.failed and job.error == "boom"
+
+    async def test_cancel_job(self, pair: StorePair) -> None:
+        store, queue = pair
+        await store.create_job(make_job("j1"), tasks_of("j1", n=3))
+        await store.create_job(make_job("j2"), tasks_of("j2", n=2))
+        assert await store.cancel_job("j1", "stop it") is True
+        job = await store.get_job("j1")
+        assert job.status == JobStatus.cancelled and job.error == "stop it"
+        # Its queued tasks are dropped; other jobs' stay.
+        assert {t.job_id for t in await take_all(queue)} == {"j2"}
+        assert await store.cancel_job("j1") is False
+        assert await store.finish_job("j1", make_result("j1")) is False
+        assert await store.advance_round("j1", 0, tasks_of("j1", 1)) is False
+        assert (await store.get_job("j1")).status == JobStatus.cancelled
+        await store.finish_job("j2", make_result("j2"))
+        assert await store.cancel_job("j2") is False  # already terminal
+
+    async def test_checkpoints_keep_the_newest(self, pair: StorePair) -> None:
+        store, _ = pair
+        await store.create_job(make_job("j1"), [])
+        assert await store.load_checkpoint("j1", 0, 0) is None
+        cp2 = ChunkCheckpoint(chunks=2, text="ab", token_ids=[1, 2], usage=Usage(decode_tokens=2, requests=2))
+        await store.save_checkpoint("j1", 0, 0, cp2)
+        await store.save_checkpoint("j1", 0, 0, ChunkCheckpoint(chunks=1, text="a"))  # a stale writer
+        assert await store.load_checkpoint("j1", 0, 0) == cp2
+        cp3 = ChunkCheckpoint(chunks=3, text="abc", finish_reason="stop")
+        await store.save_checkpoint("j1", 0, 0, cp3)
+        assert await store.load_checkpoint("j1", 0, 0) == cp3
+        assert await store.load_checkpoint("j1", 0, 1) is None  # keyed by (round, index)
+        assert await store.load_checkpoint("j1", 1, 0) is None
+
+    # -- events -----------------------------------------------------------------------------------
+
+    async def test_read_events_after(self, pair: StorePair) -> None:
+        store, _ = pair
+        await store.create_job(make_job("j1"), [])
+        for r in range(3):
+            await store.add_event("j1", Event(type="round", job_id="j1", round=r))
+        events = await store.read_events("j1", None, block_ms=0)
+        assert [e.round for _, e in events] == [0, 1, 2]
+        ids = [i for i, _ in events]
+        assert len(set(ids)) == 3
+        later = await store.read_events("j1", ids[0], block_ms=0)
+        assert [(i, e.round) for i, e in later] == [(ids[1], 1), (ids[2], 2)]
+        assert await store.read_events("j1", ids[2], block_ms=0) == []
+        assert [e.round for _, e in await store.read_events("j1", None, block_ms=0, count=2)] == [0, 1]
+
+    async def test_read_events_blocks_until_timeout(self, pair: StorePair) -> None:
+        store, _ = pair
+        await store.create_job(make_job("j1"), [])
+        await store.add_event("j1", Event(type="status", job_id="j1", status=JobStatus.queued))
+        (first_id, _), *_ = await store.read_events("j1", None, block_ms=0)
+        started = time.monotonic()
+        assert await store.read_events("j1", first_id, block_ms=50) == []
+        elapsed = time.monotonic() - started
+        assert 0.03 <= elapsed < 2.0
+
+    async def test_read_events_wakes_up_on_a_new_event(self, pair: StorePair) -> None:
+        store, _ = pair
+        await store.create_job(make_job("j1"), [])
+        waiting = asyncio.create_task(store.read_events("j1", None, block_ms=3000))
+        await asyncio.sleep(0.02)
+        started = time.monotonic()
+        await store.add_event("j1", Event(type="done", job_id="j1", status=JobStatus.succeeded, answer="42"))
+        got = await asyncio.wait_for(waiting, 3)
+        assert [(e.type, e.answer) for _, e in got] == [("done", "42")]
+        assert time.monotonic() - started < 1.0
+
+    async def test_events_are_per_job(self, pair: StorePair) -> None:
+        store, _ = pair
+        await store.create_job(make_job("j1"), [])
+        await store.create_job(make_job("j2"), [])
+        await store.add_event("j1", Event(type="round", job_id="j1", round=1))
+        assert await store.read_events("j2", None, block_ms=0) == []
+        assert len(await store.read_events("j1", None, block_ms=0)) == 1
