@@ -72,9 +72,9 @@ async def test_tails_are_exactly_min_tau_length(embedded_backend: OpenAICompatib
     ids = await embedded_backend.tokenize(result.trace)
     assert tail.source_tokens == len(ids)
     assert tail.tokens == min(tau, len(ids))
-    assert await embedded_backend.tokenize(tail.text) == ids[-tau:] or tail.text == await (
-        embedded_backend.detokenize(ids[-tau:])
-    )
+    assert await embedded_backend.tokenize(tail.text) == ids[
+        -tau:
+    ] or tail.text == await embedded_backend.detokenize(ids[-tau:])
     assert result.trace.endswith(tail.text)
 
 

@@ -50,7 +50,15 @@ def test_json_result_shape(smoke_run: tuple[dict[str, Any], list[dict[str, Any]]
     for rnd in result["rounds"]:
         assert [c["index"] for c in rnd["candidates"]] == list(range(p["population"]))
         for c in rnd["candidates"]:
-            assert set(c) >= {"index", "answer", "finish_reason", "decode_tokens", "prompt_tokens", "tail_tokens", "parents"}
+            assert set(c) >= {
+                "index",
+                "answer",
+                "finish_reason",
+                "decode_tokens",
+                "prompt_tokens",
+                "tail_tokens",
+                "parents",
+            }
     decode = sum(c["decode_tokens"] for r in result["rounds"] for c in r["candidates"])
     assert decode == result["usage"]["decode_tokens"]
 
@@ -96,7 +104,9 @@ def test_trace_shows_each_prompt_holding_its_parents_tails(
 
 
 def test_human_output_has_answer_and_round_table() -> None:
-    proc = run("solve", "--preset", "smoke", "--rounds", "0", "--population", "2", "--subset", "1", "What is 2+2?")
+    proc = run(
+        "solve", "--preset", "smoke", "--rounds", "0", "--population", "2", "--subset", "1", "What is 2+2?"
+    )
     assert proc.returncode == 0, proc.stderr
     assert "answer:" in proc.stdout
     assert "Rounds" in proc.stdout and "decode tokens" in proc.stdout
@@ -152,8 +162,22 @@ def _children(pid: int) -> list[int]:
 def test_ctrl_c_cancels_and_stops_the_embedded_server(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MRSA_")}
     proc = subprocess.Popen(
-        [*MRSA, "solve", "--preset", "smoke", "--budget", "400", "--rounds", "3", "--quiet", "Count to a thousand."],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        [
+            *MRSA,
+            "solve",
+            "--preset",
+            "smoke",
+            "--budget",
+            "400",
+            "--rounds",
+            "3",
+            "--quiet",
+            "Count to a thousand.",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
     )
     deadline = time.monotonic() + 60
     children: list[int] = []

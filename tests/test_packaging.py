@@ -14,7 +14,9 @@ def test_wheel_ships_prompts_and_loads_them(tmp_path: Path) -> None:
     out = tmp_path / "dist"
     subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(out), str(ROOT)],
-        check=True, capture_output=True, timeout=300,
+        check=True,
+        capture_output=True,
+        timeout=300,
     )
     [wheel] = list(out.glob("mrsa-*.whl"))
     names = zipfile.ZipFile(wheel).namelist()
@@ -28,8 +30,12 @@ def test_wheel_ships_prompts_and_loads_them(tmp_path: Path) -> None:
         "print(prompts.aggregation_prompt('v1', 'Q?', ['a', 'b']))"
     )
     proc = subprocess.run(
-        [sys.executable, "-c", code], cwd=tmp_path, env={"PYTHONPATH": str(site)},
-        capture_output=True, text=True, timeout=60,
+        [sys.executable, "-c", code],
+        cwd=tmp_path,
+        env={"PYTHONPATH": str(site)},
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith("Q?\n\n") and "<attempt 2>\nb\n</attempt 2>" in proc.stdout

@@ -19,10 +19,12 @@ BackendKind = Literal["auto", "vllm", "sglang", "llamacpp", "llama-cpp-python", 
 BACKEND_KINDS: tuple[str, ...] = ("auto", *DIALECTS, "triton")
 
 
-async def detect_kind(url: str, options: HttpOptions | None = None) -> str:
+async def detect_kind(
+    url: str, options: HttpOptions | None = None, *, transport: httpx.AsyncBaseTransport | None = None
+) -> str:
     """Probe ``url`` for its server type. Raises :class:`BackendUnavailable` naming the URL."""
     opts = (options or HttpOptions()).model_copy(update={"max_retries": 0})
-    client = HttpClient(url, opts, backend_kind="probe")
+    client = HttpClient(url, opts, backend_kind="probe", transport=transport)
     try:
         probes: list[tuple[str, str, dict[str, str] | None, str]] = [
             ("GET", "/v2/health/ready", None, "triton"),
@@ -60,7 +62,7 @@ async def make_backend(
     if kind not in BACKEND_KINDS:
         raise ValueError(f"backend kind: unknown {kind!r}; choose one of {', '.join(BACKEND_KINDS)}")
     if kind == "auto":
-        kind = await detect_kind(url, options)
+        kind = await detect_kind(url, options, transport=transport)
     if kind == "triton":
         from mrsa.backends.triton import TritonBackend
 

@@ -29,7 +29,7 @@ from mrsa.backends.base import (
 
 _CONTEXT_PATTERNS = re.compile(
     r"context (length|window|size)|maximum context|exceed(s|ed)? (the )?(available )?context|"
-    r"longer than the model|too many tokens|prompt is too long|exceed_context",
+    r"longer than the (maximum )?model|too many tokens|prompt is too long|exceed_context",
     re.IGNORECASE,
 )
 
@@ -64,7 +64,8 @@ def classify_status(response: httpx.Response, url: str) -> BackendError:
     """Turn a non-2xx response into the right error type."""
     text = _error_text(response)
     code = response.status_code
-    if code == 429 or code >= 500:
+    # A context overflow is final whatever the status: Triton's vLLM backend reports it as HTTP 500.
+    if code == 429 or (code >= 500 and not _CONTEXT_PATTERNS.search(text)):
         return BackendServerError(f"{url} answered HTTP {code}: {text}", url=url)
     if _CONTEXT_PATTERNS.search(text):
         return ContextOverflowError(
@@ -150,6 +151,8 @@ class HttpClient:
                         time.perf_counter() - started
                     )
                 if response.is_success:
+                    if not response.content:
+                        return None  # health endpoints (vLLM /health, Triton /v2/health/ready): no body
                     try:
                         return response.json()
                     except ValueError:

@@ -95,6 +95,7 @@ class OpenAICompatibleBackend:
         opts = options or HttpOptions(concurrency=_DEFAULT_CAPACITY[dialect])
         self.http = HttpClient(self._url, opts, backend_kind=dialect, transport=transport)
         self._info: BackendInfo | None = None
+        self._special_prefix: list[int] | None = None
 
     @property
     def url(self) -> str:
@@ -223,12 +224,23 @@ class OpenAICompatibleBackend:
 
     # -- tokenizer ---------------------------------------------------------------------------------
 
+    async def _raw_tokenize(self, text: str) -> list[int]:
+        data = await self.http.request_json("POST", "/extras/tokenize", {"input": text}, endpoint="tokenize")
+        tokens = data.get("tokens") if isinstance(data, dict) else None
+        if not isinstance(tokens, list):
+            raise BackendServerError(f"{self._url}: tokenize reply has no token list: {data!r}"[:300])
+        return [int(t) for t in tokens]
+
     async def tokenize(self, text: str) -> list[int]:
         if self.dialect == "llama-cpp-python":
-            data = await self.http.request_json(
-                "POST", "/extras/tokenize", {"input": text}, endpoint="tokenize"
-            )
-        elif self.dialect == "llamacpp":
+            # /extras/tokenize adds BOS where the GGUF asks for it and has no switch to turn that
+            # off: learn the prefix it adds to the empty string once, and strip it.
+            if self._special_prefix is None:
+                self._special_prefix = await self._raw_tokenize("")
+            ids = await self._raw_tokenize(text)
+            prefix = self._special_prefix
+            return ids[len(prefix) :] if prefix and ids[: len(prefix)] == prefix else ids
+        if self.dialect == "llamacpp":
             data = await self.http.request_json(
                 "POST", "/tokenize", {"content": text, "add_special": False}, endpoint="tokenize"
             )
@@ -253,6 +265,8 @@ class OpenAICompatibleBackend:
             data = await self.http.request_json("POST", "/detokenize", {"tokens": ids}, endpoint="detokenize")
         else:
             body: dict[str, Any] = {"tokens": ids}
+            if self.dialect == "sglang":
+                body["skip_special_tokens"] = False  # SGLang's default drops them (vLLM keeps them)
             if await self._model_id() is not None:
                 body["model"] = self.model
             data = await self.http.request_json("POST", "/detokenize", body, endpoint="detokenize")

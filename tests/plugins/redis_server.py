@@ -37,8 +37,21 @@ class RedisServer:
             pytest.fail("redis-server is not installed (the test command installs it: make test)")
         self.process = subprocess.Popen(
             [
-                binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.directory),
-                "--appendonly", "yes", "--appendfsync", "always", "--save", "", "--protected-mode", "no",
+                binary,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--dir",
+                str(self.directory),
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+                "--save",
+                "",
+                "--protected-mode",
+                "no",
             ],
             stdout=(self.directory / "redis.log").open("ab"),
             stderr=subprocess.STDOUT,
