@@ -161,6 +161,7 @@ def _children(pid: int) -> list[int]:
 
 def test_ctrl_c_cancels_and_stops_the_embedded_server(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MRSA_")}
+    trace = tmp_path / "trace"
     proc = subprocess.Popen(
         [
             *MRSA,
@@ -170,8 +171,10 @@ def test_ctrl_c_cancels_and_stops_the_embedded_server(tmp_path: Path) -> None:
             "--budget",
             "400",
             "--rounds",
-            "3",
+            "8",
             "--quiet",
+            "--trace",
+            str(trace),
             "Count to a thousand.",
         ],
         stdout=subprocess.PIPE,
@@ -179,15 +182,20 @@ def test_ctrl_c_cancels_and_stops_the_embedded_server(tmp_path: Path) -> None:
         text=True,
         env=env,
     )
-    deadline = time.monotonic() + 60
-    children: list[int] = []
-    while time.monotonic() < deadline and not children:
-        time.sleep(0.5)
-        children = _children(proc.pid)
-    assert children, "the embedded server was not started"
-    time.sleep(4)  # let generation start
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=60)
+    try:
+        deadline = time.monotonic() + 120
+        children: list[int] = []
+        # wait until the embedded server runs and at least one generation has come back
+        while time.monotonic() < deadline and not ((trace / "requests.jsonl").exists() and children):
+            time.sleep(0.2)
+            children = children or _children(proc.pid)
+        assert children, "the embedded server was not started"
+        assert proc.poll() is None, "the job finished before it could be interrupted"
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
     assert proc.returncode == 130
     assert "cancelled" in err and "Traceback" not in err
     time.sleep(0.5)
