@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from prometheus_client import Counter, Gauge, Histogram
+
+if TYPE_CHECKING:
+    from mrsa.store.base import QueueStats
 
 BACKEND_LATENCY = Histogram(
     "mrsa_backend_request_seconds",
@@ -21,3 +26,21 @@ TASKS_IN_FLIGHT = Gauge("mrsa_worker_tasks_in_flight", "Tasks this worker is run
 TASKS_RECLAIMED = Counter("mrsa_tasks_reclaimed_total", "Tasks taken over from a silent consumer.")
 TASKS_DEAD = Counter("mrsa_tasks_dead_lettered_total", "Tasks moved to the dead-letter list.")
 TASK_FAILURES = Counter("mrsa_task_failures_total", "Tasks that failed, by error kind.", ["kind"])
+TASKS_RELEASED = Counter("mrsa_tasks_released_total", "Tasks given back unfinished at a graceful stop.")
+STORE_UNAVAILABLE = Counter(
+    "mrsa_store_unavailable_total", "Store calls that failed because it was unreachable."
+)
+QUEUE_QUEUED = Gauge("mrsa_queue_tasks_queued", "Tasks waiting in the queue (all workers).")
+QUEUE_IN_FLIGHT = Gauge("mrsa_queue_tasks_in_flight", "Tasks taken and not yet acked (all workers).")
+QUEUE_PENDING_RECLAIM = Gauge(
+    "mrsa_queue_tasks_pending_reclaim", "In-flight tasks silent past the reclaim timeout (their worker died)."
+)
+QUEUE_DEAD = Gauge("mrsa_queue_tasks_dead", "Tasks in the dead-letter list.")
+
+
+def observe_queue(stats: QueueStats) -> None:
+    """Set the queue gauges from one ``TaskQueue.stats()`` reading."""
+    QUEUE_QUEUED.set(stats.queued)
+    QUEUE_IN_FLIGHT.set(stats.in_flight)
+    QUEUE_PENDING_RECLAIM.set(stats.reclaimable)
+    QUEUE_DEAD.set(stats.dead)

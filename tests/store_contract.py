@@ -122,7 +122,7 @@ class StoreContract:
         assert (await queue.stats()).in_flight == 1
         await queue.ack(a)  # acking twice is harmless
         assert (await queue.stats()).in_flight == 1
-        reclaimed = await queue.reclaim("c2", idle_ms=0, count=10)
+        reclaimed = (await queue.reclaim("c2", idle_ms=0, count=10)).deliveries
         assert [d.id for d in reclaimed] == [b.id]  # the acked task is never redelivered
 
     # -- queue: reclaim / heartbeat / dead letters --------------------------------------------------
@@ -131,8 +131,8 @@ class StoreContract:
         store, queue = pair
         await store.create_job(make_job("j1"), tasks_of("j1", n=2))
         taken = await queue.take("dead-worker", 2, block_ms=0)
-        assert await queue.reclaim("c2", idle_ms=60_000, count=10) == []  # not idle long enough
-        reclaimed = await queue.reclaim("c2", idle_ms=0, count=1)
+        assert (await queue.reclaim("c2", idle_ms=60_000, count=10)).deliveries == []  # not idle long enough
+        reclaimed = (await queue.reclaim("c2", idle_ms=0, count=1)).deliveries
         assert len(reclaimed) == 1
         assert reclaimed[0].id in {d.id for d in taken}
         assert reclaimed[0].deliveries == 2
@@ -147,7 +147,7 @@ class StoreContract:
         alive, silent = await queue.take("c1", 2, block_ms=0)
         await asyncio.sleep(0.12)
         await queue.heartbeat("c1", [alive])
-        reclaimed = await queue.reclaim("c2", idle_ms=100, count=10)
+        reclaimed = (await queue.reclaim("c2", idle_ms=100, count=10)).deliveries
         assert [d.id for d in reclaimed] == [silent.id]
 
     async def test_dead_letter_after_max_deliveries(self, pair: StorePair) -> None:
@@ -155,12 +155,48 @@ class StoreContract:
         await store.create_job(make_job("j1"), tasks_of("j1", n=1))
         (delivery,) = await queue.take("c1", 1, block_ms=0)
         seen = [delivery.deliveries]
+        dead = []
         for _ in range(MAX_DELIVERIES + 2):
-            for d in await queue.reclaim("c2", idle_ms=0, count=10):
-                seen.append(d.deliveries)
+            result = await queue.reclaim("c2", idle_ms=0, count=10)
+            seen.extend(d.deliveries for d in result.deliveries)
+            dead.extend(result.dead)
         assert seen == list(range(1, MAX_DELIVERIES + 1))
+        # The reclaimer learns about the dead letter (to fail its job), exactly once.
+        assert [(d.id, d.task, d.deliveries) for d in dead] == [(delivery.id, delivery.task, MAX_DELIVERIES)]
         stats = await queue.stats()
         assert (stats.queued, stats.in_flight, stats.dead) == (0, 0, 1)
+
+    async def test_heartbeat_does_not_steal_a_reclaimed_task(self, pair: StorePair) -> None:
+        store, queue = pair
+        await store.create_job(make_job("j1"), tasks_of("j1", n=1))
+        (mine,) = await queue.take("c1", 1, block_ms=0)
+        (theirs,) = (await queue.reclaim("c2", idle_ms=0, count=1)).deliveries
+        await queue.heartbeat("c1", [mine])  # c1 was too slow: the task is c2's now
+        await queue.release("c1", [mine])  # and c1 cannot give away what is not its own
+        assert (await queue.reclaim("c3", idle_ms=60_000, count=1)).deliveries == []
+        await queue.ack(theirs)
+        assert (await queue.stats()).in_flight == 0
+
+    async def test_release_makes_tasks_reclaimable_at_once(self, pair: StorePair) -> None:
+        store, queue = pair
+        await store.create_job(make_job("j1"), tasks_of("j1", n=2))
+        given_back, kept = await queue.take("c1", 2, block_ms=0)
+        await queue.release("c1", [given_back])
+        stats = await queue.stats(idle_ms=60_000)
+        assert (stats.in_flight, stats.reclaimable) == (2, 1)
+        reclaimed = (await queue.reclaim("c2", idle_ms=60_000, count=10)).deliveries
+        assert [(d.id, d.deliveries) for d in reclaimed] == [(given_back.id, 2)]
+        assert kept.id not in {d.id for d in reclaimed}
+
+    async def test_stats_count_silent_tasks(self, pair: StorePair) -> None:
+        store, queue = pair
+        await store.create_job(make_job("j1"), tasks_of("j1", n=3))
+        await queue.take("c1", 2, block_ms=0)
+        assert (await queue.stats()).reclaimable == 0
+        await asyncio.sleep(0.06)
+        stats = await queue.stats(idle_ms=50)
+        assert (stats.queued, stats.in_flight, stats.reclaimable) == (1, 2, 2)
+        assert (await queue.stats(idle_ms=60_000)).reclaimable == 0
 
     # -- jobs -------------------------------------------------------------------------------------
 
@@ -176,6 +212,45 @@ class StoreContract:
         assert [j.id for j in await store.list_jobs()] == ["c", "b", "a"]  # newest first
         assert [j.id for j in await store.list_jobs(owner="alice")] == ["c", "a"]
         assert [j.id for j in await store.list_jobs(limit=1)] == ["c"]
+
+    async def test_create_job_twice_enqueues_once(self, pair: StorePair) -> None:
+        store, queue = pair
+        await store.create_job(make_job("a"), tasks_of("a", n=3))
+        await store.create_job(make_job("a", owner="mallory"), tasks_of("a", n=3))
+        assert (await queue.stats()).queued == 3
+        assert (await store.get_job("a")).owner == "local"
+
+    async def test_count_active_per_owner(self, pair: StorePair) -> None:
+        store, _ = pair
+        assert await store.count_active("alice") == 0
+        for job_id, owner in [("a1", "alice"), ("a2", "alice"), ("a3", "alice"), ("b1", "bob")]:
+            await store.create_job(make_job(job_id, owner=owner), [])
+        await store.mark_running("a2")
+        assert (await store.count_active("alice"), await store.count_active("bob")) == (3, 1)
+        await store.finish_job("a1", make_result("a1"))
+        await store.cancel_job("a2")
+        assert await store.count_active("alice") == 1
+        await store.finish_job("a1", make_result("a1"))  # a second finish changes nothing
+        assert await store.count_active("alice") == 1
+
+    async def test_idempotency_key_claims(self, pair: StorePair) -> None:
+        store, _ = pair
+        assert await store.claim_idempotency_key("alice", "k1", "job-1", ttl_s=60) is None
+        assert await store.claim_idempotency_key("alice", "k1", "job-2", ttl_s=60) == "job-1"
+        assert await store.claim_idempotency_key("bob", "k1", "job-3", ttl_s=60) is None  # per owner
+        assert await store.claim_idempotency_key("alice", "k2", "job-4", ttl_s=60) is None
+        claims = await asyncio.gather(
+            *(store.claim_idempotency_key("carol", "k", f"j{i}", 60) for i in range(8))
+        )
+        assert claims.count(None) == 1
+        winner = f"j{claims.index(None)}"
+        assert all(c in (None, winner) for c in claims)
+
+    async def test_idempotency_key_expires(self, pair: StorePair) -> None:
+        store, _ = pair
+        assert await store.claim_idempotency_key("alice", "k", "job-1", ttl_s=1) is None
+        await asyncio.sleep(1.2)
+        assert await store.claim_idempotency_key("alice", "k", "job-2", ttl_s=1) is None
 
     async def test_mark_running_only_from_queued(self, pair: StorePair) -> None:
         store, _ = pair
@@ -261,8 +336,11 @@ class StoreContract:
         assert await store.cancel_job("j1", "stop it") is True
         job = await store.get_job("j1")
         assert job.status == JobStatus.cancelled and job.error == "stop it"
-        # Its queued tasks are dropped; other jobs' stay.
-        assert {t.job_id for t in await take_all(queue)} == {"j2"}
+        # Its queued tasks are dropped, or delivered to be skipped (the job is terminal); other
+        # jobs' stay.
+        taken = await take_all(queue)
+        assert [t.index for t in taken if t.job_id == "j2"] == [0, 1]
+        assert {t.job_id for t in taken} <= {"j1", "j2"}
         assert await store.cancel_job("j1") is False
         assert await store.finish_job("j1", make_result("j1")) is False
         assert await store.advance_round("j1", 0, tasks_of("j1", 1)) is False

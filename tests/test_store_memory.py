@@ -45,13 +45,6 @@ async def test_dead_letters_are_inspectable(memory: tuple[MemoryJobStore, Memory
     assert queue.dead_letters[0].deliveries == MAX_DELIVERIES
 
 
-async def test_create_job_twice_enqueues_once(memory: tuple[MemoryJobStore, MemoryTaskQueue]) -> None:
-    store, queue = memory
-    await store.create_job(make_job("a"), tasks_of("a", n=3))
-    await store.create_job(make_job("a"), tasks_of("a", n=3))
-    assert (await queue.stats()).queued == 3
-
-
 async def test_returned_objects_are_copies(memory: tuple[MemoryJobStore, MemoryTaskQueue]) -> None:
     store, _ = memory
     job = make_job("a")

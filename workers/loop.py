@@ -1,6 +1,11 @@
 """The worker task loop: take as many tasks as the backend can run, run them through the engine,
-ack each once its result is stored, heartbeat the ones in flight, reclaim silent consumers' tasks,
-and stop gracefully (finish or release what is in flight)."""
+ack each once its result is stored, heartbeat the ones in flight, reclaim silent consumers' tasks
+(failing the jobs of dead-lettered ones), publish queue gauges, and stop gracefully: finish what is
+in flight within a grace period, then release the rest unacked for another worker.
+
+When the store is unreachable the loop backs off (exponentially, with jitter) and tries again; a
+task that hit the outage is left pending and is reclaimed after the idle timeout, so a Redis
+restart costs time, never a candidate."""
 
 from __future__ import annotations
 
@@ -8,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import random
 import socket
 from dataclasses import dataclass
 
@@ -31,6 +37,40 @@ class WorkerOptions:
     heartbeat_s: float = 10.0
     cancel_check_s: float = 1.0
     shutdown_grace_s: float = 30.0
+    stats_interval_s: float = 5.0
+    backoff_s: float = 0.5
+    backoff_cap_s: float = 10.0
+
+
+def dead_letter_reason(delivery: Delivery) -> str:
+    return (
+        f"task {delivery.task.key} was moved to the dead-letter list after {delivery.deliveries} "
+        "deliveries: every worker that took it stopped (crashed or was killed) before finishing it"
+    )
+
+
+class _Outage:
+    """Backoff while the store is unreachable; one log line when it starts and one when it ends."""
+
+    def __init__(self, options: WorkerOptions) -> None:
+        self.options = options
+        self.failures = 0
+        self.started = 0.0
+
+    def delay(self, exc: StoreUnavailable) -> float:
+        loop = asyncio.get_running_loop()
+        if self.failures == 0:
+            self.started = loop.time()
+            log.warning("store unavailable (%s); retrying with backoff", exc)
+        self.failures += 1
+        cap = min(self.options.backoff_cap_s, self.options.backoff_s * 2 ** min(self.failures - 1, 16))
+        return random.uniform(cap / 2, cap)
+
+    def ok(self) -> None:
+        if self.failures:
+            elapsed = asyncio.get_running_loop().time() - self.started
+            log.info("store reachable again after %.1fs (%d failed attempts)", elapsed, self.failures)
+            self.failures = 0
 
 
 class Worker:
@@ -49,7 +89,11 @@ class Worker:
         self.consumer = consumer or consumer_name()
         self._running: dict[str, tuple[Delivery, asyncio.Task[None]]] = {}
         self._cancelled_jobs: set[str] = set()
+        self._dead: list[Delivery] = []  # dead-lettered tasks whose jobs are still to be failed
+        self._outage = _Outage(self.options)
         self.completed = 0
+        self.reclaimed = 0
+        self.released = 0
 
     @property
     def in_flight(self) -> int:
@@ -58,8 +102,9 @@ class Worker:
     async def run(self, stop: asyncio.Event) -> None:
         """Run until ``stop`` is set, then finish in-flight tasks within the grace period."""
         side = [
-            asyncio.create_task(self._heartbeat_loop(stop)),
-            asyncio.create_task(self._cancel_loop(stop)),
+            asyncio.create_task(self._heartbeat_loop()),
+            asyncio.create_task(self._cancel_loop()),
+            asyncio.create_task(self._stats_loop()),
         ]
         try:
             await self._take_loop(stop)
@@ -72,32 +117,57 @@ class Worker:
                     await t
 
     async def _take_loop(self, stop: asyncio.Event) -> None:
-        since_reclaim = float("inf")
         loop = asyncio.get_running_loop()
+        last_reclaim = float("-inf")
         while not stop.is_set():
             free = self.options.capacity - len(self._running)
             if free <= 0:
                 await self._wait_for_slot(stop)
                 continue
             try:
+                await self._fail_dead_jobs()
                 got: list[Delivery] = []
-                if (
-                    loop.time() - since_reclaim >= self.options.reclaim_idle_ms / 2000
-                    or since_reclaim == float("inf")
-                ):
-                    since_reclaim = loop.time()
-                    got = await self.queue.reclaim(self.consumer, self.options.reclaim_idle_ms, free)
-                    if got:
-                        metrics.TASKS_RECLAIMED.inc(len(got))
-                        log.info("reclaimed %d task(s) from silent consumers", len(got))
+                if loop.time() - last_reclaim >= self.options.reclaim_idle_ms / 2000:
+                    last_reclaim = loop.time()
+                    got = await self._reclaim(free)
                 if not got:
                     got = await self.queue.take(self.consumer, free, self._block_ms(stop))
+                self._outage.ok()
             except StoreUnavailable as exc:
-                log.warning("store unavailable: %s; retrying", exc)
-                await asyncio.sleep(1.0)
+                metrics.STORE_UNAVAILABLE.inc()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), self._outage.delay(exc))
                 continue
+            if stop.is_set() and got:  # taken while stopping: hand them straight back
+                await self._release(got)
+                break
             for delivery in got:
                 self._start(delivery)
+
+    async def _reclaim(self, free: int) -> list[Delivery]:
+        result = await self.queue.reclaim(self.consumer, self.options.reclaim_idle_ms, free)
+        if result.deliveries:
+            self.reclaimed += len(result.deliveries)
+            metrics.TASKS_RECLAIMED.inc(len(result.deliveries))
+            log.info(
+                "reclaimed %d task(s) from silent consumers: %s",
+                len(result.deliveries),
+                ", ".join(f"{d.task.key} (delivery {d.deliveries})" for d in result.deliveries),
+            )
+        if result.dead:
+            metrics.TASKS_DEAD.inc(len(result.dead))
+            for d in result.dead:
+                log.error("dead-lettered %s", dead_letter_reason(d))
+            self._dead.extend(result.dead)
+            await self._fail_dead_jobs()
+        return result.deliveries
+
+    async def _fail_dead_jobs(self) -> None:
+        """Fail the jobs of dead-lettered tasks (kept until the store takes it)."""
+        while self._dead:
+            d = self._dead[0]
+            await self.engine.fail(d.task.job_id, dead_letter_reason(d))
+            self._dead.pop(0)
 
     def _block_ms(self, stop: asyncio.Event) -> int:
         return 0 if stop.is_set() else self.options.block_ms
@@ -116,6 +186,7 @@ class Worker:
         task = asyncio.create_task(self._handle(delivery))
         self._running[delivery.id] = (delivery, task)
         metrics.TASKS_IN_FLIGHT.set(len(self._running))
+        log.debug("started %s (delivery %d)", delivery.task.key, delivery.deliveries)
 
     async def _handle(self, delivery: Delivery) -> None:
         task = delivery.task
@@ -129,31 +200,50 @@ class Worker:
                 raise
         except StoreUnavailable as exc:
             ack = False
+            metrics.STORE_UNAVAILABLE.inc()
             log.warning("task %s left pending, store unavailable: %s", task.key, exc)
         except BackendError as exc:
             metrics.TASK_FAILURES.labels(exc.kind).inc()
-            log.error("task %s failed: %s", task.key, exc)
-            await self.engine.fail(task.job_id, exc)
+            log.error("task %s failed, failing job %s: %s", task.key, task.job_id, exc)
+            ack = await self._fail(task.job_id, exc)
         except Exception as exc:  # a bug or bad data: fail the job with the reason, never hang it
             metrics.TASK_FAILURES.labels("internal").inc()
             log.exception("task %s crashed", task.key)
-            await self.engine.fail(task.job_id, exc)
+            ack = await self._fail(task.job_id, exc)
         finally:
             self._running.pop(delivery.id, None)
             metrics.TASKS_IN_FLIGHT.set(len(self._running))
             if ack:
-                with contextlib.suppress(StoreUnavailable):
+                try:
                     await self.queue.ack(delivery)
                     self.completed += 1
+                except StoreUnavailable:
+                    log.warning("ack of %s failed (store unavailable); it will be redelivered", task.key)
 
-    async def _heartbeat_loop(self, stop: asyncio.Event) -> None:
+    async def _fail(self, job_id: str, error: BaseException) -> bool:
+        """Fail the job; ``False`` (leave the task pending, to fail it again later) when the store
+        is unreachable, so a job is never left running with nobody working on it."""
+        try:
+            await self.engine.fail(job_id, error)
+            return True
+        except StoreUnavailable as exc:
+            log.warning("could not fail job %s, store unavailable: %s", job_id, exc)
+            return False
+
+    async def _heartbeat_loop(self) -> None:
         while True:
             await asyncio.sleep(self.options.heartbeat_s)
             if self._running:
                 with contextlib.suppress(StoreUnavailable):
                     await self.queue.heartbeat(self.consumer, [d for d, _ in self._running.values()])
 
-    async def _cancel_loop(self, stop: asyncio.Event) -> None:
+    async def _stats_loop(self) -> None:
+        while True:
+            with contextlib.suppress(StoreUnavailable):
+                metrics.observe_queue(await self.queue.stats(idle_ms=self.options.reclaim_idle_ms))
+            await asyncio.sleep(self.options.stats_interval_s)
+
+    async def _cancel_loop(self) -> None:
         """Cancel in-flight backend requests of jobs that were cancelled (or failed) meanwhile."""
         while True:
             await asyncio.sleep(self.options.cancel_check_s)
@@ -167,16 +257,41 @@ class Worker:
                     self._cancelled_jobs.add(job_id)
                     for d, t in list(self._running.values()):
                         if d.task.job_id == job_id:
+                            log.info(
+                                "job %s is %s: stopping %s", job_id, job.status if job else "gone", d.task.key
+                            )
                             t.cancel()
+
+    async def _release(self, deliveries: list[Delivery]) -> None:
+        try:
+            await self.queue.release(self.consumer, deliveries)
+        except StoreUnavailable:
+            log.warning(
+                "could not release %d task(s); they will be reclaimed after the idle timeout", len(deliveries)
+            )
+            return
+        self.released += len(deliveries)
+        metrics.TASKS_RELEASED.inc(len(deliveries))
+        log.info(
+            "released %d unfinished task(s): %s", len(deliveries), ", ".join(d.task.key for d in deliveries)
+        )
 
     async def _drain(self) -> None:
         """Graceful stop: let in-flight tasks finish for a grace period, then release them."""
         pending = [t for _, t in self._running.values()]
         if not pending:
             return
+        log.info(
+            "stopping: waiting up to %.0fs for %d task(s) in flight",
+            self.options.shutdown_grace_s,
+            len(pending),
+        )
         _, still = await asyncio.wait(pending, timeout=self.options.shutdown_grace_s)
+        unfinished = [d for d, t in self._running.values() if t in still]
         for t in still:
             t.cancel()
         for t in still:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await t
+        if unfinished:
+            await self._release(unfinished)

@@ -6,6 +6,14 @@ reclaims them after an idle timeout. Every write is keyed deterministically (job
 chunk), so storing a candidate twice is a no-op, and the round advance is a compare-and-set on the
 job's round pointer, so a redelivered completion never plans a round twice.
 
+Cancellation marks the job terminal. Its queued tasks may be dropped (memory) or still delivered
+(Redis): the engine returns early for a task of a terminal job and the worker acks it, so either
+way no backend request is made for it.
+
+A task delivered more than the queue's maximum number of times (its worker kept dying on it) is
+moved to a dead-letter list by :meth:`TaskQueue.reclaim`, which reports it so the worker fails its
+job with a clear reason.
+
 Implementations: :mod:`mrsa.store.memory` (in-process, what ``mrsa solve`` runs on) and
 :mod:`mrsa.store.redis` (the service). Both pass the same contract tests.
 """
@@ -15,7 +23,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from mrsa.domain import Candidate, ChunkCheckpoint, Event, Job, JobResult, JobStatus, Task
 
@@ -29,9 +37,21 @@ class Delivery(BaseModel):
 
 
 class QueueStats(BaseModel):
-    queued: int
-    in_flight: int
-    dead: int = 0
+    queued: int = Field(description="Tasks waiting to be taken.")
+    in_flight: int = Field(description="Tasks taken and not yet acked (all consumers).")
+    dead: int = Field(0, description="Tasks in the dead-letter list.")
+    reclaimable: int = Field(
+        0, description="In-flight tasks silent for at least the ``idle_ms`` asked about."
+    )
+
+
+class ReclaimResult(BaseModel):
+    """What :meth:`TaskQueue.reclaim` did: tasks now owned by the caller, and tasks dead-lettered."""
+
+    deliveries: list[Delivery] = Field(default_factory=list)
+    dead: list[Delivery] = Field(
+        default_factory=list, description="Moved to the dead-letter list: their jobs should be failed."
+    )
 
 
 class TaskQueue(Protocol):
@@ -49,14 +69,21 @@ class TaskQueue(Protocol):
         """The consumer is still working on these: reset their idle time so nobody reclaims them."""
         ...
 
-    async def reclaim(self, consumer: str, idle_ms: int, count: int) -> list[Delivery]:
-        """Take over tasks whose consumer has been silent for ``idle_ms``.
+    async def reclaim(self, consumer: str, idle_ms: int, count: int) -> ReclaimResult:
+        """Take over up to ``count`` tasks whose consumer has been silent for ``idle_ms``.
 
-        Tasks delivered more than the queue's maximum are moved to the dead-letter list instead.
+        A task already delivered the queue's maximum number of times is moved to the dead-letter
+        list instead and returned in ``dead`` (its ``deliveries`` is how often it was delivered).
         """
         ...
 
-    async def stats(self) -> QueueStats: ...
+    async def release(self, consumer: str, deliveries: Sequence[Delivery]) -> None:
+        """Give back tasks this consumer will not finish (graceful stop): reclaimable at once."""
+        ...
+
+    async def stats(self, idle_ms: int | None = None) -> QueueStats:
+        """Queue sizes; ``reclaimable`` counts in-flight tasks silent for ``idle_ms`` (0 when None)."""
+        ...
 
 
 class JobStore(Protocol):
@@ -68,7 +95,21 @@ class JobStore(Protocol):
 
     async def get_job(self, job_id: str) -> Job | None: ...
 
-    async def list_jobs(self, owner: str | None = None, limit: int = 100) -> list[Job]: ...
+    async def list_jobs(self, owner: str | None = None, limit: int = 100) -> list[Job]:
+        """Jobs (of ``owner`` when given), newest first."""
+        ...
+
+    async def count_active(self, owner: str) -> int:
+        """How many of ``owner``'s jobs are not terminal (queued or running)."""
+        ...
+
+    async def claim_idempotency_key(self, owner: str, key: str, job_id: str, ttl_s: int) -> str | None:
+        """Record that ``owner``'s ``key`` made ``job_id`` (for ``ttl_s`` seconds).
+
+        Returns the job id recorded earlier when the key was already used (and records nothing),
+        else ``None``. Atomic: of concurrent claims of one key exactly one gets ``None``.
+        """
+        ...
 
     async def mark_running(self, job_id: str) -> bool:
         """queued → running; ``True`` only for the caller that made the transition."""
@@ -99,7 +140,10 @@ class JobStore(Protocol):
     async def get_result(self, job_id: str) -> JobResult | None: ...
 
     async def cancel_job(self, job_id: str, reason: str = "cancelled") -> bool:
-        """Mark the job cancelled and drop its queued tasks; ``False`` when already terminal."""
+        """Mark the job cancelled; ``False`` when already terminal.
+
+        Its queued tasks are dropped or, where the queue cannot drop them cheaply (Redis), delivered
+        and skipped: see the module docstring."""
         ...
 
     async def save_checkpoint(

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from mrsa.domain import Candidate, ChunkCheckpoint, Event, Job, JobResult, JobStatus, Task
-from mrsa.store.base import Delivery, QueueStats
+from mrsa.store.base import Delivery, QueueStats, ReclaimResult
 
 
 @dataclass
@@ -69,22 +69,29 @@ class MemoryTaskQueue:
             if p is not None and p.consumer == consumer:
                 p.last_seen = now
 
-    async def reclaim(self, consumer: str, idle_ms: int, count: int) -> list[Delivery]:
+    async def reclaim(self, consumer: str, idle_ms: int, count: int) -> ReclaimResult:
         now = time.monotonic()
-        out: list[Delivery] = []
+        out = ReclaimResult()
         for key, p in list(self._pending.items()):
-            if len(out) >= count:
+            if len(out.deliveries) >= count:
                 break
             if (now - p.last_seen) * 1000 < idle_ms:
                 continue
             if p.delivery.deliveries >= self.max_deliveries:
                 del self._pending[key]
                 self._dead.append(p.delivery)
+                out.dead.append(p.delivery)
                 continue
             d = p.delivery.model_copy(update={"deliveries": p.delivery.deliveries + 1})
             self._pending[key] = _Pending(consumer, d, now)
-            out.append(d)
+            out.deliveries.append(d)
         return out
+
+    async def release(self, consumer: str, deliveries: Sequence[Delivery]) -> None:
+        for d in deliveries:
+            p = self._pending.get(d.id)
+            if p is not None and p.consumer == consumer:
+                p.last_seen = float("-inf")
 
     async def drop_job(self, job_id: str) -> int:
         """Remove a job's queued tasks (cancellation)."""
@@ -93,8 +100,16 @@ class MemoryTaskQueue:
             self._ready = deque(d for d in self._ready if d.task.job_id != job_id)
             return before - len(self._ready)
 
-    async def stats(self) -> QueueStats:
-        return QueueStats(queued=len(self._ready), in_flight=len(self._pending), dead=len(self._dead))
+    async def stats(self, idle_ms: int | None = None) -> QueueStats:
+        now = time.monotonic()
+        stale = (
+            sum(1 for p in self._pending.values() if (now - p.last_seen) * 1000 >= idle_ms)
+            if idle_ms is not None
+            else 0
+        )
+        return QueueStats(
+            queued=len(self._ready), in_flight=len(self._pending), dead=len(self._dead), reclaimable=stale
+        )
 
     @property
     def dead_letters(self) -> list[Delivery]:
@@ -116,6 +131,7 @@ class MemoryJobStore:
     def __init__(self, queue: MemoryTaskQueue) -> None:
         self.queue = queue
         self._jobs: dict[str, _JobState] = {}
+        self._idempotency: dict[tuple[str, str], tuple[str, float]] = {}
         self._events_changed = asyncio.Condition()
 
     def _state(self, job_id: str) -> _JobState:
@@ -138,6 +154,17 @@ class MemoryJobStore:
         jobs = [s.job for s in self._jobs.values() if owner is None or s.job.owner == owner]
         jobs.sort(key=lambda j: j.created_at, reverse=True)
         return [j.model_copy(deep=True) for j in jobs[:limit]]
+
+    async def count_active(self, owner: str) -> int:
+        return sum(1 for s in self._jobs.values() if s.job.owner == owner and not s.job.status.terminal)
+
+    async def claim_idempotency_key(self, owner: str, key: str, job_id: str, ttl_s: int) -> str | None:
+        now = time.monotonic()
+        existing = self._idempotency.get((owner, key))
+        if existing is not None and existing[1] > now:
+            return existing[0]
+        self._idempotency[(owner, key)] = (job_id, now + ttl_s)
+        return None
 
     async def mark_running(self, job_id: str) -> bool:
         st = self._state(job_id)

@@ -1,0 +1,702 @@
+"""Redis ``JobStore`` and ``TaskQueue`` (the service's transport), on redis-py's asyncio client.
+
+Layout (``p`` is the key prefix, ``mrsa`` by default)::
+
+    p:tasks                    Stream of tasks (field ``task``: Task JSON), consumer group ``workers``
+    p:dead                     List of dead-lettered tasks (JSON: id, task, deliveries)
+    p:jobs                     Sorted set of job ids by creation time (all owners)
+    p:owner:{owner}:jobs       Sorted set of one owner's job ids by creation time
+    p:owner:{owner}:active     Set of one owner's non-terminal job ids
+    p:idem:{owner}:{key}       Idempotency key → job id (with its own TTL)
+    p:job:{id}                 Hash: spec, owner, status, round, timestamps, error, answer, result,
+                               and ``done:{round}`` counters of stored candidates
+    p:job:{id}:round:{r}       Hash: candidate index → Candidate JSON
+    p:job:{id}:checkpoints     Hash: "{round}:{index}" → ChunkCheckpoint JSON (+ ":n" = its chunks)
+    p:job:{id}:events          Stream of progress events (MAXLEN ~ 10000)
+
+Atomicity: every write that must be all-or-nothing or conditional is one Lua script (atomic in
+Redis, and one round trip): ``create_job`` (store + index + enqueue round 0; a second create is a
+no-op), ``save_candidate`` (HSETNX, then HINCRBY of the round's counter only when new),
+``advance_round`` (compare-and-set of the round pointer + XADD of the next round's tasks; nothing
+for a terminal job), ``finish_job``/``cancel_job`` (once; then a TTL of ``retention_s`` on every key
+of the job), ``reclaim`` (XAUTOCLAIM + delivery counts from XPENDING + dead-lettering). Keys a
+script builds itself (round hashes) are not declared, so this needs a single Redis (or a primary
+with replicas), not Redis Cluster.
+
+Delivery (see :mod:`mrsa.store.base`: a task may run more than once): XREADGROUP hands tasks to a
+consumer; ``ack`` is XACK + XDEL in one MULTI (so the stream holds only queued and in-flight
+tasks); ``heartbeat`` re-claims the consumer's own pending ids with XCLAIM ... JUSTID, which resets
+their idle time without counting a delivery; ``reclaim`` takes over tasks idle for ``idle_ms``
+(XAUTOCLAIM) and moves those delivered more than ``max_deliveries`` times to ``p:dead``.
+
+Cancellation does not search the stream for the job's queued tasks (that would cost a scan of the
+whole queue): ``cancel_job`` only marks the job cancelled. Its queued tasks are still delivered;
+the engine returns at once for a task of a terminal job (no backend request) and the worker acks
+it. ``stats().queued`` counts them until then.
+
+Errors: a connection error or timeout (also Redis still loading its AOF after a restart) raises
+:class:`~mrsa.store.base.StoreUnavailable`, so a worker leaves its task pending and retries later.
+
+Round trips per candidate (counted by ``tests/test_store_redis.py::test_round_trips_per_candidate``,
+which counts the packets the client sends, a pipeline or a script being one): a worker running one
+candidate task makes **7** — XREADGROUP (``take``, at most one per task), HMGET (``get_job``), HMGET
+(``get_candidates``: is it already stored?), HMGET (``load_parents``; rounds ≥ 1 only), EVALSHA
+(``save_candidate``), EVALSHA (``add_event``), MULTI/XACK/XDEL/EXEC (``ack``). Per round add 2
+(``advance_round`` + its event); per job a constant few (create, first ``mark_running`` + event, and
+``finish``: get_job, one HGETALL per round, finish script, event). Nothing depends on N, T or the
+number of jobs. Time-driven calls (heartbeats, reclaim, cancellation checks, stats) come on top,
+per worker and per second, not per candidate.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from collections.abc import Iterator, Sequence
+from typing import Any, cast
+from urllib.parse import urlsplit, urlunsplit
+
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialWithJitterBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from mrsa.domain import Candidate, ChunkCheckpoint, Event, Job, JobResult, JobSpec, JobStatus, Task
+from mrsa.store.base import Delivery, QueueStats, ReclaimResult, StoreUnavailable
+
+GROUP = "workers"
+EVENTS_MAXLEN = 10_000
+# Blocking reads are capped below the socket timeout; callers loop (the protocol says "up to").
+MAX_BLOCK_MS = 10_000
+SOCKET_TIMEOUT_S = 15.0
+# XCLAIM ... IDLE for released tasks: ten years, i.e. "silent for longer than any reclaim timeout".
+RELEASED_IDLE_MS = 10 * 365 * 86_400_000
+_PENDING_SCAN = 10_000
+
+_TERMINAL_LUA = (
+    "local function terminal(s) return s == 'succeeded' or s == 'failed' or s == 'cancelled' end\n"
+)
+
+# KEYS: job, all jobs, owner jobs, owner active, tasks. ARGV: id, created_at, active(0/1), nfields,
+# field/value pairs..., task JSON...
+_CREATE = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+local nf = tonumber(ARGV[4])
+local fields = {}
+for i = 1, nf * 2 do fields[i] = ARGV[4 + i] end
+redis.call('HSET', KEYS[1], unpack(fields))
+redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
+redis.call('ZADD', KEYS[3], ARGV[2], ARGV[1])
+if ARGV[3] == '1' then redis.call('SADD', KEYS[4], ARGV[1]) end
+for i = 5 + nf * 2, #ARGV do redis.call('XADD', KEYS[5], '*', 'task', ARGV[i]) end
+return 1
+"""
+
+# KEYS: job. ARGV: now.
+_MARK_RUNNING = """
+if redis.call('HGET', KEYS[1], 'status') ~= 'queued' then return 0 end
+redis.call('HSET', KEYS[1], 'status', 'running', 'updated_at', ARGV[1])
+return 1
+"""
+
+# KEYS: job, round hash. ARGV: index, candidate JSON, round, now. Returns the round's count, -1 for
+# an unknown job. A write to a finished job (a late duplicate) inherits the job's TTL.
+_SAVE_CANDIDATE = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
+local counter = 'done:' .. ARGV[3]
+if redis.call('HSETNX', KEYS[2], ARGV[1], ARGV[2]) == 1 then
+  local ttl = redis.call('PTTL', KEYS[1])
+  if ttl > 0 then redis.call('PEXPIRE', KEYS[2], ttl) end
+  redis.call('HSET', KEYS[1], 'updated_at', ARGV[4])
+  return redis.call('HINCRBY', KEYS[1], counter, 1)
+end
+return tonumber(redis.call('HGET', KEYS[1], counter) or '0')
+"""
+
+# KEYS: job, tasks. ARGV: from_round, now, task JSON... Returns 1 (won), 0 (lost), -1 (unknown).
+_ADVANCE = (
+    _TERMINAL_LUA
+    + """
+local st = redis.call('HMGET', KEYS[1], 'status', 'round')
+if not st[1] then return -1 end
+if terminal(st[1]) or tonumber(st[2]) ~= tonumber(ARGV[1]) then return 0 end
+redis.call('HSET', KEYS[1], 'round', tonumber(ARGV[1]) + 1, 'updated_at', ARGV[2])
+for i = 3, #ARGV do redis.call('XADD', KEYS[2], '*', 'task', ARGV[i]) end
+return 1
+"""
+)
+
+# KEYS: job, checkpoints, events. ARGV: id, status, error JSON, answer JSON, result JSON ('' for
+# none: keep the answer), now, retention seconds, key prefix. Returns 1 (done), 0 (already terminal),
+# -1 (unknown). The round hashes that can exist are 0..round+1 (+1: the selection call).
+_TERMINATE = (
+    _TERMINAL_LUA
+    + """
+local st = redis.call('HMGET', KEYS[1], 'status', 'round', 'answer', 'owner')
+if not st[1] then return -1 end
+if terminal(st[1]) then return 0 end
+local answer = ARGV[4]
+if ARGV[5] == '' then answer = st[3] or 'null' end
+redis.call('HSET', KEYS[1], 'status', ARGV[2], 'error', ARGV[3], 'answer', answer,
+           'finished_at', ARGV[6], 'updated_at', ARGV[6])
+if ARGV[5] ~= '' then redis.call('HSET', KEYS[1], 'result', ARGV[5]) end
+redis.call('SREM', ARGV[8] .. ':owner:' .. st[4] .. ':active', ARGV[1])
+local ttl = tonumber(ARGV[7])
+for i = 1, 3 do redis.call('EXPIRE', KEYS[i], ttl) end
+for r = 0, tonumber(st[2]) + 1 do redis.call('EXPIRE', KEYS[1] .. ':round:' .. r, ttl) end
+return 1
+"""
+)
+
+# KEYS: job, checkpoints. ARGV: "{round}:{index}", chunks, checkpoint JSON. Keeps the newest.
+_SAVE_CHECKPOINT = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
+local old = tonumber(redis.call('HGET', KEYS[2], ARGV[1] .. ':n') or '-1')
+if old >= tonumber(ARGV[2]) then return 0 end
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[3], ARGV[1] .. ':n', ARGV[2])
+local ttl = redis.call('PTTL', KEYS[1])
+if ttl > 0 then redis.call('PEXPIRE', KEYS[2], ttl) end
+return 1
+"""
+
+# KEYS: job, events. ARGV: event JSON, maxlen. Returns the event id, or false for an unknown job.
+_ADD_EVENT = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return false end
+local id = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', 'event', ARGV[1])
+local ttl = redis.call('PTTL', KEYS[1])
+if ttl > 0 then redis.call('PEXPIRE', KEYS[2], ttl) end
+return id
+"""
+
+# KEYS: idempotency key. ARGV: job id, ttl seconds. Returns the earlier job id or false.
+_CLAIM_KEY = """
+local old = redis.call('GET', KEYS[1])
+if old then return old end
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+return false
+"""
+
+# KEYS: tasks. ARGV: group, consumer, extra XCLAIM options (0 = heartbeat, else IDLE ms), ids...
+# Only ids this consumer still owns are touched: a task reclaimed by someone else stays theirs.
+_TOUCH = """
+local owned = {}
+for i = 4, #ARGV do
+  local e = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[i], ARGV[i], 1, ARGV[2])
+  if #e > 0 then owned[#owned + 1] = ARGV[i] end
+end
+if #owned == 0 then return 0 end
+if ARGV[3] == '0' then
+  redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, unpack(owned), 'JUSTID')
+else
+  redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, unpack(owned), 'IDLE', ARGV[3], 'JUSTID')
+end
+return #owned
+"""
+
+# KEYS: tasks, dead. ARGV: group, consumer, idle ms, count, max deliveries.
+# Returns {claimed, dead}, each a list of {id, task JSON, deliveries}.
+_RECLAIM = """
+local count = tonumber(ARGV[4])
+local maxd = tonumber(ARGV[5])
+local claimed, dead = {}, {}
+local cursor = '0-0'
+local scans = 0
+repeat
+  local r = redis.call('XAUTOCLAIM', KEYS[1], ARGV[1], ARGV[2], ARGV[3], cursor, 'COUNT', count - #claimed)
+  cursor = r[1]
+  for _, entry in ipairs(r[2]) do
+    if type(entry) == 'table' then
+      local id = entry[1]
+      local task = entry[2][2]
+      local info = redis.call('XPENDING', KEYS[1], ARGV[1], id, id, 1)
+      local n = tonumber(info[1][4])
+      if n > maxd then
+        redis.call('XACK', KEYS[1], ARGV[1], id)
+        redis.call('XDEL', KEYS[1], id)
+        redis.call('RPUSH', KEYS[2], cjson.encode({id = id, task = task, deliveries = n - 1}))
+        dead[#dead + 1] = {id, task, n - 1}
+      else
+        claimed[#claimed + 1] = {id, task, n}
+      end
+    end
+  end
+  scans = scans + 1
+until cursor == '0-0' or #claimed >= count or scans >= 10
+return {claimed, dead}
+"""
+
+
+# How redis-py (RESP2, decode_responses) returns XREAD/XREADGROUP: [stream, [(id, fields)]] per stream.
+_StreamReply = list[tuple[str, list[tuple[str, dict[str, str]]]]]
+
+
+def redact(url: str) -> str:
+    """``url`` without its password (for messages and logs)."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    if parts.port is not None:
+        host = f"{host}:{parts.port}"
+    user = f"{parts.username}:***@" if parts.username else ":***@"
+    return urlunsplit((parts.scheme, user + host, parts.path, parts.query, parts.fragment))
+
+
+def _now() -> str:
+    return repr(time.time())
+
+
+def _opt_json(value: str | None) -> Any:
+    return None if value is None else json.loads(value)
+
+
+class _Redis:
+    """The connection and key names shared by the store and the queue of one ``open_redis``."""
+
+    def __init__(self, client: aioredis.Redis, url: str, prefix: str) -> None:
+        self.client = client
+        self.url = redact(url)
+        self.p = prefix
+        self.tasks = f"{prefix}:tasks"
+        self.dead = f"{prefix}:dead"
+        self.jobs = f"{prefix}:jobs"
+        s = client.register_script
+        self.create = s(_CREATE)
+        self.mark_running = s(_MARK_RUNNING)
+        self.save_candidate = s(_SAVE_CANDIDATE)
+        self.advance = s(_ADVANCE)
+        self.terminate = s(_TERMINATE)
+        self.save_checkpoint = s(_SAVE_CHECKPOINT)
+        self.add_event = s(_ADD_EVENT)
+        self.claim_key = s(_CLAIM_KEY)
+        self.touch = s(_TOUCH)
+        self.reclaim = s(_RECLAIM)
+
+    def job(self, job_id: str) -> str:
+        return f"{self.p}:job:{job_id}"
+
+    def round(self, job_id: str, round_index: int) -> str:
+        return f"{self.p}:job:{job_id}:round:{round_index}"
+
+    def checkpoints(self, job_id: str) -> str:
+        return f"{self.p}:job:{job_id}:checkpoints"
+
+    def events(self, job_id: str) -> str:
+        return f"{self.p}:job:{job_id}:events"
+
+    def owner_jobs(self, owner: str) -> str:
+        return f"{self.p}:owner:{owner}:jobs"
+
+    def owner_active(self, owner: str) -> str:
+        return f"{self.p}:owner:{owner}:active"
+
+    def idempotency(self, owner: str, key: str) -> str:
+        return f"{self.p}:idem:{owner}:{key}"
+
+    @contextlib.contextmanager
+    def unavailable(self) -> Iterator[None]:
+        """Turn connection trouble into :class:`StoreUnavailable` (the task stays pending)."""
+        try:
+            yield
+        except (RedisConnectionError, RedisTimeoutError, ConnectionError, TimeoutError) as exc:
+            raise StoreUnavailable(
+                f"redis at {self.url} is unavailable: {type(exc).__name__}: {exc}"
+            ) from exc
+
+    async def ensure_group(self) -> None:
+        try:
+            await self.client.xgroup_create(self.tasks, GROUP, id="0", mkstream=True)
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+
+_JOB_FIELDS = (
+    "spec",
+    "owner",
+    "status",
+    "round",
+    "created_at",
+    "updated_at",
+    "finished_at",
+    "error",
+    "answer",
+)
+
+
+def _job_from_fields(job_id: str, values: Sequence[str | None]) -> Job | None:
+    if values[0] is None:
+        return None
+    spec, owner, status, rnd, created, updated, finished, error, answer = values
+    assert spec is not None and status is not None and rnd is not None
+    return Job(
+        id=job_id,
+        spec=JobSpec.model_validate_json(spec),
+        owner=owner or "local",
+        status=JobStatus(status),
+        round=int(rnd),
+        created_at=float(created or 0),
+        updated_at=float(updated or 0),
+        finished_at=_opt_json(finished),
+        error=_opt_json(error),
+        answer=_opt_json(answer),
+    )
+
+
+class RedisTaskQueue:
+    """Tasks on one Stream with one consumer group; see the module docstring."""
+
+    def __init__(self, r: _Redis, max_deliveries: int = 5) -> None:
+        self._r = r
+        self.max_deliveries = max_deliveries
+
+    async def take(self, consumer: str, count: int, block_ms: int) -> list[Delivery]:
+        if count <= 0:
+            return []
+        block = min(block_ms, MAX_BLOCK_MS) if block_ms > 0 else None  # BLOCK 0 would wait forever
+        with self._r.unavailable():
+            try:
+                reply = await self._r.client.xreadgroup(
+                    GROUP, consumer, {self._r.tasks: ">"}, count=count, block=block
+                )
+            except ResponseError as exc:
+                if "NOGROUP" not in str(exc):
+                    raise
+                await self._r.ensure_group()  # the data was lost (no AOF): start a fresh group
+                return []
+        out: list[Delivery] = []
+        for _stream, entries in cast(_StreamReply, reply or []):
+            for entry_id, fields in entries:
+                out.append(Delivery(id=entry_id, task=Task.model_validate_json(fields["task"]), deliveries=1))
+        return out
+
+    async def ack(self, delivery: Delivery) -> None:
+        with self._r.unavailable():
+            async with self._r.client.pipeline(transaction=True) as pipe:
+                pipe.xack(self._r.tasks, GROUP, delivery.id)
+                pipe.xdel(self._r.tasks, delivery.id)
+                await pipe.execute()
+
+    async def _touch(self, consumer: str, deliveries: Sequence[Delivery], idle_ms: int) -> None:
+        if not deliveries:
+            return
+        with self._r.unavailable():
+            await self._r.touch(
+                keys=[self._r.tasks], args=[GROUP, consumer, idle_ms, *(d.id for d in deliveries)]
+            )
+
+    async def heartbeat(self, consumer: str, deliveries: Sequence[Delivery]) -> None:
+        await self._touch(consumer, deliveries, 0)
+
+    async def release(self, consumer: str, deliveries: Sequence[Delivery]) -> None:
+        await self._touch(consumer, deliveries, RELEASED_IDLE_MS)
+
+    async def reclaim(self, consumer: str, idle_ms: int, count: int) -> ReclaimResult:
+        if count <= 0:
+            return ReclaimResult()
+        with self._r.unavailable():
+            try:
+                claimed, dead = await self._r.reclaim(
+                    keys=[self._r.tasks, self._r.dead],
+                    args=[GROUP, consumer, max(0, idle_ms), count, self.max_deliveries],
+                )
+            except ResponseError as exc:
+                if "NOGROUP" not in str(exc):
+                    raise
+                await self._r.ensure_group()
+                return ReclaimResult()
+
+        def deliveries(rows: list[list[Any]]) -> list[Delivery]:
+            return [Delivery(id=i, task=Task.model_validate_json(t), deliveries=int(n)) for i, t, n in rows]
+
+        return ReclaimResult(deliveries=deliveries(claimed), dead=deliveries(dead))
+
+    async def stats(self, idle_ms: int | None = None) -> QueueStats:
+        with self._r.unavailable():
+            async with self._r.client.pipeline(transaction=False) as pipe:
+                pipe.xlen(self._r.tasks)
+                pipe.xpending(self._r.tasks, GROUP)
+                pipe.llen(self._r.dead)
+                if idle_ms is not None:
+                    pipe.xpending_range(
+                        self._r.tasks, GROUP, min="-", max="+", count=_PENDING_SCAN, idle=idle_ms
+                    )
+                try:
+                    replies = await pipe.execute()
+                except ResponseError as exc:
+                    if "NOGROUP" not in str(exc):
+                        raise
+                    await self._r.ensure_group()
+                    return QueueStats(queued=0, in_flight=0)
+        length, pending, dead = int(replies[0]), int(replies[1]["pending"]), int(replies[2])
+        stale = len(replies[3]) if idle_ms is not None else 0
+        return QueueStats(queued=max(0, length - pending), in_flight=pending, dead=dead, reclaimable=stale)
+
+    async def dead_letters(self, limit: int = 1000) -> list[Delivery]:
+        """The dead-letter list, oldest first (for inspection)."""
+        with self._r.unavailable():
+            rows = await self._r.client.lrange(self._r.dead, 0, limit - 1)
+        out = []
+        for row in rows:
+            data = json.loads(row)
+            out.append(
+                Delivery(
+                    id=data["id"], task=Task.model_validate_json(data["task"]), deliveries=data["deliveries"]
+                )
+            )
+        return out
+
+
+class RedisJobStore:
+    """Job state in hashes; enqueues on the :class:`RedisTaskQueue` of the same ``open_redis``."""
+
+    def __init__(self, r: _Redis, retention_s: int = 7 * 86400) -> None:
+        self._r = r
+        self.retention_s = retention_s
+
+    @property
+    def client(self) -> aioredis.Redis:
+        return self._r.client
+
+    async def aclose(self) -> None:
+        """Close the connection pool (shared with the queue)."""
+        await self._r.client.aclose()
+
+    async def ping(self) -> bool:
+        """Whether Redis answers (for readiness checks)."""
+        try:
+            with self._r.unavailable():
+                return bool(await self._r.client.ping())
+        except StoreUnavailable:
+            return False
+
+    # -- jobs -------------------------------------------------------------------------------------
+
+    async def create_job(self, job: Job, tasks: Sequence[Task]) -> None:
+        fields: dict[str, str] = {
+            "spec": job.spec.model_dump_json(),
+            "owner": job.owner,
+            "status": job.status.value,
+            "round": str(job.round),
+            "created_at": repr(job.created_at),
+            "updated_at": repr(job.updated_at),
+            "finished_at": json.dumps(job.finished_at),
+            "error": json.dumps(job.error),
+            "answer": json.dumps(job.answer),
+        }
+        flat = [x for kv in fields.items() for x in kv]
+        with self._r.unavailable():
+            await self._r.create(
+                keys=[
+                    self._r.job(job.id),
+                    self._r.jobs,
+                    self._r.owner_jobs(job.owner),
+                    self._r.owner_active(job.owner),
+                    self._r.tasks,
+                ],
+                args=[
+                    job.id,
+                    repr(job.created_at),
+                    "0" if job.status.terminal else "1",
+                    len(fields),
+                    *flat,
+                    *(t.model_dump_json() for t in tasks),
+                ],
+            )
+
+    async def get_job(self, job_id: str) -> Job | None:
+        with self._r.unavailable():
+            values = cast(
+                list[str | None], await self._r.client.hmget(self._r.job(job_id), list(_JOB_FIELDS))
+            )
+        return _job_from_fields(job_id, values)
+
+    async def list_jobs(self, owner: str | None = None, limit: int = 100) -> list[Job]:
+        index = self._r.jobs if owner is None else self._r.owner_jobs(owner)
+        out: list[Job] = []
+        start = 0
+        with self._r.unavailable():
+            while len(out) < limit:
+                ids = cast(
+                    list[str], await self._r.client.zrevrange(index, start, start + limit - len(out) - 1)
+                )
+                if not ids:
+                    break
+                start += len(ids)
+                async with self._r.client.pipeline(transaction=False) as pipe:
+                    for job_id in ids:
+                        pipe.hmget(self._r.job(job_id), list(_JOB_FIELDS))
+                    rows = await pipe.execute()
+                expired = []
+                for job_id, values in zip(ids, rows, strict=True):
+                    job = _job_from_fields(job_id, values)
+                    if job is None:
+                        expired.append(job_id)
+                    else:
+                        out.append(job)
+                if expired:  # retention TTL ran out: drop the index entries too
+                    await self._r.client.zrem(index, *expired)
+                    start -= len(expired)
+        return out
+
+    async def count_active(self, owner: str) -> int:
+        with self._r.unavailable():
+            return int(await self._r.client.scard(self._r.owner_active(owner)))
+
+    async def claim_idempotency_key(self, owner: str, key: str, job_id: str, ttl_s: int) -> str | None:
+        with self._r.unavailable():
+            old = await self._r.claim_key(
+                keys=[self._r.idempotency(owner, key)], args=[job_id, max(1, ttl_s)]
+            )
+        return cast(str | None, old)
+
+    async def mark_running(self, job_id: str) -> bool:
+        with self._r.unavailable():
+            return bool(await self._r.mark_running(keys=[self._r.job(job_id)], args=[_now()]))
+
+    async def save_candidate(self, job_id: str, candidate: Candidate) -> int:
+        with self._r.unavailable():
+            count = int(
+                await self._r.save_candidate(
+                    keys=[self._r.job(job_id), self._r.round(job_id, candidate.round)],
+                    args=[candidate.index, candidate.model_dump_json(), candidate.round, _now()],
+                )
+            )
+        if count < 0:
+            raise KeyError(f"unknown job {job_id!r}")
+        return count
+
+    async def get_candidates(
+        self, job_id: str, round_index: int, indices: Sequence[int] | None = None
+    ) -> list[Candidate]:
+        key = self._r.round(job_id, round_index)
+        with self._r.unavailable():
+            if indices is None:
+                found = await self._r.client.hgetall(key)
+                return [Candidate.model_validate_json(found[k]) for k in sorted(found, key=int)]
+            if not indices:
+                return []
+            values = await self._r.client.hmget(key, [str(i) for i in indices])
+        return [Candidate.model_validate_json(v) for v in values if v is not None]
+
+    async def advance_round(self, job_id: str, from_round: int, tasks: Sequence[Task]) -> bool:
+        with self._r.unavailable():
+            won = int(
+                await self._r.advance(
+                    keys=[self._r.job(job_id), self._r.tasks],
+                    args=[from_round, _now(), *(t.model_dump_json() for t in tasks)],
+                )
+            )
+        if won < 0:
+            raise KeyError(f"unknown job {job_id!r}")
+        return won == 1
+
+    async def _terminate(
+        self, job_id: str, status: JobStatus, error: str | None, result: JobResult | None
+    ) -> bool:
+        answer = result.answer if result is not None else None
+        with self._r.unavailable():
+            done = int(
+                await self._r.terminate(
+                    keys=[self._r.job(job_id), self._r.checkpoints(job_id), self._r.events(job_id)],
+                    args=[
+                        job_id,
+                        status.value,
+                        json.dumps(error),
+                        json.dumps(answer),
+                        result.model_dump_json() if result is not None else "",
+                        _now(),
+                        self.retention_s,
+                        self._r.p,
+                    ],
+                )
+            )
+        if done < 0:
+            raise KeyError(f"unknown job {job_id!r}")
+        return done == 1
+
+    async def finish_job(self, job_id: str, result: JobResult) -> bool:
+        return await self._terminate(job_id, result.status, result.error, result)
+
+    async def get_result(self, job_id: str) -> JobResult | None:
+        with self._r.unavailable():
+            raw = await self._r.client.hget(self._r.job(job_id), "result")
+        return JobResult.model_validate_json(raw) if raw else None
+
+    async def cancel_job(self, job_id: str, reason: str = "cancelled") -> bool:
+        """Mark the job cancelled. Its queued tasks stay on the stream and are skipped when taken
+        (the engine returns early for a terminal job; the worker acks them)."""
+        return await self._terminate(job_id, JobStatus.cancelled, reason, None)
+
+    async def save_checkpoint(self, job_id: str, round_index: int, index: int, cp: ChunkCheckpoint) -> None:
+        with self._r.unavailable():
+            saved = int(
+                await self._r.save_checkpoint(
+                    keys=[self._r.job(job_id), self._r.checkpoints(job_id)],
+                    args=[f"{round_index}:{index}", cp.chunks, cp.model_dump_json()],
+                )
+            )
+        if saved < 0:
+            raise KeyError(f"unknown job {job_id!r}")
+
+    async def load_checkpoint(self, job_id: str, round_index: int, index: int) -> ChunkCheckpoint | None:
+        with self._r.unavailable():
+            raw = await self._r.client.hget(self._r.checkpoints(job_id), f"{round_index}:{index}")
+        return ChunkCheckpoint.model_validate_json(raw) if raw else None
+
+    # -- events -----------------------------------------------------------------------------------
+
+    async def add_event(self, job_id: str, event: Event) -> None:
+        with self._r.unavailable():
+            event_id = await self._r.add_event(
+                keys=[self._r.job(job_id), self._r.events(job_id)],
+                args=[event.model_dump_json(), EVENTS_MAXLEN],
+            )
+        if event_id is None:
+            raise KeyError(f"unknown job {job_id!r}")
+
+    async def read_events(
+        self, job_id: str, after: str | None, block_ms: int, count: int = 100
+    ) -> list[tuple[str, Event]]:
+        """Events after ``after``; blocks at most ``MAX_BLOCK_MS`` per call (callers loop)."""
+        block = min(block_ms, MAX_BLOCK_MS) if block_ms > 0 else None
+        with self._r.unavailable():
+            reply = await self._r.client.xread(
+                {self._r.events(job_id): after or "0-0"}, count=count, block=block
+            )
+        out: list[tuple[str, Event]] = []
+        for _stream, entries in cast(_StreamReply, reply or []):
+            for entry_id, fields in entries:
+                out.append((entry_id, Event.model_validate_json(fields["event"])))
+        return out
+
+
+async def open_redis(
+    url: str, *, prefix: str = "mrsa", max_deliveries: int = 5, retention_s: int = 7 * 86400
+) -> tuple[RedisJobStore, RedisTaskQueue]:
+    """Connect to Redis at ``url`` and make sure the task stream and its consumer group exist.
+
+    Raises :class:`StoreUnavailable` when Redis cannot be reached. Close with ``store.aclose()``.
+    The client retries a failed command twice with a short backoff (a pooled connection that a
+    Redis restart broke is replaced transparently); longer outages surface as StoreUnavailable.
+    """
+    if max_deliveries < 1:
+        raise ValueError("max_deliveries must be ≥ 1")
+    client = aioredis.Redis.from_url(
+        url,
+        decode_responses=True,
+        socket_timeout=SOCKET_TIMEOUT_S,
+        socket_connect_timeout=5.0,
+        retry=Retry(ExponentialWithJitterBackoff(base=0.05, cap=0.5), retries=2),
+    )
+    r = _Redis(client, url, prefix)
+    try:
+        with r.unavailable():
+            await r.ensure_group()
+    except BaseException:
+        await client.aclose()
+        raise
+    return RedisJobStore(r, retention_s=retention_s), RedisTaskQueue(r, max_deliveries=max_deliveries)

@@ -1,0 +1,174 @@
+"""The store contract against a real ``redis-server``, plus what only Redis does: TTLs after a job
+ends, dead letters, persistence across a restart (AOF), StoreUnavailable when it is down, and the
+number of round trips per candidate."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+
+from mrsa.store.base import StoreUnavailable
+from mrsa.store.redis import RedisJobStore, RedisTaskQueue, open_redis, redact
+from tests.plugins.redis_server import RedisServer
+from tests.store_contract import (
+    MAX_DELIVERIES,
+    StoreContract,
+    StorePair,
+    make_candidate,
+    make_job,
+    make_result,
+    take_all,
+    tasks_of,
+)
+
+pytestmark = pytest.mark.redis
+
+RedisPair = tuple[RedisJobStore, RedisTaskQueue]
+
+
+@pytest.fixture
+async def redis_pair(redis_server: RedisServer) -> AsyncIterator[RedisPair]:
+    store, queue = await open_redis(redis_server.url, max_deliveries=MAX_DELIVERIES, retention_s=3600)
+    try:
+        yield store, queue
+    finally:
+        await store.aclose()
+
+
+class TestRedisStore(StoreContract):
+    @pytest.fixture
+    def pair(self, redis_pair: RedisPair) -> StorePair:
+        return redis_pair
+
+
+async def test_finished_job_keys_get_the_retention_ttl(redis_pair: RedisPair) -> None:
+    store, _ = redis_pair
+    client = store.client
+    await store.create_job(make_job("j1"), tasks_of("j1"))
+    await store.save_candidate("j1", make_candidate(0, 0))
+    await store.save_candidate("j1", make_candidate(1, 0))
+    from mrsa.domain import ChunkCheckpoint, Event
+
+    await store.save_checkpoint("j1", 0, 1, ChunkCheckpoint(chunks=1, text="a"))
+    await store.add_event("j1", Event(type="round", job_id="j1", round=1))
+    keys = sorted(await client.keys("mrsa:job:j1*"))
+    assert keys == [
+        "mrsa:job:j1",
+        "mrsa:job:j1:checkpoints",
+        "mrsa:job:j1:events",
+        "mrsa:job:j1:round:0",
+        "mrsa:job:j1:round:1",
+    ]
+    assert all([await client.ttl(k) == -1 for k in keys])  # no expiry while the job runs
+    await store.advance_round("j1", 0, [])
+    assert await store.finish_job("j1", make_result("j1")) is True
+    for key in keys:
+        assert 3500 < await client.ttl(key) <= 3600, key
+    # Writes after the end (a late duplicate, the "done" event) inherit the TTL instead of leaking.
+    await store.save_candidate("j1", make_candidate(2, 0))
+    await store.add_event("j1", Event(type="done", job_id="j1"))
+    for key in ("mrsa:job:j1:round:2", "mrsa:job:j1:events"):
+        assert 3500 < await client.ttl(key) <= 3600, key
+    # An expired job disappears from listings too.
+    await client.delete(*await client.keys("mrsa:job:j1*"))
+    await store.create_job(make_job("j2"), [])
+    assert [j.id for j in await store.list_jobs()] == ["j2"]
+    assert await client.zrange("mrsa:jobs", 0, -1) == ["j2"]
+
+
+async def test_cancelled_job_keys_expire_and_its_queued_tasks_are_delivered(redis_pair: RedisPair) -> None:
+    store, queue = redis_pair
+    await store.create_job(make_job("j1"), tasks_of("j1", n=2))
+    assert await store.cancel_job("j1", "no longer needed") is True
+    assert 3500 < await store.client.ttl("mrsa:job:j1") <= 3600
+    # Documented: Redis does not search the stream on cancel; the tasks come out and are skipped.
+    assert [t.job_id for t in await take_all(queue)] == ["j1", "j1"]
+
+
+async def test_dead_letters_are_kept_with_their_delivery_count(redis_pair: RedisPair) -> None:
+    store, queue = redis_pair
+    await store.create_job(make_job("j1"), tasks_of("j1", n=2))
+    doomed, fine = await queue.take("c1", 2, block_ms=0)
+    await queue.ack(fine)
+    dead = []
+    for _ in range(MAX_DELIVERIES + 1):
+        dead.extend((await queue.reclaim("c2", idle_ms=0, count=5)).dead)
+    assert [d.task for d in dead] == [doomed.task]
+    letters = await queue.dead_letters()
+    assert [(d.id, d.task, d.deliveries) for d in letters] == [(doomed.id, doomed.task, MAX_DELIVERIES)]
+    # Gone from the stream and from the pending list: never delivered again.
+    assert await store.client.xlen("mrsa:tasks") == 0
+    assert (await queue.reclaim("c3", idle_ms=0, count=5)).deliveries == []
+
+
+async def test_heartbeat_keeps_a_long_task_from_being_reclaimed(redis_pair: RedisPair) -> None:
+    store, queue = redis_pair
+    await store.create_job(make_job("j1"), tasks_of("j1", n=1))
+    (delivery,) = await queue.take("c1", 1, block_ms=0)
+    for _ in range(5):  # a task running 5 × the idle timeout, heartbeating in between
+        await asyncio.sleep(0.1)
+        await queue.heartbeat("c1", [delivery])
+        assert (await queue.reclaim("c2", idle_ms=150, count=5)).deliveries == []
+    pending = await store.client.xpending_range("mrsa:tasks", "workers", "-", "+", 10)
+    assert [(p["consumer"], p["times_delivered"]) for p in pending] == [("c1", 1)]  # no delivery counted
+    await asyncio.sleep(0.2)  # silent now: reclaimable
+    assert len((await queue.reclaim("c2", idle_ms=150, count=5)).deliveries) == 1
+
+
+async def test_jobs_tasks_and_pending_entries_survive_a_restart(redis_server: RedisServer) -> None:
+    store, queue = await open_redis(redis_server.url, max_deliveries=MAX_DELIVERIES)
+    try:
+        await store.create_job(make_job("j1"), tasks_of("j1", n=3))
+        await store.save_candidate("j1", make_candidate(0, 2))
+        taken = await queue.take("c1", 2, block_ms=0)
+        redis_server.restart()
+        job = await _retry(store.get_job, "j1")
+        assert job is not None and job.id == "j1"
+        assert [c.index for c in await store.get_candidates("j1", 0)] == [2]
+        assert await store.save_candidate("j1", make_candidate(0, 0)) == 2  # the counter survived
+        stats = await queue.stats()
+        assert (stats.queued, stats.in_flight) == (1, 2)
+        reclaimed = (await queue.reclaim("c2", idle_ms=0, count=5)).deliveries
+        assert sorted(d.id for d in reclaimed) == sorted(d.id for d in taken)
+        assert all(d.deliveries == 2 for d in reclaimed)
+        assert [d.task.index for d in await queue.take("c2", 5, block_ms=0)] == [2]
+    finally:
+        await store.aclose()
+
+
+async def _retry(fn, *args):  # type: ignore[no-untyped-def]
+    """Redis may still be loading its AOF right after a restart."""
+    for _ in range(50):
+        try:
+            return await fn(*args)
+        except StoreUnavailable:
+            await asyncio.sleep(0.1)
+    return await fn(*args)
+
+
+async def test_store_unavailable_when_redis_is_down(redis_server: RedisServer) -> None:
+    store, queue = await open_redis(redis_server.url)
+    try:
+        await store.create_job(make_job("j1"), tasks_of("j1", n=1))
+        redis_server.stop()
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        with pytest.raises(StoreUnavailable, match=r"redis at redis://127\.0\.0\.1:\d+/0 is unavailable"):
+            await store.get_job("j1")
+        with pytest.raises(StoreUnavailable):
+            await queue.take("c1", 1, block_ms=100)
+        with pytest.raises(StoreUnavailable):
+            await store.save_candidate("j1", make_candidate(0, 0))
+        assert loop.time() - started < 10
+    finally:
+        await store.aclose()
+    with pytest.raises(StoreUnavailable):
+        await open_redis(redis_server.url)
+
+
+def test_redact_hides_the_password() -> None:
+    assert redact("redis://:s3cret@db:6379/0") == "redis://:***@db:6379/0"
+    assert redact("redis://user:s3cret@db/1") == "redis://user:***@db/1"
+    assert redact("redis://db:6379/0") == "redis://db:6379/0"
