@@ -20,6 +20,29 @@ class Settings(BaseSettings):
     backend_timeout_s: float = Field(600.0, gt=0, description="Read timeout of one backend request.")
     backend_retries: int = Field(4, ge=0, le=20)
     redis_url: str | None = Field(None, description="Redis URL of the job store and task queue.")
+    redis_prefix: str = Field(
+        "mrsa", min_length=1, description="Prefix of every Redis key (several deployments, one Redis)."
+    )
+    max_deliveries: int = Field(
+        5, ge=1, description="Deliveries of a task before it is dead-lettered (its job fails)."
+    )
+    retention_s: int = Field(
+        7 * 86400, ge=1, description="How long a finished job is kept in Redis, seconds."
+    )
+    worker_consumer: str | None = Field(None, description="Worker consumer name (default: hostname-pid).")
+    worker_reclaim_idle_s: float = Field(
+        60.0, gt=0, description="Reclaim a task whose worker has been silent this long, seconds."
+    )
+    worker_heartbeat_s: float = Field(
+        10.0, gt=0, description="Heartbeat interval of in-flight tasks, seconds."
+    )
+    worker_shutdown_grace_s: float = Field(
+        30.0, ge=0, description="On SIGTERM, time to finish in-flight tasks before releasing them, seconds."
+    )
+    worker_metrics_port: int = Field(
+        0, ge=0, le=65535, description="Worker Prometheus metrics port; 0 = off."
+    )
+    worker_metrics_host: str = Field("0.0.0.0", description="Interface the worker metrics server binds.")
     api_keys: str = Field("", description="Comma-separated bearer API keys; empty disables auth.")
     api_url: str = Field("http://127.0.0.1:8000", description="Base URL of the mrsa API (client commands).")
     api_key: str | None = Field(None, description="API key used by the client commands.")

@@ -91,6 +91,7 @@ class Worker:
         self._cancelled_jobs: set[str] = set()
         self._dead: list[Delivery] = []  # dead-lettered tasks whose jobs are still to be failed
         self._outage = _Outage(self.options)
+        self._force = asyncio.Event()
         self.completed = 0
         self.reclaimed = 0
         self.released = 0
@@ -276,22 +277,31 @@ class Worker:
             "released %d unfinished task(s): %s", len(deliveries), ", ".join(d.task.key for d in deliveries)
         )
 
+    def force_stop(self) -> None:
+        """Cut the grace period short: in-flight tasks are cancelled and released at once."""
+        self._force.set()
+
     async def _drain(self) -> None:
-        """Graceful stop: let in-flight tasks finish for a grace period, then release them."""
-        pending = [t for _, t in self._running.values()]
-        if not pending:
+        """Graceful stop: let in-flight tasks finish for a grace period, then release the rest."""
+        running = list(self._running.values())
+        if not running:
             return
         log.info(
             "stopping: waiting up to %.0fs for %d task(s) in flight",
             self.options.shutdown_grace_s,
-            len(pending),
+            len(running),
         )
-        _, still = await asyncio.wait(pending, timeout=self.options.shutdown_grace_s)
-        unfinished = [d for d, t in self._running.values() if t in still]
-        for t in still:
-            t.cancel()
-        for t in still:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await t
+        tasks = [t for _, t in running]
+        all_done = asyncio.ensure_future(asyncio.gather(*tasks, return_exceptions=True))
+        forced = asyncio.create_task(self._force.wait())
+        await asyncio.wait(
+            [all_done, forced], timeout=self.options.shutdown_grace_s, return_when=asyncio.FIRST_COMPLETED
+        )
+        forced.cancel()
+        for t in tasks:
+            if not t.done():
+                t.cancel()
+        await all_done
+        unfinished = [d for d, t in running if t.cancelled()]
         if unfinished:
             await self._release(unfinished)

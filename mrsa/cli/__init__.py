@@ -6,6 +6,7 @@ import typer
 
 from mrsa.cli.backend_cmd import backend
 from mrsa.cli.solve import solve
+from mrsa.cli.worker_cmd import worker
 
 app = typer.Typer(
     name="mrsa",
@@ -16,6 +17,7 @@ app = typer.Typer(
 )
 app.command()(solve)
 app.command()(backend)
+app.command()(worker)
 
 
 def main() -> None:
