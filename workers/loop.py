@@ -16,6 +16,7 @@ import os
 import random
 import socket
 from dataclasses import dataclass
+from typing import Any
 
 from mrsa import metrics
 from mrsa.backends.base import BackendError
@@ -292,10 +293,11 @@ class Worker:
             len(running),
         )
         tasks = [t for _, t in running]
-        all_done = asyncio.ensure_future(asyncio.gather(*tasks, return_exceptions=True))
-        forced = asyncio.create_task(self._force.wait())
+        all_done: asyncio.Future[list[BaseException | None]] = asyncio.gather(*tasks, return_exceptions=True)
+        forced: asyncio.Future[bool] = asyncio.ensure_future(self._force.wait())
+        waiting: list[asyncio.Future[Any]] = [all_done, forced]
         await asyncio.wait(
-            [all_done, forced], timeout=self.options.shutdown_grace_s, return_when=asyncio.FIRST_COMPLETED
+            waiting, timeout=self.options.shutdown_grace_s, return_when=asyncio.FIRST_COMPLETED
         )
         forced.cancel()
         for t in tasks:
