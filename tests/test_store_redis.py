@@ -172,3 +172,67 @@ def test_redact_hides_the_password() -> None:
     assert redact("redis://:s3cret@db:6379/0") == "redis://:***@db:6379/0"
     assert redact("redis://user:s3cret@db/1") == "redis://user:***@db/1"
     assert redact("redis://db:6379/0") == "redis://db:6379/0"
+
+
+# -- round trips per candidate --------------------------------------------------------------------
+
+
+class RoundTrips:
+    """Counts what the client sends to Redis: one ``send_packed_command`` is one round trip (a
+    single command, a whole pipeline/MULTI, or one EVALSHA)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        from redis.asyncio.connection import AbstractConnection
+
+        self.count = 0
+        original = AbstractConnection.send_packed_command
+
+        async def counting(conn: AbstractConnection, command: object, check_health: bool = True) -> None:
+            self.count += 1
+            await original(conn, command, check_health)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(AbstractConnection, "send_packed_command", counting)
+
+
+async def _run_sequentially(store: RedisJobStore, queue: RedisTaskQueue, specs: list[object]) -> int:
+    """Submit jobs, then run every task as a worker does (take one, run it, ack it)."""
+    from mrsa.engine.runner import Engine
+    from tests.fakes import FakeBackend
+
+    engine = Engine(store, FakeBackend())
+    jobs = [await engine.submit(spec) for spec in specs]  # type: ignore[arg-type]
+    while deliveries := await queue.take("w", 1, block_ms=0):
+        await engine.run_task(deliveries[0].task)
+        await queue.ack(deliveries[0])
+    for job in jobs:
+        assert (await store.get_job(job.id)).status.value == "succeeded"  # type: ignore[union-attr]
+    return len(jobs)
+
+
+@pytest.mark.parametrize(("population", "rounds", "jobs"), [(2, 1, 1), (4, 2, 1), (8, 3, 1), (3, 1, 4)])
+async def test_round_trips_per_candidate(
+    redis_pair: RedisPair, monkeypatch: pytest.MonkeyPatch, population: int, rounds: int, jobs: int
+) -> None:
+    """The count documented in mrsa/store/redis.py: 7 per candidate (6 in round 0, which has no
+    parents to load), 2 per round advance, and per job 2 to submit, 2 to mark it running and
+    T+1 + 3 to finish it; plus the final empty take. Nothing grows with N, T or the number of jobs
+    except through these terms."""
+    from mrsa.domain import JobSpec
+    from mrsa.params import RSAParams
+
+    store, queue = redis_pair
+    await store.ping()  # a warm connection: connecting is not counted
+    params = RSAParams(population=population, subset=min(2, population), rounds=rounds, budget=32, tail=8)
+    specs: list[object] = [JobSpec(problem=f"What is {i}+1?", params=params) for i in range(jobs)]
+    trips = RoundTrips(monkeypatch)
+    assert await _run_sequentially(store, queue, specs) == jobs
+    candidates = jobs * population * (rounds + 1)
+    expected = (
+        7 * candidates
+        - jobs * population  # round 0 loads no parents
+        + jobs * rounds * 2  # advance_round + its event
+        + jobs * (2 + 2 + (rounds + 1) + 3)  # submit; mark running; finish
+        + 1  # the take that finds the queue empty
+        + jobs  # the status checks of the test itself
+    )
+    assert trips.count == expected

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sys
 import time
 from pathlib import Path
@@ -23,6 +24,7 @@ from mrsa.engine.limits import ContextBudgetError, check_context
 from mrsa.engine.prompts import UnknownPromptSetError, check_prompt_set
 from mrsa.params import PRESETS, RSAParams, UnknownPresetError, describe_validation_error, resolve_params
 from mrsa.settings import get_settings
+from mrsa.store.base import JobStore, StoreUnavailable, TaskQueue
 
 PRESET_HELP = (
     f"Named parameter set: {', '.join(PRESETS)}. Default: smoke on the embedded model, zaya1 with --backend."
@@ -147,18 +149,41 @@ async def _solve(
     trace_dir: Path | None,
     tokenizer: Path | None,
     show_progress: bool,
+    redis_url: str | None = None,
 ) -> JobResult:
     from workers.inprocess import InProcessRunner
 
-    async with open_backend(
-        backend_url, backend_kind, model=spec.model, options=options, trace_dir=trace_dir, tokenizer=tokenizer
-    ) as backend:
+    async with contextlib.AsyncExitStack() as stack:
+        store: JobStore | None = None
+        queue: TaskQueue | None = None
+        if redis_url is not None:  # before the backend: a wrong URL fails before a model starts
+            from mrsa.store.redis import open_redis
+
+            settings = get_settings()
+            redis_store, queue = await open_redis(
+                redis_url,
+                prefix=settings.redis_prefix,
+                max_deliveries=settings.max_deliveries,
+                retention_s=settings.retention_s,
+            )
+            stack.push_async_callback(redis_store.aclose)
+            store = redis_store
+        backend = await stack.enter_async_context(
+            open_backend(
+                backend_url,
+                backend_kind,
+                model=spec.model,
+                options=options,
+                trace_dir=trace_dir,
+                tokenizer=tokenizer,
+            )
+        )
         info = await backend.info()
         await check_context(backend, spec)
         if spec.model is None and info.model is not None:
             spec = spec.model_copy(update={"model": info.model})
         capacity = concurrency or info.capacity
-        async with InProcessRunner(backend, capacity=capacity) as runner:
+        async with InProcessRunner(backend, store, queue, capacity=capacity) as runner:
             progress = Progress(spec.params)
             if not show_progress:
                 return await runner.solve(spec)
@@ -232,6 +257,14 @@ def solve(
         Path | None,
         typer.Option(help="Triton only: the served model's tokenizer.json (or its folder) for tails."),
     ] = None,
+    redis: Annotated[
+        str | None,
+        typer.Option(
+            "--redis",
+            help="Run the job through Redis at this URL (env MRSA_REDIS_URL) instead of in memory; "
+            "workers on the same Redis help with it.",
+        ),
+    ] = None,
 ) -> None:
     """Solve one problem with Markovian RSA and print the answer with per-round stats."""
     settings = get_settings()
@@ -280,13 +313,14 @@ def solve(
                 trace,
                 tokenizer,
                 show_progress=not (quiet or json_out),
+                redis_url=redis or settings.redis_url,
             )
         )
     except KeyboardInterrupt:
         fail("cancelled (Ctrl-C); the embedded server was stopped", 130)
     except ContextBudgetError as exc:
         fail(str(exc), EXIT_USAGE)
-    except (BackendError, EmbeddedUnavailable) as exc:
+    except (BackendError, EmbeddedUnavailable, StoreUnavailable) as exc:
         fail(str(exc))
     except OSError as exc:
         fail(f"{type(exc).__name__}: {exc}")

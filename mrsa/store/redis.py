@@ -38,14 +38,15 @@ Errors: a connection error or timeout (also Redis still loading its AOF after a 
 :class:`~mrsa.store.base.StoreUnavailable`, so a worker leaves its task pending and retries later.
 
 Round trips per candidate (counted by ``tests/test_store_redis.py::test_round_trips_per_candidate``,
-which counts the packets the client sends, a pipeline or a script being one): a worker running one
-candidate task makes **7** — XREADGROUP (``take``, at most one per task), HMGET (``get_job``), HMGET
-(``get_candidates``: is it already stored?), HMGET (``load_parents``; rounds ≥ 1 only), EVALSHA
-(``save_candidate``), EVALSHA (``add_event``), MULTI/XACK/XDEL/EXEC (``ack``). Per round add 2
-(``advance_round`` + its event); per job a constant few (create, first ``mark_running`` + event, and
-``finish``: get_job, one HGETALL per round, finish script, event). Nothing depends on N, T or the
-number of jobs. Time-driven calls (heartbeats, reclaim, cancellation checks, stats) come on top,
-per worker and per second, not per candidate.
+which counts what the client sends, a pipeline, a MULTI or a script being one): a worker running
+one candidate task makes **7** — XREADGROUP (``take``), HMGET (``get_job``), HMGET
+(``get_candidates``: already stored?), HMGET (``load_parents``; not in round 0, so 6 there), EVALSHA
+(``save_candidate``), EVALSHA (``add_event``), MULTI/XACK/XDEL/EXEC (``ack``). On top, per round
+advance 2 (``advance_round`` + its event) and per job 4 + (T+1) + 3 (create + event; first
+``mark_running`` + event; ``finish``: get_job, one HGETALL per round, the finish script, the event)
+— amortised over the job's N·(T+1) candidates that is less than one more per candidate. Nothing
+grows with N, T or the number of jobs. Time-driven calls (heartbeats, reclaim, cancellation
+checks, queue stats) come on top per worker and per second, not per candidate.
 """
 
 from __future__ import annotations
@@ -305,6 +306,26 @@ class _Redis:
             raise StoreUnavailable(
                 f"redis at {self.url} is unavailable: {type(exc).__name__}: {exc}"
             ) from exc
+
+    async def load_scripts(self) -> None:
+        """Load every script up front (one round trip), so no call pays NOSCRIPT + SCRIPT LOAD;
+        after a Redis restart redis-py reloads a script on its first NOSCRIPT."""
+        scripts = [
+            self.create,
+            self.mark_running,
+            self.save_candidate,
+            self.advance,
+            self.terminate,
+            self.save_checkpoint,
+            self.add_event,
+            self.claim_key,
+            self.touch,
+            self.reclaim,
+        ]
+        async with self.client.pipeline(transaction=False) as pipe:
+            for script in scripts:
+                pipe.script_load(script.script)
+            await pipe.execute()
 
     async def ensure_group(self) -> None:
         try:
@@ -696,6 +717,7 @@ async def open_redis(
     try:
         with r.unavailable():
             await r.ensure_group()
+            await r.load_scripts()
     except BaseException:
         await client.aclose()
         raise
