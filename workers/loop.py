@@ -41,6 +41,13 @@ class WorkerOptions:
     stats_interval_s: float = 5.0
     backoff_s: float = 0.5
     backoff_cap_s: float = 10.0
+    reclaim_check_s: float = 5.0  # at most this long between reclaim checks (released tasks)
+
+    @property
+    def reclaim_every_s(self) -> float:
+        """How often to look for silent or released tasks: half the idle timeout, capped so a
+        task released by a stopping worker is picked up quickly even with a long timeout."""
+        return min(self.reclaim_idle_ms / 2000, self.reclaim_check_s)
 
 
 def dead_letter_reason(delivery: Delivery) -> str:
@@ -129,7 +136,7 @@ class Worker:
             try:
                 await self._fail_dead_jobs()
                 got: list[Delivery] = []
-                if loop.time() - last_reclaim >= self.options.reclaim_idle_ms / 2000:
+                if loop.time() - last_reclaim >= self.options.reclaim_every_s:
                     last_reclaim = loop.time()
                     got = await self._reclaim(free)
                 if not got:
@@ -300,9 +307,15 @@ class Worker:
             waiting, timeout=self.options.shutdown_grace_s, return_when=asyncio.FIRST_COMPLETED
         )
         forced.cancel()
-        for t in tasks:
-            if not t.done():
+        # Python 3.11's asyncio.wait_for (used by redis-py around every send) can swallow a
+        # cancellation that lands just as its inner call completes, so cancel until it sticks.
+        for _ in range(100):
+            still = [t for t in tasks if not t.done()]
+            if not still:
+                break
+            for t in still:
                 t.cancel()
+            await asyncio.wait(still, timeout=0.2)
         await all_done
         unfinished = [d for d, t in running if t.cancelled()]
         if unfinished:

@@ -1,0 +1,488 @@
+"""Worker processes (``python -m workers``) on a real ``redis-server`` and the real embedded model:
+load sharing, SIGKILL and reclaim, SIGTERM, a Redis restart mid-job, and backend faults injected
+by :mod:`tests.faultproxy`.
+
+Jobs are tiny (N 2–3, β 16–24 tokens) because the embedded model serves one request at a time on
+two cores. Every wait polls a condition with a deadline; every started process is killed (by its
+PID) in ``finally``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from mrsa.domain import Job, JobSpec, JobStatus
+from mrsa.engine.runner import Engine
+from mrsa.params import resolve_params
+from mrsa.store.base import StoreUnavailable
+from mrsa.store.redis import GROUP, RedisJobStore, RedisTaskQueue, open_redis
+from tests.fakes import FakeBackend
+from tests.faultproxy import FaultProxy
+from tests.plugins.redis_server import RedisServer
+
+pytestmark = [pytest.mark.embedded, pytest.mark.redis]
+
+JOB_TIMEOUT = 240.0
+RECLAIM_IDLE = "3"
+HEARTBEAT = "1"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def tiny_params(population: int = 2, budget: int = 24) -> Any:
+    """``smoke`` cut down to a few seconds per job on the embedded model."""
+    return resolve_params("smoke", {"population": population, "subset": 2, "budget": budget, "tail": 16})
+
+
+@dataclass
+class WorkerProc:
+    """One ``python -m workers`` child process."""
+
+    name: str
+    proc: subprocess.Popen[bytes]
+    log_path: Path
+    metrics_port: int
+
+    @property
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def metrics(self) -> dict[str, float]:
+        """Scrape the worker's /metrics: ``{"name{label=value,...}": value}`` plus per-name sums."""
+        text = httpx.get(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5).text
+        out: dict[str, float] = {}
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                labels = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()))
+                out[f"{sample.name}{{{labels}}}"] = sample.value
+                out[sample.name] = out.get(sample.name, 0.0) + sample.value
+        return out
+
+
+@dataclass
+class Cluster:
+    """The workers a test started, and everything needed to start more."""
+
+    redis_url: str
+    tmp: Path
+    workers: list[WorkerProc] = field(default_factory=list)
+
+    def start(self, name: str, backend_url: str, *extra: str) -> WorkerProc:
+        port = _free_port()
+        log_path = self.tmp / f"{name}.log"
+        env = {k: v for k, v in os.environ.items() if not k.startswith("MRSA_")}
+        cmd = [
+            sys.executable,
+            "-m",
+            "workers",
+            "--redis",
+            self.redis_url,
+            "--backend",
+            backend_url,
+            "--backend-kind",
+            "llama-cpp-python",
+            "--concurrency",
+            "1",
+            "--consumer",
+            name,
+            "--reclaim-idle",
+            RECLAIM_IDLE,
+            "--heartbeat",
+            HEARTBEAT,
+            "--metrics-port",
+            str(port),
+            "--metrics-host",
+            "127.0.0.1",
+            *extra,
+        ]
+        with log_path.open("wb") as log:
+            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+        worker = WorkerProc(name, proc, log_path, port)
+        self.workers.append(worker)
+        return worker
+
+    def kill_all(self) -> None:
+        for w in self.workers:
+            if w.proc.poll() is None:
+                w.proc.kill()
+        for w in self.workers:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                w.proc.wait(timeout=10)
+
+
+@pytest.fixture
+def cluster(redis_server: RedisServer, tmp_path: Path) -> Iterator[Cluster]:
+    c = Cluster(redis_server.url, tmp_path)
+    try:
+        yield c
+    finally:
+        c.kill_all()
+
+
+@pytest.fixture
+async def redis_pair(redis_server: RedisServer) -> AsyncIterator[tuple[RedisJobStore, RedisTaskQueue]]:
+    store, queue = await open_redis(redis_server.url)
+    try:
+        yield store, queue
+    finally:
+        await store.aclose()
+
+
+async def until(
+    condition: Callable[[], Awaitable[bool] | bool], what: str, within: float = 60.0, every: float = 0.2
+) -> None:
+    """Poll ``condition`` until it holds; fail naming ``what`` after ``within`` seconds."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        try:
+            got = condition()
+            if not isinstance(got, bool):
+                got = await got
+            if got:
+                return
+        except StoreUnavailable:
+            pass  # Redis restarting: keep polling
+        await asyncio.sleep(every)
+    raise AssertionError(f"timed out after {within:.0f}s waiting for {what}")
+
+
+async def wait_ready(*workers: WorkerProc, within: float = 60.0) -> None:
+    for w in workers:
+
+        def ready(w: WorkerProc = w) -> bool:
+            assert w.proc.poll() is None, f"worker {w.name} exited ({w.proc.returncode}):\n{w.log}"
+            return " ready: " in w.log
+
+        await until(ready, f"worker {w.name} to be ready", within)
+
+
+async def submit(store: RedisJobStore, n: int, params: Any) -> list[Job]:
+    engine = Engine(store, FakeBackend())  # only submits: the backend is never called
+    return [await engine.submit(JobSpec(problem=f"What is {i} + {i + 1}?", params=params)) for i in range(n)]
+
+
+async def wait_terminal(store: RedisJobStore, jobs: list[Job], within: float = JOB_TIMEOUT) -> list[Job]:
+    done: dict[str, Job] = {}
+
+    async def all_terminal() -> bool:
+        for job in jobs:
+            if job.id not in done:
+                got = await store.get_job(job.id)
+                if got is not None and got.status.terminal:
+                    done[job.id] = got
+        return len(done) == len(jobs)
+
+    await until(all_terminal, f"{len(jobs)} job(s) to finish", within, every=0.5)
+    return [done[j.id] for j in jobs]
+
+
+async def assert_complete(store: RedisJobStore, job: Job) -> None:
+    """Succeeded, and every round holds exactly candidates 0..N-1 (none lost, none duplicated)."""
+    got = await store.get_job(job.id)
+    assert got is not None and got.status == JobStatus.succeeded, (got.status, got.error) if got else None
+    params = job.spec.params
+    for r in range(params.rounds + 1):
+        indices = [c.index for c in await store.get_candidates(job.id, r)]
+        assert indices == list(range(params.population)), (job.id, r, indices)
+    result = await store.get_result(job.id)
+    assert result is not None and result.status == JobStatus.succeeded
+    assert [len(r.candidates) for r in result.rounds] == [params.population] * (params.rounds + 1)
+    assert result.usage.requests == params.population * (params.rounds + 1)
+
+
+async def candidate_events(store: RedisJobStore, job_id: str) -> list[tuple[int | None, int | None]]:
+    events = await store.read_events(job_id, None, block_ms=0, count=10_000)
+    return sorted((e.round, e.index) for _, e in events if e.type == "candidate")
+
+
+async def pending_of(store: RedisJobStore, consumer: str) -> int:
+    rows = await store.client.xpending_range("mrsa:tasks", GROUP, "-", "+", 100, consumername=consumer)
+    return len(rows)
+
+
+# -- tests ----------------------------------------------------------------------------------------
+
+
+async def test_two_workers_share_three_jobs(
+    cluster: Cluster, redis_pair: tuple[RedisJobStore, RedisTaskQueue], embedded_url: str
+) -> None:
+    store, queue = redis_pair
+    a = cluster.start("a", embedded_url)
+    b = cluster.start("b", embedded_url)
+    await wait_ready(a, b)
+    jobs = await submit(store, 3, tiny_params())
+    await wait_terminal(store, jobs)
+    for job in jobs:
+        await assert_complete(store, job)
+        # Each candidate was generated exactly once: one candidate event per (round, index).
+        assert await candidate_events(store, job.id) == [(r, i) for r in range(2) for i in range(2)]
+    done = {w.name: w.metrics().get("mrsa_candidates_total", 0.0) for w in (a, b)}
+    assert sum(done.values()) == 12
+    assert all(n >= 1 for n in done.values()), f"one worker did all the work: {done}"
+    stats = await queue.stats()
+    assert (stats.queued, stats.in_flight, stats.dead) == (0, 0, 0)
+    gauges = a.metrics()
+    for name in ("queued", "in_flight", "pending_reclaim", "dead"):
+        assert f"mrsa_queue_tasks_{name}" in gauges
+
+
+async def test_sigkill_mid_task_is_reclaimed_by_the_survivor(
+    cluster: Cluster, redis_pair: tuple[RedisJobStore, RedisTaskQueue], embedded_url: str
+) -> None:
+    store, _ = redis_pair
+    victim = cluster.start("victim", embedded_url)
+    survivor = cluster.start("survivor", embedded_url)
+    await wait_ready(victim, survivor)
+    jobs = await submit(store, 2, tiny_params(population=3))
+    # The victim is killed while a task of its is in flight (taken, not stored, not acked).
+    await until(_has_pending(store, "victim"), "the victim to hold a task", within=30)
+    victim.proc.send_signal(signal.SIGKILL)
+    victim.proc.wait(timeout=10)
+    assert await pending_of(store, "victim") >= 1  # left pending in Redis
+    await wait_terminal(store, jobs)
+    for job in jobs:
+        await assert_complete(store, job)
+        assert await candidate_events(store, job.id) == [(r, i) for r in range(2) for i in range(3)]
+    assert survivor.metrics()["mrsa_tasks_reclaimed_total"] >= 1, survivor.log
+    assert "from silent consumers" in survivor.log
+    assert await pending_of(store, "victim") == 0
+
+
+def _has_pending(store: RedisJobStore, consumer: str) -> Callable[[], Awaitable[bool]]:
+    async def check() -> bool:
+        return await pending_of(store, consumer) >= 1
+
+    return check
+
+
+async def wait_exit(worker: WorkerProc, within: float) -> int:
+    await until(lambda: worker.proc.poll() is not None, f"worker {worker.name} to exit", within)
+    return worker.proc.returncode
+
+
+async def test_sigterm_finishes_the_task_in_flight(
+    cluster: Cluster, redis_pair: tuple[RedisJobStore, RedisTaskQueue], embedded_url: str
+) -> None:
+    store, _ = redis_pair
+    leaving = cluster.start("leaving", embedded_url, "--shutdown-grace", "120")
+    staying = cluster.start("staying", embedded_url)
+    await wait_ready(leaving, staying)
+    (job,) = await submit(store, 1, tiny_params(population=3))
+    await until(_has_pending(store, "leaving"), "the leaving worker to hold a task", within=30)
+    leaving.proc.send_signal(signal.SIGTERM)
+    assert await wait_exit(leaving, 120) == 0, leaving.log
+    log = leaving.log
+    assert "SIGTERM: no new tasks; finishing in-flight ones" in log
+    assert "waiting up to 120s for 1 task(s) in flight" in log
+    assert "0 released" in log and "Traceback" not in log
+    assert await pending_of(store, "leaving") == 0  # finished and acked, nothing left behind
+    await wait_terminal(store, [job])
+    await assert_complete(store, job)
+
+
+async def test_sigterm_past_the_grace_period_releases_the_task(
+    cluster: Cluster, redis_pair: tuple[RedisJobStore, RedisTaskQueue], embedded_url: str
+) -> None:
+    store, _ = redis_pair
+    with FaultProxy(embedded_url, delay_s=120) as hold:  # the leaving worker's requests never end
+        leaving = cluster.start("leaving", hold.url, "--shutdown-grace", "0")
+        staying = cluster.start("staying", embedded_url, "--reclaim-idle", "600", "--heartbeat", "5")
+        await wait_ready(leaving, staying)
+        hold.fail_always("delay")
+        (job,) = await submit(store, 1, tiny_params(population=3))
+        await until(lambda: len(hold.injected) >= 1, "the leaving worker to call its backend", within=30)
+        leaving.proc.send_signal(signal.SIGTERM)
+        assert await wait_exit(leaving, 30) == 0, leaving.log
+    assert "released 1 unfinished task(s)" in leaving.log, leaving.log
+    # Released, not abandoned: the other worker takes it over within seconds although its reclaim
+    # timeout (600 s) is far longer than this test.
+    await wait_terminal(store, [job], within=120)
+    await assert_complete(store, job)
+    assert staying.metrics()["mrsa_tasks_reclaimed_total"] == 1
+
+
+async def test_redis_restart_mid_job(
+    cluster: Cluster,
+    redis_server: RedisServer,
+    redis_pair: tuple[RedisJobStore, RedisTaskQueue],
+    embedded_url: str,
+) -> None:
+    store, _ = redis_pair
+    a = cluster.start("a", embedded_url)
+    b = cluster.start("b", embedded_url)
+    await wait_ready(a, b)
+    (job,) = await submit(store, 1, tiny_params(population=3))
+
+    async def started() -> bool:
+        return len(await store.get_candidates(job.id, 0)) >= 1
+
+    await until(started, "the first candidate", within=60)
+    redis_server.restart()  # AOF (appendfsync always): nothing acknowledged is lost
+    await wait_terminal(store, [job])
+    await assert_complete(store, job)
+    assert a.proc.poll() is None and b.proc.poll() is None, "a worker died with the Redis restart"
+
+
+@pytest.fixture
+def proxy(embedded_url: str) -> Iterator[FaultProxy]:
+    with FaultProxy(embedded_url, delay_s=60) as p:
+        yield p
+
+
+async def test_transient_backend_faults_are_retried(
+    cluster: Cluster, redis_pair: tuple[RedisJobStore, RedisTaskQueue], proxy: FaultProxy
+) -> None:
+    store, _ = redis_pair
+    w = cluster.start("w", proxy.url, "--timeout", "10", "--retries", "6")
+    await wait_ready(w)
+    faults: list[Any] = ["503", "500", "drop", "delay", "503"]
+    proxy.fail_next(faults)
+    (job,) = await submit(store, 1, tiny_params(budget=16))
+    await wait_terminal(store, [job])
+    await assert_complete(store, job)
+    assert [f for f, _ in proxy.injected] == faults
+    m = w.metrics()
+    assert m["mrsa_backend_retries_total{backend=llama-cpp-python,kind=server}"] >= 3
+    assert m["mrsa_backend_retries_total{backend=llama-cpp-python,kind=unavailable}"] >= 2
+    assert m.get("mrsa_task_failures_total", 0.0) == 0
+
+
+@pytest.mark.parametrize(("fault", "message"), [("503", "answered HTTP 503"), ("drop", "cannot connect")])
+async def test_a_permanently_failing_backend_fails_the_job(
+    cluster: Cluster,
+    redis_pair: tuple[RedisJobStore, RedisTaskQueue],
+    proxy: FaultProxy,
+    fault: Any,
+    message: str,
+) -> None:
+    store, _ = redis_pair
+    w = cluster.start("w", proxy.url, "--retries", "2")
+    await wait_ready(w)
+    proxy.fail_always(fault)
+    (job,) = await submit(store, 1, tiny_params(budget=16))
+    (done,) = await wait_terminal(store, [job], within=120)
+    assert done.status == JobStatus.failed
+    assert done.error is not None and proxy.url in done.error and message in done.error, done.error
+    assert "after 3 attempts" in done.error
+    result = await store.get_result(job.id)
+    assert result is not None and result.status == JobStatus.failed and result.error == done.error
+    assert w.proc.poll() is None  # the job failed, not the worker
+    assert w.metrics()["mrsa_task_failures_total"] >= 1
+    assert "failing job" in w.log
+
+
+async def test_a_task_that_keeps_killing_workers_is_dead_lettered_and_fails_its_job(
+    redis_server: RedisServer,
+) -> None:
+    """In-process: two workers 'died' holding the same task; the next one to find it moves it to
+    the dead-letter list and fails the job with a reason saying so."""
+    from prometheus_client import REGISTRY
+
+    from workers.loop import Worker, WorkerOptions
+
+    store, queue = await open_redis(redis_server.url, max_deliveries=2)
+    try:
+        (job,) = await submit(store, 1, tiny_params())
+        (doomed,) = await queue.take("ghost-1", 1, block_ms=0)
+        assert [d.deliveries for d in (await queue.reclaim("ghost-2", 0, 1)).deliveries] == [2]
+        dead_before = REGISTRY.get_sample_value("mrsa_tasks_dead_lettered_total") or 0.0
+        await asyncio.sleep(0.1)
+        worker = Worker(
+            Engine(store, FakeBackend()),
+            queue,
+            WorkerOptions(
+                reclaim_idle_ms=50, block_ms=50, heartbeat_s=0.02, cancel_check_s=0.05, stats_interval_s=0.05
+            ),
+            consumer="live",
+        )
+        stop = asyncio.Event()
+        running = asyncio.create_task(worker.run(stop))
+        try:
+            (done,) = await wait_terminal(store, [job], within=30)
+        finally:
+            stop.set()
+            await asyncio.wait_for(running, 30)
+        assert done.status == JobStatus.failed
+        assert done.error is not None
+        assert f"task {doomed.task.key} was moved to the dead-letter list after 2 deliveries" in done.error
+        result = await store.get_result(job.id)
+        assert result is not None and result.error == done.error
+        assert [d.task for d in await queue.dead_letters()] == [doomed.task]
+        assert (REGISTRY.get_sample_value("mrsa_tasks_dead_lettered_total") or 0.0) == dead_before + 1
+        stats = await queue.stats()
+        assert (stats.queued, stats.in_flight, stats.dead) == (0, 0, 1)  # the job's other task was skipped
+        # The worker publishes the queue gauges from queue.stats().
+        assert REGISTRY.get_sample_value("mrsa_queue_tasks_dead") == 1
+        assert REGISTRY.get_sample_value("mrsa_queue_tasks_queued") == 0
+    finally:
+        await store.aclose()
+
+
+async def test_solve_through_redis(redis_server: RedisServer, embedded_url: str) -> None:
+    """``mrsa solve --redis`` runs the job through the service's store (it is there afterwards)."""
+    import json
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MRSA_")}
+    env["MRSA_REDIS_URL"] = redis_server.url  # the env twin of --redis
+    proc = await asyncio.create_subprocess_exec(
+        *[
+            sys.executable,
+            "-m",
+            "mrsa",
+            "solve",
+            "--backend",
+            embedded_url,
+            "--backend-kind",
+            "llama-cpp-python",
+        ],
+        *[
+            "--preset",
+            "smoke",
+            "--population",
+            "2",
+            "--budget",
+            "16",
+            "--tail",
+            "8",
+            "--json",
+            "What is 2+2?",
+        ],
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=env,
+    )
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), JOB_TIMEOUT)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert proc.returncode == 0, err.decode()
+    result = json.loads(out)
+    store, _ = await open_redis(redis_server.url)
+    try:
+        job = await store.get_job(result["job_id"])
+        assert job is not None and job.status == JobStatus.succeeded
+        stored = await store.get_result(job.id)
+        assert stored is not None and stored.model_dump(mode="json") == result
+    finally:
+        await store.aclose()
