@@ -236,3 +236,16 @@ async def test_round_trips_per_candidate(
         + jobs  # the status checks of the test itself
     )
     assert trips.count == expected
+
+
+async def test_forget_consumer_keeps_one_that_holds_tasks(redis_pair: RedisPair) -> None:
+    store, queue = redis_pair
+    await store.create_job(make_job("j1"), tasks_of("j1", n=1))
+    (delivery,) = await queue.take("busy", 1, block_ms=0)
+    await queue.take("idle", 1, block_ms=0)
+    assert await queue.forget_consumer("busy") is False  # its task must stay reclaimable
+    assert await queue.forget_consumer("idle") is True
+    names = {c["name"] for c in await store.client.xinfo_consumers("mrsa:tasks", "workers")}
+    assert names == {"busy"}
+    await queue.ack(delivery)
+    assert await queue.forget_consumer("busy") is True

@@ -486,3 +486,30 @@ async def test_solve_through_redis(redis_server: RedisServer, embedded_url: str)
         assert stored is not None and stored.model_dump(mode="json") == result
     finally:
         await store.aclose()
+
+
+async def test_a_worker_waits_for_redis_and_leaves_the_group_on_exit(
+    cluster: Cluster, redis_server: RedisServer, embedded_url: str
+) -> None:
+    """Compose starts everything at once: a worker started before Redis waits for it; a clean
+    exit removes its (empty) consumer entry from the group."""
+    redis_server.stop()
+    w = cluster.start("early", embedded_url)
+    await until(lambda: "waiting for redis" in w.log, "the worker to wait for redis", within=30)
+    redis_server.start()
+    await wait_ready(w)
+    store, _ = await open_redis(redis_server.url)
+    try:
+
+        async def consumers() -> set[str]:
+            return {c["name"] for c in await store.client.xinfo_consumers("mrsa:tasks", GROUP)}
+
+        (job,) = await submit(store, 1, tiny_params(budget=16))
+        await wait_terminal(store, [job])
+        await assert_complete(store, job)
+        assert "early" in await consumers()
+        w.proc.send_signal(signal.SIGTERM)
+        assert await wait_exit(w, 30) == 0, w.log
+        assert "early" not in await consumers()
+    finally:
+        await store.aclose()

@@ -174,6 +174,8 @@ async def serve(config: WorkerConfig, stop: asyncio.Event | None = None) -> Work
                     capacity,
                 )
                 await worker.run(stop)
+                with contextlib.suppress(StoreUnavailable):
+                    await queue.forget_consumer(consumer)
                 log.info(
                     "worker %s stopped: %d task(s) done, %d reclaimed, %d released",
                     consumer,

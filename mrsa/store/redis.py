@@ -197,6 +197,15 @@ end
 return #owned
 """
 
+# KEYS: tasks. ARGV: group, consumer. Deletes the consumer only when it holds no pending task
+# (DELCONSUMER would make them unclaimable). Returns 1 when deleted.
+_FORGET_CONSUMER = """
+local pending = redis.call('XPENDING', KEYS[1], ARGV[1], '-', '+', 1, ARGV[2])
+if #pending > 0 then return 0 end
+redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], ARGV[2])
+return 1
+"""
+
 # KEYS: tasks, dead. ARGV: group, consumer, idle ms, count, max deliveries.
 # Returns {claimed, dead}, each a list of {id, task JSON, deliveries}.
 _RECLAIM = """
@@ -275,6 +284,7 @@ class _Redis:
         self.claim_key = s(_CLAIM_KEY)
         self.touch = s(_TOUCH)
         self.reclaim = s(_RECLAIM)
+        self.forget_consumer = s(_FORGET_CONSUMER)
 
     def job(self, job_id: str) -> str:
         return f"{self.p}:job:{job_id}"
@@ -321,6 +331,7 @@ class _Redis:
             self.claim_key,
             self.touch,
             self.reclaim,
+            self.forget_consumer,
         ]
         async with self.client.pipeline(transaction=False) as pipe:
             for script in scripts:
@@ -455,6 +466,13 @@ class RedisTaskQueue:
         length, pending, dead = int(replies[0]), int(replies[1]["pending"]), int(replies[2])
         stale = len(replies[3]) if idle_ms is not None else 0
         return QueueStats(queued=max(0, length - pending), in_flight=pending, dead=dead, reclaimable=stale)
+
+    async def forget_consumer(self, consumer: str) -> bool:
+        """Remove a stopped worker's entry from the consumer group (kept when it still holds tasks,
+        which stay reclaimable). Workers call it on a clean exit so the group does not collect one
+        consumer per restart."""
+        with self._r.unavailable():
+            return bool(await self._r.forget_consumer(keys=[self._r.tasks], args=[GROUP, consumer]))
 
     async def dead_letters(self, limit: int = 1000) -> list[Delivery]:
         """The dead-letter list, oldest first (for inspection)."""
