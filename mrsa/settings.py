@@ -46,6 +46,11 @@ class Settings(BaseSettings):
     api_keys: str = Field("", description="Comma-separated bearer API keys; empty disables auth.")
     api_url: str = Field("http://127.0.0.1:8000", description="Base URL of the mrsa API (client commands).")
     api_key: str | None = Field(None, description="API key used by the client commands.")
+    api_max_problem_bytes: int = Field(100_000, ge=1, description="Largest problem the API accepts, bytes.")
+    api_max_active_jobs: int = Field(16, ge=1, description="Queued + running jobs per API key (429 above).")
+    backend_context_length: int | None = Field(
+        None, ge=1, description="The backend's context in tokens, when the server does not report it."
+    )
 
     def api_key_list(self) -> list[str]:
         return [k.strip() for k in self.api_keys.split(",") if k.strip()]

@@ -1,0 +1,221 @@
+"""Job operations behind the routes: validate and enqueue, look up with ownership, view, cancel.
+
+The API enqueues only. It builds jobs with the same :class:`~mrsa.engine.runner.Engine` the
+workers run, on a backend that refuses to generate, so the submission path is the engine's own and
+the API process can never start a generation by mistake.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import ValidationError
+
+from mrsa.api.auth import Principal
+from mrsa.api.deps import ApiDeps
+from mrsa.api.errors import ApiError, from_validation_errors, invalid
+from mrsa.api.schemas import PROBLEM_PREVIEW_CHARS, JobLinks, JobProgress, JobView
+from mrsa.backends.base import BackendError, BackendInfo, GenerationRequest, GenerationResult
+from mrsa.domain import Event, Job, JobResult, JobSpec, JobStatus
+from mrsa.engine.limits import ContextBudgetError, check_context
+from mrsa.engine.prompts import UnknownPromptSetError, check_prompt_set
+from mrsa.engine.runner import Engine, new_job_id
+from mrsa.params import RSAParams, UnknownPresetError, resolve_params
+
+log = logging.getLogger("mrsa.api")
+
+CANCEL_REASON = "cancelled through the API"
+
+
+class NoGeneration:
+    """The API's :class:`~mrsa.backends.base.Backend`: it never generates (workers do)."""
+
+    url = "none://api"
+    supports_prefill = False
+
+    async def info(self) -> BackendInfo:
+        return BackendInfo(kind="none", url=self.url)
+
+    async def generate(self, request: GenerationRequest) -> list[GenerationResult]:
+        raise RuntimeError("the API process never generates: workers run the tasks")
+
+    async def tokenize(self, text: str) -> list[int]:
+        raise RuntimeError("the API process has no tokenizer")
+
+    async def detokenize(self, ids: list[int]) -> str:
+        raise RuntimeError("the API process has no tokenizer")
+
+    async def health(self) -> bool:
+        return True
+
+    async def aclose(self) -> None:
+        return None
+
+
+def engine_of(deps: ApiDeps) -> Engine:
+    return Engine(deps.store, NoGeneration())
+
+
+# -- validation ----------------------------------------------------------------------------------
+
+
+def resolve(
+    preset: str | None,
+    overrides: dict[str, Any],
+    loc: tuple[str, ...] = ("body", "params"),
+    preset_loc: tuple[str, ...] = ("body", "preset"),
+) -> RSAParams:
+    """Preset + overrides → validated parameters, or a 422 naming the field."""
+    try:
+        params = resolve_params(preset, overrides)
+        check_prompt_set(params.prompts)
+    except UnknownPresetError as exc:
+        raise invalid(preset_loc, str(exc)) from None
+    except UnknownPromptSetError as exc:
+        raise invalid((*loc, "prompts"), str(exc)) from None
+    except ValidationError as exc:
+        raise from_validation_errors(exc.errors(), prefix=loc) from None
+    return params
+
+
+def check_problem_size(deps: ApiDeps, problem: str, loc: tuple[str | int, ...] = ("body", "problem")) -> None:
+    size = len(problem.encode("utf-8"))
+    limit = deps.config.max_problem_bytes
+    if size > limit:
+        raise invalid(loc, f"problem: {size} bytes is over the limit of {limit} bytes", "too_long")
+
+
+async def check_budget(deps: ApiDeps, spec: JobSpec, loc: tuple[str, ...] = ("body", "params")) -> None:
+    """Refuse a job that cannot fit the backend's context (when the API has a backend to ask).
+
+    An unreachable backend does not block submission: the job waits in the queue like any other
+    and a worker reports a context overflow from the server if it happens."""
+    if not deps.backend.configured:
+        return
+    try:
+        backend = await deps.backend.get()
+        if backend is None:
+            return
+        await asyncio.wait_for(check_context(backend, spec), deps.config.context_check_timeout_s)
+    except ContextBudgetError as exc:
+        raise invalid((*loc, "budget"), str(exc)) from None
+    except (BackendError, TimeoutError) as exc:
+        log.warning("context check skipped, backend unavailable: %s", exc)
+
+
+# -- submission ----------------------------------------------------------------------------------
+
+
+@dataclass
+class Submitted:
+    job: Job
+    replayed: bool
+
+
+async def submit(
+    deps: ApiDeps,
+    principal: Principal,
+    spec: JobSpec,
+    idempotency_key: str | None = None,
+    key_loc: tuple[str, ...] = ("header", "Idempotency-Key"),
+) -> Submitted:
+    """Enqueue ``spec`` for ``principal`` (already validated), honouring the idempotency key and the
+    in-flight limit.
+
+    With a key, the job id is claimed first: a replay finds the earlier id and returns that job. A
+    key whose job was never created (the first request hit the in-flight limit) creates it now.
+    """
+    job_id = new_job_id()
+    if idempotency_key is not None:
+        earlier = await deps.store.claim_idempotency_key(
+            principal.owner, idempotency_key, job_id, deps.config.idempotency_ttl_s
+        )
+        if earlier is not None:
+            job = await deps.store.get_job(earlier)
+            if job is not None:
+                if job.spec != spec:
+                    raise invalid(
+                        key_loc,
+                        f"Idempotency-Key: already used for job {earlier} with a different request",
+                    )
+                return Submitted(job, replayed=True)
+            job_id = earlier
+    active = await deps.store.count_active(principal.owner)
+    if active >= deps.config.max_active_jobs:
+        raise ApiError(
+            429,
+            f"too many jobs in flight for this key ({active} of {deps.config.max_active_jobs}); "
+            "wait for one to finish or cancel one",
+            headers={"Retry-After": str(deps.config.retry_after_s)},
+        )
+    job = await engine_of(deps).submit(spec, owner=principal.owner, job_id=job_id)
+    return Submitted(job, replayed=False)
+
+
+# -- lookup and views ----------------------------------------------------------------------------
+
+
+async def owned_job(deps: ApiDeps, principal: Principal, job_id: str) -> Job:
+    """The job, or 404 — also for another key's job, so ids cannot be probed."""
+    job = await deps.store.get_job(job_id)
+    if job is None or not principal.may_see(job.owner):
+        raise ApiError(404, f"no job {job_id!r}")
+    return job
+
+
+def links(job_id: str) -> JobLinks:
+    base = f"/v1/jobs/{job_id}"
+    return JobLinks(job=base, result=f"{base}/result", events=f"{base}/events", cancel=f"{base}/cancel")
+
+
+async def view(deps: ApiDeps, job: Job, *, with_progress: bool = False) -> JobView:
+    params = job.spec.params
+    done: int | None = None
+    if with_progress and not job.status.terminal:
+        done = len(await deps.store.get_candidates(job.id, job.round))
+    problem = job.spec.problem
+    return JobView(
+        id=job.id,
+        status=job.status,
+        problem_preview=problem
+        if len(problem) <= PROBLEM_PREVIEW_CHARS
+        else problem[:PROBLEM_PREVIEW_CHARS] + "…",
+        model=job.spec.model,
+        params=params,
+        progress=JobProgress(round=job.round, rounds=params.rounds, population=params.population, done=done),
+        answer=job.answer,
+        error=job.error,
+        created_at=job.created_at,
+        updated_at=job.updated_at,
+        finished_at=job.finished_at,
+        links=links(job.id),
+    )
+
+
+async def result_of(deps: ApiDeps, job: Job) -> JobResult:
+    """The stored result; for a cancelled job (no result is stored) one built from what is stored."""
+    if not job.status.terminal:
+        raise ApiError(
+            409,
+            f"job {job.id} is {job.status.value} (round {job.round}/{job.spec.params.rounds}); "
+            "its result is not ready: follow its events or retry later",
+        )
+    result = await deps.store.get_result(job.id)
+    if result is None:
+        result = await engine_of(deps).build_result(job, job.status, job.error)
+    return result
+
+
+async def cancel(deps: ApiDeps, job: Job, reason: str = CANCEL_REASON) -> Job:
+    """Cancel a job that is not finished; cancelling a cancelled job again is a no-op."""
+    if not job.status.terminal and await deps.store.cancel_job(job.id, reason):
+        await deps.store.add_event(
+            job.id, Event(type="done", job_id=job.id, status=JobStatus.cancelled, error=reason)
+        )
+    current = await deps.store.get_job(job.id) or job
+    if current.status != JobStatus.cancelled:
+        raise ApiError(409, f"job {job.id} already {current.status.value}; it cannot be cancelled")
+    return current

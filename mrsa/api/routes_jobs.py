@@ -1,0 +1,160 @@
+"""``/v1/jobs``: submit, list, status, result, cancel, events and candidate inspection."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Header, Path, Query, Response
+from sse_starlette import EventSourceResponse
+
+from mrsa.api import jobs
+from mrsa.api.auth import Principal, authenticate
+from mrsa.api.deps import ApiDeps, get_deps
+from mrsa.api.errors import ApiError, responses
+from mrsa.api.metrics import JOBS_SUBMITTED
+from mrsa.api.schemas import JobList, JobRequest, JobView, SubmitResponse
+from mrsa.api.sse import EVENT_ID_PATTERN, job_events
+from mrsa.domain import Candidate, JobResult, JobSpec
+
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=responses(401, 503))
+
+JobId = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$", description="Job id.")]
+Auth = Annotated[Principal, Depends(authenticate)]
+Deps = Annotated[ApiDeps, Depends(get_deps)]
+
+
+@router.post(
+    "",
+    status_code=202,
+    response_model=SubmitResponse,
+    responses={**responses(413, 422, 429), 200: {"model": SubmitResponse, "description": "Replay."}},
+    summary="Submit a job",
+)
+async def submit_job(
+    body: JobRequest,
+    response: Response,
+    principal: Auth,
+    deps: Deps,
+    idempotency_key: Annotated[
+        str | None,
+        Header(
+            alias="Idempotency-Key",
+            min_length=1,
+            max_length=200,
+            pattern=r"^[\x21-\x7e]+$",
+            description="Replaying a request with the same key (within 24 h) returns the same job.",
+        ),
+    ] = None,
+) -> SubmitResponse:
+    """Validate the job, check it fits the backend's context, and enqueue its round 0.
+
+    202 with the job id and a ``Location`` header. With an ``Idempotency-Key`` seen before for the
+    same request, the earlier job is returned instead (``replayed: true``)."""
+    jobs.check_problem_size(deps, body.problem)
+    params = jobs.resolve(body.preset, body.params.as_dict())
+    spec = JobSpec(problem=body.problem, params=params, model=body.model)
+    await jobs.check_budget(deps, spec)
+    done = await jobs.submit(deps, principal, spec, idempotency_key)
+    if not done.replayed:
+        JOBS_SUBMITTED.labels("jobs").inc()
+    response.headers["Location"] = f"/v1/jobs/{done.job.id}"
+    return SubmitResponse(
+        id=done.job.id, status=done.job.status, replayed=done.replayed, links=jobs.links(done.job.id)
+    )
+
+
+@router.get("", response_model=JobList, summary="List your jobs", responses=responses(422))
+async def list_jobs(
+    principal: Auth,
+    deps: Deps,
+    limit: Annotated[int, Query(ge=1, le=1000, description="At most this many, newest first.")] = 100,
+) -> JobList:
+    owner = None if principal.sees_all else principal.owner
+    found = await deps.store.list_jobs(owner=owner, limit=limit)
+    return JobList(jobs=[await jobs.view(deps, j) for j in found])
+
+
+@router.get("/{job_id}", response_model=JobView, summary="Status and progress", responses=responses(404, 422))
+async def get_job(job_id: JobId, principal: Auth, deps: Deps) -> JobView:
+    job = await jobs.owned_job(deps, principal, job_id)
+    return await jobs.view(deps, job, with_progress=True)
+
+
+@router.get(
+    "/{job_id}/result",
+    response_model=JobResult,
+    summary="The result of a finished job",
+    responses=responses(404, 409, 422),
+)
+async def get_result(job_id: JobId, principal: Auth, deps: Deps) -> JobResult:
+    """The answer, votes, usage and per-round summaries; 409 while the job is still running."""
+    job = await jobs.owned_job(deps, principal, job_id)
+    return await jobs.result_of(deps, job)
+
+
+@router.post(
+    "/{job_id}/cancel",
+    response_model=JobView,
+    summary="Cancel a job",
+    responses=responses(404, 409, 422),
+)
+async def cancel_job(job_id: JobId, principal: Auth, deps: Deps) -> JobView:
+    """Stop a queued or running job: queued tasks are skipped, in-flight requests are cancelled by
+    their workers. 409 when the job already succeeded or failed."""
+    job = await jobs.owned_job(deps, principal, job_id)
+    return await jobs.view(deps, await jobs.cancel(deps, job))
+
+
+@router.get(
+    "/{job_id}/events",
+    summary="Progress as server-sent events",
+    response_class=EventSourceResponse,
+    responses={
+        **responses(404, 422),
+        200: {
+            "description": "`text/event-stream`: `id`, `event` (status, candidate, round, done) and "
+            "`data` (an Event as JSON). Ends after the `done` event.",
+            "content": {"text/event-stream": {"schema": {"type": "string"}}},
+        },
+    },
+)
+async def events(
+    job_id: JobId,
+    principal: Auth,
+    deps: Deps,
+    last_event_id: Annotated[
+        str | None,
+        Header(
+            alias="Last-Event-ID",
+            pattern=EVENT_ID_PATTERN,
+            description="Resume after this event id (sent by EventSource clients on reconnect).",
+        ),
+    ] = None,
+) -> EventSourceResponse:
+    """Every event of the job from the start (or after ``Last-Event-ID``) until it is over."""
+    await jobs.owned_job(deps, principal, job_id)
+    stream = job_events(deps.store, job_id, last_event_id, deps.config.events_block_ms)
+    return EventSourceResponse(stream, ping=deps.config.ping_s)
+
+
+@router.get(
+    "/{job_id}/rounds/{round_index}/candidates/{index}",
+    response_model=Candidate,
+    summary="Inspect one candidate",
+    responses=responses(404, 422),
+)
+async def get_candidate(
+    job_id: JobId,
+    round_index: Annotated[
+        int, Path(ge=0, le=1000, description="Round (0 … T; T+1: the final aggregation).")
+    ],
+    index: Annotated[int, Path(ge=0, le=100_000, description="Candidate index in the round (0 … N-1).")],
+    principal: Auth,
+    deps: Deps,
+) -> Candidate:
+    """A stored candidate with its prompt, reasoning, answer text, tail and usage."""
+    job = await jobs.owned_job(deps, principal, job_id)
+    found = await deps.store.get_candidates(job.id, round_index, [index])
+    if not found:
+        raise ApiError(404, f"job {job_id} has no candidate {index} in round {round_index} (yet)")
+    return found[0]

@@ -1,0 +1,284 @@
+"""``POST /v1/chat/completions``: Markovian RSA behind OpenAI's chat-completions schema.
+
+The last user message is the problem; RSA parameters come as extra body fields. The request
+creates an ordinary job (visible in ``/v1/jobs``) and waits for it while keeping the connection
+alive:
+
+* ``stream: true`` — server-sent events: a first chunk with the assistant role at once, SSE comment
+  lines (``: round 1/2 …`` progress and pings) while the job runs, then the content chunk, the
+  finish chunk (plus a usage chunk with ``stream_options.include_usage``) and ``data: [DONE]``. A
+  failed job ends the stream with ``data: {"error": {…}}``, which OpenAI SDKs raise.
+* ``stream: false`` — the response is held for up to ``chat_hold_s`` (20 s by default). A job that
+  ends by then gets an ordinary response with an honest status (200, or 502/409 with an error
+  body). After that the server commits to 200 and sends one space every ``keepalive_s`` — leading
+  whitespace is valid JSON, so clients parse the body as usual once the object follows. A job that
+  then fails is reported as an ``{"error": {…}}`` body under that 200: use ``stream: true`` where
+  that matters.
+
+Failed and cancelled jobs carry ``x-should-retry: false`` so SDKs do not resubmit them. If the
+client goes away before the end, the job is cancelled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator
+from typing import Annotated
+
+import anyio
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+from sse_starlette import EventSourceResponse, ServerSentEvent
+
+from mrsa.api import jobs
+from mrsa.api.auth import Principal, authenticate
+from mrsa.api.deps import ApiDeps, get_deps
+from mrsa.api.errors import invalid, responses
+from mrsa.api.metrics import JOBS_SUBMITTED
+from mrsa.api.openai_schemas import (
+    AssistantMessage,
+    ChatCompletion,
+    ChatCompletionChunk,
+    ChatCompletionRequest,
+    Choice,
+    ChunkChoice,
+    CompletionUsage,
+    Delta,
+    OpenAIError,
+    RsaInfo,
+)
+from mrsa.api.schemas import OpenAIErrorDetail
+from mrsa.domain import Job, JobResult, JobSpec, JobStatus
+from mrsa.engine.tails import split_trace
+
+log = logging.getLogger("mrsa.api")
+
+router = APIRouter(tags=["openai"], responses=responses(401, 503))
+Auth = Annotated[Principal, Depends(authenticate)]
+Deps = Annotated[ApiDeps, Depends(get_deps)]
+
+NO_RETRY = {"x-should-retry": "false"}
+DISCONNECT_REASON = "cancelled: the chat-completions client disconnected"
+
+
+@router.post(
+    "/v1/chat/completions",
+    response_model=ChatCompletion,
+    summary="OpenAI-compatible chat completion by Markovian RSA",
+    responses={
+        **responses(409, 413, 422, 429),
+        200: {
+            "description": "A chat.completion (JSON, possibly preceded by keep-alive whitespace), or "
+            "with `stream: true` server-sent chat.completion.chunk events ending in `[DONE]`.",
+            "content": {"text/event-stream": {"schema": {"type": "string"}}},
+        },
+        502: {"model": OpenAIError, "description": "The job failed (its reason is the message)."},
+    },
+)
+async def chat_completions(
+    body: ChatCompletionRequest, request: Request, principal: Auth, deps: Deps
+) -> JSONResponse | StreamingResponse | EventSourceResponse:
+    """Run Markovian RSA on the last user message and answer in OpenAI's schema."""
+    problem = body.problem()
+    if not problem:
+        raise invalid(("body", "messages"), "messages: needs a user message with text (the problem)")
+    jobs.check_problem_size(deps, problem, ("body", "messages"))
+    params = jobs.resolve(body.preset, body.overrides(), loc=("body",))
+    spec = JobSpec(problem=problem, params=params, model=body.model)
+    await jobs.check_budget(deps, spec, loc=("body",))
+    job = (await jobs.submit(deps, principal, spec)).job
+    JOBS_SUBMITTED.labels("chat").inc()
+    run = ChatRun(deps, request, job, body)
+    if body.stream:
+        return EventSourceResponse(run.sse(), ping=deps.config.keepalive_s, sep="\n")
+    waiter = asyncio.create_task(run.wait())
+    try:
+        done = await asyncio.wait_for(asyncio.shield(waiter), deps.config.chat_hold_s)
+    except TimeoutError:
+        return StreamingResponse(run.keepalive_json(waiter), media_type="application/json")
+    except BaseException:
+        waiter.cancel()
+        raise
+    return await run.final_response(done)
+
+
+class ChatRun:
+    """One chat completion's job: wait for it, and render its outcome in OpenAI's schema."""
+
+    def __init__(self, deps: ApiDeps, request: Request, job: Job, body: ChatCompletionRequest) -> None:
+        self.deps = deps
+        self.request = request
+        self.job = job
+        self.body = body
+        self.id = f"chatcmpl-{job.id}"
+        self.created = int(time.time())
+        self.after: str | None = None
+
+    # -- waiting -----------------------------------------------------------------------------------
+
+    async def progress(self) -> AsyncIterator[str]:
+        """A line per round and per stored candidate until the job is terminal."""
+        store = self.deps.store
+        block = min(self.deps.config.events_block_ms, 1000)
+        while True:
+            batch = await store.read_events(self.job.id, self.after, block_ms=block)
+            for event_id, event in batch:
+                self.after = event_id
+                if event.type == "done":
+                    return
+                if event.type == "candidate":
+                    yield f"round {event.round}/{self.job.spec.params.rounds}: {event.done}/{self.job.spec.params.population} candidates"
+                elif event.type == "round":
+                    yield f"round {event.round}/{self.job.spec.params.rounds} started"
+            if not batch:
+                current = await store.get_job(self.job.id)
+                if current is None or current.status.terminal:
+                    return
+                if await self.request.is_disconnected():
+                    await self.cancel_if_running()
+                    return
+
+    async def wait(self) -> Job:
+        async for _ in self.progress():
+            pass
+        return await self.deps.store.get_job(self.job.id) or self.job
+
+    async def cancel_if_running(self) -> None:
+        """The client is gone: stop the job (shielded, as this runs while the response is torn down)."""
+        with anyio.move_on_after(5, shield=True):
+            current = await self.deps.store.get_job(self.job.id)
+            if current is not None and not current.status.terminal:
+                log.info("chat completion %s: client disconnected, cancelling job %s", self.id, self.job.id)
+                with contextlib.suppress(Exception):
+                    await jobs.cancel(self.deps, current, DISCONNECT_REASON)
+
+    # -- rendering ---------------------------------------------------------------------------------
+
+    async def completion(self, job: Job) -> tuple[ChatCompletion | None, OpenAIErrorDetail | None, int]:
+        """The chat.completion of a terminal job, or the error and its HTTP status."""
+        if job.status == JobStatus.succeeded:
+            result = await jobs.result_of(self.deps, job)
+            content = await self.content(job, result)
+            usage = CompletionUsage(
+                prompt_tokens=result.usage.prompt_tokens,
+                completion_tokens=result.usage.decode_tokens,
+                total_tokens=result.usage.prompt_tokens + result.usage.decode_tokens,
+            )
+            return (
+                ChatCompletion(
+                    id=self.id,
+                    created=self.created,
+                    model=self.body.model,
+                    choices=[Choice(message=AssistantMessage(content=content))],
+                    usage=usage,
+                    mrsa=RsaInfo(
+                        job_id=job.id,
+                        answer=result.answer,
+                        votes=result.votes,
+                        rounds=len(result.rounds),
+                        requests=result.usage.requests,
+                    ),
+                ),
+                None,
+                200,
+            )
+        if job.status == JobStatus.cancelled:
+            detail = OpenAIErrorDetail(
+                message=f"job {job.id} was cancelled: {job.error}", type="job_cancelled", code="cancelled"
+            )
+            return None, detail, 409
+        detail = OpenAIErrorDetail(
+            message=f"job {job.id} failed: {job.error or job.status.value}",
+            type="job_failed",
+            code="job_failed",
+        )
+        return None, detail, 502
+
+    async def content(self, job: Job, result: JobResult) -> str:
+        """A short solution: the answer part of a final candidate that gave the selected answer,
+        ending in ``\\boxed{answer}``."""
+        params = job.spec.params
+        final = params.rounds + 1 if params.selection == "aggregate" else params.rounds
+        candidates = await self.deps.store.get_candidates(job.id, final)
+        if not candidates and final > params.rounds:
+            candidates = await self.deps.store.get_candidates(job.id, params.rounds)
+        matching = [c for c in candidates if c.answer is not None and c.answer == result.answer]
+        matching.sort(key=lambda c: (not c.finished, c.index))
+        text = ""
+        if matching:
+            chosen = matching[0]
+            text = chosen.content if chosen.reasoning else split_trace(chosen.content)[1]
+            text = text.strip()
+        if result.answer is None:
+            return text or "Markovian RSA found no final answer (no candidate wrote \\boxed{…})."
+        boxed = f"\\boxed{{{result.answer}}}"
+        return text if boxed in text else (f"{text}\n\n" if text else "") + f"Final answer: {boxed}"
+
+    async def final_response(self, job: Job) -> JSONResponse:
+        completion, error, status = await self.completion(job)
+        if completion is not None:
+            return JSONResponse(completion.model_dump(mode="json"))
+        assert error is not None
+        return JSONResponse(
+            OpenAIError(error=error).model_dump(mode="json"), status_code=status, headers=NO_RETRY
+        )
+
+    async def keepalive_json(self, waiter: asyncio.Task[Job]) -> AsyncIterator[bytes]:
+        """Leading whitespace every ``keepalive_s`` until the job ends, then the JSON body."""
+        try:
+            while not waiter.done():
+                await asyncio.wait({waiter}, timeout=self.deps.config.keepalive_s)
+                if not waiter.done():
+                    yield b" "
+            completion, error, _ = await self.completion(waiter.result())
+            if completion is not None:
+                yield completion.model_dump_json().encode()
+            else:
+                assert error is not None
+                yield OpenAIError(error=error).model_dump_json().encode()
+        finally:
+            if not waiter.done():
+                waiter.cancel()
+                await self.cancel_if_running()
+
+    async def sse(self) -> AsyncIterator[dict[str, str] | ServerSentEvent]:
+        """The ``stream: true`` event sequence (see the module docstring)."""
+        finished = False
+        try:
+            yield {"data": self.chunk(Delta(role="assistant", content="")).model_dump_json()}
+            async for line in self.progress():
+                yield ServerSentEvent(comment=line)
+            job = await self.deps.store.get_job(self.job.id) or self.job
+            completion, error, _ = await self.completion(job)
+            finished = True
+            if completion is None:
+                assert error is not None
+                yield {"data": OpenAIError(error=error).model_dump_json()}
+                return
+            content = completion.choices[0].message.content
+            yield {"data": self.chunk(Delta(content=content)).model_dump_json()}
+            yield {"data": self.chunk(Delta(), finish_reason="stop").model_dump_json()}
+            if self.body.stream_options is not None and self.body.stream_options.include_usage:
+                usage_chunk = ChatCompletionChunk(
+                    id=self.id,
+                    created=self.created,
+                    model=self.body.model,
+                    choices=[],
+                    usage=completion.usage,
+                )
+                yield {"data": usage_chunk.model_dump_json()}
+            yield {"data": "[DONE]"}
+        finally:
+            if not finished:
+                await self.cancel_if_running()
+
+    def chunk(self, delta: Delta, finish_reason: str | None = None) -> ChatCompletionChunk:
+        return ChatCompletionChunk(
+            id=self.id,
+            created=self.created,
+            model=self.body.model,
+            choices=[ChunkChoice(delta=delta, finish_reason=finish_reason)],
+        )

@@ -1,0 +1,36 @@
+"""A job's progress as server-sent events, resumable with ``Last-Event-ID``.
+
+Each event is ``id: <store event id>``, ``event: <type>`` and ``data: <Event JSON>``. The stream
+ends after the job's ``done`` event (or, for a job that ended without one, once it is terminal and
+no event is left); sse-starlette sends a comment ping every ``ping_s`` so proxies keep it open.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from mrsa.store.base import JobStore
+
+# Event ids are opaque strings chosen by the store: Redis stream ids ("1712345678901-0") or the
+# memory store's counters ("3"). Anything else in Last-Event-ID is rejected before the store sees it.
+EVENT_ID_PATTERN = r"^[0-9]{1,20}(-[0-9]{1,20})?$"
+
+
+async def job_events(
+    store: JobStore, job_id: str, after: str | None, block_ms: int
+) -> AsyncIterator[dict[str, str]]:
+    """Events of ``job_id`` after the id ``after`` until the job is over."""
+    while True:
+        batch = await store.read_events(job_id, after, block_ms=block_ms)
+        for event_id, event in batch:
+            after = event_id
+            yield {"id": event_id, "event": event.type, "data": event.model_dump_json()}
+            if event.type == "done":
+                return
+        if not batch:
+            job = await store.get_job(job_id)
+            if job is None or job.status.terminal:
+                # The engine records the terminal state before its ``done`` event: read once more.
+                for event_id, event in await store.read_events(job_id, after, block_ms=min(block_ms, 500)):
+                    yield {"id": event_id, "event": event.type, "data": event.model_dump_json()}
+                return
