@@ -175,7 +175,12 @@ class Worker:
         """Fail the jobs of dead-lettered tasks (kept until the store takes it)."""
         while self._dead:
             d = self._dead[0]
-            await self.engine.fail(d.task.job_id, dead_letter_reason(d))
+            try:
+                await self.engine.fail(d.task.job_id, dead_letter_reason(d))
+            except StoreUnavailable:
+                raise  # keep it: retried on the next loop
+            except Exception:  # bad data must not crash every worker that meets this task
+                log.exception("could not fail job %s of dead-lettered task %s", d.task.job_id, d.task.key)
             self._dead.pop(0)
 
     def _block_ms(self, stop: asyncio.Event) -> int:
@@ -234,10 +239,12 @@ class Worker:
         is unreachable, so a job is never left running with nobody working on it."""
         try:
             await self.engine.fail(job_id, error)
-            return True
         except StoreUnavailable as exc:
             log.warning("could not fail job %s, store unavailable: %s", job_id, exc)
             return False
+        except Exception:
+            log.exception("could not fail job %s", job_id)
+        return True
 
     async def _heartbeat_loop(self) -> None:
         while True:
