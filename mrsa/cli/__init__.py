@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import typer
 
+from mrsa.cli import client
 from mrsa.cli.backend_cmd import backend
+from mrsa.cli.serve_cmd import serve
 from mrsa.cli.solve import solve
 from mrsa.cli.worker_cmd import worker
 
@@ -18,6 +20,10 @@ app = typer.Typer(
 app.command()(solve)
 app.command()(backend)
 app.command()(worker)
+app.command()(serve)
+for command in (client.submit, client.status, client.watch, client.result, client.cancel):
+    app.command()(command)
+app.command("list")(client.list_jobs)
 
 
 def main() -> None:

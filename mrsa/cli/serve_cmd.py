@@ -1,0 +1,81 @@
+"""``mrsa serve``: run the REST API with uvicorn (it enqueues; ``mrsa worker`` processes run the jobs)."""
+
+from __future__ import annotations
+
+import logging
+from typing import Annotated
+
+import typer
+
+from mrsa.backends.factory import BACKEND_KINDS
+from mrsa.cli.common import EXIT_USAGE, fail
+from mrsa.settings import get_settings
+
+
+def serve(
+    host: Annotated[str, typer.Option(help="Interface to bind (0.0.0.0 in a container).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=0, max=65535, help="Port to listen on.")] = 8000,
+    redis: Annotated[
+        str | None, typer.Option("--redis", help="Redis URL of the job store and queue (env MRSA_REDIS_URL).")
+    ] = None,
+    backend: Annotated[
+        str | None,
+        typer.Option(
+            "--backend",
+            help="Inference server the API asks about context length and health (env MRSA_BACKEND_URL); "
+            "unset = no budget check against the context.",
+        ),
+    ] = None,
+    backend_kind: Annotated[
+        str | None, typer.Option(help=f"Server type: {', '.join(BACKEND_KINDS)} (env MRSA_BACKEND_KIND).")
+    ] = None,
+    context_length: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="The backend's context in tokens when the server does not report it "
+            "(env MRSA_BACKEND_CONTEXT_LENGTH; llama-cpp-python: 8192 for the embedded model).",
+        ),
+    ] = None,
+    api_keys: Annotated[
+        str | None,
+        typer.Option(help="Comma-separated bearer API keys (env MRSA_API_KEYS); empty = no auth."),
+    ] = None,
+    max_active_jobs: Annotated[
+        int | None, typer.Option(min=1, help="Queued + running jobs per key (env MRSA_API_MAX_ACTIVE_JOBS).")
+    ] = None,
+    max_problem_bytes: Annotated[
+        int | None,
+        typer.Option(min=1, help="Largest problem accepted, bytes (env MRSA_API_MAX_PROBLEM_BYTES)."),
+    ] = None,
+    log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
+) -> None:
+    """Serve the REST API (OpenAPI docs at /docs) until Ctrl-C or SIGTERM."""
+    import uvicorn
+
+    from mrsa.api.app import create_app
+
+    updates = {
+        "redis_url": redis,
+        "backend_url": backend,
+        "backend_kind": backend_kind,
+        "backend_context_length": context_length,
+        "api_keys": api_keys,
+        "api_max_active_jobs": max_active_jobs,
+        "api_max_problem_bytes": max_problem_bytes,
+    }
+    settings = get_settings().model_copy(update={k: v for k, v in updates.items() if v is not None})
+    if not settings.redis_url:
+        fail("redis: the API needs Redis: pass --redis URL or set MRSA_REDIS_URL", EXIT_USAGE)
+    if settings.backend_kind not in BACKEND_KINDS:
+        fail(
+            f"backend-kind: unknown {settings.backend_kind!r}; choose one of {', '.join(BACKEND_KINDS)}",
+            EXIT_USAGE,
+        )
+    level = log_level.upper()
+    if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        fail(f"log-level: unknown {log_level!r}; choose debug, info, warning or error", EXIT_USAGE)
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    app = create_app(settings)
+    # uvicorn reports a failed startup (e.g. Redis unreachable after the retry window) and exits 3.
+    uvicorn.run(app, host=host, port=port, log_level=log_level.lower(), proxy_headers=True)

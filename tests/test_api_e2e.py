@@ -1,0 +1,219 @@
+"""The service end to end, as separate processes: ``mrsa serve`` (uvicorn), ``python -m workers``
+processes, a real ``redis-server`` and the real embedded model, driven through the CLI client."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.plugins.redis_server import RedisServer
+
+pytestmark = [pytest.mark.embedded, pytest.mark.redis]
+
+KEY = "e2e-key-5f0c"
+TINY = ["--preset", "smoke", "--population", "2", "--subset", "2", "--budget", "24", "--tail", "12"]
+JOB_WAIT_S = 300.0
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _env() -> dict[str, str]:
+    """The parent's environment without MRSA_* (everything is passed as flags)."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("MRSA_")}
+
+
+@dataclass
+class Child:
+    name: str
+    proc: subprocess.Popen[bytes]
+    log_path: Path
+
+    @property
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=40)  # workers finish or release in-flight tasks first
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+
+
+@dataclass
+class Service:
+    api_url: str
+    redis_url: str
+    start: Callable[[str, list[str]], Child]
+
+    def cli(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        """``mrsa ARGS --api URL --api-key KEY`` as a user runs it."""
+        cmd = [sys.executable, "-m", "mrsa", *args, "--api", self.api_url, "--api-key", KEY]
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=_env())
+
+    def get(self, path: str) -> Any:
+        r = httpx.get(f"{self.api_url}{path}", headers={"Authorization": f"Bearer {KEY}"}, timeout=30)
+        assert r.status_code == 200, r.text
+        return r.json()
+
+    def wait_terminal(self, job_id: str, within: float = JOB_WAIT_S) -> dict[str, Any]:
+        deadline = time.monotonic() + within
+        while time.monotonic() < deadline:
+            job: dict[str, Any] = self.get(f"/v1/jobs/{job_id}")
+            if job["status"] in ("succeeded", "failed", "cancelled"):
+                return job
+            time.sleep(0.5)
+        raise AssertionError(f"job {job_id} did not finish in {within:.0f}s: {job}")
+
+    def start_worker(self, name: str, backend: str, *extra: str) -> Child:
+        worker = self.start(name, ["-m", "workers", "--redis", self.redis_url, "--backend", backend, *extra])
+        deadline = time.monotonic() + 60
+        while " ready: " not in worker.log:
+            assert worker.proc.poll() is None, f"worker {name} exited:\n{worker.log}"
+            assert time.monotonic() < deadline, f"worker {name} not ready:\n{worker.log}"
+            time.sleep(0.2)
+        return worker
+
+
+@pytest.fixture
+def service(tmp_path: Path, redis_server: RedisServer) -> Iterator[Service]:
+    children: list[Child] = []
+
+    def start(name: str, args: list[str]) -> Child:
+        log_path = tmp_path / f"{name}.log"
+        with log_path.open("wb") as log:
+            proc = subprocess.Popen(
+                [sys.executable, *args],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=_env(),
+            )
+        child = Child(name, proc, log_path)
+        children.append(child)
+        return child
+
+    try:
+        port = _free_port()
+        api = start(
+            "api",
+            ["-m", "mrsa", "serve", "--port", str(port), "--redis", redis_server.url, "--api-keys", KEY],
+        )
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 60
+        while True:
+            assert api.proc.poll() is None, f"mrsa serve exited:\n{api.log}"
+            assert time.monotonic() < deadline, f"mrsa serve did not come up:\n{api.log}"
+            try:
+                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        yield Service(url, redis_server.url, start)
+    finally:
+        for child in reversed(children):
+            child.stop()
+
+
+def test_three_jobs_on_two_workers_through_the_cli(service: Service, embedded_url: str) -> None:
+    workers = [service.start_worker(name, embedded_url) for name in ("worker-a", "worker-b")]
+    problems = ["What is 7*6?", "What is 12+30?", "What is 84/2?"]
+    ids = []
+    for problem in problems:
+        proc = service.cli("submit", "--json", *TINY, problem)
+        assert proc.returncode == 0, proc.stderr
+        submitted = json.loads(proc.stdout)
+        assert submitted["status"] == "queued"
+        ids.append(submitted["id"])
+
+    # watch follows the first job's event stream to the end and shows its result.
+    watched = service.cli("watch", ids[0], timeout=JOB_WAIT_S)
+    assert watched.returncode == 0, watched.stderr + watched.stdout
+    assert "round 1/1" in watched.stderr  # the live progress display
+    assert "Rounds" in watched.stdout and "decode tokens" in watched.stdout
+
+    for job_id, problem in zip(ids, problems, strict=True):
+        job = service.wait_terminal(job_id)
+        assert job["status"] == "succeeded", job
+        result = service.get(f"/v1/jobs/{job_id}/result")
+        # Complete rounds: T+1 rounds of exactly N candidates, none lost or duplicated.
+        assert [r["index"] for r in result["rounds"]] == [0, 1]
+        for rnd in result["rounds"]:
+            assert [c["index"] for c in rnd["candidates"]] == [0, 1]
+        assert result["usage"]["requests"] == 4
+        candidate = service.get(f"/v1/jobs/{job_id}/rounds/1/candidates/1")
+        assert problem in candidate["prompt"]
+
+        status = service.cli("status", "--json", job_id)
+        assert status.returncode == 0 and json.loads(status.stdout)["status"] == "succeeded"
+        shown = service.cli("result", "--json", job_id)
+        assert shown.returncode == 0 and json.loads(shown.stdout)["job_id"] == job_id
+
+    listed = service.cli("list", "--json")
+    assert listed.returncode == 0
+    assert sorted(j["id"] for j in json.loads(listed.stdout)["jobs"]) == sorted(ids)
+    for worker in workers:
+        assert worker.proc.poll() is None, worker.log
+
+    metrics = httpx.get(f"{service.api_url}/metrics", timeout=10).text
+    assert 'mrsa_api_jobs_submitted_total{endpoint="jobs"} 3.0' in metrics
+
+
+def test_a_broken_backend_fails_the_job_with_a_reason(service: Service) -> None:
+    """A worker pointed at a closed port (kind and model given, so it starts without asking the
+    server): the job fails, and the reason names the URL in the API and the CLI."""
+    dead = f"http://127.0.0.1:{_free_port()}"
+    worker = service.start_worker(
+        "broken", dead, "--backend-kind", "vllm", "--model", "m", "--retries", "0", "--timeout", "5"
+    )
+    proc = service.cli("submit", "--json", *TINY, "What is 7*6?")
+    assert proc.returncode == 0, proc.stderr
+    job_id = json.loads(proc.stdout)["id"]
+
+    job = service.wait_terminal(job_id, within=120)
+    assert job["status"] == "failed"
+    assert job["error"] and dead in job["error"], job["error"]
+
+    status = service.cli("status", job_id)
+    assert status.returncode == 1
+    assert "failed" in status.stdout and dead in status.stdout.replace("\n", "")
+    result = service.cli("result", job_id)
+    assert result.returncode == 1 and "failed" in result.stdout
+    watched = service.cli("watch", job_id)
+    assert watched.returncode == 1
+    assert worker.proc.poll() is None  # the job failed, not the worker
+
+    # Client errors are one line, with the server's message and no traceback.
+    missing = service.cli("status", "0000000000000000")
+    assert missing.returncode == 1 and missing.stderr.strip().count("\n") == 0
+    assert "HTTP 404: no job" in missing.stderr and "Traceback" not in missing.stderr
+    bad = service.cli("submit", "--preset", "smoke", "--population", "2", "--subset", "3", "x")
+    assert bad.returncode == 2 and "subset" in bad.stderr
+    too_big = service.cli("submit", "--preset", "smoke", "--budget", "2000000", "x")
+    assert too_big.returncode == 2 and "budget" in too_big.stderr.replace("\n", "")
+    unreachable = subprocess.run(
+        [sys.executable, "-m", "mrsa", "list", "--api", dead],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=_env(),
+    )
+    assert unreachable.returncode == 1 and f"cannot reach the mrsa API at {dead}" in unreachable.stderr
