@@ -15,7 +15,7 @@ Layout (``p`` is the key prefix, ``mrsa`` by default)::
     p:job:{id}:events          Stream of progress events (MAXLEN ~ 10000)
 
 Atomicity: every write that must be all-or-nothing or conditional is one Lua script (atomic in
-Redis, and one round trip): ``create_job`` (store + index + enqueue round 0; a second create is a
+Redis, and one round trip; the scripts live in :mod:`mrsa.store.redis_scripts`): ``create_job`` (store + index + enqueue round 0; a second create is a
 no-op), ``save_candidate`` (HSETNX, then HINCRBY of the round's counter only when new),
 ``advance_round`` (compare-and-set of the round pointer + XADD of the next round's tasks; nothing
 for a terminal job), ``finish_job``/``cancel_job`` (once; then a TTL of ``retention_s`` on every key
@@ -66,6 +66,7 @@ from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from mrsa.domain import Candidate, ChunkCheckpoint, Event, Job, JobResult, JobSpec, JobStatus, Task
+from mrsa.store import redis_scripts as lua
 from mrsa.store.base import Delivery, QueueStats, ReclaimResult, StoreUnavailable
 
 GROUP = "workers"
@@ -76,168 +77,6 @@ SOCKET_TIMEOUT_S = 15.0
 # XCLAIM ... IDLE for released tasks: ten years, i.e. "silent for longer than any reclaim timeout".
 RELEASED_IDLE_MS = 10 * 365 * 86_400_000
 _PENDING_SCAN = 10_000
-
-_TERMINAL_LUA = (
-    "local function terminal(s) return s == 'succeeded' or s == 'failed' or s == 'cancelled' end\n"
-)
-
-# KEYS: job, all jobs, owner jobs, owner active, tasks. ARGV: id, created_at, active(0/1), nfields,
-# field/value pairs..., task JSON...
-_CREATE = """
-if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-local nf = tonumber(ARGV[4])
-local fields = {}
-for i = 1, nf * 2 do fields[i] = ARGV[4 + i] end
-redis.call('HSET', KEYS[1], unpack(fields))
-redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
-redis.call('ZADD', KEYS[3], ARGV[2], ARGV[1])
-if ARGV[3] == '1' then redis.call('SADD', KEYS[4], ARGV[1]) end
-for i = 5 + nf * 2, #ARGV do redis.call('XADD', KEYS[5], '*', 'task', ARGV[i]) end
-return 1
-"""
-
-# KEYS: job. ARGV: now.
-_MARK_RUNNING = """
-if redis.call('HGET', KEYS[1], 'status') ~= 'queued' then return 0 end
-redis.call('HSET', KEYS[1], 'status', 'running', 'updated_at', ARGV[1])
-return 1
-"""
-
-# KEYS: job, round hash. ARGV: index, candidate JSON, round, now. Returns the round's count, -1 for
-# an unknown job. A write to a finished job (a late duplicate) inherits the job's TTL.
-_SAVE_CANDIDATE = """
-if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
-local counter = 'done:' .. ARGV[3]
-if redis.call('HSETNX', KEYS[2], ARGV[1], ARGV[2]) == 1 then
-  local ttl = redis.call('PTTL', KEYS[1])
-  if ttl > 0 then redis.call('PEXPIRE', KEYS[2], ttl) end
-  redis.call('HSET', KEYS[1], 'updated_at', ARGV[4])
-  return redis.call('HINCRBY', KEYS[1], counter, 1)
-end
-return tonumber(redis.call('HGET', KEYS[1], counter) or '0')
-"""
-
-# KEYS: job, tasks. ARGV: from_round, now, task JSON... Returns 1 (won), 0 (lost), -1 (unknown).
-_ADVANCE = (
-    _TERMINAL_LUA
-    + """
-local st = redis.call('HMGET', KEYS[1], 'status', 'round')
-if not st[1] then return -1 end
-if terminal(st[1]) or tonumber(st[2]) ~= tonumber(ARGV[1]) then return 0 end
-redis.call('HSET', KEYS[1], 'round', tonumber(ARGV[1]) + 1, 'updated_at', ARGV[2])
-for i = 3, #ARGV do redis.call('XADD', KEYS[2], '*', 'task', ARGV[i]) end
-return 1
-"""
-)
-
-# KEYS: job, checkpoints, events. ARGV: id, status, error JSON, answer JSON, result JSON ('' for
-# none: keep the answer), now, retention seconds, key prefix. Returns 1 (done), 0 (already terminal),
-# -1 (unknown). The round hashes that can exist are 0..round+1 (+1: the selection call).
-_TERMINATE = (
-    _TERMINAL_LUA
-    + """
-local st = redis.call('HMGET', KEYS[1], 'status', 'round', 'answer', 'owner')
-if not st[1] then return -1 end
-if terminal(st[1]) then return 0 end
-local answer = ARGV[4]
-if ARGV[5] == '' then answer = st[3] or 'null' end
-redis.call('HSET', KEYS[1], 'status', ARGV[2], 'error', ARGV[3], 'answer', answer,
-           'finished_at', ARGV[6], 'updated_at', ARGV[6])
-if ARGV[5] ~= '' then redis.call('HSET', KEYS[1], 'result', ARGV[5]) end
-redis.call('SREM', ARGV[8] .. ':owner:' .. st[4] .. ':active', ARGV[1])
-local ttl = tonumber(ARGV[7])
-for i = 1, 3 do redis.call('EXPIRE', KEYS[i], ttl) end
-for r = 0, tonumber(st[2]) + 1 do redis.call('EXPIRE', KEYS[1] .. ':round:' .. r, ttl) end
-return 1
-"""
-)
-
-# KEYS: job, checkpoints. ARGV: "{round}:{index}", chunks, checkpoint JSON. Keeps the newest.
-_SAVE_CHECKPOINT = """
-if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
-local old = tonumber(redis.call('HGET', KEYS[2], ARGV[1] .. ':n') or '-1')
-if old >= tonumber(ARGV[2]) then return 0 end
-redis.call('HSET', KEYS[2], ARGV[1], ARGV[3], ARGV[1] .. ':n', ARGV[2])
-local ttl = redis.call('PTTL', KEYS[1])
-if ttl > 0 then redis.call('PEXPIRE', KEYS[2], ttl) end
-return 1
-"""
-
-# KEYS: job, events. ARGV: event JSON, maxlen. Returns the event id, or false for an unknown job.
-_ADD_EVENT = """
-if redis.call('EXISTS', KEYS[1]) == 0 then return false end
-local id = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', 'event', ARGV[1])
-local ttl = redis.call('PTTL', KEYS[1])
-if ttl > 0 then redis.call('PEXPIRE', KEYS[2], ttl) end
-return id
-"""
-
-# KEYS: idempotency key. ARGV: job id, ttl seconds. Returns the earlier job id or false.
-_CLAIM_KEY = """
-local old = redis.call('GET', KEYS[1])
-if old then return old end
-redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
-return false
-"""
-
-# KEYS: tasks. ARGV: group, consumer, extra XCLAIM options (0 = heartbeat, else IDLE ms), ids...
-# Only ids this consumer still owns are touched: a task reclaimed by someone else stays theirs.
-_TOUCH = """
-local owned = {}
-for i = 4, #ARGV do
-  local e = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[i], ARGV[i], 1, ARGV[2])
-  if #e > 0 then owned[#owned + 1] = ARGV[i] end
-end
-if #owned == 0 then return 0 end
-if ARGV[3] == '0' then
-  redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, unpack(owned), 'JUSTID')
-else
-  redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, unpack(owned), 'IDLE', ARGV[3], 'JUSTID')
-end
-return #owned
-"""
-
-# KEYS: tasks. ARGV: group, consumer. Deletes the consumer only when it holds no pending task
-# (DELCONSUMER would make them unclaimable). Returns 1 when deleted.
-_FORGET_CONSUMER = """
-local pending = redis.call('XPENDING', KEYS[1], ARGV[1], '-', '+', 1, ARGV[2])
-if #pending > 0 then return 0 end
-redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], ARGV[2])
-return 1
-"""
-
-# KEYS: tasks, dead. ARGV: group, consumer, idle ms, count, max deliveries.
-# Returns {claimed, dead}, each a list of {id, task JSON, deliveries}.
-_RECLAIM = """
-local count = tonumber(ARGV[4])
-local maxd = tonumber(ARGV[5])
-local claimed, dead = {}, {}
-local cursor = '0-0'
-local scans = 0
-repeat
-  local r = redis.call('XAUTOCLAIM', KEYS[1], ARGV[1], ARGV[2], ARGV[3], cursor, 'COUNT', count - #claimed)
-  cursor = r[1]
-  for _, entry in ipairs(r[2]) do
-    if type(entry) == 'table' then
-      local id = entry[1]
-      local task = entry[2][2]
-      local info = redis.call('XPENDING', KEYS[1], ARGV[1], id, id, 1)
-      local n = tonumber(info[1][4])
-      if n > maxd then
-        redis.call('XACK', KEYS[1], ARGV[1], id)
-        redis.call('XDEL', KEYS[1], id)
-        redis.call('RPUSH', KEYS[2], cjson.encode({id = id, task = task, deliveries = n - 1}))
-        dead[#dead + 1] = {id, task, n - 1}
-      else
-        claimed[#claimed + 1] = {id, task, n}
-      end
-    end
-  end
-  scans = scans + 1
-until cursor == '0-0' or #claimed >= count or scans >= 10
-return {claimed, dead}
-"""
-
 
 # How redis-py (RESP2, decode_responses) returns XREAD/XREADGROUP: [stream, [(id, fields)]] per stream.
 _StreamReply = list[tuple[str, list[tuple[str, dict[str, str]]]]]
@@ -274,17 +113,17 @@ class _Redis:
         self.dead = f"{prefix}:dead"
         self.jobs = f"{prefix}:jobs"
         s = client.register_script
-        self.create = s(_CREATE)
-        self.mark_running = s(_MARK_RUNNING)
-        self.save_candidate = s(_SAVE_CANDIDATE)
-        self.advance = s(_ADVANCE)
-        self.terminate = s(_TERMINATE)
-        self.save_checkpoint = s(_SAVE_CHECKPOINT)
-        self.add_event = s(_ADD_EVENT)
-        self.claim_key = s(_CLAIM_KEY)
-        self.touch = s(_TOUCH)
-        self.reclaim = s(_RECLAIM)
-        self.forget_consumer = s(_FORGET_CONSUMER)
+        self.create = s(lua.CREATE)
+        self.mark_running = s(lua.MARK_RUNNING)
+        self.save_candidate = s(lua.SAVE_CANDIDATE)
+        self.advance = s(lua.ADVANCE)
+        self.terminate = s(lua.TERMINATE)
+        self.save_checkpoint = s(lua.SAVE_CHECKPOINT)
+        self.add_event = s(lua.ADD_EVENT)
+        self.claim_key = s(lua.CLAIM_KEY)
+        self.touch = s(lua.TOUCH)
+        self.reclaim = s(lua.RECLAIM)
+        self.forget_consumer = s(lua.FORGET_CONSUMER)
 
     def job(self, job_id: str) -> str:
         return f"{self.p}:job:{job_id}"

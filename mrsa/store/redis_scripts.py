@@ -1,0 +1,167 @@
+"""The Lua scripts of :mod:`mrsa.store.redis`: each is one atomic step and one round trip.
+
+Conventions: ``KEYS``/``ARGV`` are listed above each script; a script returns -1 (or false) for an
+unknown job, so the caller can raise ``KeyError`` as the memory store does. Keys a script builds
+itself (a job's round hashes, an owner's active set) are not declared: single Redis only.
+"""
+
+from __future__ import annotations
+
+_TERMINAL = "local function terminal(s) return s == 'succeeded' or s == 'failed' or s == 'cancelled' end\n"
+
+# KEYS: job, all jobs, owner jobs, owner active, tasks. ARGV: id, created_at, active(0/1), nfields,
+# field/value pairs..., task JSON...
+CREATE = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+local nf = tonumber(ARGV[4])
+local fields = {}
+for i = 1, nf * 2 do fields[i] = ARGV[4 + i] end
+redis.call('HSET', KEYS[1], unpack(fields))
+redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
+redis.call('ZADD', KEYS[3], ARGV[2], ARGV[1])
+if ARGV[3] == '1' then redis.call('SADD', KEYS[4], ARGV[1]) end
+for i = 5 + nf * 2, #ARGV do redis.call('XADD', KEYS[5], '*', 'task', ARGV[i]) end
+return 1
+"""
+
+# KEYS: job. ARGV: now.
+MARK_RUNNING = """
+if redis.call('HGET', KEYS[1], 'status') ~= 'queued' then return 0 end
+redis.call('HSET', KEYS[1], 'status', 'running', 'updated_at', ARGV[1])
+return 1
+"""
+
+# KEYS: job, round hash. ARGV: index, candidate JSON, round, now. Returns the round's count, -1 for
+# an unknown job. A write to a finished job (a late duplicate) inherits the job's TTL.
+SAVE_CANDIDATE = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
+local counter = 'done:' .. ARGV[3]
+if redis.call('HSETNX', KEYS[2], ARGV[1], ARGV[2]) == 1 then
+  local ttl = redis.call('PTTL', KEYS[1])
+  if ttl > 0 then redis.call('PEXPIRE', KEYS[2], ttl) end
+  redis.call('HSET', KEYS[1], 'updated_at', ARGV[4])
+  return redis.call('HINCRBY', KEYS[1], counter, 1)
+end
+return tonumber(redis.call('HGET', KEYS[1], counter) or '0')
+"""
+
+# KEYS: job, tasks. ARGV: from_round, now, task JSON... Returns 1 (won), 0 (lost), -1 (unknown).
+ADVANCE = (
+    _TERMINAL
+    + """
+local st = redis.call('HMGET', KEYS[1], 'status', 'round')
+if not st[1] then return -1 end
+if terminal(st[1]) or tonumber(st[2]) ~= tonumber(ARGV[1]) then return 0 end
+redis.call('HSET', KEYS[1], 'round', tonumber(ARGV[1]) + 1, 'updated_at', ARGV[2])
+for i = 3, #ARGV do redis.call('XADD', KEYS[2], '*', 'task', ARGV[i]) end
+return 1
+"""
+)
+
+# KEYS: job, checkpoints, events. ARGV: id, status, error JSON, answer JSON, result JSON ('' for
+# none: keep the answer), now, retention seconds, key prefix. Returns 1 (done), 0 (already terminal),
+# -1 (unknown). The round hashes that can exist are 0..round+1 (+1: the selection call).
+TERMINATE = (
+    _TERMINAL
+    + """
+local st = redis.call('HMGET', KEYS[1], 'status', 'round', 'answer', 'owner')
+if not st[1] then return -1 end
+if terminal(st[1]) then return 0 end
+local answer = ARGV[4]
+if ARGV[5] == '' then answer = st[3] or 'null' end
+redis.call('HSET', KEYS[1], 'status', ARGV[2], 'error', ARGV[3], 'answer', answer,
+           'finished_at', ARGV[6], 'updated_at', ARGV[6])
+if ARGV[5] ~= '' then redis.call('HSET', KEYS[1], 'result', ARGV[5]) end
+redis.call('SREM', ARGV[8] .. ':owner:' .. st[4] .. ':active', ARGV[1])
+local ttl = tonumber(ARGV[7])
+for i = 1, 3 do redis.call('EXPIRE', KEYS[i], ttl) end
+for r = 0, tonumber(st[2]) + 1 do redis.call('EXPIRE', KEYS[1] .. ':round:' .. r, ttl) end
+return 1
+"""
+)
+
+# KEYS: job, checkpoints. ARGV: "{round}:{index}", chunks, checkpoint JSON. Keeps the newest.
+SAVE_CHECKPOINT = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
+local old = tonumber(redis.call('HGET', KEYS[2], ARGV[1] .. ':n') or '-1')
+if old >= tonumber(ARGV[2]) then return 0 end
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[3], ARGV[1] .. ':n', ARGV[2])
+local ttl = redis.call('PTTL', KEYS[1])
+if ttl > 0 then redis.call('PEXPIRE', KEYS[2], ttl) end
+return 1
+"""
+
+# KEYS: job, events. ARGV: event JSON, maxlen. Returns the event id, or false for an unknown job.
+ADD_EVENT = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return false end
+local id = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', 'event', ARGV[1])
+local ttl = redis.call('PTTL', KEYS[1])
+if ttl > 0 then redis.call('PEXPIRE', KEYS[2], ttl) end
+return id
+"""
+
+# KEYS: idempotency key. ARGV: job id, ttl seconds. Returns the earlier job id or false.
+CLAIM_KEY = """
+local old = redis.call('GET', KEYS[1])
+if old then return old end
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+return false
+"""
+
+# KEYS: tasks. ARGV: group, consumer, extra XCLAIM options (0 = heartbeat, else IDLE ms), ids...
+# Only ids this consumer still owns are touched: a task reclaimed by someone else stays theirs.
+TOUCH = """
+local owned = {}
+for i = 4, #ARGV do
+  local e = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[i], ARGV[i], 1, ARGV[2])
+  if #e > 0 then owned[#owned + 1] = ARGV[i] end
+end
+if #owned == 0 then return 0 end
+if ARGV[3] == '0' then
+  redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, unpack(owned), 'JUSTID')
+else
+  redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, unpack(owned), 'IDLE', ARGV[3], 'JUSTID')
+end
+return #owned
+"""
+
+# KEYS: tasks. ARGV: group, consumer. Deletes the consumer only when it holds no pending task
+# (DELCONSUMER would make them unclaimable). Returns 1 when deleted.
+FORGET_CONSUMER = """
+local pending = redis.call('XPENDING', KEYS[1], ARGV[1], '-', '+', 1, ARGV[2])
+if #pending > 0 then return 0 end
+redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], ARGV[2])
+return 1
+"""
+
+# KEYS: tasks, dead. ARGV: group, consumer, idle ms, count, max deliveries.
+# Returns {claimed, dead}, each a list of {id, task JSON, deliveries}.
+RECLAIM = """
+local count = tonumber(ARGV[4])
+local maxd = tonumber(ARGV[5])
+local claimed, dead = {}, {}
+local cursor = '0-0'
+local scans = 0
+repeat
+  local r = redis.call('XAUTOCLAIM', KEYS[1], ARGV[1], ARGV[2], ARGV[3], cursor, 'COUNT', count - #claimed)
+  cursor = r[1]
+  for _, entry in ipairs(r[2]) do
+    if type(entry) == 'table' then
+      local id = entry[1]
+      local task = entry[2][2]
+      local info = redis.call('XPENDING', KEYS[1], ARGV[1], id, id, 1)
+      local n = tonumber(info[1][4])
+      if n > maxd then
+        redis.call('XACK', KEYS[1], ARGV[1], id)
+        redis.call('XDEL', KEYS[1], id)
+        redis.call('RPUSH', KEYS[2], cjson.encode({id = id, task = task, deliveries = n - 1}))
+        dead[#dead + 1] = {id, task, n - 1}
+      else
+        claimed[#claimed + 1] = {id, task, n}
+      end
+    end
+  end
+  scans = scans + 1
+until cursor == '0-0' or #claimed >= count or scans >= 10
+return {claimed, dead}
+"""
