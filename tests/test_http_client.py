@@ -409,3 +409,11 @@ async def test_api_key_is_sent_as_bearer_token() -> None:
     await client.request_json("GET", "/v1/models")
     assert script.requests[0].headers["authorization"] == "Bearer sk-test"
     await client.aclose()
+
+
+def test_server_default_concurrency_unless_set_explicitly() -> None:
+    from mrsa.backends.http import with_default_concurrency
+
+    assert with_default_concurrency(None, 1).concurrency == 1
+    assert with_default_concurrency(HttpOptions(timeout_s=5), 1).concurrency == 1
+    assert with_default_concurrency(HttpOptions(concurrency=8), 1).concurrency == 8

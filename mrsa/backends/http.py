@@ -47,6 +47,15 @@ class HttpOptions(BaseModel):
     api_key: str | None = None
 
 
+def with_default_concurrency(options: HttpOptions | None, default: int) -> HttpOptions:
+    """``options`` with the server's default concurrency unless the user set one explicitly."""
+    if options is None:
+        return HttpOptions(concurrency=default)
+    if "concurrency" in options.model_fields_set:
+        return options
+    return options.model_copy(update={"concurrency": default})
+
+
 def _error_text(response: httpx.Response) -> str:
     try:
         body = response.json()

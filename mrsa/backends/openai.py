@@ -30,7 +30,7 @@ from mrsa.backends.base import (
     GenerationRequest,
     GenerationResult,
 )
-from mrsa.backends.http import HttpClient, HttpOptions
+from mrsa.backends.http import HttpClient, HttpOptions, with_default_concurrency
 from mrsa.domain import FinishReason
 
 Dialect = Literal["vllm", "sglang", "llamacpp", "llama-cpp-python"]
@@ -92,7 +92,7 @@ class OpenAICompatibleBackend:
         self.model = model
         self.context_length = context_length
         self.enable_priority = enable_priority
-        opts = options or HttpOptions(concurrency=_DEFAULT_CAPACITY[dialect])
+        opts = with_default_concurrency(options, _DEFAULT_CAPACITY[dialect])
         self.http = HttpClient(self._url, opts, backend_kind=dialect, transport=transport)
         self._info: BackendInfo | None = None
         self._special_prefix: list[int] | None = None

@@ -51,7 +51,7 @@ from mrsa.backends.base import (
     GenerationRequest,
     GenerationResult,
 )
-from mrsa.backends.http import _CONTEXT_PATTERNS, HttpClient, HttpOptions
+from mrsa.backends.http import _CONTEXT_PATTERNS, HttpClient, HttpOptions, with_default_concurrency
 from mrsa.backends.openai import normalise_finish_reason
 from mrsa.domain import FinishReason
 
@@ -274,7 +274,7 @@ class TritonBackend:
         self.context_length = context_length
         if self.context_length is None and self.tokenizer is not None:
             self.context_length = self.tokenizer.model_max_length
-        opts = options or HttpOptions(concurrency=_DEFAULT_CAPACITY)
+        opts = with_default_concurrency(options, _DEFAULT_CAPACITY)
         self.http = HttpClient(self._url, opts, backend_kind="triton", transport=transport)
         self._info: BackendInfo | None = None
 

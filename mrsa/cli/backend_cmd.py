@@ -25,8 +25,10 @@ def backend(
         err_console.print(
             f"embedded model ready at {server.url} (OpenAI-compatible; log: {server.log_path}); Ctrl-C stops it"
         )
-        if server.process is not None:
-            await asyncio.to_thread(server.process.wait)
+        # Poll rather than wait in a thread: asyncio.run must be able to cancel this on SIGINT
+        # (a thread blocked in wait() would keep the loop's executor, and the process, alive).
+        while server.process is not None and server.process.poll() is None:  # noqa: ASYNC110
+            await asyncio.sleep(0.5)
         raise EmbeddedUnavailable(f"the embedded server exited; log: {server.log_path}")
 
     try:

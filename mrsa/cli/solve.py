@@ -294,10 +294,11 @@ def solve(
     if concurrency is not None and concurrency < 1:
         fail("concurrency: must be ≥ 1", EXIT_USAGE)
     try:
+        chosen = concurrency or settings.backend_concurrency
         options = HttpOptions(
             timeout_s=timeout or settings.backend_timeout_s,
             max_retries=settings.backend_retries if retries is None else retries,
-            concurrency=concurrency or settings.backend_concurrency or 8,
+            **({"concurrency": chosen} if chosen else {}),  # unset: the server's own capacity
         )
     except ValidationError as exc:
         fail(describe_validation_error(exc), EXIT_USAGE)

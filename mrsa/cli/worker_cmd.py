@@ -117,7 +117,7 @@ def worker(
         config.http = HttpOptions(
             timeout_s=timeout or s.backend_timeout_s,
             max_retries=s.backend_retries if retries is None else retries,
-            concurrency=config.concurrency or 8,
+            **({"concurrency": config.concurrency} if config.concurrency else {}),  # unset: server capacity
         )
     except ValidationError as exc:
         fail(describe_validation_error(exc), EXIT_USAGE)
