@@ -271,7 +271,7 @@ async def test_vllm_discovers_model_and_context_then_reports_info_and_health() -
     assert info.model == "Zyphra/ZAYA1-8B"
     assert info.context_length == 32768
     assert info.version == "0.11.0"
-    assert info.capacity == 8  # the options given (NO_RETRY keeps the default concurrency)
+    assert info.capacity == 256  # no concurrency was set explicitly: the vLLM default
     assert await b.health()
     server.routes[("GET", "/health")] = httpx.Response(503, json={"error": "engine dead"})
     assert not await b.health()
@@ -890,7 +890,7 @@ async def test_triton_info_and_health(tok_dir: Path) -> None:
     assert info.model == "vllm_model"
     assert info.version == "2.59.0"
     assert info.context_length == 32768  # model_max_length of tokenizer_config.json
-    assert info.capacity == 8
+    assert info.capacity == 256  # no concurrency was set explicitly: the Triton default
     assert await b.health()
     paths = [p for _, p, _ in server.calls]
     assert "/v2/health/ready" in paths and "/v2/models/vllm_model/ready" in paths
