@@ -107,7 +107,7 @@ class RoundTrips:
             counter.count += 1
             await original(conn, command, check_health)
 
-        AbstractConnection.send_packed_command = counting  # type: ignore[method-assign]
+        AbstractConnection.send_packed_command = counting  # type: ignore[method-assign,assignment]
         return self
 
     def __exit__(self, *exc: object) -> None:
