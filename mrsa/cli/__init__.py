@@ -6,7 +6,9 @@ import typer
 
 from mrsa.cli import client
 from mrsa.cli.backend_cmd import backend
+from mrsa.cli.bench_cmd import bench
 from mrsa.cli.grade_cmd import grade
+from mrsa.cli.report_cmd import report
 from mrsa.cli.serve_cmd import serve
 from mrsa.cli.solve import solve
 from mrsa.cli.worker_cmd import worker
@@ -25,6 +27,8 @@ app.command()(serve)
 for command in (client.submit, client.status, client.watch, client.result, client.cancel):
     app.command()(command)
 app.command("list")(client.list_jobs)
+app.command()(bench)
+app.command()(report)
 app.command(context_settings={"ignore_unknown_options": True})(grade)  # negative golds: -984
 
 

@@ -1,0 +1,408 @@
+"""``mrsa bench``: sweeps of datasets × configurations × seeds, resumable, with live progress."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+from pydantic import ValidationError
+from rich.live import Live
+from rich.table import Table
+
+from mrsa.backends.base import BackendError
+from mrsa.backends.embedded import EmbeddedUnavailable
+from mrsa.backends.factory import BACKEND_KINDS, open_backend
+from mrsa.backends.http import HttpOptions
+from mrsa.cli.common import EXIT_USAGE, err_console, fail, out_console, print_json
+from mrsa.engine.limits import ContextBudgetError
+from mrsa.params import PRESETS, describe_validation_error
+from mrsa.settings import get_settings
+from mrsa.store.base import JobStore, StoreUnavailable, TaskQueue
+
+if TYPE_CHECKING:
+    from evals.configs import SweepConfig
+    from evals.datasets import Dataset
+    from evals.report import ReportData
+    from evals.rundir import Manifest, RunDir
+    from evals.sweep import SweepStats, Unit
+
+EXIT_INTERRUPTED = 130
+
+
+def parse_seeds(text: str) -> list[int]:
+    """``2`` → seeds 0 and 1 (a count); ``0,3,7`` (or ``7,``) → exactly those seeds."""
+    text = text.strip()
+    try:
+        if "," not in text:
+            count = int(text)
+            if count < 1:
+                raise ValueError
+            return list(range(count))
+        seeds = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        fail(f"seeds: {text!r} is not a count (2) or a list of seeds (0,3,7)", EXIT_USAGE)
+    if not seeds or any(s < 0 for s in seeds):
+        fail(f"seeds: {text!r} must name seeds ≥ 0", EXIT_USAGE)
+    return list(dict.fromkeys(seeds))
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "—"
+    s = int(seconds)
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
+
+
+def progress_line(stats: SweepStats) -> str:
+    return (
+        f"units {stats.units_done}/{stats.units_total}"
+        + (f" ({stats.units_failed} failed)" if stats.units_failed else "")
+        + f" · candidates {stats.candidates_done}/{stats.candidates_total}"
+        + f" · {stats.tokens_per_s:.1f} tok/s · ETA {_duration(stats.eta_s)} · elapsed {_duration(stats.elapsed)}"
+        + (f" · correct {stats.correct_new}/{stats.candidates_new} new" if stats.candidates_new else "")
+    )
+
+
+async def _show_progress(stats: SweepStats, interval_s: float) -> None:
+    """Live line on a terminal; otherwise one line every ``interval_s`` (logs, CI, tests)."""
+    if err_console.is_terminal:
+        with Live(progress_line(stats), console=err_console, refresh_per_second=2, transient=False) as live:
+            while True:
+                live.update(progress_line(stats))
+                await asyncio.sleep(0.5)
+    while True:
+        await asyncio.sleep(interval_s)
+        err_console.print(f"bench: {progress_line(stats)}", markup=False, soft_wrap=True)
+
+
+def _manifest(
+    configs: list[SweepConfig],
+    datasets: list[Dataset],
+    seeds: list[int],
+    limit: int | None,
+    grade_timeout: float,
+) -> Manifest:
+    import importlib.metadata
+
+    from evals.grading import FLOAT_ROUNDING
+    from evals.rundir import Manifest, dataset_entry
+
+    return Manifest(
+        seeds=seeds,
+        configs=configs,
+        datasets=[dataset_entry(d, limit) for d in datasets],
+        grading={
+            "timeout_s": grade_timeout,
+            "float_rounding": FLOAT_ROUNDING,
+            "math_verify": importlib.metadata.version("math-verify"),
+        },
+    )
+
+
+async def _bench(
+    run: RunDir,
+    plan: Manifest,
+    units: list[Unit],
+    golds: dict[tuple[str, str], str],
+    backend_url: str | None,
+    kind: str,
+    model: str | None,
+    options: HttpOptions,
+    concurrency: int | None,
+    jobs: int | None,
+    grade_timeout: float,
+    grade_workers: int,
+    stats: SweepStats,
+    show_progress: bool,
+    interval_s: float,
+    trace_dir: Path | None,
+    redis_url: str | None,
+) -> None:
+    from evals.grading import Grader
+    from evals.rundir import BackendEntry as Entry
+    from evals.rundir import ManifestConflict, Session, git_revision, merge, mrsa_version
+    from evals.sweep import check_contexts, run_sweep
+    from mrsa.store.redis import redact
+
+    async with contextlib.AsyncExitStack() as stack:
+        store: JobStore | None = None
+        queue: TaskQueue | None = None
+        if redis_url is not None:  # before the backend: a wrong URL fails before a model starts
+            from mrsa.store.redis import open_redis
+
+            settings = get_settings()
+            redis_store, queue = await open_redis(
+                redis_url,
+                prefix=settings.redis_prefix,
+                max_deliveries=settings.max_deliveries,
+                retention_s=settings.retention_s,
+            )
+            stack.push_async_callback(redis_store.aclose)
+            store = redis_store
+        backend = await stack.enter_async_context(
+            open_backend(backend_url, kind, model=model, options=options, trace_dir=trace_dir)
+        )
+        info = await backend.info()
+        await check_contexts(backend, units)
+        plan = plan.model_copy(update={"model": info.model})
+        try:
+            manifest = merge(run.load_manifest(), plan) if run.exists() else plan
+        except ManifestConflict as exc:
+            fail(str(exc), EXIT_USAGE)
+        entry = Entry(
+            url=info.url,
+            kind=info.kind,
+            model=info.model,
+            version=info.version,
+            capacity=info.capacity,
+            context_length=info.context_length,
+        )
+        session = Session(
+            started_at=time.time(),
+            backend=entry,
+            mrsa_version=mrsa_version(),
+            git_revision=git_revision(),
+            store="memory" if redis_url is None else redact(redis_url),
+        )
+        earlier = len(manifest.sessions)
+        manifest.sessions.append(session)
+        run.save_manifest(manifest)
+        capacity = concurrency or info.capacity
+        with Grader(workers=grade_workers, timeout_s=grade_timeout) as grader:
+            shower = asyncio.create_task(_show_progress(stats, interval_s)) if show_progress else None
+            try:
+                await run_sweep(
+                    backend,
+                    units,
+                    run.records,
+                    grader,
+                    golds,
+                    stats,
+                    capacity=capacity,
+                    max_jobs=jobs,
+                    model=info.model,
+                    store=store,
+                    queue=queue,
+                    namespace=f"{manifest.run_id}-{earlier}",
+                    stale_namespaces=[f"{manifest.run_id}-{i}" for i in range(earlier)] if store else [],
+                )
+            finally:
+                if shower is not None:
+                    shower.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await shower
+
+
+def _summary(data: ReportData) -> Table:
+    table = Table(title="Sweep summary (pass@1 and maj@N in %, 95% bootstrap CI over problems)")
+    for col in ("configuration", "dataset", "runs", "round", "pass@1", "maj@N", "pass@N", "decode tok/run"):
+        table.add_column(col, justify="left" if col in ("configuration", "dataset") else "right")
+    for g in data.groups:
+        for r in g.rounds:
+            table.add_row(
+                g.config,
+                g.dataset,
+                str(g.runs),
+                str(r.round),
+                f"{100 * r.pass1.value:.1f} [{100 * r.pass1.low:.1f}, {100 * r.pass1.high:.1f}]",
+                f"{100 * r.maj.value:.1f}",
+                f"{100 * r.pass_n.value:.1f}",
+                f"{r.decode_tokens:,.0f}",
+            )
+    return table
+
+
+def bench(
+    dataset: Annotated[
+        list[str],
+        typer.Option(
+            "--dataset", "-d", help="aime2024, aime2025, aime2026, hmmt_feb2025, or a JSONL path; repeatable."
+        ),
+    ],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Run folder (created; an existing one resumes).")],
+    preset: Annotated[
+        list[str] | None,
+        typer.Option(
+            help=f"Configuration preset ({', '.join(PRESETS)}); repeatable. "
+            "Default: smoke on the embedded model, zaya1 with --backend."
+        ),
+    ] = None,
+    grid: Annotated[
+        str | None,
+        typer.Option(help="Parameter grid on top of each preset, e.g. 'rounds=0,1;subset=1,2'."),
+    ] = None,
+    seeds: Annotated[str, typer.Option(help="A count (2 → seeds 0,1) or a list (0,3,7).")] = "1",
+    limit: Annotated[int | None, typer.Option(help="Only the first N problems of each dataset.")] = None,
+    backend: Annotated[
+        str | None,
+        typer.Option(
+            "--backend", help="Inference server URL [env MRSA_BACKEND_URL]; unset = embedded model."
+        ),
+    ] = None,
+    backend_kind: Annotated[
+        str | None, typer.Option(help=f"Server type: {', '.join(BACKEND_KINDS)} [env MRSA_BACKEND_KIND].")
+    ] = None,
+    model: Annotated[str | None, typer.Option(help="Model id [env MRSA_MODEL].")] = None,
+    concurrency: Annotated[
+        int | None, typer.Option(help="Requests in flight (default: server capacity).")
+    ] = None,
+    jobs: Annotated[
+        int | None,
+        typer.Option(
+            help="Jobs (problem × seed × config) in flight (default: enough to keep the server full)."
+        ),
+    ] = None,
+    timeout: Annotated[float | None, typer.Option(help="Backend read timeout, seconds.")] = None,
+    retries: Annotated[int | None, typer.Option(help="Backend retries on 429/5xx/timeouts.")] = None,
+    grade_timeout: Annotated[float, typer.Option(help="Grading time limit per answer, seconds.")] = 10.0,
+    grade_workers: Annotated[int, typer.Option(help="Grading processes.")] = 2,
+    progress_every: Annotated[
+        float, typer.Option(help="Seconds between progress lines when stderr is not a terminal.")
+    ] = 10.0,
+    trace: Annotated[
+        Path | None,
+        typer.Option("--trace", help="Append every backend request/response to DIR/requests.jsonl."),
+    ] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the summary as JSON on stdout.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")] = False,
+    redis: Annotated[
+        str | None,
+        typer.Option(
+            "--redis",
+            help="Run the sweep's jobs through Redis at this URL (env MRSA_REDIS_URL) instead of in "
+            "memory; mrsa worker processes on the same Redis share the work.",
+        ),
+    ] = None,
+) -> None:
+    """Run Markovian RSA over benchmark problems (datasets × presets/grid × seeds), grade every
+    candidate, append records to RUN_DIR/records.jsonl as they finish, and resume when rerun."""
+    from evals.configs import ConfigError, build_configs
+    from evals.datasets import DatasetError, load_dataset
+    from evals.grading import Grader
+    from evals.records import RecordLogError
+    from evals.report import compute
+    from evals.rundir import ManifestConflict, RunDir, merge
+    from evals.sweep import SweepStats, plan_units
+
+    logging.getLogger("math_verify").setLevel(logging.ERROR)  # its signal timeouts are off on purpose
+    settings = get_settings()
+    backend_url = backend or settings.backend_url
+    kind = backend_kind or settings.backend_kind
+    if kind not in BACKEND_KINDS:
+        fail(f"backend-kind: unknown {kind!r}; choose one of {', '.join(BACKEND_KINDS)}", EXIT_USAGE)
+    for name, value in (("concurrency", concurrency), ("jobs", jobs), ("limit", limit)):
+        if value is not None and value < 1:
+            fail(f"{name}: must be ≥ 1", EXIT_USAGE)
+    if grade_timeout <= 0 or grade_workers < 1:
+        fail("grade-timeout must be > 0 and grade-workers ≥ 1", EXIT_USAGE)
+    seed_list = parse_seeds(seeds)
+    try:
+        datasets = [load_dataset(d) for d in dict.fromkeys(dataset)]
+    except DatasetError as exc:
+        fail(str(exc), EXIT_USAGE)
+    if len({d.name for d in datasets}) != len(datasets):
+        fail("dataset: two datasets share a name; rename one of the files", EXIT_USAGE)
+    try:
+        configs = build_configs(preset or ["smoke" if backend_url is None else "zaya1"], grid)
+    except ConfigError as exc:
+        fail(str(exc), EXIT_USAGE)
+    try:
+        options = HttpOptions(
+            timeout_s=timeout or settings.backend_timeout_s,
+            max_retries=settings.backend_retries if retries is None else retries,
+            concurrency=concurrency or settings.backend_concurrency or 8,
+        )
+    except ValidationError as exc:
+        fail(describe_validation_error(exc), EXIT_USAGE)
+
+    run = RunDir(out)
+    if out.exists() and not out.is_dir():
+        fail(f"out: {out} is a file", EXIT_USAGE)
+    if out.is_dir() and any(out.iterdir()) and not run.exists():
+        fail(f"out: {out} is not empty and holds no manifest.json (not a run folder)", EXIT_USAGE)
+    plan = _manifest(configs, datasets, seed_list, limit, grade_timeout)
+    if run.exists():
+        try:
+            merge(run.load_manifest(), plan)  # fail before starting any server
+        except ManifestConflict as exc:
+            fail(str(exc), EXIT_USAGE)
+        except (ValidationError, ValueError) as exc:
+            fail(f"out: cannot read {run.manifest_path}: {str(exc).splitlines()[0]}", EXIT_USAGE)
+    problems = {d.name: d.problems[:limit] if limit else d.problems for d in datasets}
+    golds = {(d.name, p.id): p.answer for d in datasets for p in d.problems}
+    units = plan_units(configs, problems, seed_list)
+    stats = SweepStats()
+    try:
+        asyncio.run(
+            _bench(
+                run,
+                plan,
+                units,
+                golds,
+                backend_url,
+                kind,
+                model or settings.model,
+                options,
+                concurrency,
+                jobs,
+                grade_timeout,
+                min(grade_workers, os.cpu_count() or 1),
+                stats,
+                show_progress=not quiet,
+                interval_s=progress_every,
+                trace_dir=trace,
+                redis_url=redis or settings.redis_url,
+            )
+        )
+    except KeyboardInterrupt:
+        run.end_session("interrupted", stats.candidates_new, stats.units_failed)
+        fail(
+            f"interrupted: {stats.candidates_new} new records kept in {run.records.path}; "
+            "rerun the same command to resume",
+            EXIT_INTERRUPTED,
+        )
+    except ContextBudgetError as exc:
+        fail(str(exc), EXIT_USAGE)
+    except (BackendError, EmbeddedUnavailable, StoreUnavailable) as exc:
+        run.end_session("failed", stats.candidates_new, stats.units_failed)
+        fail(str(exc))
+    except RecordLogError as exc:
+        fail(str(exc), EXIT_USAGE)
+    except OSError as exc:
+        fail(f"{type(exc).__name__}: {exc}")
+    run.end_session("failed" if stats.units_failed else "completed", stats.candidates_new, stats.units_failed)
+    if not quiet and not json_out:
+        err_console.print(f"bench: {progress_line(stats)}", markup=False, soft_wrap=True)
+    with Grader(workers=1, timeout_s=grade_timeout) as grader:
+        data = compute(run, grader)
+    if json_out:
+        print_json(
+            {
+                "run_dir": str(out),
+                "records": data.records,
+                "new_records": stats.candidates_new,
+                "units_complete": data.complete,
+                "units_total": data.total,
+                "units_failed": stats.units_failed,
+                "errors": stats.errors,
+                "groups": [g.model_dump(mode="json", exclude={"grid"}) for g in data.groups],
+            }
+        )
+    else:
+        out_console.print(_summary(data), width=max(out_console.width, 132))
+        out_console.print(
+            f"{data.records} records ({stats.candidates_new} new) in {run.records.path}; "
+            f"{data.complete}/{data.total} units complete. Report: mrsa report {out}",
+            markup=False,
+            soft_wrap=True,
+        )
+    for err in stats.errors:
+        err_console.print(f"mrsa: error: {err}", markup=False)
+    if stats.units_failed:
+        raise typer.Exit(1)

@@ -1,0 +1,50 @@
+"""``mrsa report RUN_DIR``: write report.md, metrics.json and the plots of a sweep's run folder."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from pydantic import ValidationError
+
+from mrsa.cli.common import EXIT_USAGE, fail, out_console
+
+
+def report(
+    run_dir: Annotated[Path, typer.Argument(help="A run folder written by mrsa bench.")],
+    grade_timeout: Annotated[
+        float, typer.Option(help="Time limit of one majority vote's answer clustering, seconds.")
+    ] = 10.0,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the metrics as JSON on stdout.")] = False,
+) -> None:
+    """Compute per-round metrics, baselines and the comparison with published results of a run
+    folder; write report.md, metrics.json, accuracy_vs_tokens.png and problem_grid.png into it."""
+    from evals.grading import Grader
+    from evals.records import RecordLogError
+    from evals.report import write_report
+    from evals.rundir import RunDir
+
+    if importlib.util.find_spec("matplotlib") is None:
+        fail("mrsa report draws its plots with matplotlib: pip install 'mrsa[eval]'")
+    run = RunDir(run_dir)
+    if not run.exists():
+        fail(
+            f"run_dir: {run_dir} holds no manifest.json (not a run folder written by mrsa bench)", EXIT_USAGE
+        )
+    try:
+        with Grader(workers=1, timeout_s=grade_timeout) as grader:
+            data, paths = write_report(run, grader)
+    except (ValidationError, RecordLogError, json.JSONDecodeError) as exc:
+        fail(f"run_dir: cannot read {run_dir}: {str(exc).splitlines()[0]}", EXIT_USAGE)
+    if json_out:
+        sys.stdout.write(data.model_dump_json(exclude={"manifest"}) + "\n")
+        return
+    out_console.print(
+        f"{data.complete}/{data.total} units complete, {data.records} records; wrote "
+        + ", ".join(str(p) for p in paths),
+        markup=False,
+    )
