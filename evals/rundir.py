@@ -187,17 +187,25 @@ class RunDir:
         os.replace(tmp, self.manifest_path)
 
     def end_session(
-        self, status: Literal["completed", "interrupted", "failed"], new: int, failed: int
+        self,
+        started_at: float | None,
+        status: Literal["completed", "interrupted", "failed"],
+        new: int,
+        failed: int,
     ) -> None:
+        """Close the session that started at ``started_at`` (``None``: this process opened none)."""
+        if started_at is None:
+            return
         with contextlib.suppress(OSError, ValueError):
             manifest = self.load_manifest()
-            if manifest.sessions:
-                manifest.sessions[-1] = manifest.sessions[-1].model_copy(
-                    update={
+            for i, session in enumerate(manifest.sessions):
+                if session.started_at == started_at:
+                    update = {
                         "finished_at": time.time(),
                         "status": status,
                         "new_records": new,
                         "failed_units": failed,
                     }
-                )
-                self.save_manifest(manifest)
+                    manifest.sessions[i] = session.model_copy(update=update)
+                    self.save_manifest(manifest)
+                    return

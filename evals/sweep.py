@@ -94,6 +94,7 @@ class SweepStats:
     decode_tokens_new: int = 0
     started: float = field(default_factory=time.monotonic)
     errors: list[str] = field(default_factory=list)
+    session_started_at: float | None = None  # the manifest session this process opened
 
     @property
     def elapsed(self) -> float:

@@ -7,11 +7,13 @@ import contextlib
 import logging
 import os
 import time
+from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 from pydantic import ValidationError
+from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
@@ -172,6 +174,7 @@ async def _bench(
         )
         earlier = len(manifest.sessions)
         manifest.sessions.append(session)
+        stats.session_started_at = session.started_at
         run.save_manifest(manifest)
         capacity = concurrency or info.capacity
         with Grader(workers=grade_workers, timeout_s=grade_timeout) as grader:
@@ -197,6 +200,11 @@ async def _bench(
                     shower.cancel()
                     with contextlib.suppress(asyncio.CancelledError):
                         await shower
+
+
+def _all_recorded(run: RunDir, units: list[Unit]) -> bool:
+    have = Counter(record.unit for record in run.records.load().values())
+    return all(have[u.key] >= u.total for u in units)
 
 
 def _summary(data: ReportData) -> Table:
@@ -339,29 +347,34 @@ def bench(
     units = plan_units(configs, problems, seed_list)
     stats = SweepStats()
     try:
-        asyncio.run(
-            _bench(
-                run,
-                plan,
-                units,
-                golds,
-                backend_url,
-                kind,
-                model or settings.model,
-                options,
-                concurrency,
-                jobs,
-                grade_timeout,
-                min(grade_workers, os.cpu_count() or 1),
-                stats,
-                show_progress=not quiet,
-                interval_s=progress_every,
-                trace_dir=trace,
-                redis_url=redis or settings.redis_url,
+        if run.exists() and _all_recorded(run, units):
+            # nothing to run: no backend needed
+            stats.units_total = stats.units_done = len(units)
+            stats.candidates_total = stats.candidates_done = sum(u.total for u in units)
+        else:
+            asyncio.run(
+                _bench(
+                    run,
+                    plan,
+                    units,
+                    golds,
+                    backend_url,
+                    kind,
+                    model or settings.model,
+                    options,
+                    concurrency,
+                    jobs,
+                    grade_timeout,
+                    min(grade_workers, os.cpu_count() or 1),
+                    stats,
+                    show_progress=not quiet,
+                    interval_s=progress_every,
+                    trace_dir=trace,
+                    redis_url=redis or settings.redis_url,
+                )
             )
-        )
     except KeyboardInterrupt:
-        run.end_session("interrupted", stats.candidates_new, stats.units_failed)
+        run.end_session(stats.session_started_at, "interrupted", stats.candidates_new, stats.units_failed)
         fail(
             f"interrupted: {stats.candidates_new} new records kept in {run.records.path}; "
             "rerun the same command to resume",
@@ -370,13 +383,18 @@ def bench(
     except ContextBudgetError as exc:
         fail(str(exc), EXIT_USAGE)
     except (BackendError, EmbeddedUnavailable, StoreUnavailable) as exc:
-        run.end_session("failed", stats.candidates_new, stats.units_failed)
+        run.end_session(stats.session_started_at, "failed", stats.candidates_new, stats.units_failed)
         fail(str(exc))
     except RecordLogError as exc:
         fail(str(exc), EXIT_USAGE)
     except OSError as exc:
         fail(f"{type(exc).__name__}: {exc}")
-    run.end_session("failed" if stats.units_failed else "completed", stats.candidates_new, stats.units_failed)
+    run.end_session(
+        stats.session_started_at,
+        "failed" if stats.units_failed else "completed",
+        stats.candidates_new,
+        stats.units_failed,
+    )
     if not quiet and not json_out:
         err_console.print(f"bench: {progress_line(stats)}", markup=False, soft_wrap=True)
     with Grader(workers=1, timeout_s=grade_timeout) as grader:
@@ -395,7 +413,9 @@ def bench(
             }
         )
     else:
-        out_console.print(_summary(data), width=max(out_console.width, 132))
+        # Piped output gets rich's 80 columns by default: too narrow for this table.
+        wide = out_console if out_console.is_terminal else Console(width=140, highlight=False)
+        wide.print(_summary(data))
         out_console.print(
             f"{data.records} records ({stats.candidates_new} new) in {run.records.path}; "
             f"{data.complete}/{data.total} units complete. Report: mrsa report {out}",

@@ -47,4 +47,5 @@ def report(
         f"{data.complete}/{data.total} units complete, {data.records} records; wrote "
         + ", ".join(str(p) for p in paths),
         markup=False,
+        soft_wrap=True,
     )
