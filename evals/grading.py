@@ -189,8 +189,16 @@ class Grader:
     def _ensure_pool(self) -> ProcessPoolExecutor:
         if self._pool is None:
             pool = ProcessPoolExecutor(self.workers, mp_context=_context(), initializer=_init_worker)
-            # Start every worker (and its warm-up) before any deadline runs.
-            wait([pool.submit(_ping) for _ in range(self.workers)], timeout=300)
+            # Start every worker (and its warm-up) before any deadline runs. A pool that cannot
+            # start is an installation problem: say so instead of grading everything "timeout".
+            pings = [pool.submit(_ping) for _ in range(self.workers)]
+            wait(pings, timeout=300)
+            try:
+                for ping in pings:
+                    ping.result(timeout=0)
+            except Exception as exc:
+                pool.shutdown(wait=False, cancel_futures=True)
+                raise RuntimeError(f"the grading processes failed to start: {exc!r}") from exc
             self._pool = pool
         return self._pool
 
