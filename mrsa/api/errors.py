@@ -77,6 +77,7 @@ def from_validation_errors(errors: Sequence[Any], prefix: Sequence[str | int] = 
 
 OPENAI_PATHS = ("/v1/chat/completions",)
 _OPENAI_TYPES = {
+    400: ("invalid_request_error", None),
     401: ("authentication_error", "invalid_api_key"),
     404: ("not_found_error", None),
     409: ("conflict_error", None),
@@ -154,6 +155,7 @@ def install(app: FastAPI) -> None:
 # Documented on every route so clients (and schemathesis) know the error shape.
 def responses(*codes: int) -> dict[int | str, dict[str, Any]]:
     text = {
+        400: "The body could not be read (not UTF-8 JSON).",
         401: "Missing or invalid API key.",
         404: "No such job (or another key's job).",
         409: "The job is not in a state that allows this.",

@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from mrsa.api.schemas import PRESET_DESCRIPTION, OpenAIErrorDetail, optional_field
+from mrsa.api.schemas import PRESET_DESCRIPTION, optional_field
 from mrsa.domain import Vote
 from mrsa.params import PRESETS, RSAParams, SamplingParams, Selection, TailSource
 
@@ -190,9 +190,3 @@ class ChatCompletionChunk(BaseModel):
     model: str
     choices: list[ChunkChoice]
     usage: CompletionUsage | None = None
-
-
-class OpenAIError(BaseModel):
-    """OpenAI's error shape (also sent as the last event of a stream that fails)."""
-
-    error: OpenAIErrorDetail

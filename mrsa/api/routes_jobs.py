@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Header, Path, Query, Response
+from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
 from sse_starlette import EventSourceResponse
 
 from mrsa.api import jobs
 from mrsa.api.auth import Principal, authenticate
 from mrsa.api.deps import ApiDeps, get_deps
-from mrsa.api.errors import ApiError, responses
+from mrsa.api.errors import ApiError, invalid, responses
 from mrsa.api.metrics import JOBS_SUBMITTED
 from mrsa.api.schemas import JobList, JobRequest, JobView, SubmitResponse
 from mrsa.api.sse import EVENT_ID_PATTERN, job_events
@@ -27,7 +28,7 @@ Deps = Annotated[ApiDeps, Depends(get_deps)]
     "",
     status_code=202,
     response_model=SubmitResponse,
-    responses={**responses(413, 422, 429), 200: {"model": SubmitResponse, "description": "Replay."}},
+    responses={**responses(400, 413, 422, 429), 200: {"model": SubmitResponse, "description": "Replay."}},
     summary="Submit a job",
 )
 async def submit_job(
@@ -63,7 +64,24 @@ async def submit_job(
     )
 
 
-@router.get("", response_model=JobList, summary="List your jobs", responses=responses(422))
+def known_query(*names: str) -> Callable[[Request], None]:
+    """A dependency refusing query parameters the route does not have (a typo is a 422, not ignored)."""
+
+    def check(request: Request) -> None:
+        unknown = sorted(set(request.query_params) - set(names))
+        if unknown:
+            raise invalid(("query", unknown[0]), f"{unknown[0]}: unknown query parameter", "extra_forbidden")
+
+    return check
+
+
+@router.get(
+    "",
+    response_model=JobList,
+    summary="List your jobs",
+    responses=responses(422),
+    dependencies=[Depends(known_query("limit"))],
+)
 async def list_jobs(
     principal: Auth,
     deps: Deps,

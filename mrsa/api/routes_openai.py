@@ -7,7 +7,7 @@ alive:
 * ``stream: true`` — server-sent events: a first chunk with the assistant role at once, SSE comment
   lines (``: round 1/2 …`` progress and pings) while the job runs, then the content chunk, the
   finish chunk (plus a usage chunk with ``stream_options.include_usage``) and ``data: [DONE]``. A
-  failed job ends the stream with ``data: {"error": {…}}``, which OpenAI SDKs raise.
+  failed job ends the stream with ``data: {"message": …, "error": {…}}``, which OpenAI SDKs raise.
 * ``stream: false`` — the response is held for up to ``chat_hold_s`` (20 s by default). A job that
   ends by then gets an ordinary response with an honest status (200, or 502/409 with an error
   body). After that the server commits to 200 and sends one space every ``keepalive_s`` — leading
@@ -47,10 +47,9 @@ from mrsa.api.openai_schemas import (
     ChunkChoice,
     CompletionUsage,
     Delta,
-    OpenAIError,
     RsaInfo,
 )
-from mrsa.api.schemas import OpenAIErrorDetail
+from mrsa.api.schemas import ErrorResponse, OpenAIErrorDetail
 from mrsa.domain import Job, JobResult, JobSpec, JobStatus
 from mrsa.engine.tails import split_trace
 
@@ -69,13 +68,13 @@ DISCONNECT_REASON = "cancelled: the chat-completions client disconnected"
     response_model=ChatCompletion,
     summary="OpenAI-compatible chat completion by Markovian RSA",
     responses={
-        **responses(409, 413, 422, 429),
+        **responses(400, 409, 413, 422, 429),
         200: {
             "description": "A chat.completion (JSON, possibly preceded by keep-alive whitespace), or "
             "with `stream: true` server-sent chat.completion.chunk events ending in `[DONE]`.",
             "content": {"text/event-stream": {"schema": {"type": "string"}}},
         },
-        502: {"model": OpenAIError, "description": "The job failed (its reason is the message)."},
+        502: {"model": ErrorResponse, "description": "The job failed (its reason is the message)."},
     },
 )
 async def chat_completions(
@@ -103,6 +102,11 @@ async def chat_completions(
         waiter.cancel()
         raise
     return await run.final_response(done)
+
+
+def error_body(error: OpenAIErrorDetail) -> ErrorResponse:
+    """A job's failure as the API's error body, which carries OpenAI's ``error`` object too."""
+    return ErrorResponse(message=error.message, error=error)
 
 
 class ChatRun:
@@ -223,7 +227,7 @@ class ChatRun:
             return JSONResponse(completion.model_dump(mode="json"))
         assert error is not None
         return JSONResponse(
-            OpenAIError(error=error).model_dump(mode="json"), status_code=status, headers=NO_RETRY
+            error_body(error).model_dump(mode="json", exclude_none=True), status_code=status, headers=NO_RETRY
         )
 
     async def keepalive_json(self, waiter: asyncio.Task[Job]) -> AsyncIterator[bytes]:
@@ -238,7 +242,7 @@ class ChatRun:
                 yield completion.model_dump_json().encode()
             else:
                 assert error is not None
-                yield OpenAIError(error=error).model_dump_json().encode()
+                yield error_body(error).model_dump_json(exclude_none=True).encode()
         finally:
             if not waiter.done():
                 waiter.cancel()
@@ -256,7 +260,7 @@ class ChatRun:
             finished = True
             if completion is None:
                 assert error is not None
-                yield {"data": OpenAIError(error=error).model_dump_json()}
+                yield {"data": error_body(error).model_dump_json(exclude_none=True)}
                 return
             content = completion.choices[0].message.content
             yield {"data": self.chunk(Delta(content=content)).model_dump_json()}
