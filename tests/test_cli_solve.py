@@ -201,3 +201,44 @@ def test_ctrl_c_cancels_and_stops_the_embedded_server(tmp_path: Path) -> None:
     time.sleep(0.5)
     for child in children:
         assert not Path(f"/proc/{child}").exists() or "zombie" in Path(f"/proc/{child}/status").read_text()
+
+
+def test_embedded_server_dies_with_a_killed_parent(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MRSA_")}
+    proc = subprocess.Popen(
+        [
+            *MRSA,
+            "solve",
+            "--preset",
+            "smoke",
+            "--budget",
+            "400",
+            "--rounds",
+            "8",
+            "--quiet",
+            "Count to a thousand.",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=env,
+    )
+    children: list[int] = []
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not children:
+            time.sleep(0.2)
+            children = _children(proc.pid)
+        assert children, "the embedded server was not started"
+    finally:
+        proc.kill()  # SIGKILL: no cleanup code of ours runs
+        proc.wait(timeout=30)
+    deadline = time.monotonic() + 20
+    alive = children
+    while alive and time.monotonic() < deadline:
+        time.sleep(0.2)
+        alive = [
+            c
+            for c in children
+            if Path(f"/proc/{c}").exists() and "zombie" not in Path(f"/proc/{c}/status").read_text()
+        ]
+    assert not alive, f"embedded server {alive} outlived its killed parent"
