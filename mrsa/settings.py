@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -51,6 +51,12 @@ class Settings(BaseSettings):
     backend_context_length: int | None = Field(
         None, ge=1, description="The backend's context in tokens, when the server does not report it."
     )
+
+    @field_validator("backend_context_length", mode="before")
+    @classmethod
+    def _blank_is_unset(cls, value: object) -> object:
+        """``MRSA_BACKEND_CONTEXT_LENGTH=`` (as compose passes an unset variable) means "ask the server"."""
+        return None if isinstance(value, str) and not value.strip() else value
 
     def api_key_list(self) -> list[str]:
         return [k.strip() for k in self.api_keys.split(",") if k.strip()]
