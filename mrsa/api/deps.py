@@ -30,7 +30,6 @@ class ApiConfig:
     max_active_jobs: int = 16
     retry_after_s: int = 10
     idempotency_ttl_s: int = 86_400
-    list_limit: int = 100
     # Event stream: how long one store read waits before the stream re-checks the job.
     events_block_ms: int = 5_000
     ping_s: float = 15.0

@@ -15,7 +15,7 @@ from mrsa.store.base import JobStore, TaskQueue
 
 JOBS_BY_STATUS = Gauge(
     "mrsa_jobs",
-    "Jobs by status, counted over the newest jobs in the store (at most MRSA_API metrics_job_scan).",
+    "Jobs by status, counted over the newest jobs in the store (1000 by default), at scrape time.",
     ["status"],
 )
 JOBS_SUBMITTED = Counter("mrsa_api_jobs_submitted_total", "Jobs created through the API.", ["endpoint"])
