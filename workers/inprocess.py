@@ -46,6 +46,10 @@ class InProcessRunner:
 
     async def __aexit__(self, *exc: object) -> None:
         self._stop.set()
+        if exc and exc[0] is not None:
+            # Ctrl-C or an error: nobody waits for the results, so abort in-flight requests
+            # instead of draining them for the worker's grace period.
+            self.worker.force_stop()
         if self._task is not None:
             if exc and exc[0] is not None:
                 self._task.cancel()

@@ -375,6 +375,8 @@ def bench(
             )
     except KeyboardInterrupt:
         run.end_session(stats.session_started_at, "interrupted", stats.candidates_new, stats.units_failed)
+        if not quiet:
+            err_console.print(progress_line(stats), highlight=False)  # where it stopped
         fail(
             f"interrupted: {stats.candidates_new} new records kept in {run.records.path}; "
             "rerun the same command to resume",
