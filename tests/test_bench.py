@@ -31,6 +31,7 @@ from evals.records import CandidateRecord, RecordLog
 from evals.sweep import SweepStats, plan_units, run_sweep
 from mrsa.backends.base import GenerationRequest, GenerationResult
 from tests.fakes import FakeBackend
+from tests.signals import default_sigint
 
 MRSA = [sys.executable, "-m", "mrsa"]
 
@@ -362,6 +363,7 @@ def resumed(embedded_url: str, tmp_path_factory: pytest.TempPathFactory) -> dict
         stdout=subprocess.PIPE,
         text=True,
         env=env(),
+        preexec_fn=default_sigint,
     )
     interrupt_when(first, records, 8, signal.SIGINT)
     _, err1 = first.communicate(timeout=300)

@@ -15,6 +15,8 @@ from typing import Any
 
 import pytest
 
+from tests.signals import default_sigint
+
 pytestmark = pytest.mark.embedded
 
 MRSA = [sys.executable, "-m", "mrsa"]
@@ -177,6 +179,7 @@ def test_ctrl_c_cancels_and_stops_the_embedded_server(tmp_path: Path) -> None:
             str(trace),
             "Count to a thousand.",
         ],
+        preexec_fn=default_sigint,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
