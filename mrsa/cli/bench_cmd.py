@@ -19,11 +19,21 @@ from rich.table import Table
 
 from mrsa.backends.base import BackendError
 from mrsa.backends.embedded import EmbeddedUnavailable
-from mrsa.backends.factory import BACKEND_KINDS, open_backend
+from mrsa.backends.factory import open_backend
 from mrsa.backends.http import HttpOptions
 from mrsa.cli.common import EXIT_USAGE, err_console, fail, out_console, print_json
+from mrsa.cli.options import (
+    BackendKindOpt,
+    BackendOpt,
+    ConcurrencyOpt,
+    QuietOpt,
+    RetriesOpt,
+    TimeoutOpt,
+    check_backend_kind,
+    http_options,
+)
 from mrsa.engine.limits import ContextBudgetError
-from mrsa.params import PRESETS, describe_validation_error
+from mrsa.params import PRESETS
 from mrsa.settings import get_settings
 from mrsa.store.base import JobStore, StoreUnavailable, TaskQueue
 
@@ -247,27 +257,18 @@ def bench(
     ] = None,
     seeds: Annotated[str, typer.Option(help="A count (2 → seeds 0,1) or a list (0,3,7).")] = "1",
     limit: Annotated[int | None, typer.Option(help="Only the first N problems of each dataset.")] = None,
-    backend: Annotated[
-        str | None,
-        typer.Option(
-            "--backend", help="Inference server URL [env MRSA_BACKEND_URL]; unset = embedded model."
-        ),
-    ] = None,
-    backend_kind: Annotated[
-        str | None, typer.Option(help=f"Server type: {', '.join(BACKEND_KINDS)} [env MRSA_BACKEND_KIND].")
-    ] = None,
-    model: Annotated[str | None, typer.Option(help="Model id [env MRSA_MODEL].")] = None,
-    concurrency: Annotated[
-        int | None, typer.Option(help="Requests in flight (default: server capacity).")
-    ] = None,
+    backend: BackendOpt = None,
+    backend_kind: BackendKindOpt = None,
+    model: Annotated[str | None, typer.Option(help="Model id (env MRSA_MODEL).")] = None,
+    concurrency: ConcurrencyOpt = None,
     jobs: Annotated[
         int | None,
         typer.Option(
             help="Jobs (problem × seed × config) in flight (default: enough to keep the server full)."
         ),
     ] = None,
-    timeout: Annotated[float | None, typer.Option(help="Backend read timeout, seconds.")] = None,
-    retries: Annotated[int | None, typer.Option(help="Backend retries on 429/5xx/timeouts.")] = None,
+    timeout: TimeoutOpt = None,
+    retries: RetriesOpt = None,
     grade_timeout: Annotated[float, typer.Option(help="Grading time limit per answer, seconds.")] = 10.0,
     grade_workers: Annotated[int, typer.Option(help="Grading processes.")] = 2,
     progress_every: Annotated[
@@ -278,7 +279,7 @@ def bench(
         typer.Option("--trace", help="Append every backend request/response to DIR/requests.jsonl."),
     ] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print the summary as JSON on stdout.")] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")] = False,
+    quiet: QuietOpt = False,
     redis: Annotated[
         str | None,
         typer.Option(
@@ -301,9 +302,7 @@ def bench(
     logging.getLogger("math_verify").setLevel(logging.ERROR)  # its signal timeouts are off on purpose
     settings = get_settings()
     backend_url = backend or settings.backend_url
-    kind = backend_kind or settings.backend_kind
-    if kind not in BACKEND_KINDS:
-        fail(f"backend-kind: unknown {kind!r}; choose one of {', '.join(BACKEND_KINDS)}", EXIT_USAGE)
+    kind = check_backend_kind(backend_kind or settings.backend_kind)
     for name, value in (("concurrency", concurrency), ("jobs", jobs), ("limit", limit)):
         if value is not None and value < 1:
             fail(f"{name}: must be ≥ 1", EXIT_USAGE)
@@ -320,14 +319,7 @@ def bench(
         configs = build_configs(preset or ["smoke" if backend_url is None else "zaya1"], grid)
     except ConfigError as exc:
         fail(str(exc), EXIT_USAGE)
-    try:
-        options = HttpOptions(
-            timeout_s=timeout or settings.backend_timeout_s,
-            max_retries=settings.backend_retries if retries is None else retries,
-            concurrency=concurrency or settings.backend_concurrency or 8,
-        )
-    except ValidationError as exc:
-        fail(describe_validation_error(exc), EXIT_USAGE)
+    options = http_options(timeout, retries, concurrency, settings)  # unset: the server's capacity
 
     run = RunDir(out)
     if out.exists() and not out.is_dir():

@@ -12,7 +12,6 @@ import contextlib
 import datetime as dt
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
 import typer
@@ -22,16 +21,36 @@ from rich.table import Table
 from mrsa.api.schemas import JobView
 from mrsa.cli.api_client import ApiClient, ApiClientError
 from mrsa.cli.common import EXIT_FAILURE, EXIT_USAGE, err_console, fail, out_console, print_json
+from mrsa.cli.options import (
+    AggregateTemperatureOpt,
+    BudgetOpt,
+    CarryoverOpt,
+    ChunkOpt,
+    FileOpt,
+    PopulationOpt,
+    ProblemArg,
+    PromptsOpt,
+    RoundsOpt,
+    SeedOpt,
+    SelectionOpt,
+    SubsetOpt,
+    TailOpt,
+    TailSourceOpt,
+    TemperatureOpt,
+    TopKOpt,
+    TopPOpt,
+    rsa_overrides,
+)
 from mrsa.cli.solve import Progress, build_params, read_problem, render_result
 from mrsa.domain import JobStatus
 from mrsa.params import DEFAULT_PRESET, PRESETS
 from mrsa.settings import get_settings
 
 ApiOpt = Annotated[
-    str | None, typer.Option("--api", help="Base URL of the mrsa API [env MRSA_API_URL].", show_default=False)
+    str | None, typer.Option("--api", help="Base URL of the mrsa API (env MRSA_API_URL).", show_default=False)
 ]
 KeyOpt = Annotated[
-    str | None, typer.Option("--api-key", help="API key [env MRSA_API_KEY].", show_default=False)
+    str | None, typer.Option("--api-key", help="API key (env MRSA_API_KEY).", show_default=False)
 ]
 JsonOpt = Annotated[
     bool, typer.Option("--json", help="Print JSON on stdout (one object; watch: one per event).")
@@ -92,28 +111,24 @@ def print_status(job: JobView) -> None:
 
 
 def submit(
-    problem: Annotated[str | None, typer.Argument(help="The problem text ('-' reads stdin).")] = None,
-    file: Annotated[Path | None, typer.Option("--file", "-f", help="Read the problem from a file.")] = None,
+    problem: ProblemArg = None,
+    file: FileOpt = None,
     preset: Annotated[str | None, typer.Option(help=PRESET_HELP)] = None,
-    population: Annotated[int | None, typer.Option(help="N: candidates per round.")] = None,
-    subset: Annotated[int | None, typer.Option(help="K: tails per aggregation prompt.")] = None,
-    rounds: Annotated[int | None, typer.Option(help="T: aggregation rounds after round 0.")] = None,
-    budget: Annotated[int | None, typer.Option(help="β: max decode tokens of one candidate.")] = None,
-    tail: Annotated[int | None, typer.Option(help="τ: model tokens carried forward per candidate.")] = None,
-    chunk: Annotated[
-        int | None, typer.Option(help="Delethink chunk size in tokens (off by default).")
-    ] = None,
-    carryover: Annotated[int | None, typer.Option(help="Tokens a chunked candidate continues from.")] = None,
-    tail_source: Annotated[str | None, typer.Option(help="trace, reasoning or answer_or_tail.")] = None,
-    selection: Annotated[str | None, typer.Option(help="majority, aggregate or population.")] = None,
-    aggregate_temperature: Annotated[
-        float | None, typer.Option(help="Temperature of the final aggregation.")
-    ] = None,
-    temperature: Annotated[float | None, typer.Option(help="Sampling temperature.")] = None,
-    top_p: Annotated[float | None, typer.Option(help="Nucleus sampling mass.")] = None,
-    top_k: Annotated[int | None, typer.Option(help="Top-k (-1 = off).")] = None,
-    seed: Annotated[int | None, typer.Option(help="Job seed (all random choices derive from it).")] = None,
-    prompts: Annotated[str | None, typer.Option(help="Prompt template set under prompts/.")] = None,
+    population: PopulationOpt = None,
+    subset: SubsetOpt = None,
+    rounds: RoundsOpt = None,
+    budget: BudgetOpt = None,
+    tail: TailOpt = None,
+    chunk: ChunkOpt = None,
+    carryover: CarryoverOpt = None,
+    tail_source: TailSourceOpt = None,
+    selection: SelectionOpt = None,
+    aggregate_temperature: AggregateTemperatureOpt = None,
+    temperature: TemperatureOpt = None,
+    top_p: TopPOpt = None,
+    top_k: TopKOpt = None,
+    seed: SeedOpt = None,
+    prompts: PromptsOpt = None,
     model: Annotated[str | None, typer.Option(help="Model id recorded on the job.")] = None,
     idempotency_key: Annotated[
         str | None, typer.Option(help="Resubmitting with the same key returns the same job.")
@@ -123,24 +138,8 @@ def submit(
     json_out: JsonOpt = False,
 ) -> None:
     """Submit a job to the API (same parameters as solve; default preset zaya1) and print its id."""
+    overrides = rsa_overrides(locals())  # first: locals() is only the arguments here
     text = read_problem(problem, file)
-    overrides: dict[str, Any] = {
-        "population": population,
-        "subset": subset,
-        "rounds": rounds,
-        "budget": budget,
-        "tail": tail,
-        "chunk": chunk,
-        "carryover": carryover,
-        "tail_source": tail_source,
-        "selection": selection,
-        "aggregate_temperature": aggregate_temperature,
-        "temperature": temperature,
-        "top_p": top_p,
-        "top_k": top_k,
-        "seed": seed,
-        "prompts": prompts,
-    }
     build_params(preset, False, overrides)  # refuse bad input locally; nests the sampling flags
     body = _clean({"problem": text, "preset": preset, "params": overrides, "model": model})
     with api_client(api, api_key) as client:

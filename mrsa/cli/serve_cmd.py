@@ -7,17 +7,15 @@ from typing import Annotated
 
 import typer
 
-from mrsa.backends.factory import BACKEND_KINDS
 from mrsa.cli.common import EXIT_USAGE, fail
+from mrsa.cli.options import BackendKindOpt, RedisOpt, check_backend_kind
 from mrsa.settings import get_settings
 
 
 def serve(
     host: Annotated[str, typer.Option(help="Interface to bind (0.0.0.0 in a container).")] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=0, max=65535, help="Port to listen on.")] = 8000,
-    redis: Annotated[
-        str | None, typer.Option("--redis", help="Redis URL of the job store and queue (env MRSA_REDIS_URL).")
-    ] = None,
+    redis: RedisOpt = None,
     backend: Annotated[
         str | None,
         typer.Option(
@@ -26,9 +24,7 @@ def serve(
             "unset = no budget check against the context.",
         ),
     ] = None,
-    backend_kind: Annotated[
-        str | None, typer.Option(help=f"Server type: {', '.join(BACKEND_KINDS)} (env MRSA_BACKEND_KIND).")
-    ] = None,
+    backend_kind: BackendKindOpt = None,
     context_length: Annotated[
         int | None,
         typer.Option(
@@ -67,11 +63,7 @@ def serve(
     settings = get_settings().model_copy(update={k: v for k, v in updates.items() if v is not None})
     if not settings.redis_url:
         fail("redis: the API needs Redis: pass --redis URL or set MRSA_REDIS_URL", EXIT_USAGE)
-    if settings.backend_kind not in BACKEND_KINDS:
-        fail(
-            f"backend-kind: unknown {settings.backend_kind!r}; choose one of {', '.join(BACKEND_KINDS)}",
-            EXIT_USAGE,
-        )
+    check_backend_kind(settings.backend_kind)
     level = log_level.upper()
     if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         fail(f"log-level: unknown {log_level!r}; choose debug, info, warning or error", EXIT_USAGE)

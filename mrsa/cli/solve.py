@@ -16,9 +16,37 @@ from rich.table import Table
 
 from mrsa.backends.base import BackendError
 from mrsa.backends.embedded import EmbeddedUnavailable
-from mrsa.backends.factory import BACKEND_KINDS, open_backend
+from mrsa.backends.factory import open_backend
 from mrsa.backends.http import HttpOptions
 from mrsa.cli.common import EXIT_USAGE, err_console, fail, out_console, print_json
+from mrsa.cli.options import (
+    AggregateTemperatureOpt,
+    BackendKindOpt,
+    BackendOpt,
+    BudgetOpt,
+    CarryoverOpt,
+    ChunkOpt,
+    ConcurrencyOpt,
+    FileOpt,
+    PopulationOpt,
+    ProblemArg,
+    PromptsOpt,
+    QuietOpt,
+    RetriesOpt,
+    RoundsOpt,
+    SeedOpt,
+    SelectionOpt,
+    SubsetOpt,
+    TailOpt,
+    TailSourceOpt,
+    TemperatureOpt,
+    TimeoutOpt,
+    TopKOpt,
+    TopPOpt,
+    check_backend_kind,
+    http_options,
+    rsa_overrides,
+)
 from mrsa.domain import Event, JobResult, JobSpec, JobStatus
 from mrsa.engine.limits import ContextBudgetError, check_context
 from mrsa.engine.prompts import UnknownPromptSetError, check_prompt_set
@@ -207,52 +235,39 @@ async def _solve(
 
 
 def solve(
-    problem: Annotated[str | None, typer.Argument(help="The problem text ('-' reads stdin).")] = None,
-    file: Annotated[Path | None, typer.Option("--file", "-f", help="Read the problem from a file.")] = None,
+    problem: ProblemArg = None,
+    file: FileOpt = None,
     preset: Annotated[str | None, typer.Option(help=PRESET_HELP)] = None,
-    population: Annotated[int | None, typer.Option(help="N: candidates per round.")] = None,
-    subset: Annotated[int | None, typer.Option(help="K: tails per aggregation prompt.")] = None,
-    rounds: Annotated[int | None, typer.Option(help="T: aggregation rounds after round 0.")] = None,
-    budget: Annotated[int | None, typer.Option(help="β: max decode tokens of one candidate.")] = None,
-    tail: Annotated[int | None, typer.Option(help="τ: model tokens carried forward per candidate.")] = None,
-    chunk: Annotated[
-        int | None, typer.Option(help="Delethink chunk size in tokens (off by default).")
-    ] = None,
-    carryover: Annotated[int | None, typer.Option(help="Tokens a chunked candidate continues from.")] = None,
-    tail_source: Annotated[str | None, typer.Option(help="trace, reasoning or answer_or_tail.")] = None,
-    selection: Annotated[str | None, typer.Option(help="majority, aggregate or population.")] = None,
-    aggregate_temperature: Annotated[
-        float | None, typer.Option(help="Temperature of the final aggregation.")
-    ] = None,
-    temperature: Annotated[float | None, typer.Option(help="Sampling temperature.")] = None,
-    top_p: Annotated[float | None, typer.Option(help="Nucleus sampling mass.")] = None,
-    top_k: Annotated[int | None, typer.Option(help="Top-k (-1 = off).")] = None,
-    seed: Annotated[int | None, typer.Option(help="Job seed (all random choices derive from it).")] = None,
-    prompts: Annotated[str | None, typer.Option(help="Prompt template set under prompts/.")] = None,
-    backend: Annotated[
-        str | None,
-        typer.Option(
-            "--backend", help="Inference server URL [env MRSA_BACKEND_URL]; unset = embedded model."
-        ),
-    ] = None,
-    backend_kind: Annotated[
-        str | None, typer.Option(help=f"Server type: {', '.join(BACKEND_KINDS)} [env MRSA_BACKEND_KIND].")
-    ] = None,
+    population: PopulationOpt = None,
+    subset: SubsetOpt = None,
+    rounds: RoundsOpt = None,
+    budget: BudgetOpt = None,
+    tail: TailOpt = None,
+    chunk: ChunkOpt = None,
+    carryover: CarryoverOpt = None,
+    tail_source: TailSourceOpt = None,
+    selection: SelectionOpt = None,
+    aggregate_temperature: AggregateTemperatureOpt = None,
+    temperature: TemperatureOpt = None,
+    top_p: TopPOpt = None,
+    top_k: TopKOpt = None,
+    seed: SeedOpt = None,
+    prompts: PromptsOpt = None,
+    backend: BackendOpt = None,
+    backend_kind: BackendKindOpt = None,
     model: Annotated[
-        str | None, typer.Option(help="Model id [env MRSA_MODEL]; default: the server's first.")
+        str | None, typer.Option(help="Model id (env MRSA_MODEL); default: the server's first.")
     ] = None,
-    concurrency: Annotated[
-        int | None, typer.Option(help="Requests in flight (default: server capacity).")
-    ] = None,
-    timeout: Annotated[float | None, typer.Option(help="Backend read timeout, seconds.")] = None,
-    retries: Annotated[int | None, typer.Option(help="Backend retries on 429/5xx/timeouts.")] = None,
+    concurrency: ConcurrencyOpt = None,
+    timeout: TimeoutOpt = None,
+    retries: RetriesOpt = None,
     json_out: Annotated[
         bool, typer.Option("--json", help="Print one JSON object (the result) on stdout.")
     ] = False,
     trace: Annotated[
         Path | None, typer.Option("--trace", help="Write every backend request/response to DIR.")
     ] = None,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")] = False,
+    quiet: QuietOpt = False,
     tokenizer: Annotated[
         Path | None,
         typer.Option(help="Triton only: the served model's tokenizer.json (or its folder) for tails."),
@@ -267,41 +282,13 @@ def solve(
     ] = None,
 ) -> None:
     """Solve one problem with Markovian RSA and print the answer with per-round stats."""
+    overrides = rsa_overrides(locals())  # first: locals() is only the arguments here
     settings = get_settings()
     backend_url = backend or settings.backend_url
     text = read_problem(problem, file)
-    overrides: dict[str, Any] = {
-        "population": population,
-        "subset": subset,
-        "rounds": rounds,
-        "budget": budget,
-        "tail": tail,
-        "chunk": chunk,
-        "carryover": carryover,
-        "tail_source": tail_source,
-        "selection": selection,
-        "aggregate_temperature": aggregate_temperature,
-        "temperature": temperature,
-        "top_p": top_p,
-        "top_k": top_k,
-        "seed": seed,
-        "prompts": prompts,
-    }
     params = build_params(preset, backend_url is None, overrides)
-    kind = backend_kind or settings.backend_kind
-    if kind not in BACKEND_KINDS:
-        fail(f"backend-kind: unknown {kind!r}; choose one of {', '.join(BACKEND_KINDS)}", EXIT_USAGE)
-    if concurrency is not None and concurrency < 1:
-        fail("concurrency: must be ≥ 1", EXIT_USAGE)
-    try:
-        chosen = concurrency or settings.backend_concurrency
-        options = HttpOptions(
-            timeout_s=timeout or settings.backend_timeout_s,
-            max_retries=settings.backend_retries if retries is None else retries,
-            **({"concurrency": chosen} if chosen else {}),  # unset: the server's own capacity
-        )
-    except ValidationError as exc:
-        fail(describe_validation_error(exc), EXIT_USAGE)
+    kind = check_backend_kind(backend_kind or settings.backend_kind)
+    options = http_options(timeout, retries, concurrency, settings)
     spec = JobSpec(problem=text, params=params, model=model or settings.model)
     try:
         result = asyncio.run(

@@ -6,30 +6,23 @@ import asyncio
 from typing import Annotated
 
 import typer
-from pydantic import ValidationError
 
 from mrsa.backends.base import BackendError
 from mrsa.backends.embedded import EmbeddedUnavailable
-from mrsa.backends.factory import BACKEND_KINDS
-from mrsa.backends.http import HttpOptions
 from mrsa.cli.common import EXIT_USAGE, fail
-from mrsa.params import describe_validation_error
+from mrsa.cli.options import BackendKindOpt, RedisOpt, check_backend_kind, http_options
 from mrsa.settings import get_settings
 
 
 def worker(
-    redis: Annotated[
-        str | None, typer.Option("--redis", help="Redis URL of the job store and queue (env MRSA_REDIS_URL).")
-    ] = None,
+    redis: RedisOpt = None,
     backend: Annotated[
         str | None,
         typer.Option(
             "--backend", help="Inference server URL (env MRSA_BACKEND_URL); unset = start the embedded model."
         ),
     ] = None,
-    backend_kind: Annotated[
-        str | None, typer.Option(help=f"Server type: {', '.join(BACKEND_KINDS)} (env MRSA_BACKEND_KIND).")
-    ] = None,
+    backend_kind: BackendKindOpt = None,
     model: Annotated[
         str | None, typer.Option(help="Model id (env MRSA_MODEL); default: the server's.")
     ] = None,
@@ -82,9 +75,7 @@ def worker(
     redis_url = redis or s.redis_url
     if not redis_url:
         fail("redis: give --redis URL or set MRSA_REDIS_URL", EXIT_USAGE)
-    kind = backend_kind or s.backend_kind
-    if kind not in BACKEND_KINDS:
-        fail(f"backend-kind: unknown {kind!r}; choose one of {', '.join(BACKEND_KINDS)}", EXIT_USAGE)
+    kind = check_backend_kind(backend_kind or s.backend_kind)
     checks = {
         "concurrency": (concurrency, 1),
         "reclaim-idle": (reclaim_idle, 0.001),
@@ -113,14 +104,7 @@ def worker(
     )
     if config.heartbeat_s >= config.reclaim_idle_s:
         fail("heartbeat: must be shorter than --reclaim-idle, or live tasks get reclaimed", EXIT_USAGE)
-    try:
-        config.http = HttpOptions(
-            timeout_s=timeout or s.backend_timeout_s,
-            max_retries=s.backend_retries if retries is None else retries,
-            **({"concurrency": config.concurrency} if config.concurrency else {}),  # unset: server capacity
-        )
-    except ValidationError as exc:
-        fail(describe_validation_error(exc), EXIT_USAGE)
+    config.http = http_options(timeout, retries, concurrency, s)  # unset: the server's capacity
     configure_logging(config.consumer or "worker", logging.DEBUG if verbose else logging.INFO)
     try:
         asyncio.run(serve(config))
