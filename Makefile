@@ -5,13 +5,21 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PROBLEM ?= What is 7*6?
 EXTRAS ?= local,dev,eval,triton
+# llama.cpp builds with -march=native by default, which can emit instructions a virtual machine's
+# CPU advertises but does not allow (AMX: the embedded server dies with SIGILL on its first
+# request). Build a portable library instead: AVX2 on x86-64, the baseline elsewhere.
+ifeq ($(shell uname -m),x86_64)
+LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON
+else
+LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF
+endif
 
 .PHONY: setup demo test lint typecheck redis-server clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -e ".[$(EXTRAS)]"
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(BIN)/python -m pip install -e ".[$(EXTRAS)]"
 	touch $@
 
 setup: $(BIN)/.installed
