@@ -123,6 +123,7 @@ class SweepStore(MemoryJobStore):
         if state is not None:
             state.candidates.clear()
             state.checkpoints.clear()
+            state.released.clear()
             state.result = None
 
 

@@ -12,6 +12,8 @@
 * ``return_token_ids``: return the generated ids (including the ``</think>`` token), as vLLM does.
 * ``failures``: ``{call_number: exception}`` (1-based) raised instead of answering that call.
 * ``gate``: when set, every call waits for the event before answering (to hold requests in flight).
+* ``before_answer``: when set, an async hook awaited with each request before it is answered (to
+  hold particular requests in flight).
 * Every request is recorded in ``requests`` (and every answer in ``results``).
 """
 
@@ -19,7 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from mrsa.backends.base import THINK_CLOSE, BackendInfo, GenerationRequest, GenerationResult
@@ -114,6 +116,7 @@ class FakeBackend:
         self.in_flight = 0
         self.started = asyncio.Event()  # set at the first call (to wait for a job to be running)
         self.closed = False
+        self.before_answer: Callable[[GenerationRequest], Awaitable[None]] | None = None
 
     # -- the Backend protocol ----------------------------------------------------------------------
 
@@ -148,6 +151,8 @@ class FakeBackend:
                 await self.gate.wait()
             else:
                 await asyncio.sleep(0)  # a suspension point, like a real request
+            if self.before_answer is not None:
+                await self.before_answer(request)
             failure = self.failures.pop(call.number, None)
             if failure is not None:
                 call.error = failure

@@ -308,6 +308,67 @@ class StoreContract:
         assert sorted(wins) == [False] * 7 + [True]
         assert len(await take_all(queue)) == 3
 
+    async def test_save_candidate_releases_a_child_once_its_parents_are_stored(self, pair: StorePair) -> None:
+        store, queue = pair
+        await store.create_job(make_job("j1"), [])
+        child_a = Task(job_id="j1", round=1, index=0, parents=[0, 2])
+        child_b = Task(job_id="j1", round=1, index=1, parents=[1, 2])
+        await store.save_candidate("j1", make_candidate(0, 0), [child_a])
+        assert await take_all(queue) == []  # parent 2 is missing
+        await store.save_candidate("j1", make_candidate(0, 2), [child_a, child_b])
+        assert [(t.round, t.index, t.parents) for t in await take_all(queue)] == [(1, 0, [0, 2])]
+        # A redelivered save releases nothing twice; the last parent of b releases b.
+        await store.save_candidate("j1", make_candidate(0, 2), [child_a, child_b])
+        await store.save_candidate("j1", make_candidate(0, 0), [child_a])
+        assert await take_all(queue) == []
+        assert await store.save_candidate("j1", make_candidate(0, 1), [child_b]) == 3
+        assert [t.index for t in await take_all(queue)] == [1]
+
+    async def test_concurrent_saves_release_a_child_exactly_once(self, pair: StorePair) -> None:
+        store, queue = pair
+        await store.create_job(make_job("j1"), [])
+        child = Task(job_id="j1", round=1, index=0, parents=[0, 1, 2])
+        await asyncio.gather(
+            *(store.save_candidate("j1", make_candidate(0, i % 3), [child]) for i in range(9))
+        )
+        assert len(await take_all(queue)) == 1
+
+    async def test_nothing_is_released_for_a_terminal_job(self, pair: StorePair) -> None:
+        store, queue = pair
+        await store.create_job(make_job("j1"), [])
+        await store.cancel_job("j1")
+        child = Task(job_id="j1", round=1, index=0, parents=[0])
+        await store.save_candidate("j1", make_candidate(0, 0), [child])
+        assert await take_all(queue) == []
+
+    async def test_complete_rounds_moves_the_pointer_over_complete_rounds(self, pair: StorePair) -> None:
+        store, queue = pair
+        await store.create_job(make_job("j1"), [])
+        select = [Task(job_id="j1", kind="select", round=3, index=0, parents=[0, 1])]
+        assert await store.complete_rounds("j1", 3, 2, select) == (0, 0)  # nothing complete
+        for i in range(3):  # round 1 completes before round 0 (rounds run ahead of the pointer)
+            await store.save_candidate("j1", make_candidate(1, i))
+        assert await store.complete_rounds("j1", 3, 2, select) == (0, 0)
+        for i in range(3):
+            await store.save_candidate("j1", make_candidate(0, i))
+        assert await store.complete_rounds("j1", 3, 2, select) == (0, 2)
+        assert (await store.get_job("j1")).round == 2
+        assert await take_all(queue) == []  # the final tasks wait for the last round
+        for i in range(3):
+            await store.save_candidate("j1", make_candidate(2, i))
+        results = await asyncio.gather(*(store.complete_rounds("j1", 3, 2, select) for _ in range(4)))
+        assert sorted(results) == [(2, 3)] + [(3, 3)] * 3  # one caller moves it
+        assert [t.kind for t in await take_all(queue)] == ["select"]
+
+    async def test_complete_rounds_leaves_a_terminal_job_alone(self, pair: StorePair) -> None:
+        store, queue = pair
+        await store.create_job(make_job("j1"), [])
+        for i in range(3):
+            await store.save_candidate("j1", make_candidate(0, i))
+        await store.finish_job("j1", make_result("j1", JobStatus.failed, None))
+        assert await store.complete_rounds("j1", 3, 0, tasks_of("j1", 1)) == (0, 0)
+        assert await take_all(queue) == []
+
     async def test_finish_job_once(self, pair: StorePair) -> None:
         store, queue = pair
         await store.create_job(make_job("j1"), [])

@@ -176,6 +176,42 @@ async def test_rounds_parents_and_prompts(capacity: int) -> None:
     assert all(user_prompt(req).startswith(PROBLEM + "\n\n") for req in backend.requests)
 
 
+async def test_a_candidate_starts_when_its_own_parents_are_stored() -> None:
+    """No round barrier: round-1 candidates whose parents exclude a slow round-0 candidate run
+    while it is still generating, and the job's prompts are those of a round-by-round run."""
+    slow = asyncio.Event()
+
+    async def held(request: GenerationRequest) -> None:
+        if request.tag.get("round") == 0 and request.tag.get("index") == 0:
+            await slow.wait()
+
+    spec = make_spec(population=6, subset=2, rounds=2)
+    planned = plan_subsets(spec.params.seed, 1, 6, 2, 6)
+    free = [i for i, parents in enumerate(planned) if 0 not in parents]
+    assert free, "the plan must have round-1 candidates that do not need candidate 0"
+    backend = FakeBackend(script, capacity=6)
+    backend.before_answer = held
+    store, queue = open_store()
+    async with InProcessRunner(backend, store, queue, capacity=8, options=fast_options()) as runner:
+        job = await runner.submit(spec)
+        await wait_until(lambda: len([c for c in backend.calls if c.request.tag["round"] == 1]) >= len(free))
+        started = sorted(c.request.tag["index"] for c in backend.calls if c.request.tag["round"] == 1)
+        assert started == free  # exactly those, before round 0 is complete
+        assert (await store.get_job(job.id)).round == 0  # type: ignore[union-attr]
+        slow.set()
+        result = await asyncio.wait_for(runner.wait(job.id), TIMEOUT)
+    assert result.status == JobStatus.succeeded and [r.index for r in result.rounds] == [0, 1, 2]
+    events = await events_of(store, job.id)
+    assert [e.round for e in events if e.type == "round"] == [1, 2]  # in order, once each
+    # Same prompts as the sequential run on the same seed.
+    sequential = FakeBackend(script)
+    reference, _, _ = await run_job(sequential, spec)
+    assert sorted(user_prompt(r) for r in backend.requests) == sorted(
+        user_prompt(r) for r in sequential.requests
+    )
+    assert reference.answer == result.answer
+
+
 async def test_tails_are_the_last_tau_tokens_of_each_candidate() -> None:
     backend = FakeBackend(script)
     result, store, _ = await run_job(backend, make_spec(rounds=1, tail=16))
@@ -287,20 +323,34 @@ async def test_redelivered_tasks_do_not_duplicate_anything() -> None:
     tasks = [d.task for d in deliveries]
     assert [t.index for t in tasks] == [0, 1, 2]
 
+    planned = plan_subsets(job.spec.params.seed, 1, 3, 2, 3)
+
+    def released_for(done: set[int]) -> list[tuple[int, int]]:
+        return [(1, i) for i, parents in enumerate(planned) if set(parents) <= done]
+
     await engine.run_task(tasks[0])
     await engine.run_task(tasks[1])
     await engine.run_task(tasks[1])  # a redelivered task in the middle of a round
     assert len(backend.calls) == 2
-    assert len(queue.enqueued) == 3  # only round 0 so far
+    # Only the round-1 tasks whose two parents are stored, once each.
+    assert [(t.round, t.index) for t in queue.enqueued[3:]] == released_for({0, 1})
+    assert (await store.get_job(job.id)).round == 0  # type: ignore[union-attr]
 
-    await engine.run_task(tasks[2])  # the last one: plans round 1
+    await engine.run_task(tasks[2])  # the last one: releases the rest of round 1
     before = (await store.get_candidates(job.id, 0))[2]
-    await engine.run_task(tasks[2])  # redelivered last one: no new call, no second plan
+    await engine.run_task(tasks[2])  # redelivered last one: no new call, nothing released twice
     await engine.run_task(tasks[0])
     assert len(backend.calls) == 3
     assert (await store.get_candidates(job.id, 0))[2] == before
     assert len(await store.get_candidates(job.id, 0)) == 3
-    assert [(t.round, t.index) for t in queue.enqueued] == [(0, 0), (0, 1), (0, 2), (1, 0), (1, 1), (1, 2)]
+    assert sorted((t.round, t.index) for t in queue.enqueued) == [
+        (0, 0),
+        (0, 1),
+        (0, 2),
+        (1, 0),
+        (1, 1),
+        (1, 2),
+    ]
     assert (await store.get_job(job.id)).round == 1  # type: ignore[union-attr]
     for d in deliveries:
         await queue.ack(d)

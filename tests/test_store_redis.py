@@ -214,7 +214,7 @@ async def test_round_trips_per_candidate(
     redis_pair: RedisPair, monkeypatch: pytest.MonkeyPatch, population: int, rounds: int, jobs: int
 ) -> None:
     """The count documented in mrsa/store/redis.py: 7 per candidate (6 in round 0, which has no
-    parents to load), 2 per round advance, and per job 2 to submit, 2 to mark it running and
+    parents to load), per round one ``complete_rounds`` and its event (none after the last), and per job 2 to submit, 2 to mark it running and
     T+1 + 3 to finish it; plus the final empty take. Nothing grows with N, T or the number of jobs
     except through these terms."""
     from mrsa.domain import JobSpec
@@ -230,7 +230,8 @@ async def test_round_trips_per_candidate(
     expected = (
         7 * candidates
         - jobs * population  # round 0 loads no parents
-        + jobs * rounds * 2  # advance_round + its event
+        + jobs * (rounds + 1)  # complete_rounds, once per round
+        + jobs * rounds  # the round event (none after the last round)
         + jobs * (2 + 2 + (rounds + 1) + 3)  # submit; mark running; finish
         + 1  # the take that finds the queue empty
         + jobs  # the status checks of the test itself

@@ -6,6 +6,7 @@ index, chunk), never from process state, so a rerun or a redelivered task makes 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import random
 
@@ -25,11 +26,20 @@ def plan_subsets(seed: int, round_index: int, population: int, subset: int, prom
     independently across prompts."""
     if not 1 <= subset <= population:
         raise ValueError(f"subset must be in 1..{population}, got {subset}")
-    out: list[list[int]] = []
-    for index in range(prompts):
-        rng = random.Random(derive_seed(seed, "subset", round_index, index))
-        out.append(rng.sample(range(population), subset))
-    return out
+    return [list(s) for s in _subsets(seed, round_index, population, subset, prompts)]
+
+
+@functools.lru_cache(maxsize=4096)
+def _subsets(
+    seed: int, round_index: int, population: int, subset: int, prompts: int
+) -> tuple[tuple[int, ...], ...]:
+    """Cached: every stored candidate asks which next-round tasks it releases."""
+    return tuple(
+        tuple(
+            random.Random(derive_seed(seed, "subset", round_index, index)).sample(range(population), subset)
+        )
+        for index in range(prompts)
+    )
 
 
 def request_seed(seed: int, round_index: int, index: int, chunk: int = 0) -> int:
@@ -45,6 +55,14 @@ def round_tasks(job_id: str, params: RSAParams, round_index: int) -> list[Task]:
     return [
         Task(job_id=job_id, round=round_index, index=i, parents=parents) for i, parents in enumerate(subsets)
     ]
+
+
+def release_tasks(job_id: str, params: RSAParams, task: Task) -> list[Task]:
+    """The next round's tasks that have ``task``'s candidate among their parents (none after the
+    last round, or for the selection call)."""
+    if task.kind != "candidate" or task.round >= params.rounds:
+        return []
+    return [t for t in round_tasks(job_id, params, task.round + 1) if task.index in t.parents]
 
 
 def selection_subset(params: RSAParams) -> list[int]:

@@ -1,9 +1,13 @@
 """The event-driven job engine (DESIGN §2): no coordinator process.
 
 A job is stored and its round-0 tasks enqueued. Whoever runs a task generates that candidate and
-stores it; the worker that stores the last candidate of round t plans round t+1 (or, after round
-T, selects the answer and finishes the job). The round advance is a compare-and-set in the store,
-so a redelivered completion never plans a round twice.
+stores it; the same atomic store write enqueues every next-round task whose K parents are now all
+stored. Parent subsets are planned from the job's seed, not from results, so a round-t+1 candidate
+starts as soon as its own parents exist instead of waiting for the slowest candidate of round t:
+the prompts and results are exactly those of a round-by-round run, only sooner. The worker that
+completes a round moves the job's round pointer (over every complete round: they can finish out
+of order) and, after round T, selects the answer and finishes the job. Releases are recorded in
+the store, so a redelivered completion never enqueues a task twice.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ from mrsa.domain import (
 from mrsa.engine import prompts
 from mrsa.engine.answers import extract_answer
 from mrsa.engine.generation import _request, generate_candidate, load_parents
-from mrsa.engine.planning import request_seed, round_tasks, selection_subset
+from mrsa.engine.planning import release_tasks, request_seed, round_tasks, selection_subset
 from mrsa.engine.selection import majority, tally
 from mrsa.store.base import JobStore
 
@@ -92,15 +96,16 @@ class Engine:
             await self._run_select(job, task)
             return
         params = job.spec.params
+        children = release_tasks(job.id, params, task)
         stored = await self.store.get_candidates(job.id, task.round, [task.index])
-        if stored:
-            count = await self.store.save_candidate(job.id, stored[0])
+        if stored:  # redelivered after its result was stored: make sure its children are released
+            count = await self.store.save_candidate(job.id, stored[0], children)
         else:
             priority = self._priority(task)
             cand = await generate_candidate(
                 self.backend, self.store, job.id, job.spec.problem, params, task, priority
             )
-            count = await self.store.save_candidate(job.id, cand)
+            count = await self.store.save_candidate(job.id, cand, children)
             metrics.CANDIDATES.labels(cand.finish_reason).inc()
             metrics.DECODE_TOKENS.inc(cand.usage.decode_tokens)
             metrics.PROMPT_TOKENS.inc(cand.usage.prompt_tokens)
@@ -118,31 +123,35 @@ class Engine:
                 ),
             )
         if count >= params.population:
-            await self._round_complete(job, task.round)
+            await self._complete_rounds(job)
 
     @staticmethod
     def _priority(task: Task) -> int:
         """Later rounds first: they unblock a job's progress (used where the server enables it)."""
         return -task.round
 
-    async def _round_complete(self, job: Job, round_index: int) -> None:
+    async def _complete_rounds(self, job: Job) -> None:
+        """A round is complete: move the job's round pointer over every complete round (rounds can
+        finish out of order), emit their events, and after the last one select or finish."""
         params = job.spec.params
-        if round_index < params.rounds:
-            won = await self.store.advance_round(
-                job.id, round_index, round_tasks(job.id, params, round_index + 1)
-            )
-            if won:
-                metrics.ROUNDS_COMPLETED.inc()
-                await self.store.add_event(job.id, Event(type="round", job_id=job.id, round=round_index + 1))
-            return
+        final: list[Task] = []
         if params.selection == "aggregate":
-            select = Task(
-                job_id=job.id, kind="select", round=round_index + 1, index=0, parents=selection_subset(params)
-            )
-            if await self.store.advance_round(job.id, round_index, [select]):
-                metrics.ROUNDS_COMPLETED.inc()
-            return
-        await self.finish(job.id)
+            final = [
+                Task(
+                    job_id=job.id,
+                    kind="select",
+                    round=params.rounds + 1,
+                    index=0,
+                    parents=selection_subset(params),
+                )
+            ]
+        before, after = await self.store.complete_rounds(job.id, params.population, params.rounds, final)
+        for done in range(max(before, 0), after):
+            metrics.ROUNDS_COMPLETED.inc()
+            if done < params.rounds:
+                await self.store.add_event(job.id, Event(type="round", job_id=job.id, round=done + 1))
+        if after > params.rounds and params.selection != "aggregate":
+            await self.finish(job.id)  # also when a redelivered task finds the pointer moved: once
 
     async def _run_select(self, job: Job, task: Task) -> None:
         """Selection ``aggregate``: one more aggregation call at a lower temperature."""

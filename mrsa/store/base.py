@@ -4,7 +4,8 @@ Delivery semantics (documented, as arq does): **a task may run more than once.**
 only after its result is stored; a worker that dies leaves its tasks pending and another worker
 reclaims them after an idle timeout. Every write is keyed deterministically (job, round, index,
 chunk), so storing a candidate twice is a no-op, and the round advance is a compare-and-set on the
-job's round pointer, so a redelivered completion never plans a round twice.
+job's round pointer, so a redelivered completion never plans a round twice. A next-round task is
+released (enqueued) atomically with the write of its last parent, at most once.
 
 Cancellation marks the job terminal. Its queued tasks may be dropped (memory) or still delivered
 (Redis): the engine returns early for a task of a terminal job and the worker acks it, so either
@@ -115,8 +116,14 @@ class JobStore(Protocol):
         """queued → running; ``True`` only for the caller that made the transition."""
         ...
 
-    async def save_candidate(self, job_id: str, candidate: Candidate) -> int:
-        """Store a candidate once (a duplicate is a no-op); return how many of its round are stored."""
+    async def save_candidate(self, job_id: str, candidate: Candidate, release: Sequence[Task] = ()) -> int:
+        """Store a candidate once (a duplicate is a no-op); return how many of its round are stored.
+
+        ``release``: tasks of the next round that name this candidate as a parent. Each one whose
+        parents are now all stored is enqueued, once per job whatever the redeliveries, in the same
+        atomic step as the write (nothing is released for a job in a terminal state). A candidate
+        thus starts as soon as its own parents exist, not when its whole round has finished.
+        """
         ...
 
     async def get_candidates(
@@ -130,6 +137,17 @@ class JobStore(Protocol):
 
         Exactly one caller wins for a given ``from_round``; the others get ``False`` and enqueue
         nothing. Does nothing for a job in a terminal state.
+        """
+        ...
+
+    async def complete_rounds(
+        self, job_id: str, population: int, last_round: int, final_tasks: Sequence[Task] = ()
+    ) -> tuple[int, int]:
+        """Move the job's round pointer past every round that has ``population`` candidates stored,
+        in order; enqueue ``final_tasks`` when it moves past ``last_round``. Returns the pointer
+        (before, after). Rounds can complete out of order (a round's candidates start when their
+        own parents are stored), so the pointer only ever moves over complete rounds, and whoever
+        moves it emits the round events. Does nothing for a job in a terminal state.
         """
         ...
 

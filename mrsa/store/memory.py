@@ -121,6 +121,7 @@ class _JobState:
     job: Job
     candidates: dict[tuple[int, int], Candidate] = field(default_factory=dict)
     checkpoints: dict[tuple[int, int], ChunkCheckpoint] = field(default_factory=dict)
+    released: set[tuple[int, int]] = field(default_factory=set)  # (round, index) tasks enqueued
     result: JobResult | None = None
     events: list[Event] = field(default_factory=list)
 
@@ -174,10 +175,19 @@ class MemoryJobStore:
         st.job.updated_at = time.time()
         return True
 
-    async def save_candidate(self, job_id: str, candidate: Candidate) -> int:
+    async def save_candidate(self, job_id: str, candidate: Candidate, release: Sequence[Task] = ()) -> int:
         st = self._state(job_id)
         st.candidates.setdefault((candidate.round, candidate.index), candidate.model_copy(deep=True))
         st.job.updated_at = time.time()
+        ready = [
+            t
+            for t in release
+            if (t.round, t.index) not in st.released
+            and all((t.round - 1, p) in st.candidates for p in t.parents)
+        ]
+        if ready and not st.job.status.terminal:
+            st.released.update((t.round, t.index) for t in ready)
+            await self.queue.enqueue(ready)
         return sum(1 for (r, _) in st.candidates if r == candidate.round)
 
     async def get_candidates(
@@ -198,6 +208,22 @@ class MemoryJobStore:
         st.job.updated_at = time.time()
         await self.queue.enqueue(tasks)
         return True
+
+    async def complete_rounds(
+        self, job_id: str, population: int, last_round: int, final_tasks: Sequence[Task] = ()
+    ) -> tuple[int, int]:
+        st = self._state(job_id)
+        old = pointer = st.job.round
+        if st.job.status.terminal:
+            return old, old
+        while 0 <= pointer <= last_round and sum(1 for (r, _) in st.candidates if r == pointer) >= population:
+            pointer += 1
+        if pointer != old:
+            st.job.round = pointer
+            st.job.updated_at = time.time()
+            if pointer > last_round:
+                await self.queue.enqueue(final_tasks)
+        return old, pointer
 
     async def finish_job(self, job_id: str, result: JobResult) -> bool:
         st = self._state(job_id)

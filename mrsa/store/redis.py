@@ -11,16 +11,19 @@ Layout (``p`` is the key prefix, ``mrsa`` by default)::
     p:job:{id}                 Hash: spec, owner, status, round, timestamps, error, answer, result,
                                and ``done:{round}`` counters of stored candidates
     p:job:{id}:round:{r}       Hash: candidate index → Candidate JSON
+    p:job:{id}:released        Set of "{round}:{index}" tasks already enqueued by ``save_candidate``
     p:job:{id}:checkpoints     Hash: "{round}:{index}" → ChunkCheckpoint JSON (+ ":n" = its chunks)
     p:job:{id}:events          Stream of progress events (MAXLEN ~ 10000)
 
 Atomicity: every write that must be all-or-nothing or conditional is one Lua script (atomic in
 Redis, and one round trip; the scripts live in :mod:`mrsa.store.redis_scripts`): ``create_job`` (store + index + enqueue round 0; a second create is a
-no-op), ``save_candidate`` (HSETNX, then HINCRBY of the round's counter only when new),
-``advance_round`` (compare-and-set of the round pointer + XADD of the next round's tasks; nothing
-for a terminal job), ``finish_job``/``cancel_job`` (once; then a TTL of ``retention_s`` on every key
+no-op), ``save_candidate`` (HSETNX, then HINCRBY of the round's counter only when new, then XADD of
+each next-round task whose parents are now all stored and that is not in the released set),
+``complete_rounds`` (moves the round pointer over complete rounds, XADD of the selection task when
+it passes the last one), ``advance_round`` (compare-and-set of the round pointer + XADD; the
+sweep's resume uses it to enqueue round 0; nothing for a terminal job), ``finish_job``/``cancel_job`` (once; then a TTL of ``retention_s`` on every key
 of the job), ``reclaim`` (XAUTOCLAIM + delivery counts from XPENDING + dead-lettering). Keys a
-script builds itself (round hashes) are not declared, so this needs a single Redis (or a primary
+script builds itself (round hashes, in ``finish_job``) are not declared, so this needs a single Redis (or a primary
 with replicas), not Redis Cluster.
 
 Delivery (see :mod:`mrsa.store.base`: a task may run more than once): XREADGROUP hands tasks to a
@@ -42,7 +45,7 @@ which counts what the client sends, a pipeline, a MULTI or a script being one): 
 one candidate task makes **7** — XREADGROUP (``take``), HMGET (``get_job``), HMGET
 (``get_candidates``: already stored?), HMGET (``load_parents``; not in round 0, so 6 there), EVALSHA
 (``save_candidate``), EVALSHA (``add_event``), MULTI/XACK/XDEL/EXEC (``ack``). On top, per round
-advance 2 (``advance_round`` + its event) and per job 4 + (T+1) + 3 (create + event; first
+1 (``complete_rounds``) plus its event (none after the last round) and per job 4 + (T+1) + 3 (create + event; first
 ``mark_running`` + event; ``finish``: get_job, one HGETALL per round, the finish script, the event)
 — amortised over the job's N·(T+1) candidates that is less than one more per candidate. Nothing
 grows with N, T or the number of jobs. Time-driven calls (heartbeats, reclaim, cancellation
@@ -117,6 +120,7 @@ class _Redis:
         self.mark_running = s(lua.MARK_RUNNING)
         self.save_candidate = s(lua.SAVE_CANDIDATE)
         self.advance = s(lua.ADVANCE)
+        self.complete_rounds = s(lua.COMPLETE_ROUNDS)
         self.terminate = s(lua.TERMINATE)
         self.save_checkpoint = s(lua.SAVE_CHECKPOINT)
         self.add_event = s(lua.ADD_EVENT)
@@ -130,6 +134,9 @@ class _Redis:
 
     def round(self, job_id: str, round_index: int) -> str:
         return f"{self.p}:job:{job_id}:round:{round_index}"
+
+    def released(self, job_id: str) -> str:
+        return f"{self.p}:job:{job_id}:released"
 
     def checkpoints(self, job_id: str) -> str:
         return f"{self.p}:job:{job_id}:checkpoints"
@@ -164,6 +171,7 @@ class _Redis:
             self.mark_running,
             self.save_candidate,
             self.advance,
+            self.complete_rounds,
             self.terminate,
             self.save_checkpoint,
             self.add_event,
@@ -435,12 +443,20 @@ class RedisJobStore:
         with self._r.unavailable():
             return bool(await self._r.mark_running(keys=[self._r.job(job_id)], args=[_now()]))
 
-    async def save_candidate(self, job_id: str, candidate: Candidate) -> int:
+    async def save_candidate(self, job_id: str, candidate: Candidate, release: Sequence[Task] = ()) -> int:
+        children: list[str | int] = []
+        for t in release:
+            children += [f"{t.round}:{t.index}", len(t.parents), *t.parents, t.model_dump_json()]
         with self._r.unavailable():
             count = int(
                 await self._r.save_candidate(
-                    keys=[self._r.job(job_id), self._r.round(job_id, candidate.round)],
-                    args=[candidate.index, candidate.model_dump_json(), candidate.round, _now()],
+                    keys=[
+                        self._r.job(job_id),
+                        self._r.round(job_id, candidate.round),
+                        self._r.tasks,
+                        self._r.released(job_id),
+                    ],
+                    args=[candidate.index, candidate.model_dump_json(), candidate.round, _now(), *children],
                 )
             )
         if count < 0:
@@ -471,6 +487,18 @@ class RedisJobStore:
         if won < 0:
             raise KeyError(f"unknown job {job_id!r}")
         return won == 1
+
+    async def complete_rounds(
+        self, job_id: str, population: int, last_round: int, final_tasks: Sequence[Task] = ()
+    ) -> tuple[int, int]:
+        with self._r.unavailable():
+            before, after = await self._r.complete_rounds(
+                keys=[self._r.job(job_id), self._r.tasks],
+                args=[population, last_round, _now(), *(t.model_dump_json() for t in final_tasks)],
+            )
+        if int(before) == -2:
+            raise KeyError(f"unknown job {job_id!r}")
+        return int(before), int(after)
 
     async def _terminate(
         self, job_id: str, status: JobStatus, error: str | None, result: JobResult | None

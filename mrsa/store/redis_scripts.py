@@ -31,19 +31,70 @@ redis.call('HSET', KEYS[1], 'status', 'running', 'updated_at', ARGV[1])
 return 1
 """
 
-# KEYS: job, round hash. ARGV: index, candidate JSON, round, now. Returns the round's count, -1 for
-# an unknown job. A write to a finished job (a late duplicate) inherits the job's TTL.
-SAVE_CANDIDATE = """
-if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
+# KEYS: job, round hash, tasks, released set. ARGV: index, candidate JSON, round, now, then per
+# next-round task to release: "round:index", number of parents, the parents' indices, task JSON.
+# Returns the round's count, -1 for an unknown job. A write to a finished job (a late duplicate)
+# inherits the job's TTL. A task is enqueued once all its parents are in the round hash, at most
+# once per job (the released set), and never for a job in a terminal state.
+SAVE_CANDIDATE = (
+    _TERMINAL
+    + """
+local status = redis.call('HGET', KEYS[1], 'status')
+if not status then return -1 end
 local counter = 'done:' .. ARGV[3]
+local count
 if redis.call('HSETNX', KEYS[2], ARGV[1], ARGV[2]) == 1 then
   local ttl = redis.call('PTTL', KEYS[1])
   if ttl > 0 then redis.call('PEXPIRE', KEYS[2], ttl) end
   redis.call('HSET', KEYS[1], 'updated_at', ARGV[4])
-  return redis.call('HINCRBY', KEYS[1], counter, 1)
+  count = redis.call('HINCRBY', KEYS[1], counter, 1)
+else
+  count = tonumber(redis.call('HGET', KEYS[1], counter) or '0')
 end
-return tonumber(redis.call('HGET', KEYS[1], counter) or '0')
+if terminal(status) then return count end
+local i = 5
+while i <= #ARGV do
+  local key, n = ARGV[i], tonumber(ARGV[i + 1])
+  local ready = redis.call('SISMEMBER', KEYS[4], key) == 0
+  for j = 1, n do
+    if ready and redis.call('HEXISTS', KEYS[2], ARGV[i + 1 + j]) == 0 then ready = false end
+  end
+  if ready then
+    redis.call('SADD', KEYS[4], key)
+    redis.call('XADD', KEYS[3], '*', 'task', ARGV[i + 2 + n])
+  end
+  i = i + 3 + n
+end
+local ttl = redis.call('PTTL', KEYS[1])
+if ttl > 0 and redis.call('EXISTS', KEYS[4]) == 1 then redis.call('PEXPIRE', KEYS[4], ttl) end
+return count
 """
+)
+
+# KEYS: job, tasks. ARGV: population, last round, now, final task JSON... Moves the round pointer
+# past every complete round (in order); enqueues the final tasks when it passes the last round.
+# Returns {before, after}; {-2, -2} for an unknown job.
+COMPLETE_ROUNDS = (
+    _TERMINAL
+    + """
+local st = redis.call('HMGET', KEYS[1], 'status', 'round')
+if not st[1] then return {-2, -2} end
+local old = tonumber(st[2])
+if terminal(st[1]) then return {old, old} end
+local n, last = tonumber(ARGV[1]), tonumber(ARGV[2])
+local r = old
+while r >= 0 and r <= last and tonumber(redis.call('HGET', KEYS[1], 'done:' .. r) or '0') >= n do
+  r = r + 1
+end
+if r ~= old then
+  redis.call('HSET', KEYS[1], 'round', r, 'updated_at', ARGV[3])
+  if r > last then
+    for i = 4, #ARGV do redis.call('XADD', KEYS[2], '*', 'task', ARGV[i]) end
+  end
+end
+return {old, r}
+"""
+)
 
 # KEYS: job, tasks. ARGV: from_round, now, task JSON... Returns 1 (won), 0 (lost), -1 (unknown).
 ADVANCE = (
@@ -60,7 +111,7 @@ return 1
 
 # KEYS: job, checkpoints, events. ARGV: id, status, error JSON, answer JSON, result JSON ('' for
 # none: keep the answer), now, retention seconds, key prefix. Returns 1 (done), 0 (already terminal),
-# -1 (unknown). The round hashes that can exist are 0..round+1 (+1: the selection call).
+# -1 (unknown).
 TERMINATE = (
     _TERMINAL
     + """
@@ -75,7 +126,10 @@ if ARGV[5] ~= '' then redis.call('HSET', KEYS[1], 'result', ARGV[5]) end
 redis.call('SREM', ARGV[8] .. ':owner:' .. st[4] .. ':active', ARGV[1])
 local ttl = tonumber(ARGV[7])
 for i = 1, 3 do redis.call('EXPIRE', KEYS[i], ttl) end
-for r = 0, tonumber(st[2]) + 1 do redis.call('EXPIRE', KEYS[1] .. ':round:' .. r, ttl) end
+redis.call('EXPIRE', KEYS[1] .. ':released', ttl)
+-- Rounds can run ahead of the pointer: expire every round hash there is (they are contiguous).
+local r = 0
+while redis.call('EXPIRE', KEYS[1] .. ':round:' .. r, ttl) == 1 or r <= tonumber(st[2]) + 1 do r = r + 1 end
 return 1
 """
 )
