@@ -23,7 +23,12 @@ def derive_seed(seed: int, *path: object) -> int:
 def plan_subsets(seed: int, round_index: int, population: int, subset: int, prompts: int) -> list[list[int]]:
     """For each of ``prompts`` aggregation prompts of round ``round_index``, ``subset`` distinct
     parent indices drawn uniformly from ``range(population)``: without replacement within a prompt,
-    independently across prompts."""
+    independently across prompts.
+
+    Each subset is in increasing order. Candidate indices are exchangeable labels, so index order
+    is as random a presentation order as any; but prompts whose lowest parents coincide now share
+    a longer prefix (problem, instructions, then the same first tails), which the server's prefix
+    cache reuses: about 0.76 shared leading tails per prompt instead of 0.39 at N=16, K=4."""
     if not 1 <= subset <= population:
         raise ValueError(f"subset must be in 1..{population}, got {subset}")
     return [list(s) for s in _subsets(seed, round_index, population, subset, prompts)]
@@ -36,7 +41,11 @@ def _subsets(
     """Cached: every stored candidate asks which next-round tasks it releases."""
     return tuple(
         tuple(
-            random.Random(derive_seed(seed, "subset", round_index, index)).sample(range(population), subset)
+            sorted(
+                random.Random(derive_seed(seed, "subset", round_index, index)).sample(
+                    range(population), subset
+                )
+            )
         )
         for index in range(prompts)
     )
