@@ -1,0 +1,1 @@
+"""Benchmarks and load-testing tools (not shipped in the wheel)."""

@@ -1,0 +1,76 @@
+"""``python -m benchmarks.counted_worker [mrsa worker flags]``: an ``mrsa worker`` that, on exit,
+writes its CPU time (from its first generation request on: start-up and imports are not the
+orchestration's per-request cost), Redis round trips and backend requests as JSON to
+``$MRSA_BENCH_COUNTS``.
+
+A round trip is one packet redis-py sends (a command, a pipeline or a script call), counted by
+wrapping ``send_packed_command``, as ``benchmarks/dispatch_overhead.py`` does in-process.
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import os
+import resource
+from typing import Any
+
+import typer
+from redis.asyncio.connection import AbstractConnection
+
+from mrsa.backends.http import HttpClient
+from mrsa.cli.worker_cmd import worker
+
+COUNTS: dict[str, float] = {"round_trips": 0, "backend_requests": 0}
+_CPU_AT_FIRST_REQUEST: list[float] = []
+
+
+def cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def warm_up() -> None:
+    """Pay one-time import costs (math-verify's parser) before the measured window opens."""
+    from mrsa.engine.equivalence import cluster
+
+    cluster(["42", "\\frac{1}{2}", "0.5"])
+
+
+def _install_counters() -> None:
+    send = AbstractConnection.send_packed_command
+
+    async def counting_send(conn: AbstractConnection, command: Any, check_health: bool = True) -> None:
+        COUNTS["round_trips"] += 1
+        await send(conn, command, check_health)
+
+    AbstractConnection.send_packed_command = counting_send  # type: ignore[method-assign,assignment]
+
+    request_json = HttpClient.request_json
+
+    async def counting_request(self: HttpClient, *args: Any, **kwargs: Any) -> Any:
+        if kwargs.get("endpoint") == "chat":
+            if not _CPU_AT_FIRST_REQUEST:
+                _CPU_AT_FIRST_REQUEST.append(cpu_s())
+            COUNTS["backend_requests"] += 1
+        return await request_json(self, *args, **kwargs)
+
+    HttpClient.request_json = counting_request  # type: ignore[method-assign]
+
+
+def _write_counts() -> None:
+    path = os.environ.get("MRSA_BENCH_COUNTS")
+    if not path:
+        return
+    start = _CPU_AT_FIRST_REQUEST[0] if _CPU_AT_FIRST_REQUEST else cpu_s()
+    with open(path, "w") as f:
+        json.dump({**COUNTS, "cpu_s": cpu_s() - start}, f)
+
+
+if __name__ == "__main__":
+    warm_up()
+    _install_counters()
+    atexit.register(_write_counts)
+    app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+    app.command()(worker)
+    app(prog_name="python -m benchmarks.counted_worker")

@@ -1,0 +1,247 @@
+"""The simulator's HTTP face: the subset of vLLM's OpenAI-compatible server that mrsa uses, plus
+``/sim/*`` endpoints for the benchmark (counters, the occupancy trace, reset between runs)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from .model import (
+    Output,
+    Scheduler,
+    Sequence,
+    SimConfig,
+    block_hashes,
+    decode,
+    encode,
+    render_chat,
+    sample_output,
+)
+
+
+def _error(status: int, message: str, kind: str = "BadRequestError") -> JSONResponse:
+    return JSONResponse({"error": {"message": message, "type": kind, "code": status}}, status_code=status)
+
+
+class _SchedulerMetrics(Collector):
+    """vLLM's scheduler gauges and token counters, read from the scheduler at scrape time."""
+
+    def __init__(self, app: FastAPI, model: str) -> None:
+        self.app = app
+        self.model = model
+
+    def collect(self) -> Iterator[Metric]:
+        sched: Scheduler | None = getattr(self.app.state, "scheduler", None)
+        if sched is None:
+            return
+        labels = ["model_name"]
+        values: list[tuple[type[GaugeMetricFamily] | type[CounterMetricFamily], str, str, float]] = [
+            (GaugeMetricFamily, "vllm:num_requests_running", "Sequences in the batch.", len(sched.running)),
+            (GaugeMetricFamily, "vllm:num_requests_waiting", "Requests waiting for a slot.", sched.waiting),
+            (CounterMetricFamily, "vllm:prompt_tokens", "Prompt tokens.", sched.stats.prompt_tokens),
+            (CounterMetricFamily, "vllm:generation_tokens", "Generated tokens.", sched.stats.decode_tokens),
+            (
+                CounterMetricFamily,
+                "vllm:prefix_cache_queries",
+                "Prompt tokens looked up.",
+                sched.stats.prompt_tokens,
+            ),
+            (
+                CounterMetricFamily,
+                "vllm:prefix_cache_hits",
+                "Prompt tokens found cached.",
+                sched.stats.cached_tokens,
+            ),
+        ]
+        for family, name, doc, value in values:
+            metric = family(name, doc, labels=labels)
+            metric.add_metric([self.model], value)
+            yield metric
+
+
+def create_app(config: SimConfig) -> FastAPI:
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        sched = Scheduler(config)
+        sched.start()
+        app.state.scheduler = sched
+        try:
+            yield
+        finally:
+            await sched.stop()
+
+    app = FastAPI(title="mrsa inference-server simulator", lifespan=lifespan)
+    registry = CollectorRegistry()
+    registry.register(_SchedulerMetrics(app, config.model))
+
+    def scheduler() -> Scheduler:
+        sched: Scheduler = app.state.scheduler
+        return sched
+
+    async def run(
+        prompt: str, body: dict[str, Any], problem_key: str
+    ) -> tuple[int, list[Output]] | JSONResponse:
+        ids = encode(prompt)
+        max_tokens = body.get("max_tokens") or body.get("max_completion_tokens") or 16
+        if not isinstance(max_tokens, int) or max_tokens < 1:
+            return _error(400, "max_tokens must be a positive integer")
+        if len(ids) + max_tokens > config.max_model_len:
+            return _error(
+                400,
+                f"This model's maximum context length is {config.max_model_len} tokens. However, you "
+                f"requested {len(ids) + max_tokens} tokens ({len(ids)} in the messages, {max_tokens} "
+                "in the completion). Please reduce the length of the messages or completion.",
+            )
+        priority = body.get("priority", 0) or 0
+        if priority and not config.enable_priority:
+            return _error(400, f"Got priority {priority} but Priority scheduling is not enabled.")
+        if body.get("stream"):
+            return _error(400, "the simulator does not stream")
+        n = int(body.get("n") or 1)
+        seed = body.get("seed")
+        outputs = [
+            sample_output(config, prompt, None if seed is None else f"{seed}:{i}", max_tokens, problem_key)
+            for i in range(n)
+        ]
+        hashes = block_hashes(ids, config.block_size)
+        seqs = [
+            Sequence(prompt_tokens=len(ids), hashes=hashes, output_tokens=o.tokens, priority=int(priority))
+            for o in outputs
+        ]
+        await asyncio.gather(*(scheduler().submit(s) for s in seqs))
+        return len(ids), outputs
+
+    def usage(prompt_tokens: int, outputs: list[Output]) -> dict[str, int]:
+        completion = sum(o.tokens for o in outputs)
+        return {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion,
+            "total_tokens": prompt_tokens + completion,
+        }
+
+    @app.get("/health")
+    async def health() -> Response:
+        return Response(status_code=200)
+
+    @app.get("/version")
+    async def version() -> dict[str, str]:
+        return {"version": "0.0.0+mrsa.simulator"}
+
+    @app.get("/v1/models")
+    async def models() -> dict[str, Any]:
+        return {
+            "object": "list",
+            "data": [{"id": config.model, "object": "model", "max_model_len": config.max_model_len}],
+        }
+
+    @app.post("/tokenize")
+    async def tokenize(request: Request) -> Response:
+        body = await request.json()
+        if "messages" in body:
+            text = render_chat(body["messages"], bool(body.get("add_generation_prompt", True)), False)
+        elif isinstance(body.get("prompt"), str):
+            text = body["prompt"]
+        else:
+            return _error(400, "tokenize needs 'prompt' (a string) or 'messages'")
+        ids = encode(text)
+        return JSONResponse({"count": len(ids), "max_model_len": config.max_model_len, "tokens": ids})
+
+    @app.post("/detokenize")
+    async def detokenize(request: Request) -> Response:
+        body = await request.json()
+        tokens = body.get("tokens")
+        if not isinstance(tokens, list) or not all(isinstance(t, int) and 0 <= t < 0x110000 for t in tokens):
+            return _error(400, "detokenize needs 'tokens', a list of token ids")
+        return JSONResponse({"prompt": decode(tokens)})
+
+    @app.post("/v1/chat/completions")
+    async def chat(request: Request) -> Response:
+        body = await request.json()
+        messages = body.get("messages")
+        if not isinstance(messages, list) or not messages:
+            return _error(400, "messages: a non-empty list is required")
+        continue_final = bool(body.get("continue_final_message", False))
+        prompt = render_chat(messages, bool(body.get("add_generation_prompt", True)), continue_final)
+        done = await run(prompt, body, str(messages[0].get("content", ""))[:200])
+        if isinstance(done, JSONResponse):
+            return done
+        prompt_tokens, outputs = done
+        choices = []
+        for i, o in enumerate(outputs):
+            choice: dict[str, Any] = {
+                "index": i,
+                "message": {"role": "assistant", "content": o.text},
+                "finish_reason": o.finish_reason,
+            }
+            if body.get("return_token_ids"):
+                choice["token_ids"] = encode(o.text)
+            choices.append(choice)
+        return JSONResponse(
+            {
+                "id": f"chatcmpl-{uuid.uuid4().hex}",
+                "object": "chat.completion",
+                "created": int(time.time()),
+                "model": config.model,
+                "choices": choices,
+                "usage": usage(prompt_tokens, outputs),
+            }
+        )
+
+    @app.post("/v1/completions")
+    async def completions(request: Request) -> Response:
+        body = await request.json()
+        prompt = body.get("prompt")
+        if isinstance(prompt, list) and all(isinstance(t, int) for t in prompt):
+            prompt = decode(prompt)
+        if not isinstance(prompt, str):
+            return _error(400, "prompt: a string (or a list of token ids) is required")
+        done = await run(prompt, body, prompt[:200])
+        if isinstance(done, JSONResponse):
+            return done
+        prompt_tokens, outputs = done
+        return JSONResponse(
+            {
+                "id": f"cmpl-{uuid.uuid4().hex}",
+                "object": "text_completion",
+                "created": int(time.time()),
+                "model": config.model,
+                "choices": [
+                    {"index": i, "text": o.text, "finish_reason": o.finish_reason}
+                    for i, o in enumerate(outputs)
+                ],
+                "usage": usage(prompt_tokens, outputs),
+            }
+        )
+
+    @app.get("/metrics")
+    async def metrics() -> PlainTextResponse:
+        return PlainTextResponse(generate_latest(registry).decode(), media_type="text/plain; version=0.0.4")
+
+    @app.get("/sim/stats")
+    async def stats() -> dict[str, Any]:
+        sched = scheduler()
+        return {"running": len(sched.running), "waiting": sched.waiting, **sched.stats.as_dict(config)}
+
+    @app.get("/sim/trace")
+    async def trace() -> dict[str, Any]:
+        return {"columns": ["t_s", "running", "waiting"], "points": scheduler().trace}
+
+    @app.post("/sim/reset")
+    async def reset() -> Response:
+        sched = scheduler()
+        if sched.running or sched.waiting:
+            return _error(409, "requests are in flight: reset between runs", "ConflictError")
+        sched.reset()
+        return Response(status_code=204)
+
+    return app

@@ -1,0 +1,66 @@
+"""``benchmarks/orchestration.py`` on a tiny workload: every configuration runs to the end against
+the simulator and reports the fields docs/performance.md quotes. Timing is not asserted here
+(speed is measured by the benchmark, not by tests); the work done is."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+pytestmark = pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs redis-server")
+
+FIELDS = {
+    "config",
+    "makespan_s",
+    "lower_bound_s",
+    "utilisation",
+    "cpu_ms_per_request",
+    "redis_round_trips_per_candidate",
+    "prefix_cache_hit_rate",
+    "speedup_vs_round_batch",
+    "speedup_vs_per_job",
+}
+
+
+def test_every_configuration_does_the_same_work_and_reports_its_fields(tmp_path: Path) -> None:
+    cmd = [
+        sys.executable,
+        "-m",
+        "benchmarks.orchestration",
+        "--json",
+        "--problems=3",
+        "--population=4",
+        "--subset=2",
+        "--rounds=1",
+        "--budget=96",
+        "--tail=24",
+        "--concurrency=8",
+        "--max-num-seqs=8",
+        "--median-tokens=40",
+        "--step-base-ms=0.5",
+        f"--trace-dir={tmp_path}",
+        "--configs=round-batch,per-job,mrsa-inprocess,mrsa-redis-w2",
+    ]
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = [json.loads(line) for line in done.stdout.splitlines()]
+    assert [r["config"] for r in rows] == ["round-batch", "per-job", "mrsa-inprocess", "mrsa-redis-w2"]
+    for row in rows:
+        assert row.keys() >= FIELDS
+        assert row["failed_jobs"] == 0
+        assert row["requests"] == 3 * 4 * 2  # one request per candidate, whoever schedules them
+        assert row["lower_bound_s"] > 0 and 0 < row["utilisation"] <= 1
+        assert 0 < row["prefix_cache_hit_rate"] < 1
+        assert (tmp_path / f"{row['config']}.csv").read_text().startswith("t_s,running,waiting")
+    # Outputs are a function of (prompt, seed): the same prompts mean the same decoded tokens.
+    assert len({r["decode_tokens"] for r in rows}) == 1
+    assert rows[0]["speedup_vs_round_batch"] == 1.0 and rows[1]["speedup_vs_per_job"] == 1.0
+    assert rows[2]["redis_round_trips_per_candidate"] is None
+    assert rows[3]["redis_round_trips_per_candidate"] > 0
