@@ -8,14 +8,18 @@ turned into :class:`BackendRequestError` (or :class:`ContextOverflowError`, expl
 from __future__ import annotations
 
 import asyncio
+import functools
 import random
 import re
+import ssl
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import aiohttp
 import httpx
 from asyncio_throttle.throttler import Throttler
+from httpx_aiohttp import AiohttpTransport
 from pydantic import BaseModel, Field
 
 from mrsa import metrics
@@ -54,6 +58,18 @@ def with_default_concurrency(options: HttpOptions | None, default: int) -> HttpO
     if "concurrency" in options.model_fields_set:
         return options
     return options.model_copy(update={"concurrency": default})
+
+
+def transport_failure(url: str, exc: httpx.TransportError) -> BackendUnavailable:
+    """Name what went wrong on the wire. The aiohttp transport maps every aiohttp connection error
+    to an httpx timeout; the aiohttp exception it chains says which it was."""
+    cause = exc.__cause__
+    if isinstance(cause, aiohttp.ClientConnectorError | aiohttp.ServerDisconnectedError) or (
+        cause is None and not isinstance(exc, httpx.TimeoutException)
+    ):
+        what = type(cause or exc).__name__
+        return BackendUnavailable(f"{url}: cannot connect ({what}: {cause or exc})", url=url)
+    return BackendUnavailable(f"{url}: timed out ({type(cause or exc).__name__})", url=url)
 
 
 def _error_text(response: httpx.Response) -> str:
@@ -97,8 +113,21 @@ def _retry_after(response: httpx.Response | None) -> float | None:
         return None
 
 
+@functools.cache
+def _tls_context() -> ssl.SSLContext:
+    """One verifying TLS context (certifi's CAs, or SSL_CERT_FILE/DIR) for every client of the
+    process: building one loads the CA bundle, ~30 ms of CPU."""
+    return httpx.create_ssl_context()
+
+
 class HttpClient:
-    """A pooled, limited, retrying JSON client for one server base URL."""
+    """A pooled, limited, retrying JSON client for one server base URL.
+
+    The connections are aiohttp's (``httpx_aiohttp.AiohttpTransport`` under the httpx API):
+    httpcore's own pool does work proportional to (connections × queued requests) on every request
+    event, which at vLLM's 256 requests in flight cost ~10 ms of client CPU per request, against
+    under 1 ms on aiohttp's connector (``benchmarks/http_pool.py``, docs/performance.md). Tests
+    pass an httpx ``transport`` (a mock) instead."""
 
     def __init__(
         self,
@@ -112,17 +141,9 @@ class HttpClient:
         self.base_url = base_url.rstrip("/")
         self.options = options or HttpOptions()
         self.backend_kind = backend_kind
-        headers = {"Authorization": f"Bearer {self.options.api_key}"} if self.options.api_key else {}
-        self._client = httpx.AsyncClient(
-            base_url=self.base_url,
-            headers=headers,
-            timeout=httpx.Timeout(self.options.timeout_s, connect=self.options.connect_timeout_s),
-            limits=httpx.Limits(
-                max_connections=self.options.concurrency + 4,
-                max_keepalive_connections=self.options.concurrency,
-            ),
-            transport=transport,
-        )
+        self._headers = {"Authorization": f"Bearer {self.options.api_key}"} if self.options.api_key else {}
+        self._transport = transport
+        self._http: httpx.AsyncClient | None = None  # built at the first request, inside the loop
         self._limit = asyncio.Semaphore(self.options.concurrency)
         self._throttle = Throttler(rate_limit=max(1, int(self.options.rate_per_s)), period=1.0)
         self._sleep = sleep
@@ -131,6 +152,22 @@ class HttpClient:
         """Resize the concurrency limit (before use: called once the server reports its capacity)."""
         self.options = self.options.model_copy(update={"concurrency": value})
         self._limit = asyncio.Semaphore(value)
+
+    def _client(self) -> httpx.AsyncClient:
+        if self._http is None:
+            limits = httpx.Limits(
+                max_connections=self.options.concurrency + 4,
+                max_keepalive_connections=self.options.concurrency,
+            )
+            transport = self._transport or AiohttpTransport(limits=limits, verify=_tls_context())
+            self._http = httpx.AsyncClient(
+                base_url=self.base_url,
+                headers=self._headers,
+                timeout=httpx.Timeout(self.options.timeout_s, connect=self.options.connect_timeout_s),
+                limits=limits,
+                transport=transport,
+            )
+        return self._http
 
     async def request_json(
         self,
@@ -155,7 +192,7 @@ class HttpClient:
                     kwargs: dict[str, Any] = {"json": body} if body is not None else {}
                     if timeout_s is not None:
                         kwargs["timeout"] = httpx.Timeout(timeout_s, connect=self.options.connect_timeout_s)
-                    response = await self._client.request(method, path, **kwargs)
+                    response = await self._client().request(method, path, **kwargs)
                     metrics.BACKEND_LATENCY.labels(self.backend_kind, label).observe(
                         time.perf_counter() - started
                     )
@@ -171,10 +208,8 @@ class HttpClient:
                     if not last.retryable:
                         metrics.BACKEND_ERRORS.labels(self.backend_kind, last.kind).inc()
                         raise last
-            except httpx.TimeoutException as exc:
-                last = BackendUnavailable(f"{url}: timed out ({type(exc).__name__})", url=url)
             except httpx.TransportError as exc:
-                last = BackendUnavailable(f"{url}: cannot connect ({type(exc).__name__}: {exc})", url=url)
+                last = transport_failure(url, exc)
             metrics.BACKEND_ERRORS.labels(self.backend_kind, last.kind).inc()
             if attempt + 1 < attempts:
                 metrics.BACKEND_RETRIES.labels(self.backend_kind, last.kind).inc()
@@ -189,4 +224,5 @@ class HttpClient:
         raise last
 
     async def aclose(self) -> None:
-        await self._client.aclose()
+        if self._http is not None:
+            await self._http.aclose()
