@@ -250,3 +250,19 @@ async def test_forget_consumer_keeps_one_that_holds_tasks(redis_pair: RedisPair)
     assert names == {"busy"}
     await queue.ack(delivery)
     assert await queue.forget_consumer("busy") is True
+
+
+async def test_more_concurrent_commands_than_connections_wait_for_one(redis_server: RedisServer) -> None:
+    """A worker with hundreds of tasks in flight issues more concurrent commands than its pool
+    holds: they queue for a connection instead of failing (redis-py's default pool raises
+    MaxConnectionsError past its limit, which left tasks pending until reclaim)."""
+    store, queue = await open_redis(redis_server.url, max_connections=4, prefix="burst")
+    try:
+        await store.create_job(make_job("j1"), [])
+        blocking = asyncio.create_task(store.read_events("j1", None, block_ms=300))  # holds one
+        saves = [store.save_candidate("j1", make_candidate(0, i)) for i in range(200)]
+        counts = await asyncio.gather(*saves)
+        assert sorted(counts) == list(range(1, 201))
+        assert await blocking == []
+    finally:
+        await store.aclose()

@@ -57,6 +57,9 @@ def config_from(settings: Settings) -> ApiConfig:
     )
 
 
+API_REDIS_CONNECTIONS = 1024
+
+
 async def _open_store(settings: Settings) -> ApiDeps:
     """Connect to Redis, retrying for a while (compose may start the API before Redis is ready)."""
     from mrsa.store.redis import open_redis
@@ -71,6 +74,8 @@ async def _open_store(settings: Settings) -> ApiDeps:
                 prefix=settings.redis_prefix,
                 max_deliveries=settings.max_deliveries,
                 retention_s=settings.retention_s,
+                # Every open event stream holds a connection while it blocks on XREAD.
+                max_connections=API_REDIS_CONNECTIONS,
             )
             break
         except StoreUnavailable as exc:

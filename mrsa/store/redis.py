@@ -77,6 +77,8 @@ EVENTS_MAXLEN = 10_000
 # Blocking reads are capped below the socket timeout; callers loop (the protocol says "up to").
 MAX_BLOCK_MS = 10_000
 SOCKET_TIMEOUT_S = 15.0
+MAX_CONNECTIONS = 64  # commands are short: a few dozen connections serve hundreds of tasks
+POOL_WAIT_S = 10.0  # longest wait for a free connection before StoreUnavailable
 # XCLAIM ... IDLE for released tasks: ten years, i.e. "silent for longer than any reclaim timeout".
 RELEASED_IDLE_MS = 10 * 365 * 86_400_000
 _PENDING_SCAN = 10_000
@@ -581,23 +583,35 @@ class RedisJobStore:
 
 
 async def open_redis(
-    url: str, *, prefix: str = "mrsa", max_deliveries: int = 5, retention_s: int = 7 * 86400
+    url: str,
+    *,
+    prefix: str = "mrsa",
+    max_deliveries: int = 5,
+    retention_s: int = 7 * 86400,
+    max_connections: int = MAX_CONNECTIONS,
 ) -> tuple[RedisJobStore, RedisTaskQueue]:
     """Connect to Redis at ``url`` and make sure the task stream and its consumer group exist.
 
     Raises :class:`StoreUnavailable` when Redis cannot be reached. Close with ``store.aclose()``.
     The client retries a failed command twice with a short backoff (a pooled connection that a
     Redis restart broke is replaced transparently); longer outages surface as StoreUnavailable.
+
+    At most ``max_connections`` connections; a command that finds them all busy waits for one
+    (up to ``POOL_WAIT_S``). redis-py's default pool instead fails the 101st concurrent command,
+    and a worker with 256 tasks in flight issues more than that at once.
     """
     if max_deliveries < 1:
         raise ValueError("max_deliveries must be ≥ 1")
-    client = aioredis.Redis.from_url(
+    pool = aioredis.BlockingConnectionPool.from_url(
         url,
+        max_connections=max_connections,
+        timeout=POOL_WAIT_S,
         decode_responses=True,
         socket_timeout=SOCKET_TIMEOUT_S,
         socket_connect_timeout=5.0,
         retry=Retry(ExponentialWithJitterBackoff(base=0.05, cap=0.5), retries=2),
     )
+    client = aioredis.Redis.from_pool(pool)
     r = _Redis(client, url, prefix)
     try:
         with r.unavailable():
