@@ -1,6 +1,6 @@
 """``python -m benchmarks.counted_worker [mrsa worker flags]``: an ``mrsa worker`` that, on exit,
 writes its CPU time (from its first generation request on: start-up and imports are not the
-orchestration's per-request cost), Redis round trips and backend requests as JSON to
+orchestration's per-request cost) and Redis round trips as JSON to
 ``$MRSA_BENCH_COUNTS``.
 
 A round trip is one packet redis-py sends (a command, a pipeline or a script call), counted by
@@ -21,7 +21,7 @@ from redis.asyncio.connection import AbstractConnection
 from mrsa.backends.http import HttpClient
 from mrsa.cli.worker_cmd import worker
 
-COUNTS: dict[str, float] = {"round_trips": 0, "backend_requests": 0}
+COUNTS: dict[str, float] = {"round_trips": 0}
 _CPU_AT_FIRST_REQUEST: list[float] = []
 
 
@@ -49,10 +49,8 @@ def _install_counters() -> None:
     request_json = HttpClient.request_json
 
     async def counting_request(self: HttpClient, *args: Any, **kwargs: Any) -> Any:
-        if kwargs.get("endpoint") == "chat":
-            if not _CPU_AT_FIRST_REQUEST:
-                _CPU_AT_FIRST_REQUEST.append(cpu_s())
-            COUNTS["backend_requests"] += 1
+        if kwargs.get("endpoint") == "chat" and not _CPU_AT_FIRST_REQUEST:
+            _CPU_AT_FIRST_REQUEST.append(cpu_s())
         return await request_json(self, *args, **kwargs)
 
     HttpClient.request_json = counting_request  # type: ignore[method-assign]

@@ -20,8 +20,9 @@ Reported per configuration:
   candidates, each after its K parents, each at batch-1 speed).
 - utilisation: mean running sequences / max_num_seqs over the window from the first request to the
   last generation. Round barriers, stragglers and dispatch gaps all show up here.
-- orchestrator CPU per generation request: the process CPU time of whoever runs the tasks (this
-  process, or the sum of the worker processes), divided by the chat requests made.
+- orchestrator CPU per backend request: the process CPU time of whoever runs the tasks (this
+  process, or the sum of the worker processes) divided by the HTTP requests the server received
+  (a generation, plus the detokenize call that cuts its tail); per candidate too.
 - Redis round trips per candidate: packets redis-py sent from the workers, per candidate.
 - prefix-cache hit rate: cached prompt tokens / prompt tokens, as the simulator counted them.
 
@@ -91,7 +92,6 @@ class Run:
     config: str
     makespan_s: float
     cpu_s: float
-    requests: int
     round_trips: int | None = None
     # per job, per round, per candidate: (decode tokens, parent indices), for the chain bound
     dags: list[list[list[tuple[int, list[int]]]]] = field(default_factory=list)
@@ -175,15 +175,6 @@ def longest_chain(dag: list[list[tuple[int, list[int]]]], step_s: float) -> floa
 
 async def run_inprocess(url: str, workload: Workload) -> Run:
     backend = backend_for(url, workload)
-    chat_requests = 0
-    generate = backend.generate
-
-    async def counted(request: GenerationRequest) -> Any:
-        nonlocal chat_requests
-        chat_requests += 1
-        return await generate(request)
-
-    backend.generate = counted  # type: ignore[method-assign]
     cpu0, t0 = time.process_time(), time.perf_counter()
     async with InProcessRunner(backend, capacity=workload.concurrency) as runner:
         jobs = [await runner.submit(spec) for spec in workload.specs()]
@@ -194,7 +185,6 @@ async def run_inprocess(url: str, workload: Workload) -> Run:
         config="mrsa-inprocess",
         makespan_s=makespan,
         cpu_s=cpu,
-        requests=chat_requests,
         dags=dags_of(results),
         failed=sum(1 for r in results if r.status != JobStatus.succeeded),
     )
@@ -271,7 +261,7 @@ async def run_redis(url: str, workload: Workload, workers: int, folder: Path, ve
                 await engine.backend.aclose()
         finally:
             await store.aclose()
-    totals = {"cpu_s": 0.0, "round_trips": 0.0, "backend_requests": 0.0}
+    totals = {"cpu_s": 0.0, "round_trips": 0.0}
     for w in procs:
         if not w.counts.exists():
             raise SystemExit(f"a worker wrote no counts:\n{w.log.read_text()}")
@@ -283,7 +273,6 @@ async def run_redis(url: str, workload: Workload, workers: int, folder: Path, ve
         config=f"mrsa-redis-w{workers}",
         makespan_s=makespan,
         cpu_s=totals["cpu_s"],
-        requests=int(totals["backend_requests"]),
         round_trips=int(totals["round_trips"]),
         dags=dags_of(results),
         failed=sum(1 for r in results if r.status != JobStatus.succeeded) + len(jobs) - len(results),
@@ -365,7 +354,6 @@ async def run_baseline(url: str, workload: Workload, kind: str) -> Run:
         config=kind,
         makespan_s=makespan,
         cpu_s=cpu,
-        requests=workload.candidates,
         dags=dags,
     )
 
@@ -382,13 +370,17 @@ def sim_json(url: str, path: str, method: str = "GET") -> Any:
 def summarise(run: Run, stats: dict[str, Any], workload: Workload) -> dict[str, Any]:
     chain = max((longest_chain(dag, stats["step_s_batch_1"]) for dag in run.dags), default=0.0)
     lower = max(stats["work_at_full_batch_s"], chain)
+    calls: dict[str, int] = stats["http_requests"]
+    requests = sum(calls.values())
+    generations = calls.get("/v1/chat/completions", 0)
     return {
         "config": run.config,
         "makespan_s": round(run.makespan_s, 3),
         "lower_bound_s": round(lower, 3),
         "makespan_over_lower_bound": round(run.makespan_s / lower, 3) if lower else None,
         "utilisation": round(stats["utilisation"], 4) if stats["utilisation"] is not None else None,
-        "cpu_ms_per_request": round(1000 * run.cpu_s / run.requests, 3) if run.requests else None,
+        "cpu_ms_per_request": round(1000 * run.cpu_s / requests, 3) if requests else None,
+        "cpu_ms_per_candidate": round(1000 * run.cpu_s / workload.candidates, 3),
         "redis_round_trips_per_candidate": (
             round(run.round_trips / workload.candidates, 3) if run.round_trips is not None else None
         ),
@@ -397,7 +389,8 @@ def summarise(run: Run, stats: dict[str, Any], workload: Workload) -> dict[str, 
         ),
         "speedup_vs_round_batch": None,
         "speedup_vs_per_job": None,
-        "requests": run.requests,
+        "requests": requests,
+        "generation_requests": generations,
         "decode_tokens": stats["decode_tokens"],
         "chain_bound_s": round(chain, 3),
         "work_bound_s": round(stats["work_at_full_batch_s"], 3),

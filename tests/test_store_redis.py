@@ -256,7 +256,7 @@ async def test_more_concurrent_commands_than_connections_wait_for_one(redis_serv
     """A worker with hundreds of tasks in flight issues more concurrent commands than its pool
     holds: they queue for a connection instead of failing (redis-py's default pool raises
     MaxConnectionsError past its limit, which left tasks pending until reclaim)."""
-    store, queue = await open_redis(redis_server.url, max_connections=4, prefix="burst")
+    store, _queue = await open_redis(redis_server.url, max_connections=4, prefix="burst")
     try:
         await store.create_job(make_job("j1"), [])
         blocking = asyncio.create_task(store.read_events("j1", None, block_ms=300))  # holds one

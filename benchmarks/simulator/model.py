@@ -248,8 +248,9 @@ class Stats:
     first_arrival: float | None = None
     last_finish: float | None = None
     max_waiting: int = 0
+    http_requests: dict[str, int] = field(default_factory=dict)  # per endpoint
 
-    def as_dict(self, config: SimConfig) -> dict[str, float | int | None]:
+    def as_dict(self, config: SimConfig) -> dict[str, object]:
         window = (
             self.last_finish - self.first_arrival
             if self.first_arrival is not None and self.last_finish is not None
@@ -269,6 +270,7 @@ class Stats:
             "utilisation": (self.busy_seq_s / (config.max_num_seqs * window)) if window else None,
             "work_at_full_batch_s": work_s,
             "max_waiting": self.max_waiting,
+            "http_requests": dict(self.http_requests),
             "max_num_seqs": config.max_num_seqs,
             "step_s_batch_1": config.step_s(1),
             "step_s_full": config.step_s(config.max_num_seqs),

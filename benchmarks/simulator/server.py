@@ -88,6 +88,11 @@ def create_app(config: SimConfig) -> FastAPI:
         sched: Scheduler = app.state.scheduler
         return sched
 
+    def count(endpoint: str) -> None:
+        """Every vLLM endpoint call (the benchmark divides client CPU by these)."""
+        calls = scheduler().stats.http_requests
+        calls[endpoint] = calls.get(endpoint, 0) + 1
+
     async def run(
         prompt: str, body: dict[str, Any], problem_key: str
     ) -> tuple[int, list[Output]] | JSONResponse:
@@ -135,10 +140,12 @@ def create_app(config: SimConfig) -> FastAPI:
 
     @app.get("/version")
     async def version() -> dict[str, str]:
+        count("/version")
         return {"version": "0.0.0+mrsa.simulator"}
 
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:
+        count("/v1/models")
         return {
             "object": "list",
             "data": [{"id": config.model, "object": "model", "max_model_len": config.max_model_len}],
@@ -146,6 +153,7 @@ def create_app(config: SimConfig) -> FastAPI:
 
     @app.post("/tokenize")
     async def tokenize(request: Request) -> Response:
+        count("/tokenize")
         body = await request.json()
         if "messages" in body:
             text = render_chat(body["messages"], bool(body.get("add_generation_prompt", True)), False)
@@ -158,6 +166,7 @@ def create_app(config: SimConfig) -> FastAPI:
 
     @app.post("/detokenize")
     async def detokenize(request: Request) -> Response:
+        count("/detokenize")
         body = await request.json()
         tokens = body.get("tokens")
         if not isinstance(tokens, list) or not all(isinstance(t, int) and 0 <= t < 0x110000 for t in tokens):
@@ -166,6 +175,7 @@ def create_app(config: SimConfig) -> FastAPI:
 
     @app.post("/v1/chat/completions")
     async def chat(request: Request) -> Response:
+        count("/v1/chat/completions")
         body = await request.json()
         messages = body.get("messages")
         if not isinstance(messages, list) or not messages:
@@ -199,6 +209,7 @@ def create_app(config: SimConfig) -> FastAPI:
 
     @app.post("/v1/completions")
     async def completions(request: Request) -> Response:
+        count("/v1/completions")
         body = await request.json()
         prompt = body.get("prompt")
         if isinstance(prompt, list) and all(isinstance(t, int) for t in prompt):
