@@ -65,10 +65,26 @@ def _write_counts() -> None:
         json.dump({**COUNTS, "cpu_s": cpu_s() - start}, f)
 
 
+def _start_profile(path: str) -> None:
+    """``$MRSA_BENCH_PROFILE``: write a cProfile of the worker's run there on exit."""
+    import cProfile
+
+    profile = cProfile.Profile()
+
+    def dump() -> None:
+        profile.disable()
+        profile.dump_stats(path)
+
+    profile.enable()
+    atexit.register(dump)
+
+
 if __name__ == "__main__":
     warm_up()
     _install_counters()
     atexit.register(_write_counts)
+    if os.environ.get("MRSA_BENCH_PROFILE"):
+        _start_profile(os.environ["MRSA_BENCH_PROFILE"])
     app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
     app.command()(worker)
     app(prog_name="python -m benchmarks.counted_worker")

@@ -1,5 +1,5 @@
-"""Client CPU per request of mrsa's HTTP client at vLLM-sized concurrency: httpx's own connection
-pool against the aiohttp transport ``HttpClient`` ships with.
+"""Client CPU per request of mrsa's HTTP client at vLLM-sized concurrency: httpx (its own
+connection pool) against aiohttp, which ``HttpClient`` ships with.
 
 httpcore's pool does work proportional to (connections × queued requests) on every request event,
 so at 256 requests in flight it costs several milliseconds of CPU per request. This runs the same
@@ -30,7 +30,7 @@ TRANSPORTS: dict[str, Transport] = {
     "httpx pool": lambda n: httpx.AsyncHTTPTransport(
         limits=httpx.Limits(max_connections=n + 4, max_keepalive_connections=n)
     ),
-    "mrsa (aiohttp)": lambda n: None,  # HttpClient's own default
+    "mrsa (aiohttp)": lambda n: None,  # HttpClient default
 }
 PROMPT = "Find the sum of all integer bases b > 9 for which 17_b divides 97_b. " * 8
 

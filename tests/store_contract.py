@@ -369,6 +369,18 @@ class StoreContract:
         assert await store.complete_rounds("j1", 3, 0, tasks_of("j1", 1)) == (0, 0)
         assert await take_all(queue) == []
 
+    async def test_get_statuses(self, pair: StorePair) -> None:
+        store, _ = pair
+        await store.create_job(make_job("j1"), [])
+        await store.create_job(make_job("j2"), [])
+        await store.cancel_job("j2")
+        assert await store.get_statuses(["j1", "j2", "nope"]) == {
+            "j1": JobStatus.queued,
+            "j2": JobStatus.cancelled,
+            "nope": None,
+        }
+        assert await store.get_statuses([]) == {}
+
     async def test_finish_job_once(self, pair: StorePair) -> None:
         store, queue = pair
         await store.create_job(make_job("j1"), [])

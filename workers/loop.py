@@ -263,19 +263,17 @@ class Worker:
         """Cancel in-flight backend requests of jobs that were cancelled (or failed) meanwhile."""
         while True:
             await asyncio.sleep(self.options.cancel_check_s)
-            jobs = {d.task.job_id for d, _ in self._running.values()}
-            for job_id in jobs:
-                try:
-                    job = await self.engine.store.get_job(job_id)
-                except StoreUnavailable:
-                    continue
-                if job is None or job.status.terminal:
+            jobs = sorted({d.task.job_id for d, _ in self._running.values()})
+            try:
+                statuses = await self.engine.store.get_statuses(jobs)
+            except StoreUnavailable:
+                continue
+            for job_id, status in statuses.items():
+                if status is None or status.terminal:
                     self._cancelled_jobs.add(job_id)
                     for d, t in list(self._running.values()):
                         if d.task.job_id == job_id:
-                            log.info(
-                                "job %s is %s: stopping %s", job_id, job.status if job else "gone", d.task.key
-                            )
+                            log.info("job %s is %s: stopping %s", job_id, status or "gone", d.task.key)
                             t.cancel()
 
     async def _release(self, deliveries: list[Delivery]) -> None:

@@ -9,17 +9,18 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import json
 import random
 import re
 import ssl
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
 import httpx
 from asyncio_throttle.throttler import Throttler
-from httpx_aiohttp import AiohttpTransport
 from pydantic import BaseModel, Field
 
 from mrsa import metrics
@@ -60,18 +61,6 @@ def with_default_concurrency(options: HttpOptions | None, default: int) -> HttpO
     return options.model_copy(update={"concurrency": default})
 
 
-def transport_failure(url: str, exc: httpx.TransportError) -> BackendUnavailable:
-    """Name what went wrong on the wire. The aiohttp transport maps every aiohttp connection error
-    to an httpx timeout; the aiohttp exception it chains says which it was."""
-    cause = exc.__cause__
-    if isinstance(cause, aiohttp.ClientConnectorError | aiohttp.ServerDisconnectedError) or (
-        cause is None and not isinstance(exc, httpx.TimeoutException)
-    ):
-        what = type(cause or exc).__name__
-        return BackendUnavailable(f"{url}: cannot connect ({what}: {cause or exc})", url=url)
-    return BackendUnavailable(f"{url}: timed out ({type(cause or exc).__name__})", url=url)
-
-
 def _error_text(response: httpx.Response) -> str:
     try:
         body = response.json()
@@ -101,16 +90,27 @@ def classify_status(response: httpx.Response, url: str) -> BackendError:
     return BackendRequestError(f"{url} rejected the request (HTTP {code}): {text}", url=url)
 
 
-def _retry_after(response: httpx.Response | None) -> float | None:
-    if response is None:
-        return None
-    value = response.headers.get("retry-after")
+def _retry_after(value: str | None) -> float | None:
+    """Seconds from a ``Retry-After`` header (the delta-seconds form)."""
     if value is None:
         return None
     try:
         return max(0.0, float(value))
     except ValueError:
         return None
+
+
+@dataclass(frozen=True)
+class _Reply:
+    """An HTTP reply, whichever client fetched it."""
+
+    status: int
+    headers: Mapping[str, str]
+    body: bytes
+
+    def as_response(self) -> httpx.Response:
+        """For error classification, which reads the body as httpx does."""
+        return httpx.Response(self.status, headers=dict(self.headers), content=self.body)
 
 
 @functools.cache
@@ -123,11 +123,11 @@ def _tls_context() -> ssl.SSLContext:
 class HttpClient:
     """A pooled, limited, retrying JSON client for one server base URL.
 
-    The connections are aiohttp's (``httpx_aiohttp.AiohttpTransport`` under the httpx API):
-    httpcore's own pool does work proportional to (connections × queued requests) on every request
-    event, which at vLLM's 256 requests in flight cost ~10 ms of client CPU per request, against
-    under 1 ms on aiohttp's connector (``benchmarks/http_pool.py``, docs/performance.md). Tests
-    pass an httpx ``transport`` (a mock) instead."""
+    Requests go out on aiohttp: httpx's own connection pool does work proportional to
+    (connections × queued requests) on every request event, which at vLLM's 256 requests in flight
+    cost ~10 ms of client CPU per request, and httpx's request layer ~0.5 ms more than aiohttp's
+    on any transport (``benchmarks/http_client.py``, docs/performance.md). Tests inject an httpx
+    ``transport`` (a mock): those requests go through httpx, with the same retries and errors."""
 
     def __init__(
         self,
@@ -143,7 +143,8 @@ class HttpClient:
         self.backend_kind = backend_kind
         self._headers = {"Authorization": f"Bearer {self.options.api_key}"} if self.options.api_key else {}
         self._transport = transport
-        self._http: httpx.AsyncClient | None = None  # built at the first request, inside the loop
+        self._httpx: httpx.AsyncClient | None = None  # only with an injected transport
+        self._session: aiohttp.ClientSession | None = None  # built at the first request, in the loop
         self._limit = asyncio.Semaphore(self.options.concurrency)
         self._throttle = Throttler(rate_limit=max(1, int(self.options.rate_per_s)), period=1.0)
         self._sleep = sleep
@@ -153,21 +154,44 @@ class HttpClient:
         self.options = self.options.model_copy(update={"concurrency": value})
         self._limit = asyncio.Semaphore(value)
 
-    def _client(self) -> httpx.AsyncClient:
-        if self._http is None:
-            limits = httpx.Limits(
-                max_connections=self.options.concurrency + 4,
-                max_keepalive_connections=self.options.concurrency,
-            )
-            transport = self._transport or AiohttpTransport(limits=limits, verify=_tls_context())
-            self._http = httpx.AsyncClient(
-                base_url=self.base_url,
+    async def _send(self, method: str, path: str, body: dict[str, Any] | None, timeout_s: float) -> _Reply:
+        """One HTTP exchange; raises :class:`BackendUnavailable` for wire failures."""
+        url = f"{self.base_url}{path}"
+        if self._transport is not None:
+            if self._httpx is None:
+                self._httpx = httpx.AsyncClient(
+                    base_url=self.base_url, headers=self._headers, transport=self._transport
+                )
+            try:
+                response = await self._httpx.request(
+                    method,
+                    path,
+                    json=body,
+                    timeout=httpx.Timeout(timeout_s, connect=self.options.connect_timeout_s),
+                )
+            except httpx.TimeoutException as exc:
+                raise BackendUnavailable(f"{url}: timed out ({type(exc).__name__})", url=url) from exc
+            except httpx.TransportError as exc:
+                raise BackendUnavailable(
+                    f"{url}: cannot connect ({type(exc).__name__}: {exc})", url=url
+                ) from exc
+            return _Reply(response.status_code, response.headers, response.content)
+        if self._session is None:
+            tls = _tls_context() if self.base_url.startswith("https:") else False
+            self._session = aiohttp.ClientSession(
                 headers=self._headers,
-                timeout=httpx.Timeout(self.options.timeout_s, connect=self.options.connect_timeout_s),
-                limits=limits,
-                transport=transport,
+                connector=aiohttp.TCPConnector(limit=self.options.concurrency + 4, ssl=tls),
             )
-        return self._http
+        timeout = aiohttp.ClientTimeout(
+            total=None, sock_connect=self.options.connect_timeout_s, sock_read=timeout_s
+        )
+        try:
+            async with self._session.request(method, url, json=body, timeout=timeout) as reply:
+                return _Reply(reply.status, reply.headers, await reply.read())
+        except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
+            raise BackendUnavailable(f"{url}: timed out ({type(exc).__name__})", url=url) from exc
+        except aiohttp.ClientError as exc:
+            raise BackendUnavailable(f"{url}: cannot connect ({type(exc).__name__}: {exc})", url=url) from exc
 
     async def request_json(
         self,
@@ -185,35 +209,32 @@ class HttpClient:
         label = endpoint or path
         last: BackendError | None = None
         for attempt in range(attempts):
-            response: httpx.Response | None = None
+            reply: _Reply | None = None
             try:
                 async with self._limit, self._throttle:
                     started = time.perf_counter()
-                    kwargs: dict[str, Any] = {"json": body} if body is not None else {}
-                    if timeout_s is not None:
-                        kwargs["timeout"] = httpx.Timeout(timeout_s, connect=self.options.connect_timeout_s)
-                    response = await self._client().request(method, path, **kwargs)
+                    reply = await self._send(method, path, body, timeout_s or self.options.timeout_s)
                     metrics.BACKEND_LATENCY.labels(self.backend_kind, label).observe(
                         time.perf_counter() - started
                     )
-                if response.is_success:
-                    if not response.content:
+                if 200 <= reply.status < 300:
+                    if not reply.body:
                         return None  # health endpoints (vLLM /health, Triton /v2/health/ready): no body
                     try:
-                        return response.json()
+                        return json.loads(reply.body)
                     except ValueError:
                         last = BackendServerError(f"{url} returned a body that is not JSON", url=url)
                 else:
-                    last = classify_status(response, url)
+                    last = classify_status(reply.as_response(), url)
                     if not last.retryable:
                         metrics.BACKEND_ERRORS.labels(self.backend_kind, last.kind).inc()
                         raise last
-            except httpx.TransportError as exc:
-                last = transport_failure(url, exc)
+            except BackendUnavailable as exc:
+                last = exc
             metrics.BACKEND_ERRORS.labels(self.backend_kind, last.kind).inc()
             if attempt + 1 < attempts:
                 metrics.BACKEND_RETRIES.labels(self.backend_kind, last.kind).inc()
-                delay = _retry_after(response)
+                delay = _retry_after(reply.headers.get("retry-after") if reply is not None else None)
                 if delay is None:
                     cap = min(self.options.backoff_cap_s, self.options.backoff_s * (2**attempt))
                     delay = random.uniform(0, cap)
@@ -224,5 +245,7 @@ class HttpClient:
         raise last
 
     async def aclose(self) -> None:
-        if self._http is not None:
-            await self._http.aclose()
+        if self._session is not None:
+            await self._session.close()
+        if self._httpx is not None:
+            await self._httpx.aclose()

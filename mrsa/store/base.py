@@ -96,6 +96,11 @@ class JobStore(Protocol):
 
     async def get_job(self, job_id: str) -> Job | None: ...
 
+    async def get_statuses(self, job_ids: Sequence[str]) -> dict[str, JobStatus | None]:
+        """The status of each job (``None`` for an unknown one), in one round trip: workers poll
+        the jobs of their in-flight tasks for cancellation every second."""
+        ...
+
     async def list_jobs(self, owner: str | None = None, limit: int = 100) -> list[Job]:
         """Jobs (of ``owner`` when given), newest first."""
         ...

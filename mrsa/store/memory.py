@@ -151,6 +151,9 @@ class MemoryJobStore:
         st = self._jobs.get(job_id)
         return st.job.model_copy(deep=True) if st else None
 
+    async def get_statuses(self, job_ids: Sequence[str]) -> dict[str, JobStatus | None]:
+        return {j: (st.job.status if (st := self._jobs.get(j)) else None) for j in job_ids}
+
     async def list_jobs(self, owner: str | None = None, limit: int = 100) -> list[Job]:
         jobs = [s.job for s in self._jobs.values() if owner is None or s.job.owner == owner]
         jobs.sort(key=lambda j: j.created_at, reverse=True)

@@ -402,6 +402,17 @@ class RedisJobStore:
             )
         return _job_from_fields(job_id, values)
 
+    async def get_statuses(self, job_ids: Sequence[str]) -> dict[str, JobStatus | None]:
+        ids = list(job_ids)
+        if not ids:
+            return {}
+        with self._r.unavailable():
+            async with self._r.client.pipeline(transaction=False) as pipe:
+                for job_id in ids:
+                    pipe.hget(self._r.job(job_id), "status")
+                values = cast(list[str | None], await pipe.execute())
+        return {j: JobStatus(v) if v is not None else None for j, v in zip(ids, values, strict=True)}
+
     async def list_jobs(self, owner: str | None = None, limit: int = 100) -> list[Job]:
         index = self._r.jobs if owner is None else self._r.owner_jobs(owner)
         out: list[Job] = []
