@@ -369,6 +369,20 @@ class StoreContract:
         assert await store.complete_rounds("j1", 3, 0, tasks_of("j1", 1)) == (0, 0)
         assert await take_all(queue) == []
 
+    async def test_load_task(self, pair: StorePair) -> None:
+        store, _ = pair
+        assert await store.load_task(Task(job_id="nope", round=0, index=0)) is None
+        await store.create_job(make_job("j1"), [])
+        for i in (0, 2):
+            await store.save_candidate("j1", make_candidate(0, i, answer=str(i)))
+        first = await store.load_task(Task(job_id="j1", round=0, index=1))
+        assert first.job.id == "j1" and first.stored is None and first.parents == []
+        again = await store.load_task(Task(job_id="j1", round=0, index=2))
+        assert again.stored is not None and again.stored.answer == "2"
+        child = await store.load_task(Task(job_id="j1", round=1, index=0, parents=[2, 1, 0]))
+        assert child.stored is None
+        assert sorted(p.index for p in child.parents) == [0, 2]  # the missing parent is left out
+
     async def test_get_statuses(self, pair: StorePair) -> None:
         store, _ = pair
         await store.create_job(make_job("j1"), [])

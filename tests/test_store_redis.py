@@ -213,8 +213,7 @@ async def _run_sequentially(store: RedisJobStore, queue: RedisTaskQueue, specs: 
 async def test_round_trips_per_candidate(
     redis_pair: RedisPair, monkeypatch: pytest.MonkeyPatch, population: int, rounds: int, jobs: int
 ) -> None:
-    """The count documented in mrsa/store/redis.py: 7 per candidate (6 in round 0, which has no
-    parents to load), per round one ``complete_rounds`` and its event (none after the last), and per job 2 to submit, 2 to mark it running and
+    """The count documented in mrsa/store/redis.py: 5 per candidate, per round one ``complete_rounds`` and its event (none after the last), and per job 2 to submit, 2 to mark it running and
     T+1 + 3 to finish it; plus the final empty take. Nothing grows with N, T or the number of jobs
     except through these terms."""
     from mrsa.domain import JobSpec
@@ -228,8 +227,7 @@ async def test_round_trips_per_candidate(
     assert await _run_sequentially(store, queue, specs) == jobs
     candidates = jobs * population * (rounds + 1)
     expected = (
-        7 * candidates
-        - jobs * population  # round 0 loads no parents
+        5 * candidates
         + jobs * (rounds + 1)  # complete_rounds, once per round
         + jobs * rounds  # the round event (none after the last round)
         + jobs * (2 + 2 + (rounds + 1) + 3)  # submit; mark running; finish

@@ -25,11 +25,12 @@ def build_prompt(params: RSAParams, problem: str, parents: Sequence[Candidate]) 
     return prompts.aggregation_prompt(params.prompts, problem, [p.tail for p in parents])
 
 
-async def load_parents(store: JobStore, job_id: str, task: Task) -> list[Candidate]:
-    """The previous round's candidates named by ``task.parents``, in that order."""
+def ordered_parents(task: Task, loaded: Sequence[Candidate]) -> list[Candidate]:
+    """The previous round's candidates named by ``task.parents``, in that order (from what the
+    store loaded for the task); :class:`MissingParentsError` when one is not stored."""
     if task.round == 0 or not task.parents:
         return []
-    found = {c.index: c for c in await store.get_candidates(job_id, task.round - 1, task.parents)}
+    found = {c.index: c for c in loaded}
     missing = [i for i in task.parents if i not in found]
     if missing:
         raise MissingParentsError(f"round {task.round - 1} candidates {missing} are not stored")
@@ -132,10 +133,11 @@ async def generate_candidate(
     problem: str,
     params: RSAParams,
     task: Task,
+    parents: Sequence[Candidate],
     priority: int | None = None,
 ) -> Candidate:
-    """Generate, checkpoint (when chunked) and tail one candidate of ``task``."""
-    parents = await load_parents(store, job_id, task)
+    """Generate, checkpoint (when chunked) and tail one candidate of ``task`` from its ``parents``
+    (in the task's order)."""
     prompt = build_prompt(params, problem, parents)
     if params.chunk is None:
         tag: dict[str, str | int] = {"job": job_id, "round": task.round, "index": task.index, "chunk": 0}

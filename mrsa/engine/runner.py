@@ -32,10 +32,10 @@ from mrsa.domain import (
 )
 from mrsa.engine import prompts
 from mrsa.engine.answers import extract_answer
-from mrsa.engine.generation import _request, generate_candidate, load_parents
+from mrsa.engine.generation import _request, generate_candidate, ordered_parents
 from mrsa.engine.planning import release_tasks, request_seed, round_tasks, selection_subset
 from mrsa.engine.selection import majority, tally
-from mrsa.store.base import JobStore
+from mrsa.store.base import JobStore, TaskContext
 
 
 def new_job_id() -> str:
@@ -87,23 +87,24 @@ class Engine:
 
     async def run_task(self, task: Task) -> None:
         """Run one task to completion (idempotent: a redelivered task finds its result stored)."""
-        job = await self.store.get_job(task.job_id)
-        if job is None or job.status.terminal:
+        ctx = await self.store.load_task(task)  # job, stored result or parents: one round trip
+        if ctx is None or ctx.job.status.terminal:
             return
+        job = ctx.job
         if job.status == JobStatus.queued and await self.store.mark_running(job.id):
             await self.store.add_event(job.id, Event(type="status", job_id=job.id, status=JobStatus.running))
         if task.kind == "select":
-            await self._run_select(job, task)
+            await self._run_select(job, task, ctx)
             return
         params = job.spec.params
         children = release_tasks(job.id, params, task)
-        stored = await self.store.get_candidates(job.id, task.round, [task.index])
-        if stored:  # redelivered after its result was stored: make sure its children are released
-            count = await self.store.save_candidate(job.id, stored[0], children)
+        if ctx.stored is not None:  # redelivered after its result was stored: release its children
+            count = await self.store.save_candidate(job.id, ctx.stored, children)
         else:
+            parents = ordered_parents(task, ctx.parents)
             priority = self._priority(task)
             cand = await generate_candidate(
-                self.backend, self.store, job.id, job.spec.problem, params, task, priority
+                self.backend, self.store, job.id, job.spec.problem, params, task, parents, priority
             )
             count = await self.store.save_candidate(job.id, cand, children)
             metrics.CANDIDATES.labels(cand.finish_reason).inc()
@@ -153,12 +154,11 @@ class Engine:
         if after > params.rounds and params.selection != "aggregate":
             await self.finish(job.id)  # also when a redelivered task finds the pointer moved: once
 
-    async def _run_select(self, job: Job, task: Task) -> None:
+    async def _run_select(self, job: Job, task: Task, ctx: TaskContext) -> None:
         """Selection ``aggregate``: one more aggregation call at a lower temperature."""
         params = job.spec.params
-        stored = await self.store.get_candidates(job.id, task.round, [0])
-        if not stored:
-            parents = await load_parents(self.store, job.id, task)
+        if ctx.stored is None:
+            parents = ordered_parents(task, ctx.parents)
             prompt = prompts.aggregation_prompt(params.prompts, job.spec.problem, [p.tail for p in parents])
             tag: dict[str, str | int] = {
                 "job": job.id,

@@ -55,6 +55,17 @@ class ReclaimResult(BaseModel):
     )
 
 
+class TaskContext(BaseModel):
+    """What running one task needs from the store, read in one round trip."""
+
+    job: Job
+    stored: Candidate | None = Field(None, description="The task's candidate, when a run already stored it.")
+    parents: list[Candidate] = Field(
+        default_factory=list,
+        description="The stored parents the task names, in its order (missing ones left out).",
+    )
+
+
 class TaskQueue(Protocol):
     """At-least-once task delivery to named consumers."""
 
@@ -95,6 +106,11 @@ class JobStore(Protocol):
         ...
 
     async def get_job(self, job_id: str) -> Job | None: ...
+
+    async def load_task(self, task: Task) -> TaskContext | None:
+        """The task's job, its candidate if already stored and (when not) its parents; ``None``
+        for an unknown job. One round trip in Redis, where a candidate costs a handful."""
+        ...
 
     async def get_statuses(self, job_ids: Sequence[str]) -> dict[str, JobStatus | None]:
         """The status of each job (``None`` for an unknown one), in one round trip: workers poll

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from mrsa.domain import Candidate, ChunkCheckpoint, Event, Job, JobResult, JobStatus, Task
-from mrsa.store.base import Delivery, QueueStats, ReclaimResult
+from mrsa.store.base import Delivery, QueueStats, ReclaimResult, TaskContext
 
 
 @dataclass
@@ -48,7 +48,8 @@ class MemoryTaskQueue:
         async with self._cond:
             if not self._ready and block_ms > 0:
                 try:
-                    await asyncio.wait_for(self._cond.wait_for(lambda: bool(self._ready)), block_ms / 1000)
+                    async with asyncio.timeout(block_ms / 1000):  # not wait_for: see read_events
+                        await self._cond.wait_for(lambda: bool(self._ready))
                 except TimeoutError:
                     return []
             out: list[Delivery] = []
@@ -150,6 +151,26 @@ class MemoryJobStore:
     async def get_job(self, job_id: str) -> Job | None:
         st = self._jobs.get(job_id)
         return st.job.model_copy(deep=True) if st else None
+
+    async def load_task(self, task: Task) -> TaskContext | None:
+        st = self._jobs.get(task.job_id)
+        if st is None:
+            return None
+        stored = st.candidates.get((task.round, task.index))
+        parents = (
+            []
+            if stored is not None or task.round == 0
+            else [
+                st.candidates[(task.round - 1, p)]
+                for p in task.parents
+                if (task.round - 1, p) in st.candidates
+            ]
+        )
+        return TaskContext(
+            job=st.job.model_copy(deep=True),
+            stored=stored.model_copy(deep=True) if stored is not None else None,
+            parents=[p.model_copy(deep=True) for p in parents],
+        )
 
     async def get_statuses(self, job_ids: Sequence[str]) -> dict[str, JobStatus | None]:
         return {j: (st.job.status if (st := self._jobs.get(j)) else None) for j in job_ids}
@@ -280,7 +301,10 @@ class MemoryJobStore:
         if not ready() and block_ms > 0:
             async with self._events_changed:
                 try:
-                    await asyncio.wait_for(self._events_changed.wait_for(ready), block_ms / 1000)
+                    # asyncio.timeout, not wait_for: Python 3.11's wait_for swallows a cancellation
+                    # that lands as the wait completes, and a cancelled `mrsa solve` would hang.
+                    async with asyncio.timeout(block_ms / 1000):
+                        await self._events_changed.wait_for(ready)
                 except TimeoutError:
                     return []
         return [(str(i + 1), e) for i, e in enumerate(st.events[start : start + count], start=start)]

@@ -42,14 +42,15 @@ Errors: a connection error or timeout (also Redis still loading its AOF after a 
 
 Round trips per candidate (counted by ``tests/test_store_redis.py::test_round_trips_per_candidate``,
 which counts what the client sends, a pipeline, a MULTI or a script being one): a worker running
-one candidate task makes **7** — XREADGROUP (``take``), HMGET (``get_job``), HMGET
-(``get_candidates``: already stored?), HMGET (``load_parents``; not in round 0, so 6 there), EVALSHA
-(``save_candidate``), EVALSHA (``add_event``), MULTI/XACK/XDEL/EXEC (``ack``). On top, per round
-1 (``complete_rounds``) plus its event (none after the last round) and per job 4 + (T+1) + 3 (create + event; first
-``mark_running`` + event; ``finish``: get_job, one HGETALL per round, the finish script, the event)
-— amortised over the job's N·(T+1) candidates that is less than one more per candidate. Nothing
-grows with N, T or the number of jobs. Time-driven calls (heartbeats, reclaim, cancellation
-checks, queue stats) come on top per worker and per second, not per candidate.
+one candidate task makes **5** — XREADGROUP (``take``), one pipeline of HMGET job / HGET stored
+candidate / HMGET parents (``load_task``), EVALSHA (``save_candidate``, which also releases the
+next round's ready tasks), EVALSHA (``add_event``), MULTI/XACK/XDEL/EXEC (``ack``). On top, per
+round 1 (``complete_rounds``) plus its event (none after the last round), and per job 4 + (T+1) + 3
+(create + event; first ``mark_running`` + event; ``finish``: get_job, one HGETALL per round, the
+finish script, the event) — amortised over the job's N·(T+1) candidates that is less than one more
+per candidate. Nothing grows with N, T or the number of jobs. Time-driven calls (heartbeats,
+reclaim, one pipelined status check per second for cancellations, queue stats) come on top per
+worker and per second, not per candidate.
 """
 
 from __future__ import annotations
@@ -70,7 +71,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from mrsa.domain import Candidate, ChunkCheckpoint, Event, Job, JobResult, JobSpec, JobStatus, Task
 from mrsa.store import redis_scripts as lua
-from mrsa.store.base import Delivery, QueueStats, ReclaimResult, StoreUnavailable
+from mrsa.store.base import Delivery, QueueStats, ReclaimResult, StoreUnavailable, TaskContext
 
 GROUP = "workers"
 EVENTS_MAXLEN = 10_000
@@ -401,6 +402,25 @@ class RedisJobStore:
                 list[str | None], await self._r.client.hmget(self._r.job(job_id), list(_JOB_FIELDS))
             )
         return _job_from_fields(job_id, values)
+
+    async def load_task(self, task: Task) -> TaskContext | None:
+        parents = [str(p) for p in task.parents] if task.round > 0 else []
+        with self._r.unavailable():
+            async with self._r.client.pipeline(transaction=False) as pipe:
+                pipe.hmget(self._r.job(task.job_id), list(_JOB_FIELDS))
+                pipe.hget(self._r.round(task.job_id, task.round), str(task.index))
+                if parents:
+                    pipe.hmget(self._r.round(task.job_id, task.round - 1), parents)
+                replies = await pipe.execute()
+        job = _job_from_fields(task.job_id, cast(list[str | None], replies[0]))
+        if job is None:
+            return None
+        if replies[1] is not None:
+            return TaskContext(job=job, stored=Candidate.model_validate_json(replies[1]))
+        found = cast(list[str | None], replies[2]) if parents else []
+        return TaskContext(
+            job=job, parents=[Candidate.model_validate_json(v) for v in found if v is not None]
+        )
 
     async def get_statuses(self, job_ids: Sequence[str]) -> dict[str, JobStatus | None]:
         ids = list(job_ids)
