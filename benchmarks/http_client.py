@@ -16,11 +16,10 @@ import asyncio
 import json
 import time
 from collections.abc import Callable
-from types import SimpleNamespace
 
 import httpx
 
-from benchmarks.orchestration import simulator
+from benchmarks.simulator.process import running_simulator
 from mrsa.backends.base import GenerationRequest, Message
 from mrsa.backends.http import HttpOptions
 from mrsa.backends.openai import OpenAICompatibleBackend
@@ -58,17 +57,10 @@ async def one_run(url: str, transport: Transport, requests: int, concurrency: in
 
 
 async def main_async(args: argparse.Namespace) -> None:
-    sim = SimpleNamespace(
-        max_num_seqs=args.concurrency,
-        step_base_ms=0.5,
-        step_per_seq_ms=0.0,
-        prefill_ms_per_token=0.0,
-        median_tokens=40,
-        runaway_share=0.0,
-        enable_priority=False,
-    )
+    flags = [f"--max-num-seqs={args.concurrency}", "--step-base-ms=0.5", "--step-per-seq-ms=0"]
+    flags += ["--prefill-ms-per-token=0", "--median-tokens=40", "--runaway-share=0"]
     best: dict[str, dict[str, float]] = {}
-    with simulator(sim) as url:  # type: ignore[arg-type]
+    with running_simulator(flags) as url:
         for _ in range(args.repeats):  # alternate, so machine drift hits both
             for name, transport in TRANSPORTS.items():
                 row = await one_run(url, transport, args.requests, args.concurrency)

@@ -41,7 +41,6 @@ import csv
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -55,6 +54,7 @@ import httpx
 
 from benchmarks.counted_worker import warm_up
 from benchmarks.dispatch_overhead import redis_server
+from benchmarks.simulator.process import ROOT, running_simulator
 from evals.datasets import load_dataset
 from mrsa.backends.base import GenerationRequest, Message
 from mrsa.backends.http import HttpOptions
@@ -67,7 +67,6 @@ from mrsa.params import RSAParams
 from mrsa.store.redis import open_redis
 from workers.inprocess import InProcessRunner
 
-ROOT = Path(__file__).resolve().parent.parent
 BASELINES = ("round-batch", "per-job")
 
 
@@ -101,54 +100,16 @@ class Run:
 # -- the simulator -----------------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-@contextlib.contextmanager
-def simulator(args: argparse.Namespace) -> Iterator[str]:
-    port = free_port()
-    cmd = [
-        sys.executable,
-        "-m",
-        "benchmarks.simulator",
-        "--port",
-        str(port),
-        "--max-num-seqs",
-        str(args.max_num_seqs),
-        "--step-base-ms",
-        str(args.step_base_ms),
-        "--step-per-seq-ms",
-        str(args.step_per_seq_ms),
-        "--prefill-ms-per-token",
-        str(args.prefill_ms_per_token),
-        "--median-tokens",
-        str(args.median_tokens),
-        "--runaway-share",
-        str(args.runaway_share),
+def simulator_flags(args: argparse.Namespace) -> list[str]:
+    flags = [
+        f"--max-num-seqs={args.max_num_seqs}",
+        f"--step-base-ms={args.step_base_ms}",
+        f"--step-per-seq-ms={args.step_per_seq_ms}",
+        f"--prefill-ms-per-token={args.prefill_ms_per_token}",
+        f"--median-tokens={args.median_tokens}",
+        f"--runaway-share={args.runaway_share}",
     ]
-    if args.enable_priority:
-        cmd.append("--enable-priority")
-    proc = subprocess.Popen(cmd, cwd=ROOT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit(f"the simulator did not start (exit code {proc.poll()})")
-            time.sleep(0.1)
-        yield url
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+    return [*flags, "--enable-priority"] if args.enable_priority else flags
 
 
 def backend_for(url: str, workload: Workload, concurrency: int | None = None) -> OpenAICompatibleBackend:
@@ -435,7 +396,7 @@ async def main_async(args: argparse.Namespace) -> list[dict[str, Any]]:
     workload = Workload(problems=problems, params=params, concurrency=args.concurrency)
     configs = args.configs.split(",")
     rows: list[dict[str, Any]] = []
-    with simulator(args) as url, tempfile.TemporaryDirectory() as tmp:
+    with running_simulator(simulator_flags(args)) as url, tempfile.TemporaryDirectory() as tmp:
         for config in configs:
             if not args.json:
                 print(f"running {config} ...", file=sys.stderr, flush=True)

@@ -4,8 +4,6 @@ speaks to it. It is a load-testing tool; functional tests of mrsa use real backe
 from __future__ import annotations
 
 import asyncio
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,6 +23,7 @@ from benchmarks.simulator.model import (
     render_chat,
     sample_output,
 )
+from benchmarks.simulator.process import running_simulator
 from mrsa.backends.base import BackendRequestError, GenerationRequest, Message
 from mrsa.backends.factory import detect_kind
 from mrsa.backends.http import HttpOptions
@@ -133,44 +132,9 @@ async def test_priority_scheduling_admits_lower_values_first() -> None:
 
 @pytest.fixture(scope="module")
 def simulator_url() -> Iterator[str]:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "benchmarks.simulator",
-            "--port",
-            str(port),
-            "--max-num-seqs",
-            "4",
-            "--step-base-ms",
-            "0.2",
-            "--median-tokens",
-            "60",
-            "--max-model-len",
-            "4096",
-        ],
-        cwd=ROOT,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert proc.poll() is None and time.monotonic() < deadline, "simulator did not start"
-            time.sleep(0.1)
+    flags = ["--max-num-seqs=4", "--step-base-ms=0.2", "--median-tokens=60", "--max-model-len=4096"]
+    with running_simulator(flags) as url:
         yield url
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
 
 
 async def test_mrsa_vllm_client_speaks_to_the_simulator(simulator_url: str) -> None:
