@@ -174,3 +174,27 @@ def test_adjacent_rounds_do_not_share_plans() -> None:
     params = RSAParams(population=16, subset=4, rounds=6, budget=64, tail=32, seed=1)
     plans = [[t.parents for t in round_tasks("j", params, r)] for r in range(1, 7)]
     assert all(a != b for a, b in pairwise(plans))
+
+
+def test_release_tasks_are_the_next_rounds_tasks_naming_the_candidate() -> None:
+    from mrsa.domain import Task
+    from mrsa.engine.planning import release_tasks, round_tasks
+    from mrsa.params import RSAParams
+
+    params = RSAParams(population=8, subset=3, rounds=2, budget=64, tail=16, seed=5)
+    nxt = round_tasks("j", params, 1)
+    for i in range(8):
+        released = release_tasks("j", params, Task(job_id="j", round=0, index=i))
+        assert released == [t for t in nxt if i in t.parents]
+    # Every next-round task is released by each of its K parents: K times in all.
+    counts = [
+        sum(
+            t.index == c.index
+            for i in range(8)
+            for t in release_tasks("j", params, Task(job_id="j", round=0, index=i))
+        )
+        for c in nxt
+    ]
+    assert counts == [3] * 8
+    assert release_tasks("j", params, Task(job_id="j", round=2, index=0)) == []  # after the last round
+    assert release_tasks("j", params, Task(job_id="j", kind="select", round=3, index=0)) == []

@@ -71,7 +71,12 @@ def release_tasks(job_id: str, params: RSAParams, task: Task) -> list[Task]:
     last round, or for the selection call)."""
     if task.kind != "candidate" or task.round >= params.rounds:
         return []
-    return [t for t in round_tasks(job_id, params, task.round + 1) if task.index in t.parents]
+    n, nxt = params.population, task.round + 1
+    return [
+        Task(job_id=job_id, round=nxt, index=i, parents=list(parents))
+        for i, parents in enumerate(_subsets(params.seed, nxt, n, params.subset, n))
+        if task.index in parents
+    ]
 
 
 def selection_subset(params: RSAParams) -> list[int]:
