@@ -100,6 +100,13 @@ def _retry_after(value: str | None) -> float | None:
         return None
 
 
+def _unavailable(url: str, exc: Exception, *, timed_out: bool) -> BackendUnavailable:
+    """A wire failure in the same words whichever client (aiohttp, or httpx in tests) hit it."""
+    if timed_out:
+        return BackendUnavailable(f"{url}: timed out ({type(exc).__name__})", url=url)
+    return BackendUnavailable(f"{url}: cannot connect ({type(exc).__name__}: {exc})", url=url)
+
+
 @dataclass(frozen=True)
 class _Reply:
     """An HTTP reply, whichever client fetched it."""
@@ -170,11 +177,9 @@ class HttpClient:
                     timeout=httpx.Timeout(timeout_s, connect=self.options.connect_timeout_s),
                 )
             except httpx.TimeoutException as exc:
-                raise BackendUnavailable(f"{url}: timed out ({type(exc).__name__})", url=url) from exc
+                raise _unavailable(url, exc, timed_out=True) from exc
             except httpx.TransportError as exc:
-                raise BackendUnavailable(
-                    f"{url}: cannot connect ({type(exc).__name__}: {exc})", url=url
-                ) from exc
+                raise _unavailable(url, exc, timed_out=False) from exc
             return _Reply(response.status_code, response.headers, response.content)
         if self._session is None:
             tls = _tls_context() if self.base_url.startswith("https:") else False
@@ -189,9 +194,9 @@ class HttpClient:
             async with self._session.request(method, url, json=body, timeout=timeout) as reply:
                 return _Reply(reply.status, reply.headers, await reply.read())
         except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
-            raise BackendUnavailable(f"{url}: timed out ({type(exc).__name__})", url=url) from exc
+            raise _unavailable(url, exc, timed_out=True) from exc
         except aiohttp.ClientError as exc:
-            raise BackendUnavailable(f"{url}: cannot connect ({type(exc).__name__}: {exc})", url=url) from exc
+            raise _unavailable(url, exc, timed_out=False) from exc
 
     async def request_json(
         self,

@@ -127,6 +127,11 @@ class _JobState:
     events: list[Event] = field(default_factory=list)
 
 
+def _round_size(st: _JobState, round_index: int) -> int:
+    """How many candidates of ``round_index`` are stored."""
+    return sum(1 for (r, _) in st.candidates if r == round_index)
+
+
 class MemoryJobStore:
     """Job state in a dict; enqueues through the :class:`MemoryTaskQueue` it was built with."""
 
@@ -212,7 +217,7 @@ class MemoryJobStore:
         if ready and not st.job.status.terminal:
             st.released.update((t.round, t.index) for t in ready)
             await self.queue.enqueue(ready)
-        return sum(1 for (r, _) in st.candidates if r == candidate.round)
+        return _round_size(st, candidate.round)
 
     async def get_candidates(
         self, job_id: str, round_index: int, indices: Sequence[int] | None = None
@@ -240,7 +245,7 @@ class MemoryJobStore:
         old = pointer = st.job.round
         if st.job.status.terminal:
             return old, old
-        while 0 <= pointer <= last_round and sum(1 for (r, _) in st.candidates if r == pointer) >= population:
+        while 0 <= pointer <= last_round and _round_size(st, pointer) >= population:
             pointer += 1
         if pointer != old:
             st.job.round = pointer
