@@ -22,17 +22,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import shutil
-import socket
-import subprocess
 import tempfile
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 from redis.asyncio.connection import AbstractConnection
 
+from benchmarks.redis_process import RedisProcess, RedisUnavailable
 from mrsa.backends.base import BackendInfo, GenerationRequest, GenerationResult
 from mrsa.domain import JobSpec
 from mrsa.params import RSAParams
@@ -117,42 +116,16 @@ class RoundTrips:
 @contextmanager
 def redis_server() -> Iterator[str]:
     """A throwaway redis-server on a free loopback port (no persistence)."""
-    binary = shutil.which("redis-server")
-    if binary is None:
-        raise SystemExit("redis-server is not installed (make test installs it)")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     with tempfile.TemporaryDirectory() as folder:
-        proc = subprocess.Popen(
-            [
-                binary,
-                "--port",
-                str(port),
-                "--bind",
-                "127.0.0.1",
-                "--dir",
-                folder,
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        server = RedisProcess(Path(folder), appendonly=False)
         try:
-            deadline = time.monotonic() + 10
-            while time.monotonic() < deadline:
-                try:
-                    socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                    break
-                except OSError:
-                    time.sleep(0.05)
-            yield f"redis://127.0.0.1:{port}/0"
+            server.start()
+        except RedisUnavailable as exc:
+            raise SystemExit(str(exc)) from exc
+        try:
+            yield server.url
         finally:
-            proc.terminate()
-            proc.wait(timeout=10)
+            server.stop()
 
 
 async def run_workload(

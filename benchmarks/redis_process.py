@@ -1,0 +1,94 @@
+"""A real ``redis-server`` child process on a free loopback port, for benchmarks and tests.
+
+One definition: the test fixture (``tests/plugins/redis_server.py``), the dispatch and
+orchestration benchmarks and the soak benchmark all start Redis through :class:`RedisProcess`.
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+class RedisUnavailable(RuntimeError):
+    """redis-server is not installed or did not start."""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class RedisProcess:
+    """A redis-server child; ``restart()`` stops and starts it on the same port and data folder.
+
+    ``appendonly`` keeps an AOF in ``directory`` (``fsync`` ``always`` or ``everysec``), so a
+    restart brings the data back as a production Redis with AOF would."""
+
+    directory: Path
+    port: int = field(default_factory=free_port)
+    appendonly: bool = True
+    fsync: str = "always"
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    @property
+    def log_path(self) -> Path:
+        return self.directory / "redis.log"
+
+    def start(self, timeout_s: float = 10.0) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise RedisUnavailable("redis-server is not installed (the test command installs it: make test)")
+        persistence = ["--appendonly", "yes", "--appendfsync", self.fsync] if self.appendonly else []
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                [
+                    binary,
+                    "--port",
+                    str(self.port),
+                    "--bind",
+                    "127.0.0.1",
+                    "--dir",
+                    str(self.directory),
+                    *(persistence or ["--appendonly", "no"]),
+                    "--save",
+                    "",
+                    "--protected-mode",
+                    "no",
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                break
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as s:
+                    s.sendall(b"PING\r\n")
+                    if s.recv(16).startswith(b"+PONG"):
+                        return
+            except OSError:
+                time.sleep(0.05)
+        tail = "\n".join(self.log_path.read_text(errors="replace").splitlines()[-20:])
+        raise RedisUnavailable(f"redis-server did not start on port {self.port}; last log lines:\n{tail}")
+
+    def stop(self) -> None:
+        proc, self.process = self.process, None
+        if proc is not None and proc.poll() is None:
+            proc.terminate()
+            proc.wait(timeout=10)
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
