@@ -155,6 +155,11 @@ class Worker:
 
     async def _reclaim(self, free: int) -> list[Delivery]:
         result = await self.queue.reclaim(self.consumer, self.options.reclaim_idle_ms, free)
+        # Our own tasks come back only when our heartbeats lapsed (a long store outage): they are
+        # still running here, so neither start them again nor fail the job of one reported dead
+        # (acking it when it finishes removes it; if we die, the next reclaim reports it again).
+        result.deliveries = [d for d in result.deliveries if d.id not in self._running]
+        result.dead = [d for d in result.dead if d.id not in self._running]
         if result.deliveries:
             self.reclaimed += len(result.deliveries)
             metrics.TASKS_RECLAIMED.inc(len(result.deliveries))
@@ -164,23 +169,27 @@ class Worker:
                 ", ".join(f"{d.task.key} (delivery {d.deliveries})" for d in result.deliveries),
             )
         if result.dead:
-            metrics.TASKS_DEAD.inc(len(result.dead))
-            for d in result.dead:
-                log.error("dead-lettered %s", dead_letter_reason(d))
-            self._dead.extend(result.dead)
+            known = {d.id for d in self._dead}
+            self._dead.extend(d for d in result.dead if d.id not in known)
             await self._fail_dead_jobs()
         return result.deliveries
 
     async def _fail_dead_jobs(self) -> None:
-        """Fail the jobs of dead-lettered tasks (kept until the store takes it)."""
+        """Fail the job of each task reclaim found delivered too often, then move the task to the
+        dead-letter list: in that order, so a worker dying in between leaves the task pending for
+        the next reclaim instead of a running job whose last task is gone. Kept (and retried on the
+        next loop) while the store is unreachable; failing a job twice is a no-op."""
         while self._dead:
             d = self._dead[0]
             try:
                 await self.engine.fail(d.task.job_id, dead_letter_reason(d))
             except StoreUnavailable:
-                raise  # keep it: retried on the next loop
+                raise
             except Exception:  # bad data must not crash every worker that meets this task
                 log.exception("could not fail job %s of dead-lettered task %s", d.task.job_id, d.task.key)
+            if await self.queue.move_to_dead_letters(d):
+                metrics.TASKS_DEAD.inc()
+                log.error("dead-lettered %s", dead_letter_reason(d))
             self._dead.pop(0)
 
     def _block_ms(self, stop: asyncio.Event) -> int:

@@ -130,6 +130,7 @@ class _Redis:
         self.claim_key = s(lua.CLAIM_KEY)
         self.touch = s(lua.TOUCH)
         self.reclaim = s(lua.RECLAIM)
+        self.bury = s(lua.BURY)
         self.forget_consumer = s(lua.FORGET_CONSUMER)
 
     def job(self, job_id: str) -> str:
@@ -181,6 +182,7 @@ class _Redis:
             self.claim_key,
             self.touch,
             self.reclaim,
+            self.bury,
             self.forget_consumer,
         ]
         async with self.client.pipeline(transaction=False) as pipe:
@@ -282,7 +284,7 @@ class RedisTaskQueue:
         with self._r.unavailable():
             try:
                 claimed, dead = await self._r.reclaim(
-                    keys=[self._r.tasks, self._r.dead],
+                    keys=[self._r.tasks],
                     args=[GROUP, consumer, max(0, idle_ms), count, self.max_deliveries],
                 )
             except ResponseError as exc:
@@ -295,6 +297,13 @@ class RedisTaskQueue:
             return [Delivery(id=i, task=Task.model_validate_json(t), deliveries=int(n)) for i, t, n in rows]
 
         return ReclaimResult(deliveries=deliveries(claimed), dead=deliveries(dead))
+
+    async def move_to_dead_letters(self, delivery: Delivery) -> bool:
+        with self._r.unavailable():
+            moved = await self._r.bury(
+                keys=[self._r.tasks, self._r.dead], args=[GROUP, delivery.id, delivery.deliveries]
+            )
+        return bool(moved)
 
     async def stats(self, idle_ms: int | None = None) -> QueueStats:
         with self._r.unavailable():
