@@ -1,7 +1,8 @@
 """The worker task loop: take as many tasks as the backend can run, run them through the engine,
 ack each once its result is stored, heartbeat the ones in flight, reclaim silent consumers' tasks
-(failing the jobs of dead-lettered ones), publish queue gauges, and stop gracefully: finish what is
-in flight within a grace period, then release the rest unacked for another worker.
+(failing the job of one delivered too often, then dead-lettering it), publish queue gauges, and
+stop gracefully: finish what is in flight within a grace period, then release the rest unacked
+for another worker.
 
 When the store is unreachable the loop backs off (exponentially, with jitter) and tries again; a
 task that hit the outage is left pending and is reclaimed after the idle timeout, so a Redis
@@ -15,6 +16,7 @@ import logging
 import os
 import random
 import socket
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -57,6 +59,23 @@ def dead_letter_reason(delivery: Delivery) -> str:
     )
 
 
+async def cancel_until_done(tasks: Sequence[asyncio.Task[Any]]) -> None:
+    """Cancel ``tasks`` and wait until they are done. Python 3.11's ``asyncio.wait_for`` (redis-py
+    wraps every send in it) can swallow a cancellation that lands just as its inner call completes,
+    and the task then carries on: cancel again until it sticks (a task that ignores 100
+    cancellations, 20 s, is left running and logged)."""
+    for _ in range(100):
+        still = [t for t in tasks if not t.done()]
+        if not still:
+            return
+        for t in still:
+            t.cancel()
+        await asyncio.wait(still, timeout=0.2)
+    left = [t.get_name() for t in tasks if not t.done()]
+    if left:
+        log.error("%d task(s) ignored cancellation and are left running: %s", len(left), ", ".join(left))
+
+
 class _Outage:
     """Backoff while the store is unreachable; one log line when it starts and one when it ends."""
 
@@ -97,7 +116,7 @@ class Worker:
         self.consumer = consumer or consumer_name()
         self._running: dict[str, tuple[Delivery, asyncio.Task[None]]] = {}
         self._cancelled_jobs: set[str] = set()
-        self._dead: list[Delivery] = []  # dead-lettered tasks whose jobs are still to be failed
+        self._dead: list[Delivery] = []  # reported dead by reclaim: fail their jobs, then dead-letter
         self._outage = _Outage(self.options)
         self._force = asyncio.Event()
         self.completed = 0
@@ -119,11 +138,10 @@ class Worker:
             await self._take_loop(stop)
         finally:
             await self._drain()
+            await cancel_until_done(side)
             for t in side:
-                t.cancel()
-            for t in side:
-                with contextlib.suppress(asyncio.CancelledError):
-                    await t
+                if t.done() and not t.cancelled():
+                    t.result()  # a side loop that crashed: surface it
 
     async def _take_loop(self, stop: asyncio.Event) -> None:
         loop = asyncio.get_running_loop()
@@ -321,16 +339,9 @@ class Worker:
             waiting, timeout=self.options.shutdown_grace_s, return_when=asyncio.FIRST_COMPLETED
         )
         forced.cancel()
-        # Python 3.11's asyncio.wait_for (used by redis-py around every send) can swallow a
-        # cancellation that lands just as its inner call completes, so cancel until it sticks.
-        for _ in range(100):
-            still = [t for t in tasks if not t.done()]
-            if not still:
-                break
-            for t in still:
-                t.cancel()
-            await asyncio.wait(still, timeout=0.2)
-        await all_done
+        await cancel_until_done(tasks)
+        if all(t.done() for t in tasks):
+            await all_done
         unfinished = [d for d, t in running if t.cancelled()]
         if unfinished:
             await self._release(unfinished)
