@@ -478,6 +478,7 @@ async def test_three_five_minute_candidates_on_two_workers(
         await wait_terminal(store, [job], within=120)
         async with httpx.AsyncClient(timeout=5) as client:
             served = (await client.get(f"{sim}/sim/stats")).json()
+            trace = (await client.get(f"{sim}/sim/trace")).json()["points"]
         reclaimed = {w.name: w.metrics().get("mrsa_tasks_reclaimed_total", 0.0) for w in workers}
     await assert_complete(store, job)
     result = await store.get_result(job.id)
@@ -486,6 +487,8 @@ async def test_three_five_minute_candidates_on_two_workers(
     assert result.elapsed_s >= budget * step_ms / 1000  # each candidate ran five idle periods
     assert served["http_requests"]["/v1/chat/completions"] == 3, served
     assert served["requests"] == 3, served
+    # All three ran at once, so some worker held at least two long tasks (the case that broke).
+    assert max(running for _t, running, _waiting in trace) == 3, trace
     assert reclaimed == {"a": 0.0, "b": 0.0}, [w.log for w in workers]
     assert await candidate_events(store, job.id) == [(0, i) for i in range(3)]
 
@@ -515,9 +518,9 @@ async def test_a_worker_keeps_all_its_long_tasks(redis_server: RedisServer) -> N
     """Issue 9: the heartbeat kept only the first of a worker's in-flight tasks alive, so a worker
     running several long candidates lost the others to reclaim and they ran twice (and, at ZAYA1
     budgets, were dead-lettered). Two workers, four tasks each at a time, every candidate held by
-    the backend for about five reclaim-idle periods: nothing is reclaimed, every candidate is
-    requested once, the job succeeds."""
-    hold_s, idle_ms = 3.0, 600
+    the backend for four reclaim-idle periods: nothing is reclaimed, every candidate is requested
+    once, the job succeeds."""
+    hold_s, idle_ms = 3.2, 800
     store, queue = await open_redis(redis_server.url)
     try:
         backend = FakeBackend(capacity=4)
