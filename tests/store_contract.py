@@ -31,7 +31,7 @@ from mrsa.domain import (
     Usage,
 )
 from mrsa.params import RSAParams
-from mrsa.store.base import TaskQueue
+from mrsa.store.base import ReclaimResult, TaskQueue
 
 MAX_DELIVERIES = 3
 StorePair = tuple[Any, Any]  # (JobStore, TaskQueue); Any so implementations need not subclass
@@ -143,10 +143,10 @@ class StoreContract:
 
     async def test_heartbeat_keeps_tasks_from_being_reclaimed(self, pair: StorePair) -> None:
         store, queue = pair
-        await store.create_job(make_job("j1"), tasks_of("j1", n=2))
-        alive, silent = await queue.take("c1", 2, block_ms=0)
+        await store.create_job(make_job("j1"), tasks_of("j1", n=4))
+        *alive, silent = await queue.take("c1", 4, block_ms=0)
         await asyncio.sleep(0.12)
-        await queue.heartbeat("c1", [alive])
+        await queue.heartbeat("c1", alive)  # one call for all of a worker's tasks: each one counts
         reclaimed = (await queue.reclaim("c2", idle_ms=100, count=10)).deliveries
         assert [d.id for d in reclaimed] == [silent.id]
 
@@ -161,10 +161,29 @@ class StoreContract:
             seen.extend(d.deliveries for d in result.deliveries)
             dead.extend(result.dead)
         assert seen == list(range(1, MAX_DELIVERIES + 1))
-        # The reclaimer learns about the dead letter (to fail its job), exactly once.
-        assert [(d.id, d.task, d.deliveries) for d in dead] == [(delivery.id, delivery.task, MAX_DELIVERIES)]
+        # Never delivered again; reported dead (to fail its job) by every reclaim that finds it idle
+        # until it is moved to the dead letters, with the same delivery count each time.
+        expected = (delivery.id, delivery.task, MAX_DELIVERIES)
+        assert [(d.id, d.task, d.deliveries) for d in dead] == [expected] * 3
+        stats = await queue.stats()
+        assert (stats.queued, stats.in_flight, stats.dead) == (0, 1, 0)
+        (again,) = (await queue.reclaim("c3", idle_ms=0, count=10)).dead
+        assert (again.id, again.deliveries) == (delivery.id, MAX_DELIVERIES)
+        assert await queue.move_to_dead_letters(again) is True
+        assert await queue.move_to_dead_letters(dead[0]) is False  # moved once, whoever asks
         stats = await queue.stats()
         assert (stats.queued, stats.in_flight, stats.dead) == (0, 0, 1)
+        assert await queue.reclaim("c2", idle_ms=0, count=10) == ReclaimResult()
+
+    async def test_a_dead_task_is_held_by_its_reclaimer_for_the_idle_time(self, pair: StorePair) -> None:
+        store, queue = pair
+        await store.create_job(make_job("j1"), tasks_of("j1", n=1))
+        await queue.take("c1", 1, block_ms=0)
+        for _ in range(MAX_DELIVERIES - 1):
+            await queue.reclaim("c2", idle_ms=0, count=10)
+        assert len((await queue.reclaim("c2", idle_ms=0, count=10)).dead) == 1
+        # c2 is failing its job: nobody else is told about it while c2 is not silent for long.
+        assert await queue.reclaim("c3", idle_ms=60_000, count=10) == ReclaimResult()
 
     async def test_heartbeat_does_not_steal_a_reclaimed_task(self, pair: StorePair) -> None:
         store, queue = pair
@@ -179,13 +198,13 @@ class StoreContract:
 
     async def test_release_makes_tasks_reclaimable_at_once(self, pair: StorePair) -> None:
         store, queue = pair
-        await store.create_job(make_job("j1"), tasks_of("j1", n=2))
-        given_back, kept = await queue.take("c1", 2, block_ms=0)
-        await queue.release("c1", [given_back])
+        await store.create_job(make_job("j1"), tasks_of("j1", n=4))
+        *given_back, kept = await queue.take("c1", 4, block_ms=0)
+        await queue.release("c1", given_back)
         stats = await queue.stats(idle_ms=60_000)
-        assert (stats.in_flight, stats.reclaimable) == (2, 1)
+        assert (stats.in_flight, stats.reclaimable) == (4, 3)
         reclaimed = (await queue.reclaim("c2", idle_ms=60_000, count=10)).deliveries
-        assert [(d.id, d.deliveries) for d in reclaimed] == [(given_back.id, 2)]
+        assert sorted((d.id, d.deliveries) for d in reclaimed) == sorted((d.id, 2) for d in given_back)
         assert kept.id not in {d.id for d in reclaimed}
 
     async def test_stats_count_silent_tasks(self, pair: StorePair) -> None:

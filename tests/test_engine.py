@@ -781,3 +781,50 @@ async def test_check_context() -> None:
     assert worst is not None and worst > 64 + 2 * 16
     with pytest.raises(ContextBudgetError, match=r"^budget: .*context is 100\b"):
         await check_context(FakeBackend(script, context_length=100), spec)
+
+
+class SwallowingQueue(MemoryTaskQueue):
+    """``stats()`` swallows the first cancellation that reaches it, as Python 3.11's
+    ``asyncio.wait_for`` (redis-py wraps every send in it) does when a cancellation lands just as
+    its inner call completes; after that it blocks until cancelled."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+        self.swallowed = 0
+        self.called = asyncio.Event()
+
+    async def stats(self, idle_ms: int | None = None) -> Any:
+        self.calls += 1
+        self.called.set()
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            if self.swallowed:
+                raise
+            self.swallowed += 1
+        return await super().stats(idle_ms)
+
+
+async def test_a_worker_stops_although_a_cancellation_was_swallowed() -> None:
+    """The worker's side loops (heartbeats, cancellation checks, queue stats) were cancelled once
+    at stop; one whose cancellation was swallowed kept the worker from ever returning (a SIGTERM'd
+    worker that never exits)."""
+    from workers.loop import Worker
+
+    queue = SwallowingQueue()
+    store = MemoryJobStore(queue)
+    options = WorkerOptions(block_ms=20, stats_interval_s=0.0, cancel_check_s=0.01, heartbeat_s=0.05)
+    worker = Worker(Engine(store, FakeBackend()), queue, options, consumer="w")
+    stop = asyncio.Event()
+    running = asyncio.create_task(worker.run(stop))
+    await asyncio.wait_for(queue.called.wait(), TIMEOUT)
+    stop.set()
+    try:
+        # Not wait_for: its timeout would cancel run() again, which is what unsticks it.
+        done, _ = await asyncio.wait([running], timeout=TIMEOUT)
+        assert done, "the worker did not stop"
+        running.result()
+    finally:
+        running.cancel()
+    assert (queue.swallowed, queue.calls) == (1, 2)

@@ -39,8 +39,10 @@ async def test_dead_letters_are_inspectable(memory: tuple[MemoryJobStore, Memory
     store, queue = memory
     await store.create_job(make_job("a"), tasks_of("a", n=1))
     await queue.take("c1", 1, block_ms=0)
+    dead = []
     for _ in range(MAX_DELIVERIES):
-        await queue.reclaim("c2", idle_ms=0, count=1)
+        dead += (await queue.reclaim("c2", idle_ms=0, count=1)).dead
+    assert await queue.move_to_dead_letters(dead[0]) is True
     assert [d.task.key for d in queue.dead_letters] == ["a:candidate:0:0"]
     assert queue.dead_letters[0].deliveries == MAX_DELIVERIES
 

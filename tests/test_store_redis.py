@@ -93,9 +93,11 @@ async def test_dead_letters_are_kept_with_their_delivery_count(redis_pair: Redis
     doomed, fine = await queue.take("c1", 2, block_ms=0)
     await queue.ack(fine)
     dead = []
-    for _ in range(MAX_DELIVERIES + 1):
+    for _ in range(MAX_DELIVERIES):
         dead.extend((await queue.reclaim("c2", idle_ms=0, count=5)).dead)
     assert [d.task for d in dead] == [doomed.task]
+    assert await queue.dead_letters() == []  # until its job is failed
+    assert await queue.move_to_dead_letters(dead[0]) is True
     letters = await queue.dead_letters()
     assert [(d.id, d.task, d.deliveries) for d in letters] == [(doomed.id, doomed.task, MAX_DELIVERIES)]
     # Gone from the stream and from the pending list: never delivered again.
@@ -115,6 +117,21 @@ async def test_heartbeat_keeps_a_long_task_from_being_reclaimed(redis_pair: Redi
     assert [(p["consumer"], p["times_delivered"]) for p in pending] == [("c1", 1)]  # no delivery counted
     await asyncio.sleep(0.2)  # silent now: reclaimable
     assert len((await queue.reclaim("c2", idle_ms=150, count=5)).deliveries) == 1
+
+
+async def test_one_heartbeat_and_one_release_cover_thousands_of_tasks(redis_pair: RedisPair) -> None:
+    """The heartbeat script passes every id to XCLAIM (once only the first: Lua cuts ``unpack``
+    short unless it is the last argument), in batches that stay inside Lua's stack."""
+    store, queue = redis_pair
+    await store.create_job(make_job("j1"), tasks_of("j1", n=2500))
+    taken = await queue.take("c1", 2500, block_ms=0)
+    assert len(taken) == 2500
+    await asyncio.sleep(0.15)
+    await queue.heartbeat("c1", taken)
+    assert (await queue.reclaim("c2", idle_ms=100, count=5000)).deliveries == []
+    await queue.release("c1", taken[:1500])
+    reclaimed = (await queue.reclaim("c2", idle_ms=60_000, count=5000)).deliveries
+    assert sorted(d.id for d in reclaimed) == sorted(d.id for d in taken[:1500])
 
 
 async def test_jobs_tasks_and_pending_entries_survive_a_restart(redis_server: RedisServer) -> None:

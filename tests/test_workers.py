@@ -86,7 +86,16 @@ class Cluster:
     tmp: Path
     workers: list[WorkerProc] = field(default_factory=list)
 
-    def start(self, name: str, backend_url: str, *extra: str) -> WorkerProc:
+    def start(
+        self,
+        name: str,
+        backend_url: str,
+        *extra: str,
+        kind: str = "llama-cpp-python",
+        concurrency: int = 1,
+        reclaim_idle: str = RECLAIM_IDLE,
+        heartbeat: str = HEARTBEAT,
+    ) -> WorkerProc:
         port = _free_port()
         log_path = self.tmp / f"{name}.log"
         env = {k: v for k, v in os.environ.items() if not k.startswith("MRSA_")}
@@ -99,15 +108,15 @@ class Cluster:
             "--backend",
             backend_url,
             "--backend-kind",
-            "llama-cpp-python",
+            kind,
             "--concurrency",
-            "1",
+            str(concurrency),
             "--consumer",
             name,
             "--reclaim-idle",
-            RECLAIM_IDLE,
+            reclaim_idle,
             "--heartbeat",
-            HEARTBEAT,
+            heartbeat,
             "--metrics-port",
             str(port),
             "--metrics-host",
@@ -299,25 +308,27 @@ async def test_sigterm_finishes_the_task_in_flight(
     await assert_complete(store, job)
 
 
-async def test_sigterm_past_the_grace_period_releases_the_task(
+async def test_sigterm_past_the_grace_period_releases_the_tasks(
     cluster: Cluster, redis_pair: tuple[RedisJobStore, RedisTaskQueue], embedded_url: str
 ) -> None:
     store, _ = redis_pair
     with FaultProxy(embedded_url, delay_s=120) as hold:  # the leaving worker's requests never end
-        leaving = cluster.start("leaving", hold.url, "--shutdown-grace", "0")
-        staying = cluster.start("staying", embedded_url, "--reclaim-idle", "600", "--heartbeat", "5")
-        await wait_ready(leaving, staying)
+        leaving = cluster.start("leaving", hold.url, "--shutdown-grace", "0", concurrency=3)
+        await wait_ready(leaving)
         hold.fail_always("delay")
         (job,) = await submit(store, 1, tiny_params(population=3))
-        await until(lambda: len(hold.injected) >= 1, "the leaving worker to call its backend", within=30)
+        await until(lambda: len(hold.injected) >= 3, "the leaving worker to call its backend 3 times", 30)
+        staying = cluster.start("staying", embedded_url, reclaim_idle="600", heartbeat="5")
+        await wait_ready(staying)
         leaving.proc.send_signal(signal.SIGTERM)
         assert await wait_exit(leaving, 30) == 0, leaving.log
-    assert "released 1 unfinished task(s)" in leaving.log, leaving.log
-    # Released, not abandoned: the other worker takes it over within seconds although its reclaim
-    # timeout (600 s) is far longer than this test.
+    # All three, in one release (which once gave back only the first of a worker's tasks).
+    assert "released 3 unfinished task(s)" in leaving.log, leaving.log
+    # Released, not abandoned: the other worker takes them over within seconds although its
+    # reclaim timeout (600 s) is far longer than this test.
     await wait_terminal(store, [job], within=120)
     await assert_complete(store, job)
-    assert staying.metrics()["mrsa_tasks_reclaimed_total"] == 1
+    assert staying.metrics()["mrsa_tasks_reclaimed_total"] == 3
 
 
 async def test_redis_restart_mid_job(
@@ -433,6 +444,163 @@ async def test_a_task_that_keeps_killing_workers_is_dead_lettered_and_fails_its_
         # The worker publishes the queue gauges from queue.stats().
         assert REGISTRY.get_sample_value("mrsa_queue_tasks_dead") == 1
         assert REGISTRY.get_sample_value("mrsa_queue_tasks_queued") == 0
+    finally:
+        await store.aclose()
+
+
+async def test_three_five_minute_candidates_on_two_workers(
+    cluster: Cluster, redis_pair: tuple[RedisJobStore, RedisTaskQueue]
+) -> None:
+    """Issue 9's "done when", at 1/60 of the time scale: a job of three candidates that each run
+    "five minutes" (5 s on the simulator, i.e. five reclaim-idle periods of 1 s; the defaults are
+    60 s and 10 s heartbeats) on two ``python -m workers`` with four tasks each succeeds with one
+    backend request per candidate, and nothing is reclaimed."""
+    from benchmarks.simulator.process import running_simulator
+
+    store, _ = redis_pair
+    budget, step_ms = 50, 100  # every generation runs to max_tokens (runaway share 1): 5 s
+    flags = [
+        f"--step-base-ms={step_ms}",
+        "--step-per-seq-ms=0",
+        "--prefill-ms-per-token=0",
+        "--runaway-share=1",
+    ]
+    with running_simulator(flags) as sim:
+        workers = [
+            cluster.start(name, sim, kind="vllm", concurrency=4, reclaim_idle="1", heartbeat="0.3")
+            for name in ("a", "b")
+        ]
+        await wait_ready(*workers)
+        params = resolve_params(
+            "smoke", {"population": 3, "subset": 2, "rounds": 0, "budget": budget, "tail": 16}
+        )
+        (job,) = await submit(store, 1, params)
+        await wait_terminal(store, [job], within=120)
+        async with httpx.AsyncClient(timeout=5) as client:
+            served = (await client.get(f"{sim}/sim/stats")).json()
+            trace = (await client.get(f"{sim}/sim/trace")).json()["points"]
+        reclaimed = {w.name: w.metrics().get("mrsa_tasks_reclaimed_total", 0.0) for w in workers}
+    await assert_complete(store, job)
+    result = await store.get_result(job.id)
+    assert result is not None
+    assert [c.decode_tokens for c in result.rounds[0].candidates] == [budget] * 3
+    assert result.elapsed_s >= budget * step_ms / 1000  # each candidate ran five idle periods
+    assert served["http_requests"]["/v1/chat/completions"] == 3, served
+    assert served["requests"] == 3, served
+    # All three ran at once, so some worker held at least two long tasks (the case that broke).
+    assert max(running for _t, running, _waiting in trace) == 3, trace
+    assert reclaimed == {"a": 0.0, "b": 0.0}, [w.log for w in workers]
+    assert await candidate_events(store, job.id) == [(0, i) for i in range(3)]
+
+
+@contextlib.asynccontextmanager
+async def inprocess_workers(
+    store: RedisJobStore, queue: RedisTaskQueue, backend: FakeBackend, n: int, **options: Any
+) -> AsyncIterator[list[Any]]:
+    """``n`` in-process workers (consumers ``w0``, ``w1``...) on one Redis, stopped on exit."""
+    from workers.loop import Worker, WorkerOptions
+
+    defaults: dict[str, Any] = {"block_ms": 50, "cancel_check_s": 0.2, "stats_interval_s": 0.5}
+    workers = [
+        Worker(Engine(store, backend), queue, WorkerOptions(**{**defaults, **options}), consumer=f"w{i}")
+        for i in range(n)
+    ]
+    stop = asyncio.Event()
+    running = [asyncio.create_task(w.run(stop)) for w in workers]
+    try:
+        yield workers
+    finally:
+        stop.set()
+        await asyncio.wait_for(asyncio.gather(*running), 60)
+
+
+async def test_a_worker_keeps_all_its_long_tasks(redis_server: RedisServer) -> None:
+    """Issue 9: the heartbeat kept only the first of a worker's in-flight tasks alive, so a worker
+    running several long candidates lost the others to reclaim and they ran twice (and, at ZAYA1
+    budgets, were dead-lettered). Two workers, four tasks each at a time, every candidate held by
+    the backend for four reclaim-idle periods: nothing is reclaimed, every candidate is requested
+    once, the job succeeds."""
+    hold_s, idle_ms = 3.2, 800
+    store, queue = await open_redis(redis_server.url)
+    try:
+        backend = FakeBackend(capacity=4)
+
+        async def slow(_request: Any) -> None:
+            await asyncio.sleep(hold_s)
+
+        backend.before_answer = slow
+        params = resolve_params(
+            "smoke", {"population": 4, "subset": 2, "rounds": 1, "budget": 24, "tail": 16}
+        )
+        (job,) = await submit(store, 1, params)
+        async with inprocess_workers(
+            store, queue, backend, 2, capacity=4, reclaim_idle_ms=idle_ms, heartbeat_s=0.15
+        ) as workers:
+            await wait_terminal(store, [job], within=120)
+        await assert_complete(store, job)
+        requested = sorted((int(r.tag["round"]), int(r.tag["index"])) for r in backend.requests)
+        assert requested == [(r, i) for r in range(2) for i in range(4)], "a candidate was requested twice"
+        assert [w.reclaimed for w in workers] == [0, 0]
+        assert await candidate_events(store, job.id) == [(r, i) for r in range(2) for i in range(4)]
+        assert (await queue.stats()).dead == 0
+    finally:
+        await store.aclose()
+
+
+async def test_a_worker_whose_heartbeats_lapsed_keeps_running_its_task(redis_server: RedisServer) -> None:
+    """Heartbeats that lapse (a store outage longer than the idle timeout; here: none at all) let
+    the worker's own reclaim find its running task. It is neither started twice nor, once its
+    delivery count passes the maximum, reported dead and its job failed under it."""
+    store, queue = await open_redis(redis_server.url, max_deliveries=2)
+    try:
+        backend = FakeBackend(capacity=2)
+
+        async def slow(_request: Any) -> None:
+            await asyncio.sleep(1.5)
+
+        backend.before_answer = slow
+        params = resolve_params(
+            "smoke", {"population": 1, "subset": 1, "rounds": 0, "budget": 24, "tail": 16}
+        )
+        (job,) = await submit(store, 1, params)
+        async with inprocess_workers(
+            store, queue, backend, 1, capacity=2, reclaim_idle_ms=100, heartbeat_s=60
+        ) as (worker,):
+            (done,) = await wait_terminal(store, [job], within=60)
+        assert (done.status, done.error) == (JobStatus.succeeded, None)
+        assert len(backend.requests) == 1
+        assert worker.reclaimed == 0
+        assert (await queue.stats()).dead == 0
+    finally:
+        await store.aclose()
+
+
+async def test_a_dead_letter_whose_reclaimer_died_still_fails_its_job(redis_server: RedisServer) -> None:
+    """Issue 9: dead-lettering a task and failing its job were two steps; a worker that died in
+    between left the job running for ever, its last task gone from the queue. The task now stays
+    pending until its job is failed: the next worker to reclaim it fails the job and only then
+    moves it to the dead-letter list."""
+    store, queue = await open_redis(redis_server.url, max_deliveries=2)
+    try:
+        (job,) = await submit(store, 1, tiny_params())
+        (doomed,) = await queue.take("ghost-1", 1, block_ms=0)
+        assert [d.deliveries for d in (await queue.reclaim("ghost-2", 0, 1)).deliveries] == [2]
+        # ghost-3 finds it dead-lettered and dies before failing the job.
+        assert [d.task for d in (await queue.reclaim("ghost-3", 0, 1)).dead] == [doomed.task]
+        got = await store.get_job(job.id)
+        assert got is not None and not got.status.terminal
+        await asyncio.sleep(0.1)
+        async with inprocess_workers(
+            store, queue, FakeBackend(), 1, reclaim_idle_ms=50, heartbeat_s=0.02
+        ) as (worker,):
+            (done,) = await wait_terminal(store, [job], within=20)
+        assert done.status == JobStatus.failed
+        assert done.error is not None
+        assert f"task {doomed.task.key} was moved to the dead-letter list after 2 deliveries" in done.error
+        assert [d.task for d in await queue.dead_letters()] == [doomed.task]  # once
+        stats = await queue.stats()
+        assert (stats.queued, stats.in_flight, stats.dead) == (0, 0, 1)
+        assert worker.reclaimed == 0
     finally:
         await store.aclose()
 

@@ -1,7 +1,8 @@
 """The worker task loop: take as many tasks as the backend can run, run them through the engine,
 ack each once its result is stored, heartbeat the ones in flight, reclaim silent consumers' tasks
-(failing the jobs of dead-lettered ones), publish queue gauges, and stop gracefully: finish what is
-in flight within a grace period, then release the rest unacked for another worker.
+(failing the job of one delivered too often, then dead-lettering it), publish queue gauges, and
+stop gracefully: finish what is in flight within a grace period, then release the rest unacked
+for another worker.
 
 When the store is unreachable the loop backs off (exponentially, with jitter) and tries again; a
 task that hit the outage is left pending and is reclaimed after the idle timeout, so a Redis
@@ -15,6 +16,7 @@ import logging
 import os
 import random
 import socket
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -57,6 +59,23 @@ def dead_letter_reason(delivery: Delivery) -> str:
     )
 
 
+async def cancel_until_done(tasks: Sequence[asyncio.Task[Any]]) -> None:
+    """Cancel ``tasks`` and wait until they are done. Python 3.11's ``asyncio.wait_for`` (redis-py
+    wraps every send in it) can swallow a cancellation that lands just as its inner call completes,
+    and the task then carries on: cancel again until it sticks (a task that ignores 100
+    cancellations, 20 s, is left running and logged)."""
+    for _ in range(100):
+        still = [t for t in tasks if not t.done()]
+        if not still:
+            return
+        for t in still:
+            t.cancel()
+        await asyncio.wait(still, timeout=0.2)
+    left = [t.get_name() for t in tasks if not t.done()]
+    if left:
+        log.error("%d task(s) ignored cancellation and are left running: %s", len(left), ", ".join(left))
+
+
 class _Outage:
     """Backoff while the store is unreachable; one log line when it starts and one when it ends."""
 
@@ -97,7 +116,7 @@ class Worker:
         self.consumer = consumer or consumer_name()
         self._running: dict[str, tuple[Delivery, asyncio.Task[None]]] = {}
         self._cancelled_jobs: set[str] = set()
-        self._dead: list[Delivery] = []  # dead-lettered tasks whose jobs are still to be failed
+        self._dead: list[Delivery] = []  # reported dead by reclaim: fail their jobs, then dead-letter
         self._outage = _Outage(self.options)
         self._force = asyncio.Event()
         self.completed = 0
@@ -119,11 +138,10 @@ class Worker:
             await self._take_loop(stop)
         finally:
             await self._drain()
+            await cancel_until_done(side)
             for t in side:
-                t.cancel()
-            for t in side:
-                with contextlib.suppress(asyncio.CancelledError):
-                    await t
+                if t.done() and not t.cancelled():
+                    t.result()  # a side loop that crashed: surface it
 
     async def _take_loop(self, stop: asyncio.Event) -> None:
         loop = asyncio.get_running_loop()
@@ -155,6 +173,11 @@ class Worker:
 
     async def _reclaim(self, free: int) -> list[Delivery]:
         result = await self.queue.reclaim(self.consumer, self.options.reclaim_idle_ms, free)
+        # Our own tasks come back only when our heartbeats lapsed (a long store outage): they are
+        # still running here, so neither start them again nor fail the job of one reported dead
+        # (acking it when it finishes removes it; if we die, the next reclaim reports it again).
+        result.deliveries = [d for d in result.deliveries if d.id not in self._running]
+        result.dead = [d for d in result.dead if d.id not in self._running]
         if result.deliveries:
             self.reclaimed += len(result.deliveries)
             metrics.TASKS_RECLAIMED.inc(len(result.deliveries))
@@ -164,23 +187,27 @@ class Worker:
                 ", ".join(f"{d.task.key} (delivery {d.deliveries})" for d in result.deliveries),
             )
         if result.dead:
-            metrics.TASKS_DEAD.inc(len(result.dead))
-            for d in result.dead:
-                log.error("dead-lettered %s", dead_letter_reason(d))
-            self._dead.extend(result.dead)
+            known = {d.id for d in self._dead}
+            self._dead.extend(d for d in result.dead if d.id not in known)
             await self._fail_dead_jobs()
         return result.deliveries
 
     async def _fail_dead_jobs(self) -> None:
-        """Fail the jobs of dead-lettered tasks (kept until the store takes it)."""
+        """Fail the job of each task reclaim found delivered too often, then move the task to the
+        dead-letter list: in that order, so a worker dying in between leaves the task pending for
+        the next reclaim instead of a running job whose last task is gone. Kept (and retried on the
+        next loop) while the store is unreachable; failing a job twice is a no-op."""
         while self._dead:
             d = self._dead[0]
             try:
                 await self.engine.fail(d.task.job_id, dead_letter_reason(d))
             except StoreUnavailable:
-                raise  # keep it: retried on the next loop
+                raise
             except Exception:  # bad data must not crash every worker that meets this task
                 log.exception("could not fail job %s of dead-lettered task %s", d.task.job_id, d.task.key)
+            if await self.queue.move_to_dead_letters(d):
+                metrics.TASKS_DEAD.inc()
+                log.error("dead-lettered %s", dead_letter_reason(d))
             self._dead.pop(0)
 
     def _block_ms(self, stop: asyncio.Event) -> int:
@@ -312,16 +339,9 @@ class Worker:
             waiting, timeout=self.options.shutdown_grace_s, return_when=asyncio.FIRST_COMPLETED
         )
         forced.cancel()
-        # Python 3.11's asyncio.wait_for (used by redis-py around every send) can swallow a
-        # cancellation that lands just as its inner call completes, so cancel until it sticks.
-        for _ in range(100):
-            still = [t for t in tasks if not t.done()]
-            if not still:
-                break
-            for t in still:
-                t.cancel()
-            await asyncio.wait(still, timeout=0.2)
-        await all_done
+        await cancel_until_done(tasks)
+        if all(t.done() for t in tasks):
+            await all_done
         unfinished = [d for d, t in running if t.cancelled()]
         if unfinished:
             await self._release(unfinished)

@@ -11,9 +11,11 @@ Cancellation marks the job terminal. Its queued tasks may be dropped (memory) or
 (Redis): the engine returns early for a task of a terminal job and the worker acks it, so either
 way no backend request is made for it.
 
-A task delivered more than the queue's maximum number of times (its worker kept dying on it) is
-moved to a dead-letter list by :meth:`TaskQueue.reclaim`, which reports it so the worker fails its
-job with a clear reason.
+A task delivered the queue's maximum number of times (its workers kept dying on it) is not run
+again: :meth:`TaskQueue.reclaim` reports it as dead, the worker fails its job with a clear reason
+and then moves it to the dead-letter list (:meth:`TaskQueue.move_to_dead_letters`). Until then it
+stays pending, so a worker that dies between the two steps leaves it to the next reclaim, which
+reports it again: a job is never left running with its last task gone.
 
 Implementations: :mod:`mrsa.store.memory` (in-process, what ``mrsa solve`` runs on) and
 :mod:`mrsa.store.redis` (the service). Both pass the same contract tests.
@@ -47,11 +49,12 @@ class QueueStats(BaseModel):
 
 
 class ReclaimResult(BaseModel):
-    """What :meth:`TaskQueue.reclaim` did: tasks now owned by the caller, and tasks dead-lettered."""
+    """What :meth:`TaskQueue.reclaim` did: tasks now owned by the caller, and tasks delivered too often."""
 
     deliveries: list[Delivery] = Field(default_factory=list)
     dead: list[Delivery] = Field(
-        default_factory=list, description="Moved to the dead-letter list: their jobs should be failed."
+        default_factory=list,
+        description="Delivered too often: fail their jobs, then move them to the dead-letter list.",
     )
 
 
@@ -84,9 +87,16 @@ class TaskQueue(Protocol):
     async def reclaim(self, consumer: str, idle_ms: int, count: int) -> ReclaimResult:
         """Take over up to ``count`` tasks whose consumer has been silent for ``idle_ms``.
 
-        A task already delivered the queue's maximum number of times is moved to the dead-letter
-        list instead and returned in ``dead`` (its ``deliveries`` is how often it was delivered).
+        A task already delivered the queue's maximum number of times is returned in ``dead``
+        instead (its ``deliveries`` is how often it was delivered). It is not delivered again, and
+        it stays pending, owned by the caller and reported again by a later reclaim once idle,
+        until :meth:`move_to_dead_letters` moves it.
         """
+        ...
+
+    async def move_to_dead_letters(self, delivery: Delivery) -> bool:
+        """Move a task that :meth:`reclaim` reported dead to the dead-letter list (call it once its
+        job is failed). ``True`` when this call moved it, ``False`` when it had been moved already."""
         ...
 
     async def release(self, consumer: str, deliveries: Sequence[Delivery]) -> None:

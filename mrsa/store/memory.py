@@ -78,15 +78,21 @@ class MemoryTaskQueue:
                 break
             if (now - p.last_seen) * 1000 < idle_ms:
                 continue
-            if p.delivery.deliveries >= self.max_deliveries:
-                del self._pending[key]
-                self._dead.append(p.delivery)
+            if p.delivery.deliveries >= self.max_deliveries:  # pending until moved to the dead letters
+                self._pending[key] = _Pending(consumer, p.delivery, now)
                 out.dead.append(p.delivery)
                 continue
             d = p.delivery.model_copy(update={"deliveries": p.delivery.deliveries + 1})
             self._pending[key] = _Pending(consumer, d, now)
             out.deliveries.append(d)
         return out
+
+    async def move_to_dead_letters(self, delivery: Delivery) -> bool:
+        p = self._pending.pop(delivery.id, None)
+        if p is None:
+            return False
+        self._dead.append(p.delivery)
+        return True
 
     async def release(self, consumer: str, deliveries: Sequence[Delivery]) -> None:
         for d in deliveries:

@@ -22,15 +22,21 @@ each next-round task whose parents are now all stored and that is not in the rel
 ``complete_rounds`` (moves the round pointer over complete rounds, XADD of the selection task when
 it passes the last one), ``advance_round`` (compare-and-set of the round pointer + XADD; the
 sweep's resume uses it to enqueue round 0; nothing for a terminal job), ``finish_job``/``cancel_job`` (once; then a TTL of ``retention_s`` on every key
-of the job), ``reclaim`` (XAUTOCLAIM + delivery counts from XPENDING + dead-lettering). Keys a
+of the job), ``reclaim`` (XAUTOCLAIM + delivery counts from XPENDING; a task delivered too often
+is reported, not run), ``move_to_dead_letters`` (XACK + XDEL + RPUSH, once), ``heartbeat`` and
+``release`` (XCLAIM ... JUSTID of the ids the consumer still owns). Keys a
 script builds itself (round hashes, in ``finish_job``) are not declared, so this needs a single Redis (or a primary
 with replicas), not Redis Cluster.
 
 Delivery (see :mod:`mrsa.store.base`: a task may run more than once): XREADGROUP hands tasks to a
 consumer; ``ack`` is XACK + XDEL in one MULTI (so the stream holds only queued and in-flight
 tasks); ``heartbeat`` re-claims the consumer's own pending ids with XCLAIM ... JUSTID, which resets
-their idle time without counting a delivery; ``reclaim`` takes over tasks idle for ``idle_ms``
-(XAUTOCLAIM) and moves those delivered more than ``max_deliveries`` times to ``p:dead``.
+their idle time without counting a delivery (every id in one call: one script per heartbeat,
+whatever the number of tasks in flight); ``release`` does the same with IDLE set to ten years;
+``reclaim`` takes over tasks idle for ``idle_ms`` (XAUTOCLAIM). A task already delivered
+``max_deliveries`` times is returned as dead instead and stays pending, owned by the reclaimer
+with its count held, until the worker has failed its job and calls ``move_to_dead_letters``
+(``p:dead``); a worker dying in between leaves it to the next reclaim.
 
 Cancellation does not search the stream for the job's queued tasks (that would cost a scan of the
 whole queue): ``cancel_job`` only marks the job cancelled. Its queued tasks are still delivered;
@@ -130,6 +136,7 @@ class _Redis:
         self.claim_key = s(lua.CLAIM_KEY)
         self.touch = s(lua.TOUCH)
         self.reclaim = s(lua.RECLAIM)
+        self.bury = s(lua.BURY)
         self.forget_consumer = s(lua.FORGET_CONSUMER)
 
     def job(self, job_id: str) -> str:
@@ -181,6 +188,7 @@ class _Redis:
             self.claim_key,
             self.touch,
             self.reclaim,
+            self.bury,
             self.forget_consumer,
         ]
         async with self.client.pipeline(transaction=False) as pipe:
@@ -282,7 +290,7 @@ class RedisTaskQueue:
         with self._r.unavailable():
             try:
                 claimed, dead = await self._r.reclaim(
-                    keys=[self._r.tasks, self._r.dead],
+                    keys=[self._r.tasks],
                     args=[GROUP, consumer, max(0, idle_ms), count, self.max_deliveries],
                 )
             except ResponseError as exc:
@@ -295,6 +303,13 @@ class RedisTaskQueue:
             return [Delivery(id=i, task=Task.model_validate_json(t), deliveries=int(n)) for i, t, n in rows]
 
         return ReclaimResult(deliveries=deliveries(claimed), dead=deliveries(dead))
+
+    async def move_to_dead_letters(self, delivery: Delivery) -> bool:
+        with self._r.unavailable():
+            moved = await self._r.bury(
+                keys=[self._r.tasks, self._r.dead], args=[GROUP, delivery.id, delivery.deliveries]
+            )
+        return bool(moved)
 
     async def stats(self, idle_ms: int | None = None) -> QueueStats:
         with self._r.unavailable():

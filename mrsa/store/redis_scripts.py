@@ -162,19 +162,26 @@ redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
 return false
 """
 
-# KEYS: tasks. ARGV: group, consumer, extra XCLAIM options (0 = heartbeat, else IDLE ms), ids...
+# KEYS: tasks. ARGV: group, consumer, idle ms to set (0 = heartbeat, else IDLE for a release), ids...
 # Only ids this consumer still owns are touched: a task reclaimed by someone else stays theirs.
+# XCLAIM ... JUSTID resets the idle time without counting a delivery. The ids are passed as the
+# last expression of the call's argument list: Lua cuts ``unpack`` short anywhere else (`{'x',
+# unpack(t), 'y'}` holds one element of t), which once kept only one task per worker alive. At
+# most 1000 ids per XCLAIM: unpack of a very long table would overflow Lua's C stack.
 TOUCH = """
 local owned = {}
 for i = 4, #ARGV do
   local e = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[i], ARGV[i], 1, ARGV[2])
   if #e > 0 then owned[#owned + 1] = ARGV[i] end
 end
-if #owned == 0 then return 0 end
-if ARGV[3] == '0' then
-  redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, unpack(owned), 'JUSTID')
-else
-  redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, unpack(owned), 'IDLE', ARGV[3], 'JUSTID')
+local tail = {'JUSTID'}
+if ARGV[3] ~= '0' then tail = {'IDLE', ARGV[3], 'JUSTID'} end
+local batch = 1000
+for first = 1, #owned, batch do
+  local args = {KEYS[1], ARGV[1], ARGV[2], 0}
+  for i = first, math.min(first + batch - 1, #owned) do args[#args + 1] = owned[i] end
+  for _, word in ipairs(tail) do args[#args + 1] = word end
+  redis.call('XCLAIM', unpack(args))
 end
 return #owned
 """
@@ -188,8 +195,12 @@ redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], ARGV[2])
 return 1
 """
 
-# KEYS: tasks, dead. ARGV: group, consumer, idle ms, count, max deliveries.
-# Returns {claimed, dead}, each a list of {id, task JSON, deliveries}.
+# KEYS: tasks. ARGV: group, consumer, idle ms, count, max deliveries.
+# Returns {claimed, dead}, each a list of {id, task JSON, deliveries}. A task delivered more than
+# max deliveries times is not run again: it is reported in ``dead`` and stays pending, now owned by
+# the caller with its delivery count held at max deliveries, until BURY moves it to the dead-letter
+# list once its job is failed. A caller that dies in between leaves it pending, and the next
+# reclaim after the idle timeout reports it again: its job is failed even then.
 RECLAIM = """
 local count = tonumber(ARGV[4])
 local maxd = tonumber(ARGV[5])
@@ -206,10 +217,8 @@ repeat
       local info = redis.call('XPENDING', KEYS[1], ARGV[1], id, id, 1)
       local n = tonumber(info[1][4])
       if n > maxd then
-        redis.call('XACK', KEYS[1], ARGV[1], id)
-        redis.call('XDEL', KEYS[1], id)
-        redis.call('RPUSH', KEYS[2], cjson.encode({id = id, task = task, deliveries = n - 1}))
-        dead[#dead + 1] = {id, task, n - 1}
+        redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, id, 'RETRYCOUNT', maxd, 'JUSTID')
+        dead[#dead + 1] = {id, task, maxd}
       else
         claimed[#claimed + 1] = {id, task, n}
       end
@@ -218,4 +227,16 @@ repeat
   scans = scans + 1
 until cursor == '0-0' or #claimed >= count or scans >= 10
 return {claimed, dead}
+"""
+
+# KEYS: tasks, dead. ARGV: group, id, deliveries. Moves a task RECLAIM reported dead from the
+# stream to the dead-letter list; 1 when this call moved it, 0 when it was no longer pending
+# (another worker that also found it dead moved it first).
+BURY = """
+if redis.call('XACK', KEYS[1], ARGV[1], ARGV[2]) == 0 then return 0 end
+local e = redis.call('XRANGE', KEYS[1], ARGV[2], ARGV[2])
+redis.call('XDEL', KEYS[1], ARGV[2])
+if #e == 0 then return 0 end
+redis.call('RPUSH', KEYS[2], cjson.encode({id = ARGV[2], task = e[1][2][2], deliveries = tonumber(ARGV[3])}))
+return 1
 """
