@@ -22,6 +22,11 @@ class Settings(BaseSettings):
     backend_deadline_s: float | None = Field(
         None, gt=0, description="Total time of one backend request, seconds; unset = 6 × the read timeout."
     )
+    backend_min_tokens_per_s: float = Field(
+        10.0,
+        gt=0,
+        description="Slowest decode a generation is allowed: β tokens get a timeout of at least β / this.",
+    )
     backend_retry_after_cap_s: float = Field(
         60.0, ge=0, description="Longest wait a backend's Retry-After header can impose, seconds."
     )

@@ -76,6 +76,13 @@ class HttpOptions(BaseModel):
     max_retries: int = Field(4, ge=0, le=20, description="Retries after the first attempt.")
     backoff_s: float = Field(0.5, ge=0, description="First backoff; doubles per retry, with full jitter.")
     backoff_cap_s: float = Field(20.0, ge=0)
+    min_tokens_per_s: float = Field(
+        10.0,
+        gt=0,
+        description="Slowest decode a generation is allowed: one asking for max_tokens gets a read "
+        "timeout and a deadline of at least max_tokens / this, seconds (a non-streaming server is "
+        "silent until the generation is done).",
+    )
     retry_after_cap_s: float = Field(
         60.0, ge=0, description="Longest wait a server's Retry-After header can ask for, seconds."
     )
@@ -89,6 +96,17 @@ class HttpOptions(BaseModel):
     def deadline_for(self, timeout_s: float) -> float:
         """The total deadline of one attempt whose read timeout is ``timeout_s``."""
         return self.deadline_s if self.deadline_s is not None else DEADLINE_FACTOR * timeout_s
+
+    def generation_timeouts(self, max_tokens: int) -> tuple[float, float]:
+        """(read timeout, deadline) of a generation of up to ``max_tokens`` tokens: room for the
+        whole generation at ``min_tokens_per_s`` (a 40,960-token ZAYA1 candidate: 68 min), never
+        less than the configured values; an explicit ``deadline_s`` stays a hard cap."""
+        need = max_tokens / self.min_tokens_per_s
+        read = max(self.timeout_s, need)
+        deadline = (
+            self.deadline_s if self.deadline_s is not None else max(DEADLINE_FACTOR * self.timeout_s, need)
+        )
+        return read, deadline
 
 
 def backend_base_url(url: str) -> str:
@@ -262,12 +280,19 @@ class HttpClient:
         self.options = self.options.model_copy(update={"concurrency": value})
         self._limit = asyncio.Semaphore(value)
 
-    async def _send(self, method: str, path: str, body: dict[str, Any] | None, timeout_s: float) -> _Reply:
+    async def _send(
+        self,
+        method: str,
+        path: str,
+        body: dict[str, Any] | None,
+        timeout_s: float,
+        deadline_s: float | None = None,
+    ) -> _Reply:
         """One HTTP exchange, bounded by the read timeout and the total deadline; raises
         :class:`BackendUnavailable` for wire failures, :class:`ReplyTooLargeError` for a body over
         the limit."""
         url = f"{self.base_url}{path}"
-        deadline = self.options.deadline_for(timeout_s)
+        deadline = deadline_s if deadline_s is not None else self.options.deadline_for(timeout_s)
         limit = self.options.max_body_bytes
         started = time.monotonic()
 
@@ -328,12 +353,14 @@ class HttpClient:
         *,
         retries: int | None = None,
         timeout_s: float | None = None,
+        deadline_s: float | None = None,
         endpoint: str | None = None,
         parse: Callable[[Any], Any] | None = None,
     ) -> Any:
         """Send one request with retries; return the decoded JSON body (``None`` for an empty one),
         or what ``parse`` makes of it. ``parse`` raises :class:`MalformedReplyError` for a reply
-        that breaks the protocol; such a reply is retried like a 5xx."""
+        that breaks the protocol; such a reply is retried like a 5xx. ``timeout_s`` and
+        ``deadline_s`` override the options' read timeout and the deadline it implies."""
         attempts = (self.options.max_retries if retries is None else retries) + 1
         url = f"{self.base_url}{path}"
         label = endpoint or path
@@ -343,7 +370,9 @@ class HttpClient:
             try:
                 async with self._limit, self._throttle:
                     started = time.perf_counter()
-                    reply = await self._send(method, path, body, timeout_s or self.options.timeout_s)
+                    reply = await self._send(
+                        method, path, body, timeout_s or self.options.timeout_s, deadline_s
+                    )
                     metrics.BACKEND_LATENCY.labels(self.backend_kind, label).observe(
                         time.perf_counter() - started
                     )

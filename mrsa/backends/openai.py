@@ -319,10 +319,13 @@ class OpenAICompatibleBackend:
         if request.model is None:
             await self._model_id()
         body = self.chat_body(request, n)
+        read_s, deadline_s = self.http.options.generation_timeouts(request.max_tokens)
         results: list[GenerationResult] = await self.http.request_json(
             "POST",
             "/v1/chat/completions",
             body,
+            timeout_s=read_s,
+            deadline_s=deadline_s,
             endpoint="chat",
             parse=lambda data: parse_chat_reply(data, self._url, n),
         )

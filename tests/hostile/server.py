@@ -51,6 +51,16 @@ def raw(body: bytes, status: int = 200) -> Behaviour:
     return answer
 
 
+def silent_then(seconds: float, behaviour: Behaviour) -> Behaviour:
+    """Nothing for ``seconds`` (as a non-streaming server generating), then ``behaviour``."""
+
+    async def answer(request: web.Request) -> web.StreamResponse:
+        await asyncio.sleep(seconds)
+        return await behaviour(request)
+
+    return answer
+
+
 def trickle(every_s: float, limit: int = 10_000) -> Behaviour:
     """Headers at once, then one byte of (valid, leading) JSON whitespace every ``every_s``."""
 

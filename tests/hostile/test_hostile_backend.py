@@ -14,6 +14,7 @@ import pytest
 from mrsa.backends.base import (
     BackendBusy,
     BackendServerError,
+    BackendUnavailable,
     GenerationRequest,
     GenerationResult,
     MalformedReplyError,
@@ -23,7 +24,7 @@ from mrsa.backends.base import (
 from mrsa.backends.factory import make_backend
 from mrsa.backends.http import BackendDeadlineExceeded, HttpClient, HttpOptions, backend_base_url
 from mrsa.backends.openai import OpenAICompatibleBackend
-from tests.hostile.server import MODEL, HostileServer, completion, huge, raw, reply, trickle
+from tests.hostile.server import MODEL, HostileServer, completion, huge, raw, reply, silent_then, trickle
 
 GUARD_S = 30.0  # a behaviour that would hang the client fails the test after this long instead
 
@@ -79,6 +80,32 @@ def test_the_default_deadline_follows_the_read_timeout() -> None:
     assert HttpOptions().deadline_for(600.0) == 3600.0  # an hour: long ZAYA1 generations
     assert HttpOptions().deadline_for(5.0) == 30.0  # a health check
     assert HttpOptions(deadline_s=7.0).deadline_for(600.0) == 7.0
+
+
+def test_a_long_generation_gets_room_for_its_budget() -> None:
+    """A non-streaming server is silent until a generation is done: a 40,960-token ZAYA1 candidate
+    at the 10 tokens/s floor needs 68 minutes, more than the 600 s read timeout."""
+    assert HttpOptions().generation_timeouts(40_960) == (4096.0, 4096.0)
+    assert HttpOptions().generation_timeouts(64) == (600.0, 3600.0)  # short ones: the configured values
+    assert HttpOptions(deadline_s=100.0).generation_timeouts(40_960) == (4096.0, 100.0)  # a hard cap
+
+
+async def test_a_generation_silent_longer_than_the_read_timeout_but_within_its_budget_succeeds(
+    server: HostileServer,
+) -> None:
+    server.play(silent_then(1.5, reply(completion())))
+    # 64 tokens at a floor of 20 tokens/s: 3.2 s of silence allowed, the read timeout says 0.5 s.
+    (result,) = await generate(backend(server, timeout_s=0.5, min_tokens_per_s=20.0))
+    assert result.content == "\\boxed{4}"
+
+
+async def test_a_generation_silent_past_its_allowance_times_out(server: HostileServer) -> None:
+    server.play(silent_then(10.0, reply(completion())))
+    started = time.monotonic()
+    # 64 tokens at 640 tokens/s: 0.1 s, so the 0.3 s read timeout is the allowance.
+    with pytest.raises(BackendUnavailable, match=r"timed out \(") as info:
+        await generate(backend(server, timeout_s=0.3, min_tokens_per_s=640.0))
+    assert info.value.outage and time.monotonic() - started < 5.0  # a silent server is an outage
 
 
 async def test_retry_after_of_a_day_is_capped_by_default(server: HostileServer) -> None:
