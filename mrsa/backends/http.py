@@ -209,7 +209,7 @@ def decode_json(body: bytes, url: str) -> Any:
     invalid UTF-8 and lone surrogate escapes become U+FFFD. :class:`MalformedReplyError` when it
     is not JSON (or nested too deep to decode)."""
     try:
-        data = json.loads(body.decode("utf-8", "replace"))
+        data = json.loads(body.decode("utf-8-sig", "replace"))  # a leading BOM is dropped
         # json.loads turns a paired escape into one character, so a surrogate left is a lone one;
         # only a body with a ``\\uD…`` escape is walked (a memchr-speed test decides).
         return _scrub(data) if b"\\ud" in body or b"\\uD" in body else data

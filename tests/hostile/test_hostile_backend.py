@@ -343,3 +343,9 @@ async def test_a_request_naming_a_model_sends_it_and_skips_discovery(server: Hos
         assert server.requests[-1]["model"] == MODEL  # no model named: the server's own
     finally:
         await b.aclose()
+
+
+async def test_a_body_starting_with_a_utf8_bom_is_read(server: HostileServer) -> None:
+    server.play(raw(b"\xef\xbb\xbf" + json.dumps(completion()).encode()))
+    (result,) = await generate(backend(server))
+    assert result.content == "\\boxed{4}"
