@@ -147,7 +147,7 @@ def parse_chat_reply(data: Any, url: str, n: int) -> list[GenerationResult]:
     return [_result(c, per_choice, prompt_tokens) for c in choices]
 
 
-def _token_list(url: str, what: str) -> Callable[[Any], list[int]]:
+def _token_list(url: str) -> Callable[[Any], list[int]]:
     """A parser of a tokenize reply: ``tokens`` as ids (or llama-server's ``{"id": …}`` pieces)."""
 
     def parse(data: Any) -> list[int]:
@@ -157,7 +157,7 @@ def _token_list(url: str, what: str) -> Callable[[Any], list[int]]:
             valid = [i for i in ids if isinstance(i, int) and not isinstance(i, bool) and i >= 0]
             if len(valid) == len(ids):
                 return valid
-        raise MalformedReplyError(f"{url}: {what} reply has no list of token ids: {data!r}"[:300], url=url)
+        raise MalformedReplyError(f"{url}: tokenize reply has no list of token ids: {data!r}"[:300], url=url)
 
     return parse
 
@@ -350,7 +350,7 @@ class OpenAICompatibleBackend:
             "/extras/tokenize",
             {"input": text},
             endpoint="tokenize",
-            parse=_token_list(self._url, "tokenize"),
+            parse=_token_list(self._url),
         )
         return ids
 
@@ -363,7 +363,7 @@ class OpenAICompatibleBackend:
             raw = await self._raw_tokenize(text)
             prefix = self._special_prefix
             return raw[len(prefix) :] if prefix and raw[: len(prefix)] == prefix else raw
-        parse = _token_list(self._url, "tokenize")
+        parse = _token_list(self._url)
         if self.dialect == "llamacpp":
             body: dict[str, Any] = {"content": text, "add_special": False}
         else:
