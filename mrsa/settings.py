@@ -19,6 +19,20 @@ class Settings(BaseSettings):
     )
     backend_timeout_s: float = Field(600.0, gt=0, description="Read timeout of one backend request.")
     backend_retries: int = Field(4, ge=0, le=20)
+    backend_deadline_s: float | None = Field(
+        None, gt=0, description="Total time of one backend request, seconds; unset = 6 × the read timeout."
+    )
+    backend_min_tokens_per_s: float = Field(
+        10.0,
+        gt=0,
+        description="Slowest decode a generation is allowed: β tokens get a timeout of at least β / this.",
+    )
+    backend_retry_after_cap_s: float = Field(
+        60.0, ge=0, description="Longest wait a backend's Retry-After header can impose, seconds."
+    )
+    backend_max_body_bytes: int = Field(
+        64 * 2**20, ge=1024, description="Largest backend reply body read, bytes; bigger is an error."
+    )
     redis_url: str | None = Field(None, description="Redis URL of the job store and task queue.")
     redis_prefix: str = Field(
         "mrsa", min_length=1, description="Prefix of every Redis key (several deployments, one Redis)."
@@ -36,6 +50,12 @@ class Settings(BaseSettings):
     worker_heartbeat_s: float = Field(
         10.0, gt=0, description="Heartbeat interval of in-flight tasks, seconds."
     )
+    worker_backend_hold_s: float = Field(
+        600.0,
+        ge=0,
+        description="How long a worker holds a task while its backend is down or busy before failing "
+        "the job, seconds (0 = fail at once).",
+    )
     worker_shutdown_grace_s: float = Field(
         30.0, ge=0, description="On SIGTERM, time to finish in-flight tasks before releasing them, seconds."
     )
@@ -52,7 +72,7 @@ class Settings(BaseSettings):
         None, ge=1, description="The backend's context in tokens, when the server does not report it."
     )
 
-    @field_validator("backend_context_length", mode="before")
+    @field_validator("backend_context_length", "backend_deadline_s", mode="before")
     @classmethod
     def _blank_is_unset(cls, value: object) -> object:
         """``MRSA_BACKEND_CONTEXT_LENGTH=`` (as compose passes an unset variable) means "ask the server"."""

@@ -179,10 +179,14 @@ def test_three_jobs_on_two_workers_through_the_cli(service: Service, embedded_ur
 
 def test_a_broken_backend_fails_the_job_with_a_reason(service: Service) -> None:
     """A worker pointed at a closed port (kind and model given, so it starts without asking the
-    server): the job fails, and the reason names the URL in the API and the CLI."""
+    server): once the backend hold runs out the job fails, and the reason names the URL in the API
+    and the CLI."""
     dead = f"http://127.0.0.1:{_free_port()}"
     worker = service.start_worker(
-        "broken", dead, "--backend-kind", "vllm", "--model", "m", "--retries", "0", "--timeout", "5"
+        "broken",
+        dead,
+        *("--backend-kind", "vllm", "--model", "m", "--retries", "0", "--timeout", "5"),
+        *("--backend-hold", "2"),
     )
     proc = service.cli("submit", "--json", *TINY, "What is 7*6?")
     assert proc.returncode == 0, proc.stderr
@@ -191,6 +195,7 @@ def test_a_broken_backend_fails_the_job_with_a_reason(service: Service) -> None:
     job = service.wait_terminal(job_id, within=120)
     assert job["status"] == "failed"
     assert job["error"] and dead in job["error"], job["error"]
+    assert "(backend hold)" in job["error"], job["error"]
 
     status = service.cli("status", job_id)
     assert status.returncode == 1

@@ -60,7 +60,11 @@ def make_spec(**overrides: Any) -> JobSpec:
 
 
 def fast_options() -> WorkerOptions:
-    return WorkerOptions(block_ms=20, cancel_check_s=0.01, heartbeat_s=0.05, shutdown_grace_s=2.0)
+    """Short periods; no backend hold, so a backend error fails its job at once (the hold is
+    tested in tests/hostile/test_backend_outage.py)."""
+    return WorkerOptions(
+        block_ms=20, cancel_check_s=0.01, heartbeat_s=0.05, shutdown_grace_s=2.0, backend_hold_s=0.0
+    )
 
 
 class CountingQueue(MemoryTaskQueue):

@@ -18,8 +18,9 @@ from mrsa.backends.base import (
     BackendServerError,
     BackendUnavailable,
     ContextOverflowError,
+    ReplyTooLargeError,
 )
-from mrsa.backends.http import HttpClient, HttpOptions
+from mrsa.backends.http import BackendDeadlineExceeded, HttpClient, HttpOptions
 
 BASE = "http://mock-server:8000"
 
@@ -119,6 +120,39 @@ async def test_retry_after_header_is_honoured(upper_jitter: None) -> None:
     client = make_client(script, sleeps)
     assert await client.request_json("GET", "/x") == {"ok": 1}
     assert sleeps.delays == [7.0, 0.25, 2.0]
+    await client.aclose()
+
+
+async def test_retry_after_is_capped(upper_jitter: None) -> None:
+    script = Script(
+        httpx.Response(503, headers={"Retry-After": "86400"}, json={"error": "loading"}),
+        httpx.Response(503, headers={"Retry-After": "inf"}, json={"error": "loading"}),
+        httpx.Response(200, json={"ok": 1}),
+    )
+    sleeps = Sleeps()
+    client = make_client(script, sleeps, retry_after_cap_s=30.0)
+    assert await client.request_json("GET", "/x") == {"ok": 1}
+    assert sleeps.delays == [30.0, 30.0]
+    await client.aclose()
+
+
+async def test_the_total_deadline_bounds_an_attempt_on_the_test_transport_too() -> None:
+    async def slow(request: httpx.Request) -> httpx.Response:
+        await asyncio.sleep(30)
+        return httpx.Response(200, json={})
+
+    client = make_client(slow, Sleeps(), max_retries=0, deadline_s=0.2)
+    with pytest.raises(BackendDeadlineExceeded, match=r"0\.2s deadline"):
+        await asyncio.wait_for(client.request_json("GET", "/x"), 10)
+    await client.aclose()
+
+
+async def test_a_body_over_the_limit_is_final_on_the_test_transport_too() -> None:
+    script = Script(httpx.Response(200, content=b"x" * 5000))
+    client = make_client(script, Sleeps(), max_body_bytes=4096)
+    with pytest.raises(ReplyTooLargeError, match="5000 bytes, over the limit of 4096"):
+        await client.request_json("GET", "/x")
+    assert len(script.requests) == 1
     await client.aclose()
 
 

@@ -386,7 +386,7 @@ async def test_a_permanently_failing_backend_fails_the_job(
     message: str,
 ) -> None:
     store, _ = redis_pair
-    w = cluster.start("w", proxy.url, "--retries", "2")
+    w = cluster.start("w", proxy.url, "--retries", "2", "--backend-hold", "0")  # no hold: fail at once
     await wait_ready(w)
     proxy.fail_always(fault)
     (job,) = await submit(store, 1, tiny_params(budget=16))

@@ -6,7 +6,10 @@ for another worker.
 
 When the store is unreachable the loop backs off (exponentially, with jitter) and tries again; a
 task that hit the outage is left pending and is reclaimed after the idle timeout, so a Redis
-restart costs time, never a candidate."""
+restart costs time, never a candidate. When the backend is out (down, restarting, saturated: an
+``outage`` error after the HTTP client's retries), the worker holds the task — in flight and
+heartbeated — retrying it with the same backoff, takes no new tasks meanwhile, and fails the job
+only once the backend has been out for ``backend_hold_s``: a vLLM restart costs time, never a job."""
 
 from __future__ import annotations
 
@@ -22,6 +25,7 @@ from typing import Any
 
 from mrsa import metrics
 from mrsa.backends.base import BackendError
+from mrsa.domain import Task
 from mrsa.engine.runner import Engine
 from mrsa.store.base import Delivery, StoreUnavailable, TaskQueue
 
@@ -44,6 +48,7 @@ class WorkerOptions:
     backoff_s: float = 0.5
     backoff_cap_s: float = 10.0
     reclaim_check_s: float = 5.0  # at most this long between reclaim checks (released tasks)
+    backend_hold_s: float = 600.0  # hold a task this long while the backend is out; 0 = fail at once
 
     @property
     def reclaim_every_s(self) -> float:
@@ -118,6 +123,7 @@ class Worker:
         self._cancelled_jobs: set[str] = set()
         self._dead: list[Delivery] = []  # reported dead by reclaim: fail their jobs, then dead-letter
         self._outage = _Outage(self.options)
+        self._held = 0  # tasks waiting for the backend to come back
         self._force = asyncio.Event()
         self.completed = 0
         self.reclaimed = 0
@@ -147,7 +153,8 @@ class Worker:
         loop = asyncio.get_running_loop()
         last_reclaim = float("-inf")
         while not stop.is_set():
-            free = self.options.capacity - len(self._running)
+            # While tasks wait for the backend, take no new ones (another worker's backend may be up).
+            free = 0 if self._held else self.options.capacity - len(self._running)
             if free <= 0:
                 await self._wait_for_slot(stop)
                 continue
@@ -233,7 +240,7 @@ class Worker:
         task = delivery.task
         ack = True
         try:
-            await self.engine.run_task(task)
+            await self._run_holding(task)
         except asyncio.CancelledError:
             # Cancelled job: drop the task. Shutdown past the grace period: release it (no ack).
             ack = task.job_id in self._cancelled_jobs
@@ -260,6 +267,39 @@ class Worker:
                     self.completed += 1
                 except StoreUnavailable:
                     log.warning("ack of %s failed (store unavailable); it will be redelivered", task.key)
+
+    async def _run_holding(self, task: Task) -> None:
+        """Run ``task``; on a backend outage, hold it and try again with backoff until it runs or
+        the outage has lasted ``backend_hold_s`` (then the error, saying so, fails the job)."""
+        hold_s = self.options.backend_hold_s
+        loop = asyncio.get_running_loop()
+        since: float | None = None
+        tries = 0
+        try:
+            while True:
+                try:
+                    await self.engine.run_task(task)
+                    if since is not None:
+                        log.info("task %s ran after the backend was out %.1fs", task.key, loop.time() - since)
+                    return
+                except BackendError as exc:
+                    if not exc.outage or hold_s <= 0:
+                        raise
+                    now = loop.time()
+                    if since is None:
+                        since = now
+                        self._held += 1
+                        if self._held == 1:
+                            log.warning("backend out (%s); holding tasks for up to %.0fs", exc, hold_s)
+                    if now - since >= hold_s:
+                        exc.args = (f"{exc}; the backend stayed out for {now - since:.0f}s (backend hold)",)
+                        raise
+                    tries += 1
+                    cap = min(self.options.backoff_cap_s, self.options.backoff_s * 2 ** min(tries - 1, 16))
+                    await asyncio.sleep(random.uniform(cap / 2, cap))
+        finally:
+            if since is not None:
+                self._held -= 1
 
     async def _fail(self, job_id: str, error: BaseException) -> bool:
         """Fail the job; ``False`` (leave the task pending, to fail it again later) when the store

@@ -38,6 +38,7 @@ class WorkerConfig:
     reclaim_idle_s: float = 60.0
     heartbeat_s: float = 10.0
     shutdown_grace_s: float = 30.0
+    backend_hold_s: float = 600.0
     metrics_port: int = 0
     metrics_host: str = "0.0.0.0"
     prefix: str = "mrsa"
@@ -162,6 +163,7 @@ async def serve(config: WorkerConfig, stop: asyncio.Event | None = None) -> Work
                     reclaim_idle_ms=int(config.reclaim_idle_s * 1000),
                     heartbeat_s=config.heartbeat_s,
                     shutdown_grace_s=config.shutdown_grace_s,
+                    backend_hold_s=config.backend_hold_s,
                 )
                 worker = Worker(Engine(store, backend), queue, options, consumer=consumer)
                 log.info(

@@ -28,6 +28,9 @@ class GenerationRequest(BaseModel):
     seed: int | None = None
     n: int = 1
     priority: int | None = Field(None, description="vLLM request priority (lower runs first) when enabled.")
+    model: str | None = Field(
+        None, description="Model id to ask the server for (the job's); None = the backend's default."
+    )
     tag: dict[str, str | int] = Field(
         default_factory=dict, description="Where the request comes from (job, round, index, chunk); not sent."
     )
@@ -65,9 +68,12 @@ class BackendInfo(BaseModel):
 
 
 class BackendError(Exception):
-    """Base class of backend failures. ``retryable`` tells the client whether to try again."""
+    """Base class of backend failures. ``retryable`` tells the client whether to try again;
+    ``outage`` that the server is down, restarting or saturated rather than rejecting this request,
+    so a worker holds the task and tries again later instead of failing its job."""
 
     retryable = False
+    outage = False
     kind = "backend"
 
     def __init__(self, message: str, *, url: str | None = None) -> None:
@@ -79,6 +85,7 @@ class BackendUnavailable(BackendError):
     """Could not reach the server (connection refused, DNS, timeouts) after retries."""
 
     retryable = True
+    outage = True
     kind = "unavailable"
 
 
@@ -87,6 +94,26 @@ class BackendServerError(BackendError):
 
     retryable = True
     kind = "server"
+
+
+class BackendBusy(BackendServerError):
+    """429, 502, 503 or 504: the server (or the proxy in front of it) cannot take requests now —
+    overloaded, loading or restarting. Not this request's fault: an outage."""
+
+    outage = True
+
+
+class MalformedReplyError(BackendServerError):
+    """A 2xx reply that is not what the protocol promises (not JSON, no choices, negative counts…).
+    Retried: a proxy or a server under stress can garble one reply."""
+
+    kind = "malformed"
+
+
+class ReplyTooLargeError(BackendError):
+    """A reply body above the size limit: final (the same request gets the same reply)."""
+
+    kind = "too_large"
 
 
 class BackendRequestError(BackendError):

@@ -11,7 +11,7 @@ import httpx
 
 from mrsa.backends.base import Backend, BackendError, BackendUnavailable
 from mrsa.backends.embedded import CONTEXT_LENGTH, MODEL_ALIAS, EmbeddedServer
-from mrsa.backends.http import HttpClient, HttpOptions
+from mrsa.backends.http import HttpClient, HttpOptions, backend_base_url
 from mrsa.backends.openai import DIALECTS, Dialect, OpenAICompatibleBackend
 from mrsa.backends.tracing import TracingBackend
 
@@ -58,9 +58,11 @@ async def make_backend(
     tokenizer: Path | None = None,
     transport: httpx.AsyncBaseTransport | None = None,
 ) -> Backend:
-    """A backend client for ``url``; ``kind='auto'`` probes the server first."""
+    """A backend client for ``url`` (its root, with or without ``/v1``); ``kind='auto'`` probes
+    the server first."""
     if kind not in BACKEND_KINDS:
         raise ValueError(f"backend kind: unknown {kind!r}; choose one of {', '.join(BACKEND_KINDS)}")
+    url = backend_base_url(url)
     if kind == "auto":
         kind = await detect_kind(url, options, transport=transport)
     if kind == "triton":

@@ -14,14 +14,21 @@ llama-cpp-python          fan out       /extras/(de)tokenize        no          
 
 Reasoning arrives as ``message.reasoning`` (vLLM ≥ 0.10) or ``message.reasoning_content`` (older vLLM,
 SGLang, llama-server); both are read.
+
+Replies are validated before use: a reply without choices, with choices of the wrong shape or
+count, negative token counts or token lists that are not token ids is a
+:class:`~mrsa.backends.base.MalformedReplyError` naming the field (retried: it may be one garbled
+reply), never an ``IndexError`` deep in the engine.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any, Literal
 
 import httpx
+from pydantic import BaseModel, Field, NonNegativeInt, ValidationError, field_validator
 
 from mrsa.backends.base import (
     BackendError,
@@ -29,8 +36,9 @@ from mrsa.backends.base import (
     BackendServerError,
     GenerationRequest,
     GenerationResult,
+    MalformedReplyError,
 )
-from mrsa.backends.http import HttpClient, HttpOptions, with_default_concurrency
+from mrsa.backends.http import HttpClient, HttpOptions, backend_base_url, with_default_concurrency
 from mrsa.domain import FinishReason
 
 Dialect = Literal["vllm", "sglang", "llamacpp", "llama-cpp-python"]
@@ -54,23 +62,124 @@ def normalise_finish_reason(value: Any) -> FinishReason:
     return "stop"
 
 
-def parse_chat_choice(choice: dict[str, Any], completion_tokens: int | None = None) -> GenerationResult:
-    """One ``choices[i]`` of a chat completion, in any of the supported dialects."""
-    message = choice.get("message") or {}
-    reasoning = message.get("reasoning")
-    if reasoning is None:
-        reasoning = message.get("reasoning_content")
-    token_ids = choice.get("token_ids")
-    if token_ids is not None and not isinstance(token_ids, list):
-        token_ids = None
+class _ReplyMessage(BaseModel):
+    content: str | None = None
+    reasoning: str | None = None
+    reasoning_content: str | None = None
+
+
+class _ReplyChoice(BaseModel):
+    index: NonNegativeInt = 0
+    message: _ReplyMessage = Field(default_factory=_ReplyMessage)
+    finish_reason: str | dict[str, Any] | None = None
+    token_ids: list[NonNegativeInt] | None = None
+
+    @field_validator("message", mode="before")
+    @classmethod
+    def _null_message(cls, value: object) -> object:
+        return {} if value is None else value
+
+
+class _ReplyUsage(BaseModel):
+    prompt_tokens: NonNegativeInt | None = None
+    completion_tokens: NonNegativeInt | None = None
+
+
+class _ChatReply(BaseModel):
+    """The part of an OpenAI chat completion the engine reads, as the servers send it."""
+
+    choices: list[_ReplyChoice] = Field(min_length=1)
+    usage: _ReplyUsage | None = None
+
+
+def _first_problem(exc: ValidationError) -> str:
+    """The first validation error as ``field.path: message`` (and how many more there are)."""
+    errors = exc.errors(include_url=False)
+    first = errors[0]
+    loc = ".".join(str(p) for p in first["loc"]) or "reply"
+    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+    return f"{loc}: {first['msg']}{more}"[:300]
+
+
+def _result(choice: _ReplyChoice, completion_tokens: int | None, prompt_tokens: int = 0) -> GenerationResult:
+    message = choice.message
+    reasoning = message.reasoning if message.reasoning is not None else message.reasoning_content
+    token_ids = choice.token_ids
     count = len(token_ids) if token_ids is not None else completion_tokens or 0
-    return GenerationResult(
-        content=message.get("content") or "",
+    # Every field was validated in _ReplyChoice: construct without validating the token ids again.
+    return GenerationResult.model_construct(
+        content=message.content or "",
         reasoning=reasoning or None,
         token_ids=token_ids,
-        finish_reason=normalise_finish_reason(choice.get("finish_reason")),
+        finish_reason=normalise_finish_reason(choice.finish_reason),
+        prompt_tokens=prompt_tokens,
         completion_tokens=count,
     )
+
+
+def parse_chat_reply(data: Any, url: str, n: int) -> list[GenerationResult]:
+    """The ``n`` choices of a chat completion body, normalised (usage spread over the choices).
+
+    An error reported inside a 200 body is a :class:`BackendServerError` with its message; any
+    other reply that is not a chat completion of ``n`` choices is a :class:`MalformedReplyError`."""
+    if not isinstance(data, dict) or "choices" not in data:
+        message = data.get("error", data.get("message", data)) if isinstance(data, dict) else data
+        raise BackendServerError(f"{url}: unexpected chat completion reply: {message!r}"[:500], url=url)
+    try:
+        reply = _ChatReply.model_validate(data)
+    except ValidationError as exc:
+        raise MalformedReplyError(
+            f"{url}: malformed chat completion reply: {_first_problem(exc)}", url=url
+        ) from exc
+    if len(reply.choices) != n:
+        raise MalformedReplyError(
+            f"{url}: malformed chat completion reply: asked for {n} choice(s), got {len(reply.choices)}",
+            url=url,
+        )
+    usage = reply.usage or _ReplyUsage()
+    prompt_tokens = usage.prompt_tokens or 0
+    total_completion = usage.completion_tokens or 0
+    choices = sorted(reply.choices, key=lambda c: c.index)
+    per_choice = total_completion if len(choices) == 1 else None
+    if per_choice is None and all(c.token_ids is None for c in choices):
+        # n > 1 without ids: split the aggregate count evenly (best effort for accounting).
+        per_choice = total_completion // len(choices)
+    return [_result(c, per_choice, prompt_tokens) for c in choices]
+
+
+def _token_list(url: str) -> Callable[[Any], list[int]]:
+    """A parser of a tokenize reply: ``tokens`` as ids (or llama-server's ``{"id": …}`` pieces)."""
+
+    def parse(data: Any) -> list[int]:
+        tokens = data.get("tokens") if isinstance(data, dict) else None
+        if isinstance(tokens, list):
+            ids = [t.get("id") if isinstance(t, dict) else t for t in tokens]
+            valid = [i for i in ids if isinstance(i, int) and not isinstance(i, bool) and i >= 0]
+            if len(valid) == len(ids):
+                return valid
+        raise MalformedReplyError(f"{url}: tokenize reply has no list of token ids: {data!r}"[:300], url=url)
+
+    return parse
+
+
+def _detokenized_text(url: str) -> Callable[[Any], str]:
+    def parse(data: Any) -> str:
+        if isinstance(data, dict):
+            for key in ("text", "prompt", "content"):
+                if isinstance(data.get(key), str):
+                    return str(data[key])
+        raise MalformedReplyError(f"{url}: detokenize reply has no text: {data!r}"[:300], url=url)
+
+    return parse
+
+
+def _object(url: str, what: str) -> Callable[[Any], dict[str, Any]]:
+    def parse(data: Any) -> dict[str, Any]:
+        if not isinstance(data, dict):
+            raise MalformedReplyError(f"{url}: {what} reply is not a JSON object: {data!r}"[:300], url=url)
+        return data
+
+    return parse
 
 
 class OpenAICompatibleBackend:
@@ -87,7 +196,7 @@ class OpenAICompatibleBackend:
         transport: httpx.AsyncBaseTransport | None = None,
         enable_priority: bool = False,
     ) -> None:
-        self._url = url.rstrip("/")
+        self._url = backend_base_url(url)
         self.dialect: Dialect = dialect
         self.model = model
         self.context_length = context_length
@@ -109,14 +218,24 @@ class OpenAICompatibleBackend:
 
     async def _model_id(self) -> str | None:
         if self.model is None:
-            data = await self.http.request_json("GET", "/v1/models", retries=1, endpoint="models")
+            data = await self.http.request_json(
+                "GET", "/v1/models", retries=1, endpoint="models", parse=_object(self._url, "models")
+            )
             models = data.get("data") or []
-            if models:
-                self.model = str(models[0].get("id"))
+            first = models[0] if isinstance(models, list) and models else None
+            if isinstance(first, dict) and isinstance(first.get("id"), str):
+                self.model = first["id"]
                 if self.context_length is None:
-                    length = models[0].get("max_model_len") or models[0].get("meta", {}).get("n_ctx_train")
-                    if isinstance(length, int):
+                    meta = first.get("meta")
+                    length = first.get("max_model_len") or (
+                        meta.get("n_ctx_train") if isinstance(meta, dict) else None
+                    )
+                    if isinstance(length, int) and not isinstance(length, bool) and length > 0:
                         self.context_length = length
+            elif models:
+                raise MalformedReplyError(
+                    f"{self._url}: models reply lists no model id: {data!r}"[:300], url=self._url
+                )
         return self.model
 
     async def info(self) -> BackendInfo:
@@ -126,20 +245,23 @@ class OpenAICompatibleBackend:
         capacity = self.http.options.concurrency
         version: str | None = None
         if self.dialect == "llamacpp":
-            props = await self.http.request_json("GET", "/props", retries=1, endpoint="props")
-            settings = props.get("default_generation_settings") or {}
-            n_ctx = settings.get("n_ctx") or props.get("n_ctx")
-            if self.context_length is None and isinstance(n_ctx, int):
+            props = await self.http.request_json(
+                "GET", "/props", retries=1, endpoint="props", parse=_object(self._url, "props")
+            )
+            settings = props.get("default_generation_settings")
+            n_ctx = (settings.get("n_ctx") if isinstance(settings, dict) else None) or props.get("n_ctx")
+            if self.context_length is None and isinstance(n_ctx, int) and n_ctx > 0:
                 self.context_length = n_ctx
             slots = props.get("total_slots")
-            if isinstance(slots, int) and slots > 0:
+            if isinstance(slots, int) and 0 < slots <= 4096:
                 capacity = slots
                 self.http.set_concurrency(slots)
-            version = props.get("build_info")
+            build = props.get("build_info")
+            version = str(build)[:100] if build is not None else None
         elif self.dialect in ("vllm", "sglang"):
             try:
                 data = await self.http.request_json("GET", "/version", retries=0, endpoint="version")
-                version = str(data.get("version")) if isinstance(data, dict) else None
+                version = str(data.get("version"))[:100] if isinstance(data, dict) else None
             except BackendError:
                 version = None
         self._info = BackendInfo(
@@ -172,8 +294,9 @@ class OpenAICompatibleBackend:
             "top_p": request.top_p,
             "stream": False,
         }
-        if self.model is not None:
-            body["model"] = self.model
+        model = request.model or self.model
+        if model is not None:
+            body["model"] = model
         if request.top_k > 0 or self.dialect != "llama-cpp-python":
             body["top_k"] = request.top_k
         if request.seed is not None:
@@ -193,23 +316,20 @@ class OpenAICompatibleBackend:
         return body
 
     async def _chat(self, request: GenerationRequest, n: int) -> list[GenerationResult]:
-        await self._model_id()
+        if request.model is None:
+            await self._model_id()
         body = self.chat_body(request, n)
-        data = await self.http.request_json("POST", "/v1/chat/completions", body, endpoint="chat")
-        if not isinstance(data, dict) or "choices" not in data:
-            message = data.get("error") if isinstance(data, dict) else data
-            raise BackendServerError(f"{self._url}: unexpected chat completion reply: {message!r}"[:500])
-        usage = data.get("usage") or {}
-        prompt_tokens = int(usage.get("prompt_tokens") or 0)
-        choices = sorted(data["choices"], key=lambda c: int(c.get("index", 0)))
-        total_completion = int(usage.get("completion_tokens") or 0)
-        per_choice = total_completion if len(choices) == 1 else None
-        results = [parse_chat_choice(c, per_choice) for c in choices]
-        if per_choice is None and results and all(r.token_ids is None for r in results):
-            # n > 1 without ids: split the aggregate count evenly (best effort for accounting).
-            share = total_completion // len(results)
-            results = [r.model_copy(update={"completion_tokens": share}) for r in results]
-        return [r.model_copy(update={"prompt_tokens": prompt_tokens}) for r in results]
+        read_s, deadline_s = self.http.options.generation_timeouts(request.max_tokens)
+        results: list[GenerationResult] = await self.http.request_json(
+            "POST",
+            "/v1/chat/completions",
+            body,
+            timeout_s=read_s,
+            deadline_s=deadline_s,
+            endpoint="chat",
+            parse=lambda data: parse_chat_reply(data, self._url, n),
+        )
+        return results
 
     async def generate(self, request: GenerationRequest) -> list[GenerationResult]:
         if request.n <= 1 or self.dialect in _NATIVE_N:
@@ -225,11 +345,14 @@ class OpenAICompatibleBackend:
     # -- tokenizer ---------------------------------------------------------------------------------
 
     async def _raw_tokenize(self, text: str) -> list[int]:
-        data = await self.http.request_json("POST", "/extras/tokenize", {"input": text}, endpoint="tokenize")
-        tokens = data.get("tokens") if isinstance(data, dict) else None
-        if not isinstance(tokens, list):
-            raise BackendServerError(f"{self._url}: tokenize reply has no token list: {data!r}"[:300])
-        return [int(t) for t in tokens]
+        ids: list[int] = await self.http.request_json(
+            "POST",
+            "/extras/tokenize",
+            {"input": text},
+            endpoint="tokenize",
+            parse=_token_list(self._url),
+        )
+        return ids
 
     async def tokenize(self, text: str) -> list[int]:
         if self.dialect == "llama-cpp-python":
@@ -237,44 +360,35 @@ class OpenAICompatibleBackend:
             # off: learn the prefix it adds to the empty string once, and strip it.
             if self._special_prefix is None:
                 self._special_prefix = await self._raw_tokenize("")
-            ids = await self._raw_tokenize(text)
+            raw = await self._raw_tokenize(text)
             prefix = self._special_prefix
-            return ids[len(prefix) :] if prefix and ids[: len(prefix)] == prefix else ids
+            return raw[len(prefix) :] if prefix and raw[: len(prefix)] == prefix else raw
+        parse = _token_list(self._url)
         if self.dialect == "llamacpp":
-            data = await self.http.request_json(
-                "POST", "/tokenize", {"content": text, "add_special": False}, endpoint="tokenize"
-            )
+            body: dict[str, Any] = {"content": text, "add_special": False}
         else:
-            body: dict[str, Any] = {"prompt": text, "add_special_tokens": False}
+            body = {"prompt": text, "add_special_tokens": False}
             if await self._model_id() is not None:
                 body["model"] = self.model
-            data = await self.http.request_json("POST", "/tokenize", body, endpoint="tokenize")
-        tokens = data.get("tokens") if isinstance(data, dict) else None
-        if not isinstance(tokens, list):
-            raise BackendServerError(f"{self._url}: tokenize reply has no token list: {data!r}"[:300])
-        return [int(t["id"]) if isinstance(t, dict) else int(t) for t in tokens]
+        ids: list[int] = await self.http.request_json(
+            "POST", "/tokenize", body, endpoint="tokenize", parse=parse
+        )
+        return ids
 
     async def detokenize(self, ids: list[int]) -> str:
         if not ids:
             return ""
-        if self.dialect == "llama-cpp-python":
-            data = await self.http.request_json(
-                "POST", "/extras/detokenize", {"tokens": ids}, endpoint="detokenize"
-            )
-        elif self.dialect == "llamacpp":
-            data = await self.http.request_json("POST", "/detokenize", {"tokens": ids}, endpoint="detokenize")
-        else:
-            body: dict[str, Any] = {"tokens": ids}
+        path = "/extras/detokenize" if self.dialect == "llama-cpp-python" else "/detokenize"
+        body: dict[str, Any] = {"tokens": ids}
+        if self.dialect in ("vllm", "sglang"):
             if self.dialect == "sglang":
                 body["skip_special_tokens"] = False  # SGLang's default drops them (vLLM keeps them)
             if await self._model_id() is not None:
                 body["model"] = self.model
-            data = await self.http.request_json("POST", "/detokenize", body, endpoint="detokenize")
-        if isinstance(data, dict):
-            for key in ("text", "prompt", "content"):
-                if isinstance(data.get(key), str):
-                    return str(data[key])
-        raise BackendServerError(f"{self._url}: detokenize reply has no text: {data!r}"[:300])
+        text: str = await self.http.request_json(
+            "POST", path, body, endpoint="detokenize", parse=_detokenized_text(self._url)
+        )
+        return text
 
     async def aclose(self) -> None:
         await self.http.aclose()

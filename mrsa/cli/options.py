@@ -110,6 +110,10 @@ def http_options(
         return HttpOptions(
             timeout_s=timeout or settings.backend_timeout_s,
             max_retries=settings.backend_retries if retries is None else retries,
+            deadline_s=settings.backend_deadline_s,
+            min_tokens_per_s=settings.backend_min_tokens_per_s,
+            retry_after_cap_s=settings.backend_retry_after_cap_s,
+            max_body_bytes=settings.backend_max_body_bytes,
             **({"concurrency": chosen} if chosen else {}),
         )
     except ValidationError as exc:

@@ -49,6 +49,13 @@ def worker(
             help="On SIGTERM, seconds to finish in-flight tasks before releasing them (env MRSA_WORKER_SHUTDOWN_GRACE_S)."
         ),
     ] = None,
+    backend_hold: Annotated[
+        float | None,
+        typer.Option(
+            help="While the backend is down or busy, hold tasks this long before failing their jobs, "
+            "seconds; 0 = fail at once (env MRSA_WORKER_BACKEND_HOLD_S)."
+        ),
+    ] = None,
     metrics_port: Annotated[
         int | None,
         typer.Option(help="Serve Prometheus metrics on this port; 0 = off (env MRSA_WORKER_METRICS_PORT)."),
@@ -81,6 +88,7 @@ def worker(
         "reclaim-idle": (reclaim_idle, 0.001),
         "heartbeat": (heartbeat, 0.001),
         "shutdown-grace": (shutdown_grace, 0),
+        "backend-hold": (backend_hold, 0),
         "metrics-port": (metrics_port, 0),
     }
     for name, (value, low) in checks.items():
@@ -96,6 +104,7 @@ def worker(
         reclaim_idle_s=reclaim_idle or s.worker_reclaim_idle_s,
         heartbeat_s=heartbeat or s.worker_heartbeat_s,
         shutdown_grace_s=s.worker_shutdown_grace_s if shutdown_grace is None else shutdown_grace,
+        backend_hold_s=s.worker_backend_hold_s if backend_hold is None else backend_hold,
         metrics_port=s.worker_metrics_port if metrics_port is None else metrics_port,
         metrics_host=metrics_host or s.worker_metrics_host,
         prefix=s.redis_prefix,

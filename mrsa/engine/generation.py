@@ -47,6 +47,7 @@ def _request(
     temperature: float | None = None,
     prefill: str | None = None,
     priority: int | None = None,
+    model: str | None = None,
 ) -> GenerationRequest:
     return GenerationRequest(
         messages=messages,
@@ -58,6 +59,7 @@ def _request(
         seed=seed,
         tag=tag,
         priority=priority,
+        model=model,
     )
 
 
@@ -69,6 +71,7 @@ async def _generate_chunked(
     task: Task,
     prompt: str,
     priority: int | None,
+    model: str | None,
 ) -> tuple[str, list[int] | None, Usage, FinishReason, int, GenerationResult | None]:
     """Delethink: chunks of at most ``chunk`` tokens; each continues from the prompt plus the last
     ``carryover`` tokens of the candidate's own output. Returns (trace, ids, usage, finish, chunks,
@@ -89,7 +92,7 @@ async def _generate_chunked(
         seed = request_seed(params.seed, task.round, task.index, chunks)
         user = [Message(role="user", content=prompt)]
         if chunks == 0:
-            req = _request(params, user, max_tokens, seed, tag, priority=priority)
+            req = _request(params, user, max_tokens, seed, tag, priority=priority, model=model)
         else:
             own = ids if ids is not None else await backend.tokenize(text)
             carry = (
@@ -98,11 +101,19 @@ async def _generate_chunked(
                 else ""
             )
             if backend.supports_prefill:
-                req = _request(params, user, max_tokens, seed, tag, prefill=carry, priority=priority)
+                req = _request(
+                    params, user, max_tokens, seed, tag, prefill=carry, priority=priority, model=model
+                )
             else:
                 cont = prompts.continuation_prompt(params.prompts, prompt, carry)
                 req = _request(
-                    params, [Message(role="user", content=cont)], max_tokens, seed, tag, priority=priority
+                    params,
+                    [Message(role="user", content=cont)],
+                    max_tokens,
+                    seed,
+                    tag,
+                    priority=priority,
+                    model=model,
                 )
         last = (await backend.generate(req))[0]
         text += last.trace
@@ -135,15 +146,23 @@ async def generate_candidate(
     task: Task,
     parents: Sequence[Candidate],
     priority: int | None = None,
+    model: str | None = None,
 ) -> Candidate:
     """Generate, checkpoint (when chunked) and tail one candidate of ``task`` from its ``parents``
-    (in the task's order)."""
+    (in the task's order). ``model`` is the job's model id, asked of the server in every request
+    (None: the backend's own)."""
     prompt = build_prompt(params, problem, parents)
     if params.chunk is None:
         tag: dict[str, str | int] = {"job": job_id, "round": task.round, "index": task.index, "chunk": 0}
         seed = request_seed(params.seed, task.round, task.index)
         req = _request(
-            params, [Message(role="user", content=prompt)], params.budget, seed, tag, priority=priority
+            params,
+            [Message(role="user", content=prompt)],
+            params.budget,
+            seed,
+            tag,
+            priority=priority,
+            model=model,
         )
         result = (await backend.generate(req))[0]
         trace, ids, finish, chunks = result.trace, result.token_ids, result.finish_reason, 1
@@ -151,7 +170,7 @@ async def generate_candidate(
         reasoning, content = result.reasoning, result.content
     else:
         trace, ids, usage, finish, chunks, _ = await _generate_chunked(
-            backend, store, job_id, params, task, prompt, priority
+            backend, store, job_id, params, task, prompt, priority, model
         )
         reasoning, content = split_trace(trace)
     finished = finish == "stop"

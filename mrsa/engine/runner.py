@@ -104,7 +104,15 @@ class Engine:
             parents = ordered_parents(task, ctx.parents)
             priority = self._priority(task)
             cand = await generate_candidate(
-                self.backend, self.store, job.id, job.spec.problem, params, task, parents, priority
+                self.backend,
+                self.store,
+                job.id,
+                job.spec.problem,
+                params,
+                task,
+                parents,
+                priority,
+                model=job.spec.model,
             )
             count = await self.store.save_candidate(job.id, cand, children)
             metrics.CANDIDATES.labels(cand.finish_reason).inc()
@@ -174,6 +182,7 @@ class Engine:
                 request_seed(params.seed, task.round, 0),
                 tag,
                 temperature=params.aggregate_temperature,
+                model=job.spec.model,
             )
             result = (await self.backend.generate(req))[0]
             cand = Candidate(

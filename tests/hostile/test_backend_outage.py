@@ -1,0 +1,141 @@
+"""A backend that goes away is an outage, not a job error: the worker holds its tasks and retries
+them until the backend is back (a vLLM restart takes minutes), and fails the job only once the
+backend has been out for the hold time. Against a real server process (the simulator) that is
+stopped and started again on the same port."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from benchmarks.simulator.process import ROOT, free_port
+from mrsa.backends.http import HttpOptions
+from mrsa.backends.openai import OpenAICompatibleBackend
+from mrsa.domain import JobSpec, JobStatus
+from mrsa.params import RSAParams
+from workers.inprocess import InProcessRunner
+from workers.loop import WorkerOptions
+
+FLAGS = ["--max-num-seqs=4", "--step-base-ms=0.2", "--median-tokens=40", "--max-model-len=4096"]
+# The client's own retry window: two retries of at most 0.1 s. The outages below last many times
+# longer; before the hold, every job that met one failed within this window.
+CLIENT = HttpOptions(max_retries=2, backoff_s=0.05, backoff_cap_s=0.1, connect_timeout_s=2.0)
+
+
+class Simulator:
+    """``python -m benchmarks.simulator`` on a fixed loopback port, stoppable and restartable."""
+
+    def __init__(self, log: Path) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = log
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout_s: float = 60.0) -> None:
+        cmd = [sys.executable, "-m", "benchmarks.simulator", "--port", str(self.port), *FLAGS]
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                if httpx.get(f"{self.url}/health", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                tail = self.log.read_text(errors="replace")[-2000:]
+                raise RuntimeError(f"the simulator did not start (exit code {self.proc.poll()}):\n{tail}")
+            time.sleep(0.1)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+        self.proc = None
+
+
+@pytest.fixture
+def simulator(tmp_path: Path) -> Iterator[Simulator]:
+    sim = Simulator(tmp_path / "simulator.log")
+    sim.start()
+    try:
+        yield sim
+    finally:
+        sim.stop()
+
+
+def spec() -> JobSpec:
+    params = {"population": 2, "subset": 1, "rounds": 1, "budget": 48, "tail": 8, "seed": 5}
+    return JobSpec(problem="What is 6*7?", params=RSAParams.model_validate(params))
+
+
+def options(hold_s: float) -> WorkerOptions:
+    return WorkerOptions(
+        block_ms=20,
+        cancel_check_s=0.1,
+        heartbeat_s=0.2,
+        shutdown_grace_s=2.0,
+        backoff_s=0.2,
+        backoff_cap_s=0.5,
+        backend_hold_s=hold_s,
+    )
+
+
+async def test_a_backend_restart_longer_than_the_retry_window_costs_time_not_the_job(
+    simulator: Simulator,
+) -> None:
+    backend = OpenAICompatibleBackend(simulator.url, dialect="vllm", options=CLIENT)
+    try:
+        await backend.info()
+        async with InProcessRunner(backend, capacity=2, options=options(hold_s=120.0)) as runner:
+            warm = await asyncio.wait_for(runner.solve(spec()), 60)
+            assert warm.status == JobStatus.succeeded, warm.error
+            simulator.stop()
+            job = await runner.submit(spec())
+            down = time.monotonic()
+            await asyncio.sleep(3.0)  # > 10x the client's whole retry window
+            held = await runner.store.get_job(job.id)
+            assert held is not None and not held.status.terminal, held.error
+            assert runner.worker.in_flight >= 1  # held, not dropped
+            await asyncio.to_thread(simulator.start)
+            result = await asyncio.wait_for(runner.wait(job.id), 60)
+            assert result.status == JobStatus.succeeded, result.error
+            assert time.monotonic() - down >= 3.0
+            assert len(result.answers) == 2
+            after = await asyncio.wait_for(runner.solve(spec()), 60)  # and the worker takes new work
+            assert after.status == JobStatus.succeeded
+    finally:
+        await backend.aclose()
+
+
+async def test_a_backend_out_for_longer_than_the_hold_fails_the_job_saying_so(simulator: Simulator) -> None:
+    backend = OpenAICompatibleBackend(simulator.url, dialect="vllm", options=CLIENT)
+    try:
+        await backend.info()
+        simulator.stop()
+        async with InProcessRunner(backend, capacity=2, options=options(hold_s=1.5)) as runner:
+            started = time.monotonic()
+            result = await asyncio.wait_for(runner.solve(spec()), 60)
+            elapsed = time.monotonic() - started
+    finally:
+        await backend.aclose()
+    assert result.status == JobStatus.failed
+    assert result.error is not None and simulator.url in result.error and "cannot connect" in result.error
+    assert "the backend stayed out for" in result.error and "(backend hold)" in result.error
+    assert 1.5 <= elapsed < 30.0
+
+
+def test_the_default_hold_survives_a_vllm_restart() -> None:
+    """vLLM takes minutes to restart with a large model: the default holds ten."""
+    assert WorkerOptions().backend_hold_s == 600.0
