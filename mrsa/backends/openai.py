@@ -107,22 +107,37 @@ class OpenAICompatibleBackend:
 
     # -- discovery ---------------------------------------------------------------------------------
 
+    async def _models(self) -> list[dict[str, Any]]:
+        data = await self.http.request_json("GET", "/v1/models", retries=1, endpoint="models")
+        models = data.get("data") if isinstance(data, dict) else None
+        return [m for m in models if isinstance(m, dict)] if isinstance(models, list) else []
+
+    def _context_from(self, entry: dict[str, Any]) -> None:
+        """The context a ``/v1/models`` entry reports (vLLM and mrsa's embedded server:
+        ``max_model_len``; llama-server: ``meta.n_ctx_train``), unless one is set already."""
+        meta = entry.get("meta")
+        length = entry.get("max_model_len") or (meta.get("n_ctx_train") if isinstance(meta, dict) else None)
+        if self.context_length is None and isinstance(length, int) and length > 0:
+            self.context_length = length
+
     async def _model_id(self) -> str | None:
         if self.model is None:
-            data = await self.http.request_json("GET", "/v1/models", retries=1, endpoint="models")
-            models = data.get("data") or []
+            models = await self._models()
             if models:
                 self.model = str(models[0].get("id"))
-                if self.context_length is None:
-                    length = models[0].get("max_model_len") or models[0].get("meta", {}).get("n_ctx_train")
-                    if isinstance(length, int):
-                        self.context_length = length
+                self._context_from(models[0])
         return self.model
 
     async def info(self) -> BackendInfo:
         if self._info is not None:
             return self._info
         await self._model_id()
+        if self.context_length is None and self.dialect != "llamacpp":  # llama-server: /props below
+            # The model id was given: find its entry (else the first) for the context it reports.
+            models = await self._models()
+            entry = next((m for m in models if m.get("id") == self.model), models[0] if models else None)
+            if entry is not None:
+                self._context_from(entry)
         capacity = self.http.options.concurrency
         version: str | None = None
         if self.dialect == "llamacpp":
