@@ -14,6 +14,13 @@ from mrsa.store.base import JobStore
 # Event ids are opaque strings chosen by the store: Redis stream ids ("1712345678901-0") or the
 # memory store's counters ("3"). Anything else in Last-Event-ID is rejected before the store sees it.
 EVENT_ID_PATTERN = r"^[0-9]{1,20}(-[0-9]{1,20})?$"
+# Each part of a Redis stream id is an unsigned 64-bit number: 20 digits may still be too large.
+EVENT_ID_PART_MAX = 2**64 - 1
+
+
+def event_id_fits(event_id: str) -> bool:
+    """Whether each part of an id matching :data:`EVENT_ID_PATTERN` fits a stream id (64 bits)."""
+    return all(int(part) <= EVENT_ID_PART_MAX for part in event_id.split("-"))
 
 
 async def job_events(
