@@ -878,3 +878,34 @@ async def test_event_streams_are_capped_per_key_and_leave_the_pool_to_other_requ
     finally:
         await events.aclose()
         await store.aclose()
+
+
+class FlakyEvents:
+    """A store whose event reads fail after the first batch (Redis going away mid-stream)."""
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+        self.reads = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    async def read_events(self, job_id: str, after: str | None, block_ms: int, count: int = 100) -> Any:
+        self.reads += 1
+        if self.reads > 1:
+            raise StoreUnavailable("redis at redis://x is unavailable")
+        return await self._inner.read_events(job_id, after, block_ms=block_ms, count=count)
+
+
+async def test_an_event_stream_ends_cleanly_when_the_store_goes_away(
+    redis_pair: tuple[RedisJobStore, RedisTaskQueue],
+) -> None:
+    store, _ = redis_pair
+    app, deps = make_app(redis_pair)
+    deps.events = FlakyEvents(store)
+    async with client_for(app) as api:  # raises on an unhandled exception in the app
+        job_id = (await api.post("/v1/jobs", json=job_body(), headers=H1)).json()["id"]
+        r = await api.get(f"/v1/jobs/{job_id}/events", headers=H1)
+    assert r.status_code == 200
+    events = list(sse_events(r.text))
+    assert [e[1] for e in events] == ["status"] and events[0][0]  # the id to resume from
