@@ -620,7 +620,7 @@ MODELS_WITH_CONTEXT = {"data": [{"id": "m", "max_model_len": 4096}]}
     [
         ({"tokens": ["a", "b"]}, MODELS_WITH_CONTEXT, "could not be used"),  # ValueError in int()
         ({"tokens": [{"no_id": 1}]}, MODELS_WITH_CONTEXT, "could not be used"),  # KeyError
-        ({"tokens": [1, 2, 3]}, {"data": [{"id": "m"}]}, "does not report its context length"),
+        ({"tokens": [1, 2, 3]}, {"data": [{"id": "m"}]}, "did not report its context length"),
     ],
 )
 async def test_context_check_that_cannot_run_accepts_the_job_with_a_warning(
@@ -656,6 +656,25 @@ async def test_context_check_with_a_model_id_reads_the_context_of_that_model(
         assert r.status_code == 422 and "512" in r.json()["message"], r.text
         ok = await api.post("/v1/jobs", json=job_body(), headers=H1)
         assert ok.status_code == 202 and ok.json()["warnings"] == []
+    await backend.aclose()
+
+
+async def test_with_a_model_id_the_context_lookup_is_best_effort_and_retried() -> None:
+    """A worker given its kind and model starts while the server is down (info() does not fail),
+    and the context is read once the server answers (a failed lookup is not cached)."""
+    up = False
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        if not up:
+            raise httpx.ConnectError("connection refused", request=request)
+        return httpx.Response(200, json={"data": [{"id": "m", "max_model_len": 2048}]})
+
+    backend = OpenAICompatibleBackend(
+        "http://backend.test", dialect="vllm", model="m", transport=httpx.MockTransport(handle)
+    )
+    assert (await backend.info()).context_length is None
+    up = True
+    assert (await backend.info()).context_length == 2048
     await backend.aclose()
 
 
@@ -754,8 +773,11 @@ async def test_ignored_chat_fields_are_named(
         failer = asyncio.create_task(fail_the_job())
         r = await api.post("/v1/chat/completions", json=body, headers=H1)
         await failer
+        schema = (await api.get("/openapi.json")).json()
     assert r.status_code == 502
     assert r.headers["x-mrsa-ignored-fields"] == "(unprintable name), populaton, user"
+    responses = schema["paths"]["/v1/chat/completions"]["post"]["responses"]
+    assert "X-Mrsa-Ignored-Fields" in responses["200"]["headers"]
     assert any("populaton" in rec.getMessage() for rec in caplog.records if rec.levelname == "WARNING")
     # Known fields are not reported.
     assert ChatCompletionRequest.model_validate(chat_body()).ignored_fields() == []

@@ -116,7 +116,7 @@ async def check_budget(deps: ApiDeps, spec: JobSpec, loc: tuple[str, ...] = ("bo
         if worst is not None:
             return []
         reason = (
-            f"the backend {backend.url} does not report its context length "
+            f"the backend {backend.url} did not report its context length "
             "(set MRSA_BACKEND_CONTEXT_LENGTH / --context-length on the API)"
         )
     warning = f"context check skipped: {reason}"[:500]

@@ -62,6 +62,13 @@ Auth = Annotated[Principal, Depends(authenticate)]
 Deps = Annotated[ApiDeps, Depends(get_deps)]
 
 NO_RETRY = {"x-should-retry": "false"}
+IGNORED_HEADER = "X-Mrsa-Ignored-Fields"
+IGNORED_HEADER_DOC = {
+    "description": "Top-level request fields this server ignored (unknown to it), comma-separated; "
+    "absent when there were none.",
+    "schema": {"type": "string"},
+}
+_PRINTABLE_NAME = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
 DISCONNECT_REASON = "cancelled: the chat-completions client disconnected"
 
 
@@ -75,8 +82,13 @@ DISCONNECT_REASON = "cancelled: the chat-completions client disconnected"
             "description": "A chat.completion (JSON, possibly preceded by keep-alive whitespace), or "
             "with `stream: true` server-sent chat.completion.chunk events ending in `[DONE]`.",
             "content": {"text/event-stream": {"schema": {"type": "string"}}},
+            "headers": {IGNORED_HEADER: IGNORED_HEADER_DOC},
         },
-        502: {"model": ErrorResponse, "description": "The job failed (its reason is the message)."},
+        502: {
+            "model": ErrorResponse,
+            "description": "The job failed (its reason is the message).",
+            "headers": {IGNORED_HEADER: IGNORED_HEADER_DOC},
+        },
     },
 )
 async def chat_completions(
@@ -120,10 +132,6 @@ async def chat_completions(
     finally:
         if not handed_over:
             slot.release()
-
-
-IGNORED_HEADER = "X-Mrsa-Ignored-Fields"
-_PRINTABLE_NAME = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
 
 
 def shown_fields(names: list[str], limit: int) -> list[str]:

@@ -132,9 +132,15 @@ class OpenAICompatibleBackend:
         if self._info is not None:
             return self._info
         await self._model_id()
+        complete = True
         if self.context_length is None and self.dialect != "llamacpp":  # llama-server: /props below
-            # The model id was given: find its entry (else the first) for the context it reports.
-            models = await self._models()
+            # The model id was given, so /v1/models was not read: find the model's entry (else the
+            # first) for the context it reports. Best effort — a worker given its kind and model
+            # starts without the server — and not cached when it failed, so it is asked again.
+            try:
+                models = await self._models()
+            except BackendError:
+                models, complete = [], False
             entry = next((m for m in models if m.get("id") == self.model), models[0] if models else None)
             if entry is not None:
                 self._context_from(entry)
@@ -157,7 +163,7 @@ class OpenAICompatibleBackend:
                 version = str(data.get("version")) if isinstance(data, dict) else None
             except BackendError:
                 version = None
-        self._info = BackendInfo(
+        info = BackendInfo(
             kind=self.dialect,
             url=self._url,
             model=self.model,
@@ -165,7 +171,9 @@ class OpenAICompatibleBackend:
             capacity=capacity,
             version=version,
         )
-        return self._info
+        if complete:
+            self._info = info
+        return info
 
     async def health(self) -> bool:
         path = "/v1/models" if self.dialect == "llama-cpp-python" else "/health"
