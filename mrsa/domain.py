@@ -165,6 +165,9 @@ class Job(BaseModel):
     updated_at: float = Field(default_factory=time.time)
     finished_at: float | None = None
     answer: str | None = None
+    warnings: list[str] = Field(
+        default_factory=list, description="What the service could not check when it accepted the job."
+    )
 
 
 class Event(BaseModel):

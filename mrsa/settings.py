@@ -71,6 +71,15 @@ class Settings(BaseSettings):
     backend_context_length: int | None = Field(
         None, ge=1, description="The backend's context in tokens, when the server does not report it."
     )
+    api_max_streams_per_key: int = Field(
+        64, ge=1, description="Event streams and waiting chat completions per API key (429 above)."
+    )
+    api_max_streams: int = Field(
+        1_000, ge=1, description="Event streams and waiting chat completions of the whole API (503 above)."
+    )
+    allow_no_auth: bool = Field(
+        False, description="Let `mrsa serve` listen on a non-loopback interface without API keys."
+    )
 
     @field_validator("backend_context_length", "backend_deadline_s", mode="before")
     @classmethod

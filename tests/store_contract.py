@@ -31,7 +31,7 @@ from mrsa.domain import (
     Usage,
 )
 from mrsa.params import RSAParams
-from mrsa.store.base import ReclaimResult, TaskQueue
+from mrsa.store.base import ActiveLimitReached, ReclaimResult, TaskQueue
 
 MAX_DELIVERIES = 3
 StorePair = tuple[Any, Any]  # (JobStore, TaskQueue); Any so implementations need not subclass
@@ -251,6 +251,45 @@ class StoreContract:
         assert await store.count_active("alice") == 1
         await store.finish_job("a1", make_result("a1"))  # a second finish changes nothing
         assert await store.count_active("alice") == 1
+
+    async def test_create_job_within_the_in_flight_limit_is_atomic(self, pair: StorePair) -> None:
+        store, queue = pair
+        await store.create_job(make_job("x0", owner="zoe"), tasks_of("x0", n=1), max_active=2)
+        outcomes = await asyncio.gather(
+            *(
+                store.create_job(make_job(f"x{i}", owner="zoe"), tasks_of(f"x{i}", n=1), max_active=2)
+                for i in range(1, 9)
+            ),
+            return_exceptions=True,
+        )
+        refused = [o for o in outcomes if isinstance(o, ActiveLimitReached)]
+        assert len(refused) == 7 and all(o.active == 2 and o.limit == 2 for o in refused)
+        assert await store.count_active("zoe") == 2
+        assert (await queue.stats()).queued == 2  # a refused job enqueued nothing
+        assert await store.count_active("ann") == 0  # other owners have their own count
+        await store.create_job(make_job("y", owner="ann"), [], max_active=1)
+        await store.cancel_job("x0")  # a slot frees up
+        await store.create_job(make_job("x9", owner="zoe"), [], max_active=2)
+        assert await store.count_active("zoe") == 2
+
+    async def test_count_by_status_follows_every_transition(self, pair: StorePair) -> None:
+        store, _ = pair
+        for job_id in ("s1", "s2", "s3", "s4", "s5"):
+            await store.create_job(make_job(job_id), [])
+        await store.mark_running("s1")
+        await store.mark_running("s2")
+        await store.finish_job("s2", make_result("s2"))
+        await store.cancel_job("s3")
+        await store.cancel_job("s3")  # once
+        await store.mark_running("s3")  # a terminal job does not come back
+        counts = await store.count_by_status()
+        assert counts == {
+            JobStatus.queued: 2,
+            JobStatus.running: 1,
+            JobStatus.succeeded: 1,
+            JobStatus.failed: 0,
+            JobStatus.cancelled: 1,
+        }
 
     async def test_idempotency_key_claims(self, pair: StorePair) -> None:
         store, _ = pair

@@ -19,13 +19,15 @@ import openai
 import pytest
 from fastapi import FastAPI
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
+from prometheus_client import REGISTRY
 
 from mrsa.api.app import create_app
 from mrsa.api.auth import owner_of
 from mrsa.api.deps import ApiConfig, ApiDeps, BackendHandle
 from mrsa.api.jobs import NoGeneration
+from mrsa.api.openai_schemas import ChatCompletionRequest
 from mrsa.backends.openai import OpenAICompatibleBackend
-from mrsa.domain import Event, JobStatus
+from mrsa.domain import Event, JobSpec, JobStatus
 from mrsa.engine.runner import Engine
 from mrsa.params import RSAParams
 from mrsa.settings import Settings
@@ -191,7 +193,8 @@ async def test_invalid_bodies_are_422_naming_the_field(
 async def test_malformed_requests_are_4xx(api: httpx.AsyncClient) -> None:
     r = await api.post("/v1/jobs", content=b"{not json", headers={**H1, "Content-Type": "application/json"})
     assert r.status_code == 422
-    r = await api.post("/v1/jobs", content=b"x" * 400_000, headers={**H1, "Content-Type": "application/json"})
+    too_big = ApiConfig().max_body_bytes + 1
+    r = await api.post("/v1/jobs", content=b"x" * too_big, headers={**H1, "Content-Type": "application/json"})
     assert r.status_code == 413
     assert r.json()["message"]
     r = await api.get("/v1/jobs", params={"limit": 0}, headers=H1)
@@ -588,3 +591,343 @@ async def test_openapi_schema_comes_from_the_models(api: httpx.AsyncClient) -> N
     assert chat["subset"]["description"] == RSAParams.model_fields["subset"].description
     assert schema["components"]["securitySchemes"]["HTTPBearer"]["scheme"] == "bearer"
     assert "422" in schema["paths"]["/v1/jobs"]["post"]["responses"]
+
+
+# -- hardening (issue 9): the context check, streams, headers, metrics, limits, races -------------
+
+
+def fake_backend(tokenize: Any, models: dict[str, Any]) -> OpenAICompatibleBackend:
+    """A vLLM-dialect client on a transport answering ``/v1/models`` and ``/tokenize`` as given
+    (failure injection: a server that lies)."""
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/v1/models":
+            return httpx.Response(200, json=models)
+        if request.url.path == "/tokenize":
+            return httpx.Response(200, json=tokenize)
+        return httpx.Response(404, json={"error": "no"})
+
+    return OpenAICompatibleBackend(
+        "http://backend.test", dialect="vllm", transport=httpx.MockTransport(handle)
+    )
+
+
+MODELS_WITH_CONTEXT = {"data": [{"id": "m", "max_model_len": 4096}]}
+
+
+@pytest.mark.parametrize(
+    ("tokenize", "models", "reason"),
+    [
+        ({"tokens": ["a", "b"]}, MODELS_WITH_CONTEXT, "could not be used"),  # ValueError in int()
+        ({"tokens": [{"no_id": 1}]}, MODELS_WITH_CONTEXT, "could not be used"),  # KeyError
+        ({"tokens": [1, 2, 3]}, {"data": [{"id": "m"}]}, "did not report its context length"),
+    ],
+)
+async def test_context_check_that_cannot_run_accepts_the_job_with_a_warning(
+    redis_pair: tuple[RedisJobStore, RedisTaskQueue],
+    caplog: pytest.LogCaptureFixture,
+    tokenize: Any,
+    models: dict[str, Any],
+    reason: str,
+) -> None:
+    """A backend that answers garbage is not the client's fault (never a 500), and a check that
+    could not run is said so: in the log and in the job's warnings."""
+    backend = fake_backend(tokenize, models)
+    app, _ = make_app(redis_pair, backend=backend)
+    async with client_for(app) as api:
+        r = await api.post("/v1/jobs", json=job_body(), headers=H1)
+        assert r.status_code == 202, r.text
+        (warning,) = r.json()["warnings"]
+        assert warning.startswith("context check skipped:") and reason in warning
+        assert (await api.get(f"/v1/jobs/{r.json()['id']}", headers=H1)).json()["warnings"] == [warning]
+    assert any("context check skipped" in rec.getMessage() for rec in caplog.records)
+    await backend.aclose()
+
+
+async def test_context_check_with_a_model_id_reads_the_context_of_that_model(
+    redis_pair: tuple[RedisJobStore, RedisTaskQueue],
+) -> None:
+    """The model id given (MRSA_MODEL) does not stop the client from reading the context."""
+    backend = fake_backend({"tokens": [1] * 10}, {"data": [{"id": "x"}, {"id": "m", "max_model_len": 512}]})
+    backend.model = "m"
+    app, _ = make_app(redis_pair, backend=backend)
+    async with client_for(app) as api:
+        r = await api.post("/v1/jobs", json={"problem": "What is 7*6?", "preset": "zaya1"}, headers=H1)
+        assert r.status_code == 422 and "512" in r.json()["message"], r.text
+        ok = await api.post("/v1/jobs", json=job_body(), headers=H1)
+        assert ok.status_code == 202 and ok.json()["warnings"] == []
+    await backend.aclose()
+
+
+async def test_with_a_model_id_the_context_lookup_is_best_effort_and_retried() -> None:
+    """A worker given its kind and model starts while the server is down (info() does not fail),
+    and the context is read once the server answers (a failed lookup is not cached)."""
+    up = False
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        if not up:
+            raise httpx.ConnectError("connection refused", request=request)
+        return httpx.Response(200, json={"data": [{"id": "m", "max_model_len": 2048}]})
+
+    backend = OpenAICompatibleBackend(
+        "http://backend.test", dialect="vllm", model="m", transport=httpx.MockTransport(handle)
+    )
+    assert (await backend.info()).context_length is None
+    up = True
+    assert (await backend.info()).context_length == 2048
+    await backend.aclose()
+
+
+@pytest.mark.embedded
+async def test_the_embedded_server_reports_its_context_and_the_api_checks_it(
+    redis_pair: tuple[RedisJobStore, RedisTaskQueue], embedded_url: str
+) -> None:
+    """``mrsa backend`` serves /v1/models with max_model_len as vLLM does, so a zaya1 job (β=40,960)
+    is refused against the 8,192-token model by a client told nothing about it."""
+    async with httpx.AsyncClient(timeout=10) as http:
+        models = (await http.get(f"{embedded_url}/v1/models")).json()
+    assert models["data"][0]["max_model_len"] == 8192
+    backend = OpenAICompatibleBackend(embedded_url, dialect="llama-cpp-python")
+    assert (await backend.info()).context_length == 8192
+    app, _ = make_app(redis_pair, backend=backend)
+    async with client_for(app) as api:
+        r = await api.post("/v1/jobs", json={"problem": "What is 7*6?", "preset": "zaya1"}, headers=H1)
+        assert r.status_code == 422 and "8192" in r.json()["message"], r.text
+    await backend.aclose()
+
+
+async def test_last_event_id_over_64_bits_is_refused(api: httpx.AsyncClient) -> None:
+    job_id = (await api.post("/v1/jobs", json=job_body(), headers=H1)).json()["id"]
+    for bad in ("18446744073709551616-0", "0-18446744073709551616", "99999999999999999999"):
+        r = await api.get(f"/v1/jobs/{job_id}/events", headers={**H1, "Last-Event-ID": bad})
+        assert r.status_code == 422, (bad, r.text)
+        assert r.json()["detail"][0]["loc"] == ["header", "Last-Event-ID"]
+    # The largest id Redis accepts is fine (and nothing comes after it).
+    await api.post(f"/v1/jobs/{job_id}/cancel", headers=H1)
+    top = "18446744073709551615-18446744073709551615"
+    r = await api.get(f"/v1/jobs/{job_id}/events", headers={**H1, "Last-Event-ID": top})
+    assert r.status_code == 200, r.text
+
+
+async def test_made_up_methods_and_paths_do_not_create_metric_series(api: httpx.AsyncClient) -> None:
+    def series() -> int:
+        return sum(len(m.samples) for m in REGISTRY.collect() if m.name.startswith("mrsa_api_request"))
+
+    async def probe(i: int) -> None:
+        await api.request(f"METHOD{i}", "/v1/jobs")
+        await api.request(f"METHOD{i}", f"/random/{i}")
+        await api.get(f"/v1/jobs/job{i}/nothing/{i}")
+
+    await probe(-1)  # the series of the 'other' method and the 'unmatched' route, once
+    before = series()
+    for i in range(50):
+        await probe(i)
+    assert series() == before
+    text = (await api.get("/metrics")).text
+    assert 'method="other"' in text and "METHOD" not in text and "/random/" not in text
+
+
+async def test_size_limits_are_413_and_count_the_problem_as_utf8(api: httpx.AsyncClient) -> None:
+    json_headers = {**H1, "Content-Type": "application/json"}
+
+    async def chunked_50mb() -> AsyncIterator[bytes]:
+        for _ in range(800):
+            yield b"x" * 65_536
+
+    r = await api.post("/v1/jobs", content=chunked_50mb(), headers=json_headers)
+    assert r.status_code == 413, r.text
+    assert "larger than the limit" in r.json()["message"]
+    nested = b"[" * 100_000 + b"]" * 100_000
+    r = await api.post("/v1/jobs", content=nested, headers=json_headers)
+    assert r.status_code == 413, r.text
+    assert "nested too deeply" in r.json()["message"]
+    # 96,000 bytes of UTF-8 (24,000 emoji) under the 100,000-byte limit, escaped by the client as
+    # \\ud83d\\ude00 (12 bytes each): accepted. Control characters (6 bytes each) as well.
+    for problem in ("\U0001f600" * 24_000, "1+1=?" + "\x01" * 99_000):
+        assert len(problem.encode()) < 100_000
+        body = json.dumps(job_body(problem=problem), ensure_ascii=True).encode()
+        r = await api.post("/v1/jobs", content=body, headers=json_headers)
+        assert r.status_code == 202, r.text[:300]
+    # Over the limit counted as UTF-8: 422 naming the field, however it is escaped.
+    body = json.dumps(job_body(problem="\U0001f600" * 25_001), ensure_ascii=True).encode()
+    r = await api.post("/v1/jobs", content=body, headers=json_headers)
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "problem"], r.text[:300]
+
+
+async def test_ignored_chat_fields_are_named(
+    redis_pair: tuple[RedisJobStore, RedisTaskQueue], caplog: pytest.LogCaptureFixture
+) -> None:
+    store, _ = redis_pair
+    app, _ = make_app(redis_pair)
+
+    async def fail_the_job() -> None:
+        for _ in range(200):
+            found = await store.list_jobs(owner_of(KEY1))
+            if found:
+                break
+            await asyncio.sleep(0.05)
+        await Engine(store, NoGeneration()).fail(found[0].id, "stopped by the test")
+
+    body = {**chat_body(), "populaton": 4, "user": "u-1", "bad name\n": 1}
+    async with client_for(app) as api:
+        failer = asyncio.create_task(fail_the_job())
+        r = await api.post("/v1/chat/completions", json=body, headers=H1)
+        await failer
+        schema = (await api.get("/openapi.json")).json()
+    assert r.status_code == 502
+    assert r.headers["x-mrsa-ignored-fields"] == "(unprintable name), populaton, user"
+    responses = schema["paths"]["/v1/chat/completions"]["post"]["responses"]
+    assert "X-Mrsa-Ignored-Fields" in responses["200"]["headers"]
+    assert any("populaton" in rec.getMessage() for rec in caplog.records if rec.levelname == "WARNING")
+    # Known fields are not reported.
+    assert ChatCompletionRequest.model_validate(chat_body()).ignored_fields() == []
+
+
+async def test_in_flight_limit_holds_under_concurrent_submissions(
+    redis_pair: tuple[RedisJobStore, RedisTaskQueue],
+) -> None:
+    store, _ = redis_pair
+    app, _ = make_app(redis_pair, max_active_jobs=3)
+    async with client_for(app) as api:
+        replies = await asyncio.gather(
+            *(api.post("/v1/jobs", json=job_body(), headers=H1) for _ in range(12))
+        )
+    codes = sorted(r.status_code for r in replies)
+    assert codes == [202] * 3 + [429] * 9, codes
+    assert await store.count_active(owner_of(KEY1)) == 3
+
+
+async def test_jobs_by_status_gauge_counts_every_job(
+    redis_pair: tuple[RedisJobStore, RedisTaskQueue],
+) -> None:
+    """More jobs than the old 1,000-job scan: the gauge is exact (an index kept at each transition)."""
+    store, _ = redis_pair
+    engine = Engine(store, NoGeneration())
+    spec = JobSpec(
+        problem="What is 7*6?", params=RSAParams(population=1, subset=1, rounds=0, budget=8, tail=4)
+    )
+    ids = [(await engine.submit(spec, owner="o")).id for _ in range(1_100)]
+    assert await store.mark_running(ids[0])
+    assert await store.mark_running(ids[1])
+    await store.cancel_job(ids[1])
+    await store.cancel_job(ids[2])
+    await engine.fail(ids[3], "boom")
+    app, _ = make_app(redis_pair, metrics_cache_s=0.0)
+    async with client_for(app) as api:
+        text = (await api.get("/metrics")).text
+    gauge = dict(re.findall(r'^mrsa_jobs\{status="(\w+)"\} ([0-9.e+]+)$', text, re.M))
+    assert {k: float(v) for k, v in gauge.items()} == {
+        "queued": 1_096,
+        "running": 1,
+        "succeeded": 0,
+        "failed": 1,
+        "cancelled": 2,
+    }
+
+
+@contextlib.asynccontextmanager
+async def served(app: FastAPI) -> AsyncIterator[str]:
+    """The app on a real uvicorn server on loopback (streams need a transport that streams)."""
+    import socket
+
+    import uvicorn
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = int(s.getsockname()[1])
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off")
+    )
+    task = asyncio.create_task(server.serve())
+    try:
+        for _ in range(200):
+            if server.started:
+                break
+            await asyncio.sleep(0.05)
+        assert server.started, "uvicorn did not start"
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(task, 30)
+
+
+async def test_event_streams_are_capped_per_key_and_leave_the_pool_to_other_requests(
+    redis_server: RedisServer,
+) -> None:
+    """One key's streams cannot take the connections other keys' requests need."""
+    store, queue = await open_redis(redis_server.url, max_connections=4)
+    events, _ = await open_redis(redis_server.url, max_connections=6)
+    deps = ApiDeps(
+        store=store,
+        queue=queue,
+        events=events,
+        config=ApiConfig(api_keys=[KEY1, KEY2], max_streams_per_key=5, max_streams=6, events_block_ms=10_000),
+    )
+    app = create_app(Settings(), deps)
+    try:
+        async with served(app) as url, httpx.AsyncClient(base_url=url, timeout=30) as client:
+            job_id = (await client.post("/v1/jobs", json=job_body(), headers=H1)).json()["id"]
+            async with contextlib.AsyncExitStack() as stack:
+                for _ in range(5):
+                    r = await stack.enter_async_context(
+                        client.stream("GET", f"/v1/jobs/{job_id}/events", headers=H1)
+                    )
+                    assert r.status_code == 200
+                refused = await client.get(f"/v1/jobs/{job_id}/events", headers=H1)
+                assert refused.status_code == 429 and refused.headers["retry-after"]
+                assert "MRSA_API_MAX_STREAMS_PER_KEY" in refused.json()["message"]
+                # Other keys' ordinary requests are served at once (the streams use their own pool).
+                for _ in range(10):
+                    r = await asyncio.wait_for(client.get("/v1/jobs", headers=H2), 5)
+                    assert r.status_code == 200
+                # The API-wide cap: one more stream of another key fits, the next is 503.
+                other = (await client.post("/v1/jobs", json=job_body(), headers=H2)).json()["id"]
+                r = await stack.enter_async_context(
+                    client.stream("GET", f"/v1/jobs/{other}/events", headers=H2)
+                )
+                assert r.status_code == 200
+                full = await client.get(f"/v1/jobs/{other}/events", headers=H2)
+                assert full.status_code == 503 and "MRSA_API_MAX_STREAMS" in full.json()["message"]
+            # Closed streams give their slots back.
+            for _ in range(100):
+                if not deps.slots.open:
+                    break
+                await asyncio.sleep(0.05)
+            assert not deps.slots.open
+            await client.post(f"/v1/jobs/{job_id}/cancel", headers=H1)
+            r = await client.get(f"/v1/jobs/{job_id}/events", headers=H1)
+            assert r.status_code == 200 and "done" in r.text
+    finally:
+        await events.aclose()
+        await store.aclose()
+
+
+class FlakyEvents:
+    """A store whose event reads fail after the first batch (Redis going away mid-stream)."""
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+        self.reads = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    async def read_events(self, job_id: str, after: str | None, block_ms: int, count: int = 100) -> Any:
+        self.reads += 1
+        if self.reads > 1:
+            raise StoreUnavailable("redis at redis://x is unavailable")
+        return await self._inner.read_events(job_id, after, block_ms=block_ms, count=count)
+
+
+async def test_an_event_stream_ends_cleanly_when_the_store_goes_away(
+    redis_pair: tuple[RedisJobStore, RedisTaskQueue],
+) -> None:
+    store, _ = redis_pair
+    app, deps = make_app(redis_pair)
+    deps.events = FlakyEvents(store)
+    async with client_for(app) as api:  # raises on an unhandled exception in the app
+        job_id = (await api.post("/v1/jobs", json=job_body(), headers=H1)).json()["id"]
+        r = await api.get(f"/v1/jobs/{job_id}/events", headers=H1)
+    assert r.status_code == 200
+    events = list(sse_events(r.text))
+    assert [e[1] for e in events] == ["status"] and events[0][0]  # the id to resume from

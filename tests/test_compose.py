@@ -136,12 +136,41 @@ def test_host_ports_are_unique_and_map_to_listening_ports() -> None:
     published: dict[int, str] = {}
     for name, service in SERVICES.items():
         for mapping in service.get("ports") or []:
-            host, container = interpolate(str(mapping)).rsplit(":", 1)
+            _ip, host, container = interpolate(str(mapping)).split(":")
             assert int(host) not in published, f"{name} and {published.get(int(host))} both publish {host}"
             published[int(host)] = name
             assert int(container) == listen_port(name), f"{name}: publishes {container}"
     assert published[8000] == "api"
     assert set(published.values()) == {"api", "prometheus", "grafana"}
+
+
+def test_published_ports_bind_the_hosts_loopback_unless_told_otherwise() -> None:
+    """Nothing is reachable from other machines by default: every published port names its host
+    address, MRSA_BIND, defaulting to 127.0.0.1 (the API without keys, Grafana's anonymous viewer)."""
+    seen = 0
+    for name, service in SERVICES.items():
+        for mapping in service.get("ports") or []:
+            assert isinstance(mapping, str) and mapping.startswith("${MRSA_BIND:-127.0.0.1}:"), (
+                name,
+                mapping,
+            )
+            assert interpolate(mapping).split(":")[0] == "127.0.0.1"
+            seen += 1
+    assert seen == 3
+    text = (ROOT / "docker-compose.yml").read_text()
+    assert "MRSA_BIND=0.0.0.0" in text and "MRSA_API_KEYS" in text  # how to open them, and what first
+    doc = (ROOT / "docs" / "service.md").read_text()
+    assert "MRSA_BIND" in doc
+
+
+def test_the_api_in_compose_allows_no_auth_only_explicitly() -> None:
+    """Inside its container the API listens on 0.0.0.0 (the published port needs it), which
+    `mrsa serve` refuses without keys unless allowed: compose says so, and it can be turned off."""
+    assert flag(command_of("api"), "--host") == "0.0.0.0"
+    raw = SERVICES["api"]["environment"]["MRSA_ALLOW_NO_AUTH"]
+    assert raw == "${MRSA_ALLOW_NO_AUTH:-true}"
+    assert Settings(allow_no_auth=interpolate(raw)).allow_no_auth
+    assert not Settings(allow_no_auth="false").allow_no_auth
 
 
 def test_volumes_are_declared_and_bind_mounts_exist() -> None:

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from mrsa.domain import JobStatus
 from mrsa.store.base import StoreUnavailable
 from mrsa.store.redis import RedisJobStore, RedisTaskQueue, open_redis, redact
 from tests.plugins.redis_server import RedisServer
@@ -281,3 +282,16 @@ async def test_more_concurrent_commands_than_connections_wait_for_one(redis_serv
         assert await blocking == []
     finally:
         await store.aclose()
+
+
+async def test_status_index_drops_finished_jobs_with_their_retention(redis_pair: RedisPair) -> None:
+    """The jobs-by-status count of finished jobs ends when the job's keys expire."""
+    store, _ = redis_pair
+    await store.create_job(make_job("old"), [])
+    await store.create_job(make_job("new"), [])
+    await store.finish_job("old", make_result("old"))
+    await store.finish_job("new", make_result("new"))
+    assert (await store.count_by_status())[JobStatus.succeeded] == 2
+    store.retention_s = 0  # as if the retention had passed for both
+    await asyncio.sleep(0.01)
+    assert (await store.count_by_status())[JobStatus.succeeded] == 0

@@ -54,10 +54,15 @@ def config_from(settings: Settings) -> ApiConfig:
         api_keys=settings.api_key_list(),
         max_problem_bytes=settings.api_max_problem_bytes,
         max_active_jobs=settings.api_max_active_jobs,
+        max_streams_per_key=settings.api_max_streams_per_key,
+        max_streams=settings.api_max_streams,
     )
 
 
-API_REDIS_CONNECTIONS = 1024
+# Ordinary requests: a few commands each, then the connection is free again. Event streams and
+# waiting chat completions block on XREAD: they get a pool of their own (max_streams connections),
+# so however many are open, ordinary requests keep these.
+API_REDIS_CONNECTIONS = 256
 
 
 async def _open_store(settings: Settings) -> ApiDeps:
@@ -74,7 +79,6 @@ async def _open_store(settings: Settings) -> ApiDeps:
                 prefix=settings.redis_prefix,
                 max_deliveries=settings.max_deliveries,
                 retention_s=settings.retention_s,
-                # Every open event stream holds a connection while it blocks on XREAD.
                 max_connections=API_REDIS_CONNECTIONS,
             )
             break
@@ -83,13 +87,24 @@ async def _open_store(settings: Settings) -> ApiDeps:
                 raise
             log.warning("%s; retrying", exc)
             await asyncio.sleep(1.0)
+    try:
+        events, _ = await open_redis(
+            settings.redis_url,
+            prefix=settings.redis_prefix,
+            max_deliveries=settings.max_deliveries,
+            retention_s=settings.retention_s,
+            max_connections=settings.api_max_streams,
+        )
+    except BaseException:
+        await store.aclose()
+        raise
     backend = BackendHandle(
         settings.backend_url,
         settings.backend_kind,
         model=settings.model,
         context_length=settings.backend_context_length,
     )
-    return ApiDeps(store=store, queue=queue, backend=backend, config=config_from(settings))
+    return ApiDeps(store=store, queue=queue, backend=backend, config=config_from(settings), events=events)
 
 
 def create_app(settings: Settings | None = None, deps: ApiDeps | None = None) -> FastAPI:
@@ -106,7 +121,6 @@ def create_app(settings: Settings | None = None, deps: ApiDeps | None = None) ->
         app.state.gauges = StoreGauges(
             ready.store,
             ready.queue,
-            scan=ready.config.metrics_job_scan,
             cache_s=ready.config.metrics_cache_s,
             reclaim_idle_ms=reclaim_idle_ms,
         )
@@ -115,9 +129,10 @@ def create_app(settings: Settings | None = None, deps: ApiDeps | None = None) ->
         finally:
             if owned:
                 await ready.backend.aclose()
-                aclose = getattr(ready.store, "aclose", None)
-                if aclose is not None:
-                    await aclose()
+                for store in (ready.store, ready.events):
+                    aclose = getattr(store, "aclose", None)
+                    if aclose is not None:
+                        await aclose()
 
     app = FastAPI(
         title="mrsa",
@@ -131,7 +146,6 @@ def create_app(settings: Settings | None = None, deps: ApiDeps | None = None) ->
         app.state.gauges = StoreGauges(
             deps.store,
             deps.queue,
-            scan=config.metrics_job_scan,
             cache_s=config.metrics_cache_s,
             reclaim_idle_ms=reclaim_idle_ms,
         )

@@ -13,12 +13,16 @@ from dataclasses import dataclass, field
 
 from fastapi import Request
 
+from mrsa.api.streams import StreamSlots
 from mrsa.backends.base import Backend, BackendError
 from mrsa.backends.factory import make_backend
 from mrsa.backends.http import HttpOptions
 from mrsa.store.base import JobStore, TaskQueue
 
 log = logging.getLogger("mrsa.api")
+
+
+JSON_ESCAPE_RATIO = 6
 
 
 @dataclass
@@ -38,14 +42,17 @@ class ApiConfig:
     chat_hold_s: float = 20.0
     keepalive_s: float = 10.0
     context_check_timeout_s: float = 20.0
-    # /metrics counts statuses over at most this many of the newest jobs.
-    metrics_job_scan: int = 1_000
+    # Event streams and waiting chat completions (each holds a Redis connection of the events pool).
+    max_streams_per_key: int = 64
+    max_streams: int = 1_000
     metrics_cache_s: float = 5.0
 
     @property
     def max_body_bytes(self) -> int:
-        """The whole request body: the problem (JSON escapes may double it) plus room for the rest."""
-        return 2 * self.max_problem_bytes + 65_536
+        """The whole request body: room for any problem within ``max_problem_bytes`` (counted as
+        UTF-8) however the client escapes it — a JSON ``\\uXXXX`` escape takes 6 bytes for one byte
+        of UTF-8 at worst (a control character; an emoji is 12 for 4) — plus room for the rest."""
+        return JSON_ESCAPE_RATIO * self.max_problem_bytes + 65_536
 
 
 class BackendHandle:
@@ -108,6 +115,19 @@ class ApiDeps:
     queue: TaskQueue
     backend: BackendHandle = field(default_factory=lambda: BackendHandle(None))
     config: ApiConfig = field(default_factory=ApiConfig)
+    # The store on a connection pool of its own for blocking event reads (see mrsa.api.streams);
+    # None: the main store.
+    events: JobStore | None = None
+    slots: StreamSlots = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.slots = StreamSlots(
+            self.config.max_streams_per_key, self.config.max_streams, self.config.retry_after_s
+        )
+
+    @property
+    def events_store(self) -> JobStore:
+        return self.events if self.events is not None else self.store
 
 
 def get_deps(request: Request) -> ApiDeps:

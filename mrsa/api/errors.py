@@ -123,8 +123,18 @@ async def _request_validation(request: Request, exc: Exception) -> JSONResponse:
     return error_response(request, 422, err.message, err.fields)
 
 
+MAX_JSON_DEPTH_NOTE = "request body: JSON nested too deeply to parse (a size limit of the API)"
+
+
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
+    # FastAPI turns any failure while it reads and parses the body into a 400 "error parsing the
+    # body": give the real reason when it is one of the API's limits.
+    cause = exc.__cause__
+    if isinstance(cause, ApiError):  # the body-size limit, raised while the body was read
+        return await _api_error(request, cause)
+    if isinstance(cause, RecursionError):  # JSON nested deeper than the parser's recursion limit
+        return error_response(request, 413, MAX_JSON_DEPTH_NOTE)
     return error_response(request, exc.status_code, str(exc.detail), headers=dict(exc.headers or {}))
 
 
@@ -159,9 +169,10 @@ def responses(*codes: int) -> dict[int | str, dict[str, Any]]:
         401: "Missing or invalid API key.",
         404: "No such job (or another key's job).",
         409: "The job is not in a state that allows this.",
-        413: "The request body is too large.",
+        413: "The request body is too large (or its JSON nested too deeply).",
         422: "Invalid input; `detail[].loc` names the field.",
-        429: "Too many jobs in flight for this key; retry after `Retry-After` seconds.",
-        503: "The job store is unavailable; retry after `Retry-After` seconds.",
+        429: "Too many jobs in flight (or event streams open) for this key; retry after `Retry-After` seconds.",
+        503: "The job store is unavailable (or every event-stream slot is taken); retry after "
+        "`Retry-After` seconds.",
     }
     return {c: {"model": ErrorResponse, "description": text.get(c, "Error.")} for c in codes}

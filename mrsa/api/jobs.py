@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,6 +25,7 @@ from mrsa.engine.limits import ContextBudgetError, check_context
 from mrsa.engine.prompts import UnknownPromptSetError, check_prompt_set
 from mrsa.engine.runner import Engine, new_job_id
 from mrsa.params import RSAParams, UnknownPresetError, resolve_params
+from mrsa.store.base import ActiveLimitReached
 
 log = logging.getLogger("mrsa.api")
 
@@ -88,22 +90,38 @@ def check_problem_size(deps: ApiDeps, problem: str, loc: tuple[str | int, ...] =
         raise invalid(loc, f"problem: {size} bytes is over the limit of {limit} bytes", "too_long")
 
 
-async def check_budget(deps: ApiDeps, spec: JobSpec, loc: tuple[str, ...] = ("body", "params")) -> None:
+async def check_budget(deps: ApiDeps, spec: JobSpec, loc: tuple[str, ...] = ("body", "params")) -> list[str]:
     """Refuse a job that cannot fit the backend's context (when the API has a backend to ask).
 
-    An unreachable backend does not block submission: the job waits in the queue like any other
-    and a worker reports a context overflow from the server if it happens."""
+    Returns the job's warnings: why the check could not run, if it could not. A backend that is
+    unreachable, slow, answers garbage or does not report its context does not block submission:
+    the job is accepted (the warning says the check was skipped), waits in the queue like any
+    other, and a worker reports a context overflow from the server if it happens."""
     if not deps.backend.configured:
-        return
+        return []
     try:
         backend = await deps.backend.get()
         if backend is None:
-            return
-        await asyncio.wait_for(check_context(backend, spec), deps.config.context_check_timeout_s)
+            return []
+        worst = await asyncio.wait_for(check_context(backend, spec), deps.config.context_check_timeout_s)
     except ContextBudgetError as exc:
         raise invalid((*loc, "budget"), str(exc)) from None
-    except (BackendError, TimeoutError) as exc:
-        log.warning("context check skipped, backend unavailable: %s", exc)
+    except TimeoutError:
+        reason = f"the backend did not answer within {deps.config.context_check_timeout_s:g} s"
+    except BackendError as exc:
+        reason = f"the backend is unavailable: {exc}"
+    except Exception as exc:  # a reply the check cannot use (garbage tokens…) is not the client's fault
+        reason = f"the backend's reply could not be used: {type(exc).__name__}: {exc}"
+    else:
+        if worst is not None:
+            return []
+        reason = (
+            f"the backend {backend.url} did not report its context length "
+            "(set MRSA_BACKEND_CONTEXT_LENGTH / --context-length on the API)"
+        )
+    warning = f"context check skipped: {reason}"[:500]
+    log.warning("%s", warning)
+    return [warning]
 
 
 # -- submission ----------------------------------------------------------------------------------
@@ -121,6 +139,7 @@ async def submit(
     spec: JobSpec,
     idempotency_key: str | None = None,
     key_loc: tuple[str, ...] = ("header", "Idempotency-Key"),
+    warnings: Sequence[str] = (),
 ) -> Submitted:
     """Enqueue ``spec`` for ``principal`` (already validated), honouring the idempotency key and the
     in-flight limit.
@@ -143,15 +162,23 @@ async def submit(
                     )
                 return Submitted(job, replayed=True)
             job_id = earlier
-    active = await deps.store.count_active(principal.owner)
-    if active >= deps.config.max_active_jobs:
+    try:
+        # The store checks the key's in-flight count and adds the job in one atomic step: concurrent
+        # submissions cannot overshoot the limit.
+        job = await engine_of(deps).submit(
+            spec,
+            owner=principal.owner,
+            job_id=job_id,
+            warnings=warnings,
+            max_active=deps.config.max_active_jobs,
+        )
+    except ActiveLimitReached as exc:
         raise ApiError(
             429,
-            f"too many jobs in flight for this key ({active} of {deps.config.max_active_jobs}); "
+            f"too many jobs in flight for this key ({exc.active} of {exc.limit}); "
             "wait for one to finish or cancel one",
             headers={"Retry-After": str(deps.config.retry_after_s)},
-        )
-    job = await engine_of(deps).submit(spec, owner=principal.owner, job_id=job_id)
+        ) from None
     return Submitted(job, replayed=False)
 
 
@@ -191,6 +218,7 @@ async def view(deps: ApiDeps, job: Job, *, with_progress: bool = False) -> JobVi
         created_at=job.created_at,
         updated_at=job.updated_at,
         finished_at=job.finished_at,
+        warnings=job.warnings,
         links=links(job.id),
     )
 

@@ -4,7 +4,6 @@ jobs by status read from the store at scrape time, and the API's own request met
 from __future__ import annotations
 
 import time
-from collections import Counter as Tally
 
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Gauge, Histogram, generate_latest
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -15,7 +14,7 @@ from mrsa.store.base import JobStore, TaskQueue
 
 JOBS_BY_STATUS = Gauge(
     "mrsa_jobs",
-    "Jobs by status, counted over the newest jobs in the store (1000 by default), at scrape time.",
+    "Jobs in the store by status (all of them: finished ones until their retention ends), at scrape time.",
     ["status"],
 )
 JOBS_SUBMITTED = Counter("mrsa_api_jobs_submitted_total", "Jobs created through the API.", ["endpoint"])
@@ -34,11 +33,10 @@ class StoreGauges:
     """Reads the store's job statuses and the queue's sizes, at most every ``cache_s`` seconds."""
 
     def __init__(
-        self, store: JobStore, queue: TaskQueue, scan: int, cache_s: float, reclaim_idle_ms: int | None
+        self, store: JobStore, queue: TaskQueue, cache_s: float, reclaim_idle_ms: int | None
     ) -> None:
         self.store = store
         self.queue = queue
-        self.scan = scan
         self.cache_s = cache_s
         self.reclaim_idle_ms = reclaim_idle_ms
         self._at = float("-inf")
@@ -47,9 +45,9 @@ class StoreGauges:
         if time.monotonic() - self._at < self.cache_s:
             return
         metrics.observe_queue(await self.queue.stats(self.reclaim_idle_ms))
-        tally = Tally(j.status for j in await self.store.list_jobs(None, self.scan))
+        counts = await self.store.count_by_status()  # exact: an index the store keeps per status
         for status in JobStatus:
-            JOBS_BY_STATUS.labels(status.value).set(tally.get(status, 0))
+            JOBS_BY_STATUS.labels(status.value).set(counts.get(status, 0))
         self._at = time.monotonic()
 
 
@@ -74,17 +72,27 @@ class RequestMetrics:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = int(message["status"])
-                API_LATENCY.labels(scope["method"], _route(scope)).observe(time.perf_counter() - started)
+                API_LATENCY.labels(method, _route(scope)).observe(time.perf_counter() - started)
             await send(message)
 
+        method = method_label(scope["method"])
         try:
             await self.app(scope, receive, send_wrapper)
         finally:
-            API_REQUESTS.labels(scope["method"], _route(scope), str(status)).inc()
+            API_REQUESTS.labels(method, _route(scope), str(status)).inc()
+
+
+# Label values are bounded: a client that makes up method names must not create new series.
+KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT"})
+
+
+def method_label(method: str) -> str:
+    """The method as a label value: one of :data:`KNOWN_METHODS`, else 'other'."""
+    return method if method in KNOWN_METHODS else "other"
 
 
 def _route(scope: Scope) -> str:
-    """The matched route's template (bounded label values), or 'unmatched'."""
+    """The matched route's template (bounded label values: never the raw path), or 'unmatched'."""
     route = scope.get("route")
     path = getattr(route, "path", None)
     return str(path) if path else "unmatched"

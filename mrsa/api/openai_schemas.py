@@ -1,8 +1,10 @@
 """The subset of OpenAI's chat-completions wire format the facade speaks, plus the Markovian RSA
 parameters as extra body fields (``extra_body`` in the ``openai`` SDK).
 
-Unknown fields are ignored, as OpenAI-compatible servers do, so SDKs that send fields this server
-has no use for (``user``, ``logprobs``…) work unchanged.
+Unknown top-level fields are accepted and ignored, as OpenAI-compatible servers do, so SDKs that
+send fields this server has no use for (``user``, ``logprobs``…) work unchanged — but not silently:
+like vLLM, the server logs them, and names them in the ``X-Mrsa-Ignored-Fields`` response header and
+in ``mrsa.ignored_fields`` (a misspelt RSA parameter such as ``populaton`` shows up there).
 """
 
 from __future__ import annotations
@@ -63,10 +65,11 @@ RSA_FIELDS = (
 
 
 class ChatCompletionRequest(BaseModel):
-    """A chat completion answered by Markovian RSA on the last user message."""
+    """A chat completion answered by Markovian RSA on the last user message. Unknown top-level
+    fields are ignored and named in the ``X-Mrsa-Ignored-Fields`` header and ``mrsa.ignored_fields``."""
 
     model_config = ConfigDict(
-        extra="ignore",
+        extra="allow",
         json_schema_extra={
             "examples": [
                 {
@@ -118,6 +121,10 @@ class ChatCompletionRequest(BaseModel):
                 return message.text().strip()
         return ""
 
+    def ignored_fields(self) -> list[str]:
+        """The top-level fields this server does not know (and so ignores), sorted."""
+        return sorted(self.model_extra or {})
+
     def overrides(self) -> dict[str, Any]:
         """RSA parameter overrides for :func:`mrsa.params.resolve_params`."""
         out: dict[str, Any] = {k: getattr(self, k) for k in RSA_FIELDS if getattr(self, k) is not None}
@@ -158,6 +165,12 @@ class RsaInfo(BaseModel):
     votes: list[Vote]
     rounds: int = Field(description="Generation stages run (T+1).")
     requests: int
+    warnings: list[str] = Field(
+        default_factory=list, description="What could not be checked when the job was accepted."
+    )
+    ignored_fields: list[str] = Field(
+        default_factory=list, description="Top-level request fields this server ignored."
+    )
 
 
 class ChatCompletion(BaseModel):

@@ -14,7 +14,8 @@ from mrsa.api.deps import ApiDeps, get_deps
 from mrsa.api.errors import ApiError, invalid, responses
 from mrsa.api.metrics import JOBS_SUBMITTED
 from mrsa.api.schemas import JobList, JobRequest, JobView, SubmitResponse
-from mrsa.api.sse import EVENT_ID_PATTERN, job_events
+from mrsa.api.sse import EVENT_ID_PART_MAX, EVENT_ID_PATTERN, event_id_fits, job_events
+from mrsa.api.streams import SlotEventSourceResponse
 from mrsa.domain import Candidate, JobResult, JobSpec
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=responses(401, 503))
@@ -54,13 +55,17 @@ async def submit_job(
     jobs.check_problem_size(deps, body.problem)
     params = jobs.resolve(body.preset, body.params.as_dict())
     spec = JobSpec(problem=body.problem, params=params, model=body.model)
-    await jobs.check_budget(deps, spec)
-    done = await jobs.submit(deps, principal, spec, idempotency_key)
+    warnings = await jobs.check_budget(deps, spec)
+    done = await jobs.submit(deps, principal, spec, idempotency_key, warnings=warnings)
     if not done.replayed:
         JOBS_SUBMITTED.labels("jobs").inc()
     response.headers["Location"] = f"/v1/jobs/{done.job.id}"
     return SubmitResponse(
-        id=done.job.id, status=done.job.status, replayed=done.replayed, links=jobs.links(done.job.id)
+        id=done.job.id,
+        status=done.job.status,
+        replayed=done.replayed,
+        warnings=done.job.warnings,
+        links=jobs.links(done.job.id),
     )
 
 
@@ -128,7 +133,7 @@ async def cancel_job(job_id: JobId, principal: Auth, deps: Deps) -> JobView:
     summary="Progress as server-sent events",
     response_class=EventSourceResponse,
     responses={
-        **responses(404, 422),
+        **responses(404, 422, 429),
         200: {
             "description": "`text/event-stream`: `id`, `event` (status, candidate, round, done) and "
             "`data` (an Event as JSON). Ends after the `done` event.",
@@ -149,10 +154,20 @@ async def events(
         ),
     ] = None,
 ) -> EventSourceResponse:
-    """Every event of the job from the start (or after ``Last-Event-ID``) until it is over."""
+    """Every event of the job from the start (or after ``Last-Event-ID``) until it is over.
+
+    A key may hold ``MRSA_API_MAX_STREAMS_PER_KEY`` streams (and waiting chat completions) at once:
+    429 above that; 503 when the whole API holds ``MRSA_API_MAX_STREAMS``."""
+    if last_event_id is not None and not event_id_fits(last_event_id):
+        raise invalid(
+            ("header", "Last-Event-ID"),
+            f"Last-Event-ID: each part of an event id is at most {EVENT_ID_PART_MAX}",
+            "value_error",
+        )
     await jobs.owned_job(deps, principal, job_id)
-    stream = job_events(deps.store, job_id, last_event_id, deps.config.events_block_ms)
-    return EventSourceResponse(stream, ping=deps.config.ping_s)
+    slot = deps.slots.acquire(principal.owner)  # 429 over MRSA_API_MAX_STREAMS_PER_KEY
+    stream = job_events(deps.events_store, job_id, last_event_id, deps.config.events_block_ms)
+    return SlotEventSourceResponse(stream, ping=deps.config.ping_s, slot=slot)
 
 
 @router.get(

@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import time
 from collections.abc import AsyncIterator
 from typing import Annotated
@@ -50,6 +51,7 @@ from mrsa.api.openai_schemas import (
     RsaInfo,
 )
 from mrsa.api.schemas import ErrorResponse, OpenAIErrorDetail
+from mrsa.api.streams import SlotEventSourceResponse, SlotStreamingResponse
 from mrsa.domain import Job, JobResult, JobSpec, JobStatus
 from mrsa.engine.tails import split_trace
 
@@ -60,6 +62,13 @@ Auth = Annotated[Principal, Depends(authenticate)]
 Deps = Annotated[ApiDeps, Depends(get_deps)]
 
 NO_RETRY = {"x-should-retry": "false"}
+IGNORED_HEADER = "X-Mrsa-Ignored-Fields"
+IGNORED_HEADER_DOC = {
+    "description": "Top-level request fields this server ignored (unknown to it), comma-separated; "
+    "absent when there were none.",
+    "schema": {"type": "string"},
+}
+_PRINTABLE_NAME = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
 DISCONNECT_REASON = "cancelled: the chat-completions client disconnected"
 
 
@@ -73,8 +82,13 @@ DISCONNECT_REASON = "cancelled: the chat-completions client disconnected"
             "description": "A chat.completion (JSON, possibly preceded by keep-alive whitespace), or "
             "with `stream: true` server-sent chat.completion.chunk events ending in `[DONE]`.",
             "content": {"text/event-stream": {"schema": {"type": "string"}}},
+            "headers": {IGNORED_HEADER: IGNORED_HEADER_DOC},
         },
-        502: {"model": ErrorResponse, "description": "The job failed (its reason is the message)."},
+        502: {
+            "model": ErrorResponse,
+            "description": "The job failed (its reason is the message).",
+            "headers": {IGNORED_HEADER: IGNORED_HEADER_DOC},
+        },
     },
 )
 async def chat_completions(
@@ -87,21 +101,46 @@ async def chat_completions(
     jobs.check_problem_size(deps, problem, ("body", "messages"))
     params = jobs.resolve(body.preset, body.overrides(), loc=("body",))
     spec = JobSpec(problem=problem, params=params, model=body.model)
-    await jobs.check_budget(deps, spec, loc=("body",))
-    job = (await jobs.submit(deps, principal, spec)).job
-    JOBS_SUBMITTED.labels("chat").inc()
-    run = ChatRun(deps, request, job, body)
-    if body.stream:
-        return EventSourceResponse(run.sse(), ping=deps.config.keepalive_s, sep="\n")
-    waiter = asyncio.create_task(run.wait())
+    ignored = body.ignored_fields()
+    if ignored:
+        log.warning("chat completion: ignored unknown request fields %s", shown_fields(ignored, 20))
+    warnings = await jobs.check_budget(deps, spec, loc=("body",))
+    # Waiting for the job holds an event read, like an event stream: it takes one of the key's slots.
+    slot = deps.slots.acquire(principal.owner)
+    handed_over = False
     try:
-        done = await asyncio.wait_for(asyncio.shield(waiter), deps.config.chat_hold_s)
-    except TimeoutError:
-        return StreamingResponse(run.keepalive_json(waiter), media_type="application/json")
-    except BaseException:
-        waiter.cancel()
-        raise
-    return await run.final_response(done)
+        job = (await jobs.submit(deps, principal, spec, warnings=warnings)).job
+        JOBS_SUBMITTED.labels("chat").inc()
+        run = ChatRun(deps, request, job, body)
+        if body.stream:
+            handed_over = True
+            return SlotEventSourceResponse(
+                run.sse(), ping=deps.config.keepalive_s, sep="\n", headers=run.headers, slot=slot
+            )
+        waiter = asyncio.create_task(run.wait())
+        try:
+            done = await asyncio.wait_for(asyncio.shield(waiter), deps.config.chat_hold_s)
+        except TimeoutError:
+            handed_over = True
+            return SlotStreamingResponse(
+                run.keepalive_json(waiter), media_type="application/json", headers=run.headers, slot=slot
+            )
+        except BaseException:
+            waiter.cancel()
+            raise
+        return await run.final_response(done)
+    finally:
+        if not handed_over:
+            slot.release()
+
+
+def shown_fields(names: list[str], limit: int) -> list[str]:
+    """Field names safe to echo (a header, a log line): printable ones as sent, others replaced;
+    at most ``limit`` names, then a count of the rest."""
+    shown = [n if _PRINTABLE_NAME.fullmatch(n) else "(unprintable name)" for n in names[:limit]]
+    if len(names) > limit:
+        shown.append(f"(+{len(names) - limit} more)")
+    return shown
 
 
 def error_body(error: OpenAIErrorDetail) -> ErrorResponse:
@@ -120,12 +159,16 @@ class ChatRun:
         self.id = f"chatcmpl-{job.id}"
         self.created = int(time.time())
         self.after: str | None = None
+        self.ignored = [name[:64] for name in body.ignored_fields()[:100]]
+        self.headers: dict[str, str] = {}
+        if self.ignored:
+            self.headers[IGNORED_HEADER] = ", ".join(shown_fields(body.ignored_fields(), 20))
 
     # -- waiting -----------------------------------------------------------------------------------
 
     async def progress(self) -> AsyncIterator[str]:
         """A line per round and per stored candidate until the job is terminal."""
-        store = self.deps.store
+        store = self.deps.events_store
         block = min(self.deps.config.events_block_ms, 1000)
         while True:
             batch = await store.read_events(self.job.id, self.after, block_ms=block)
@@ -184,6 +227,8 @@ class ChatRun:
                         votes=result.votes,
                         rounds=len(result.rounds),
                         requests=result.usage.requests,
+                        warnings=job.warnings,
+                        ignored_fields=self.ignored,
                     ),
                 ),
                 None,
@@ -224,10 +269,12 @@ class ChatRun:
     async def final_response(self, job: Job) -> JSONResponse:
         completion, error, status = await self.completion(job)
         if completion is not None:
-            return JSONResponse(completion.model_dump(mode="json"))
+            return JSONResponse(completion.model_dump(mode="json"), headers=self.headers)
         assert error is not None
         return JSONResponse(
-            error_body(error).model_dump(mode="json", exclude_none=True), status_code=status, headers=NO_RETRY
+            error_body(error).model_dump(mode="json", exclude_none=True),
+            status_code=status,
+            headers={**self.headers, **NO_RETRY},
         )
 
     async def keepalive_json(self, waiter: asyncio.Task[Job]) -> AsyncIterator[bytes]:

@@ -130,6 +130,10 @@ class JobView(BaseModel):
     created_at: float
     updated_at: float
     finished_at: float | None = None
+    warnings: list[str] = Field(
+        default_factory=list,
+        description="What could not be checked when the job was accepted (e.g. the context check).",
+    )
     links: JobLinks
 
 
@@ -144,6 +148,10 @@ class SubmitResponse(BaseModel):
     status: JobStatus
     replayed: bool = Field(
         False, description="True when an earlier request with this Idempotency-Key made it."
+    )
+    warnings: list[str] = Field(
+        default_factory=list,
+        description="What could not be checked when the job was accepted (e.g. the context check).",
     )
     links: JobLinks
 

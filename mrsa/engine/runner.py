@@ -76,10 +76,18 @@ class Engine:
 
     # -- submission --------------------------------------------------------------------------------
 
-    async def submit(self, spec: JobSpec, owner: str = "local", job_id: str | None = None) -> Job:
-        """Store a job and enqueue its round-0 tasks."""
-        job = Job(id=job_id or new_job_id(), spec=spec, owner=owner)
-        await self.store.create_job(job, round_tasks(job.id, spec.params, 0))
+    async def submit(
+        self,
+        spec: JobSpec,
+        owner: str = "local",
+        job_id: str | None = None,
+        warnings: Sequence[str] = (),
+        max_active: int | None = None,
+    ) -> Job:
+        """Store a job and enqueue its round-0 tasks (raises ActiveLimitReached when ``owner``
+        already has ``max_active`` jobs in flight)."""
+        job = Job(id=job_id or new_job_id(), spec=spec, owner=owner, warnings=list(warnings))
+        await self.store.create_job(job, round_tasks(job.id, spec.params, 0), max_active=max_active)
         await self.store.add_event(job.id, Event(type="status", job_id=job.id, status=JobStatus.queued))
         return job
 

@@ -111,8 +111,12 @@ class TaskQueue(Protocol):
 class JobStore(Protocol):
     """Job state. Methods that also enqueue tasks do both atomically (one transaction in Redis)."""
 
-    async def create_job(self, job: Job, tasks: Sequence[Task]) -> None:
-        """Store a new job and enqueue its round-0 tasks."""
+    async def create_job(self, job: Job, tasks: Sequence[Task], max_active: int | None = None) -> None:
+        """Store a new job and enqueue its round-0 tasks.
+
+        With ``max_active``, raise :class:`ActiveLimitReached` instead when the owner already has
+        that many jobs not terminal — checked and added in one atomic step, so concurrent
+        submissions cannot overshoot the limit."""
         ...
 
     async def get_job(self, job_id: str) -> Job | None: ...
@@ -133,6 +137,11 @@ class JobStore(Protocol):
 
     async def count_active(self, owner: str) -> int:
         """How many of ``owner``'s jobs are not terminal (queued or running)."""
+        ...
+
+    async def count_by_status(self) -> dict[JobStatus, int]:
+        """How many jobs the store holds in each status (every job, not a sample; finished jobs
+        until their retention ends)."""
         ...
 
     async def claim_idempotency_key(self, owner: str, key: str, job_id: str, ttl_s: int) -> str | None:
@@ -216,3 +225,12 @@ TERMINAL = frozenset({JobStatus.succeeded, JobStatus.failed, JobStatus.cancelled
 class StoreUnavailable(Exception):
     """The store cannot be reached right now. A task that hits this is left pending (not acked, not
     failed) so it is retried after reclaim."""
+
+
+class ActiveLimitReached(Exception):
+    """``create_job(..., max_active=n)``: the owner already has ``active`` (≥ n) jobs in flight."""
+
+    def __init__(self, active: int, limit: int) -> None:
+        super().__init__(f"{active} jobs in flight (limit {limit})")
+        self.active = active
+        self.limit = limit

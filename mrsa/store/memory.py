@@ -10,12 +10,12 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from mrsa.domain import Candidate, ChunkCheckpoint, Event, Job, JobResult, JobStatus, Task
-from mrsa.store.base import Delivery, QueueStats, ReclaimResult, TaskContext
+from mrsa.store.base import ActiveLimitReached, Delivery, QueueStats, ReclaimResult, TaskContext
 
 
 @dataclass
@@ -153,9 +153,15 @@ class MemoryJobStore:
         except KeyError:
             raise KeyError(f"unknown job {job_id!r}") from None
 
-    async def create_job(self, job: Job, tasks: Sequence[Task]) -> None:
+    async def create_job(self, job: Job, tasks: Sequence[Task], max_active: int | None = None) -> None:
         if job.id in self._jobs:
             return
+        if max_active is not None:  # nothing awaited between the check and the insert: atomic
+            active = sum(
+                1 for s in self._jobs.values() if s.job.owner == job.owner and not s.job.status.terminal
+            )
+            if active >= max_active:
+                raise ActiveLimitReached(active, max_active)
         self._jobs[job.id] = _JobState(job=job.model_copy(deep=True))
         await self.queue.enqueue(tasks)
 
@@ -193,6 +199,10 @@ class MemoryJobStore:
 
     async def count_active(self, owner: str) -> int:
         return sum(1 for s in self._jobs.values() if s.job.owner == owner and not s.job.status.terminal)
+
+    async def count_by_status(self) -> dict[JobStatus, int]:
+        tally = Counter(s.job.status for s in self._jobs.values())
+        return {status: tally.get(status, 0) for status in JobStatus}
 
     async def claim_idempotency_key(self, owner: str, key: str, job_id: str, ttl_s: int) -> str | None:
         now = time.monotonic()

@@ -8,6 +8,8 @@ Layout (``p`` is the key prefix, ``mrsa`` by default)::
     p:owner:{owner}:jobs       Sorted set of one owner's job ids by creation time
     p:owner:{owner}:active     Set of one owner's non-terminal job ids
     p:idem:{owner}:{key}       Idempotency key → job id (with its own TTL)
+    p:status:{queued,running}  Sets of the job ids in that status (the jobs-by-status gauge)
+    p:status:{terminal status} Sorted sets of finished job ids by finish time (pruned past retention)
     p:job:{id}                 Hash: spec, owner, status, round, timestamps, error, answer, result,
                                and ``done:{round}`` counters of stored candidates
     p:job:{id}:round:{r}       Hash: candidate index → Candidate JSON
@@ -17,7 +19,7 @@ Layout (``p`` is the key prefix, ``mrsa`` by default)::
 
 Atomicity: every write that must be all-or-nothing or conditional is one Lua script (atomic in
 Redis, and one round trip; the scripts live in :mod:`mrsa.store.redis_scripts`): ``create_job`` (store + index + enqueue round 0; a second create is a
-no-op), ``save_candidate`` (HSETNX, then HINCRBY of the round's counter only when new, then XADD of
+no-op; with ``max_active`` the owner's in-flight count is checked in the same step), ``save_candidate`` (HSETNX, then HINCRBY of the round's counter only when new, then XADD of
 each next-round task whose parents are now all stored and that is not in the released set),
 ``complete_rounds`` (moves the round pointer over complete rounds, XADD of the selection task when
 it passes the last one), ``advance_round`` (compare-and-set of the round pointer + XADD; the
@@ -77,7 +79,14 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from mrsa.domain import Candidate, ChunkCheckpoint, Event, Job, JobResult, JobSpec, JobStatus, Task
 from mrsa.store import redis_scripts as lua
-from mrsa.store.base import Delivery, QueueStats, ReclaimResult, StoreUnavailable, TaskContext
+from mrsa.store.base import (
+    ActiveLimitReached,
+    Delivery,
+    QueueStats,
+    ReclaimResult,
+    StoreUnavailable,
+    TaskContext,
+)
 
 GROUP = "workers"
 EVENTS_MAXLEN = 10_000
@@ -160,6 +169,10 @@ class _Redis:
     def owner_active(self, owner: str) -> str:
         return f"{self.p}:owner:{owner}:active"
 
+    def status_index(self, status: JobStatus) -> str:
+        """Jobs in ``status``: a set for queued/running, a sorted set by finish time otherwise."""
+        return f"{self.p}:status:{status.value}"
+
     def idempotency(self, owner: str, key: str) -> str:
         return f"{self.p}:idem:{owner}:{key}"
 
@@ -214,13 +227,14 @@ _JOB_FIELDS = (
     "finished_at",
     "error",
     "answer",
+    "warnings",
 )
 
 
 def _job_from_fields(job_id: str, values: Sequence[str | None]) -> Job | None:
     if values[0] is None:
         return None
-    spec, owner, status, rnd, created, updated, finished, error, answer = values
+    spec, owner, status, rnd, created, updated, finished, error, answer, warnings = values
     assert spec is not None and status is not None and rnd is not None
     return Job(
         id=job_id,
@@ -233,6 +247,7 @@ def _job_from_fields(job_id: str, values: Sequence[str | None]) -> Job | None:
         finished_at=_opt_json(finished),
         error=_opt_json(error),
         answer=_opt_json(answer),
+        warnings=_opt_json(warnings) or [],
     )
 
 
@@ -379,7 +394,7 @@ class RedisJobStore:
 
     # -- jobs -------------------------------------------------------------------------------------
 
-    async def create_job(self, job: Job, tasks: Sequence[Task]) -> None:
+    async def create_job(self, job: Job, tasks: Sequence[Task], max_active: int | None = None) -> None:
         fields: dict[str, str] = {
             "spec": job.spec.model_dump_json(),
             "owner": job.owner,
@@ -390,26 +405,32 @@ class RedisJobStore:
             "finished_at": json.dumps(job.finished_at),
             "error": json.dumps(job.error),
             "answer": json.dumps(job.answer),
+            "warnings": json.dumps(job.warnings),
         }
         flat = [x for kv in fields.items() for x in kv]
         with self._r.unavailable():
-            await self._r.create(
+            created = await self._r.create(
                 keys=[
                     self._r.job(job.id),
                     self._r.jobs,
                     self._r.owner_jobs(job.owner),
                     self._r.owner_active(job.owner),
                     self._r.tasks,
+                    self._r.status_index(job.status),
                 ],
                 args=[
                     job.id,
                     repr(job.created_at),
                     "0" if job.status.terminal else "1",
+                    -1 if max_active is None else max_active,
                     len(fields),
                     *flat,
                     *(t.model_dump_json() for t in tasks),
                 ],
             )
+        if int(created) < 0:
+            assert max_active is not None
+            raise ActiveLimitReached(-int(created), max_active)
 
     async def get_job(self, job_id: str) -> Job | None:
         with self._r.unavailable():
@@ -480,6 +501,28 @@ class RedisJobStore:
         with self._r.unavailable():
             return int(await self._r.client.scard(self._r.owner_active(owner)))
 
+    async def count_by_status(self) -> dict[JobStatus, int]:
+        """From the status index the scripts keep at every transition (one pipeline): the queued
+        and running sets, and the finished jobs not yet past their retention."""
+        expired = time.time() - self.retention_s
+        with self._r.unavailable():
+            async with self._r.client.pipeline(transaction=False) as pipe:
+                for status in JobStatus:
+                    key = self._r.status_index(status)
+                    if status.terminal:
+                        pipe.zremrangebyscore(key, "-inf", expired)
+                        pipe.zcard(key)
+                    else:
+                        pipe.scard(key)
+                replies = await pipe.execute()
+        counts = iter(replies)
+        out: dict[JobStatus, int] = {}
+        for status in JobStatus:
+            if status.terminal:
+                next(counts)  # what ZREMRANGEBYSCORE pruned
+            out[status] = int(next(counts))
+        return out
+
     async def claim_idempotency_key(self, owner: str, key: str, job_id: str, ttl_s: int) -> str | None:
         with self._r.unavailable():
             old = await self._r.claim_key(
@@ -489,7 +532,12 @@ class RedisJobStore:
 
     async def mark_running(self, job_id: str) -> bool:
         with self._r.unavailable():
-            return bool(await self._r.mark_running(keys=[self._r.job(job_id)], args=[_now()]))
+            keys = [
+                self._r.job(job_id),
+                self._r.status_index(JobStatus.queued),
+                self._r.status_index(JobStatus.running),
+            ]
+            return bool(await self._r.mark_running(keys=keys, args=[_now(), job_id]))
 
     async def save_candidate(self, job_id: str, candidate: Candidate, release: Sequence[Task] = ()) -> int:
         children: list[str | int] = []

@@ -9,25 +9,35 @@ from __future__ import annotations
 
 _TERMINAL = "local function terminal(s) return s == 'succeeded' or s == 'failed' or s == 'cancelled' end\n"
 
-# KEYS: job, all jobs, owner jobs, owner active, tasks. ARGV: id, created_at, active(0/1), nfields,
-# field/value pairs..., task JSON...
+# KEYS: job, all jobs, owner jobs, owner active, tasks, status index (p:status:queued). ARGV: id,
+# created_at, active(0/1), max active (-1: no limit), nfields, field/value pairs..., task JSON...
+# Returns 1, 0 (exists already) or -n when the owner already has n ≥ max active jobs in flight.
 CREATE = """
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-local nf = tonumber(ARGV[4])
+local limit = tonumber(ARGV[4])
+if limit >= 0 then
+  local active = redis.call('SCARD', KEYS[4])
+  if active >= limit then return -math.max(active, 1) end
+end
+local nf = tonumber(ARGV[5])
 local fields = {}
-for i = 1, nf * 2 do fields[i] = ARGV[4 + i] end
+for i = 1, nf * 2 do fields[i] = ARGV[5 + i] end
 redis.call('HSET', KEYS[1], unpack(fields))
 redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
 redis.call('ZADD', KEYS[3], ARGV[2], ARGV[1])
-if ARGV[3] == '1' then redis.call('SADD', KEYS[4], ARGV[1]) end
-for i = 5 + nf * 2, #ARGV do redis.call('XADD', KEYS[5], '*', 'task', ARGV[i]) end
+if ARGV[3] == '1' then
+  redis.call('SADD', KEYS[4], ARGV[1])
+  redis.call('SADD', KEYS[6], ARGV[1])
+end
+for i = 6 + nf * 2, #ARGV do redis.call('XADD', KEYS[5], '*', 'task', ARGV[i]) end
 return 1
 """
 
-# KEYS: job. ARGV: now.
+# KEYS: job, status index queued, status index running. ARGV: now, id.
 MARK_RUNNING = """
 if redis.call('HGET', KEYS[1], 'status') ~= 'queued' then return 0 end
 redis.call('HSET', KEYS[1], 'status', 'running', 'updated_at', ARGV[1])
+redis.call('SMOVE', KEYS[2], KEYS[3], ARGV[2])
 return 1
 """
 
@@ -124,6 +134,10 @@ redis.call('HSET', KEYS[1], 'status', ARGV[2], 'error', ARGV[3], 'answer', answe
            'finished_at', ARGV[6], 'updated_at', ARGV[6])
 if ARGV[5] ~= '' then redis.call('HSET', KEYS[1], 'result', ARGV[5]) end
 redis.call('SREM', ARGV[8] .. ':owner:' .. st[4] .. ':active', ARGV[1])
+-- Status index: out of the in-flight sets, into the status's set of finished jobs (by finish time).
+redis.call('SREM', ARGV[8] .. ':status:queued', ARGV[1])
+redis.call('SREM', ARGV[8] .. ':status:running', ARGV[1])
+redis.call('ZADD', ARGV[8] .. ':status:' .. ARGV[2], ARGV[6], ARGV[1])
 local ttl = tonumber(ARGV[7])
 for i = 1, 3 do redis.call('EXPIRE', KEYS[i], ttl) end
 redis.call('EXPIRE', KEYS[1] .. ':released', ttl)
