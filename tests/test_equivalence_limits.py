@@ -9,14 +9,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import os
+import subprocess
+import sys
+import threading
 import time
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
 import mrsa.engine.equivalence as equivalence_module
+from benchmarks.simulator.process import free_port, running_simulator
 from mrsa.api.app import create_app
 from mrsa.api.deps import ApiConfig, ApiDeps, BackendHandle
 from mrsa.backends.base import GenerationRequest
@@ -27,6 +35,7 @@ from mrsa.params import RSAParams
 from mrsa.settings import Settings
 from mrsa.store.memory import open_memory
 from tests.fakes import FakeBackend
+from tests.plugins.redis_server import RedisServer
 from workers.loop import Worker, WorkerOptions
 
 POISON = "9^{9^{9}}"
@@ -225,3 +234,215 @@ async def test_the_result_of_a_cancelled_poisoned_job_is_bounded(
     assert result["status"] == "cancelled"
     assert sorted(v["answer"] for v in result["rounds"][0]["votes"]) == sorted([POISON, "42"])
     assert result["rounds"][0]["equivalence_timeouts"] >= 1
+
+
+# -- as a user runs it: separate processes on the simulator ----------------------------------------
+
+KEY = "equiv-e2e-key-7a90"
+SIM_FLAGS = ["--max-num-seqs=8", "--step-base-ms=0.2", "--median-tokens=60", "--max-model-len=4096"]
+MRSA = [sys.executable, "-m", "mrsa"]
+WORKER_FLAGS = ["--backend-kind", "vllm", "--concurrency", "4", "--consumer", "equiv-w1"]
+SMALL = [
+    "--seed",
+    "5",
+    "--preset",
+    "smoke",
+    "--population",
+    "4",
+    "--subset",
+    "2",
+    "--rounds",
+    "0",
+    "--budget",
+    "256",
+]
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MRSA_")}
+    env.update(extra)
+    return env
+
+
+@pytest.mark.timeout(300)
+def test_mrsa_solve_prints_no_math_verify_noise() -> None:
+    # math-verify warned "Timeout is disabled…" (twice) into `make demo`'s output.
+    with running_simulator(SIM_FLAGS) as sim:
+        proc = subprocess.run(
+            [*MRSA, "solve", "--backend", sim, "--backend-kind", "vllm", "--json", *SMALL, "What is 2+2?"],
+            capture_output=True,
+            text=True,
+            timeout=240,
+            env=_env(),
+        )
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    assert len(result["votes"]) >= 2, "the run must need math-verify to cluster its answers"
+    assert "Timeout is disabled" not in proc.stderr
+    assert "math_verify" not in proc.stderr and "math-verify" not in proc.stderr
+
+
+@dataclass
+class Child:
+    proc: subprocess.Popen[bytes]
+    log_path: Path
+
+    @property
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+class HealthProbe:
+    """Asks ``/healthz`` every 0.2 s from a thread: the slowest answer and every failure."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.slowest = 0.0
+        self.failures: list[str] = []
+        self.answered = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        with httpx.Client(timeout=10) as client:
+            while not self._stop.is_set():
+                started = time.monotonic()
+                try:
+                    r = client.get(f"{self.url}/healthz")
+                    if r.status_code != 200:
+                        self.failures.append(f"{r.status_code} {r.text[:200]}")
+                    else:
+                        self.answered += 1
+                except httpx.HTTPError as exc:
+                    self.failures.append(repr(exc))
+                self.slowest = max(self.slowest, time.monotonic() - started)
+                self._stop.wait(0.2)
+
+    def __enter__(self) -> HealthProbe:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=15)
+
+
+@pytest.mark.redis
+@pytest.mark.timeout(600)
+def test_a_worker_given_a_runaway_answer_finishes_the_job_and_keeps_serving(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """The issue's done-when: a worker given 9^{9^{9}} finishes that job within the documented
+    limit while other jobs keep flowing; the API's /healthz answers throughout."""
+    children: list[Child] = []
+    limit = {"MRSA_EQUIVALENCE_TIMEOUT_S": str(LIMIT_S)}
+
+    def start(name: str, args: list[str]) -> Child:
+        log_path = tmp_path / f"{name}.log"
+        with log_path.open("wb") as log:
+            proc = subprocess.Popen(
+                [sys.executable, *args],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=_env(**limit),
+            )
+        children.append(Child(proc, log_path))
+        return children[-1]
+
+    def wait_for(what: str, condition: Any, within: float, child: Child) -> None:
+        deadline = time.monotonic() + within
+        while not condition():
+            assert child.proc.poll() is None, f"{what}: the process exited:\n{child.log[-3000:]}"
+            assert time.monotonic() < deadline, f"{what} within {within:.0f}s:\n{child.log[-3000:]}"
+            time.sleep(0.2)
+
+    def api_ready(url: str) -> bool:
+        try:
+            return httpx.get(f"{url}/readyz", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    with running_simulator([*SIM_FLAGS, f"--hostile-answer={POISON}", "--correct-share=0.5"]) as sim:
+        try:
+            port = free_port()
+            api_url = f"http://127.0.0.1:{port}"
+            api = start(
+                "api",
+                ["-m", "mrsa", "serve", "--port", str(port), "--redis", redis_server.url, "--api-keys", KEY],
+            )
+            wait_for("mrsa serve ready", lambda: api_ready(api_url), 60, api)
+            worker = start(
+                "worker",
+                ["-m", "workers", "--redis", redis_server.url, "--backend", sim, *WORKER_FLAGS],
+            )
+            wait_for("worker ready", lambda: " ready: " in worker.log, 60, worker)
+            headers = {"Authorization": f"Bearer {KEY}"}
+            params = {"population": 4, "subset": 2, "rounds": 0, "budget": 256, "tail": 64, "seed": 1}
+
+            def submit(client: httpx.Client, problem: str, **overrides: Any) -> str:
+                body = {"problem": problem, "preset": "smoke", "params": {**params, **overrides}}
+                r = client.post(f"{api_url}/v1/jobs", json=body, headers=headers)
+                assert r.status_code in (200, 201, 202), r.text
+                job_id: str = r.json()["id"]
+                return job_id
+
+            def status(client: httpx.Client, job_id: str) -> str:
+                r = client.get(f"{api_url}/v1/jobs/{job_id}", headers=headers)
+                assert r.status_code == 200, r.text
+                state: str = r.json()["status"]
+                return state
+
+            with httpx.Client(timeout=30) as client, HealthProbe(api_url) as health:
+                started = time.monotonic()
+                poisoned = submit(client, "HOSTILE: what is 6*7?")
+                others = [submit(client, f"What is {i}*7?", rounds=1) for i in range(4)]
+                finished: dict[str, float] = {}
+                deadline = started + 4 * ROUND_BOUND_S
+                while len(finished) < 1 + len(others) and time.monotonic() < deadline:
+                    for job_id in (poisoned, *others):
+                        if job_id not in finished and status(client, job_id) in (
+                            "succeeded",
+                            "failed",
+                            "cancelled",
+                        ):
+                            finished[job_id] = time.monotonic() - started
+                    time.sleep(0.2)
+                # and the worker keeps taking new work after the poisoned job
+                late = submit(client, "What is 9*7?")
+                wait_for(
+                    "a job submitted after the poisoned one",
+                    lambda: status(client, late) == "succeeded",
+                    120,
+                    worker,
+                )
+                results = {
+                    j: client.get(f"{api_url}/v1/jobs/{j}/result", headers=headers)
+                    for j in (poisoned, *others)
+                }
+            assert len(finished) == 1 + len(others), (
+                f"unfinished after {4 * ROUND_BOUND_S:.0f}s:\n{worker.log[-3000:]}"
+            )
+            assert finished[poisoned] < ROUND_BOUND_S + 60  # the documented bound plus the job itself
+            assert health.failures == [] and health.answered > 0
+            assert health.slowest < 5.0, f"/healthz took {health.slowest:.1f}s"
+            for r in results.values():
+                assert r.status_code == 200, r.text
+                assert r.json()["status"] == "succeeded", r.json().get("error")
+            poisoned_result = results[poisoned].json()
+            answers = poisoned_result["rounds"][0]["candidates"]
+            assert POISON in [c["answer"] for c in answers] and any(c["answer"] != POISON for c in answers)
+            assert poisoned_result["rounds"][0]["equivalence_timeouts"] >= 1
+            assert poisoned_result["warnings"]
+            assert worker.proc.poll() is None
+            metrics = httpx.get(f"{api_url}/metrics", timeout=10).text
+            assert "mrsa_jobs" in metrics  # the API still serves its other routes
+        finally:
+            for child in reversed(children):
+                if child.proc.poll() is None:
+                    child.proc.terminate()
+                    try:
+                        child.proc.wait(timeout=40)
+                    except subprocess.TimeoutExpired:
+                        child.proc.kill()
+                        child.proc.wait(timeout=10)
