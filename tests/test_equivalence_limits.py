@@ -128,6 +128,17 @@ def test_oversized_answers_are_compared_as_normalised_strings(limited: Equivalen
     assert got == Clustering(groups=[[0, 2], [1, 4], [3]], oversized=1)
 
 
+def test_a_pool_that_cannot_run_leaves_the_answers_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    eq = Equivalence(timeout_s=LIMIT_S)
+
+    def broken(*_args: object, **_kwargs: object) -> None:
+        raise RuntimeError("the equivalence processes failed to start")
+
+    monkeypatch.setattr(eq.pool, "run_many", broken)
+    got = eq.cluster(["0.5", "1/2", "0.5 "])
+    assert got == Clustering(groups=[[0, 2], [1]], timeouts=2)
+
+
 @pytest.mark.timeout(120)
 async def test_clustering_runs_off_the_event_loop(limited: Equivalence) -> None:
     async with Ticker() as ticker:

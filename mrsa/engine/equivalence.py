@@ -34,7 +34,7 @@ from math_verify import LatexExtractionConfig, parse, verify
 
 from mrsa import metrics
 from mrsa.engine.answers import normalise_answer
-from mrsa.engine.pool import DeadlinePool
+from mrsa.engine.pool import Call, DeadlinePool
 from mrsa.settings import EQUIVALENCE_MAX_CHARS, EQUIVALENCE_TIMEOUT_S, EQUIVALENCE_WORKERS, get_settings
 
 log = logging.getLogger(__name__)
@@ -213,7 +213,7 @@ class Equivalence:
                 for pos in group:
                     root[which[pos]] = which[group[0]]
 
-        [done] = self.pool.run_many([(cluster, ([reps[j] for j in eligible], self.max_chars))])
+        [done] = self._run([(cluster, ([reps[j] for j in eligible], self.max_chars))])
         if done is not None:
             apply(done[0], eligible)
             return 0
@@ -227,21 +227,28 @@ class Equivalence:
             if time.monotonic() - started >= PROBE_BUDGET * self.timeout_s:
                 timeouts += len(order) - at  # out of time: the rest stand alone unprobed
                 break
-            for j, result in zip(
-                batch, self.pool.run_many([(probe, (reps[j],)) for j in batch]), strict=True
-            ):
+            for j, result in zip(batch, self._run([(probe, (reps[j],)) for j in batch]), strict=True):
                 if result is None:
                     timeouts += 1
                 else:
                     survivors.append(j)
         survivors.sort()
         if len(survivors) >= 2:
-            [again] = self.pool.run_many([(cluster, ([reps[j] for j in survivors], self.max_chars))])
+            [again] = self._run([(cluster, ([reps[j] for j in survivors], self.max_chars))])
             if again is None:
                 timeouts += len(survivors)
             else:
                 apply(again[0], survivors)
         return timeouts
+
+    def _run(self, calls: list[Call]) -> list[tuple[Any] | None]:
+        """The pool's results; a call that fails for any other reason than its deadline (the
+        processes cannot start, a result cannot be sent back) also leaves its answers alone."""
+        try:
+            return self.pool.run_many(calls)
+        except Exception:
+            log.exception("answer clustering failed; the answers involved are compared as strings")
+            return [None] * len(calls)
 
     def _finish(self, members: list[list[int]], root: list[int], timeouts: int, oversized: int) -> Clustering:
         merged: dict[int, list[int]] = {}
