@@ -14,6 +14,7 @@ import contextlib
 import ctypes
 import functools
 import multiprocessing
+import os
 import signal
 import sys
 import threading
@@ -46,8 +47,19 @@ def _init_worker(initializer: Callable[[], None] | None, memory_bytes: int | Non
     if sys.platform.startswith("linux"):
         import resource
 
-        with contextlib.suppress(Exception):  # die with the process that started us (no orphans)
+        # No orphan may go on computing when the pool's owner dies: die with our parent (the fork
+        # server), and let the fork server see its owner go (it exits when the last holder of its
+        # "alive" pipe closes it, and every child inherits a copy).
+        with contextlib.suppress(Exception):
             ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        with contextlib.suppress(Exception):
+            from multiprocessing import forkserver
+
+            server: Any = forkserver._forkserver
+            alive = getattr(server, "_forkserver_alive_fd", None)
+            if alive is not None:
+                os.close(alive)
+                server._forkserver_alive_fd = None
         if memory_bytes is not None:
             with contextlib.suppress(ValueError, OSError):
                 _soft, hard = resource.getrlimit(resource.RLIMIT_AS)
