@@ -218,13 +218,14 @@ class Equivalence:
             apply(done[0], eligible)
             return 0
         # Something ran away: find the answers that do, probing each alone.
-        started = time.monotonic()
+        started, restarts = time.monotonic(), self.pool.startup_s
         order = sorted(eligible, key=lambda j: (-votes[j], j))
         survivors: list[int] = []
         timeouts = 0
         for at in range(0, len(order), self.pool.workers):
             batch = order[at : at + self.pool.workers]
-            if time.monotonic() - started >= PROBE_BUDGET * self.timeout_s:
+            spent = time.monotonic() - started - (self.pool.startup_s - restarts)  # restarts are free
+            if spent >= PROBE_BUDGET * self.timeout_s:
                 timeouts += len(order) - at  # out of time: the rest stand alone unprobed
                 break
             for j, result in zip(batch, self._run([(probe, (reps[j],)) for j in batch]), strict=True):

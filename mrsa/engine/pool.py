@@ -18,6 +18,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor, wait
@@ -107,6 +108,7 @@ class DeadlinePool:
         self.timeout_s = timeout_s
         self.name = name
         self.recycled = 0
+        self.startup_s = 0.0  # total time spent starting processes (not counted in any deadline)
         self._initializer = initializer
         self._preload = tuple(preload)
         self._memory_bytes = memory_bytes
@@ -127,6 +129,7 @@ class DeadlinePool:
 
     def _ensure_pool(self) -> ProcessPoolExecutor:
         if self._pool is None:
+            began = time.monotonic()
             init = functools.partial(_init_worker, self._initializer, self._memory_bytes)
             pool = ProcessPoolExecutor(self.workers, mp_context=_context(self._preload), initializer=init)
             # Start every worker (and its warm-up) before any deadline runs. A pool that cannot
@@ -139,6 +142,8 @@ class DeadlinePool:
             except Exception as exc:
                 pool.shutdown(wait=False, cancel_futures=True)
                 raise RuntimeError(f"the {self.name} processes failed to start: {exc!r}") from exc
+            finally:
+                self.startup_s += time.monotonic() - began
             self._pool = pool
         return self._pool
 
