@@ -139,6 +139,46 @@ def test_a_pool_that_cannot_run_leaves_the_answers_alone(monkeypatch: pytest.Mon
     assert got == Clustering(groups=[[0, 2], [1]], timeouts=2)
 
 
+ORPHAN_SCRIPT = """
+import os, signal, sys, threading, time
+from mrsa.engine.equivalence import Equivalence
+
+if __name__ == "__main__":
+    eq = Equivalence(timeout_s=600)
+    threading.Thread(target=eq.cluster, args=([sys.argv[1], "42"],), daemon=True).start()
+    time.sleep(float(sys.argv[2]))
+    children = os.popen(f"pgrep -P {os.getpid()}").read().split()
+    grandchildren = [g for c in children for g in os.popen(f"pgrep -P {c}").read().split()]
+    print(" ".join(children + grandchildren), flush=True)
+    os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux-only")
+@pytest.mark.timeout(120)
+def test_no_orphan_goes_on_computing_when_its_owner_is_killed(tmp_path: Path) -> None:
+    script = tmp_path / "owner.py"
+    script.write_text(ORPHAN_SCRIPT)
+    proc = subprocess.run(
+        [sys.executable, str(script), POISON, "8"], capture_output=True, text=True, timeout=90, env=_env()
+    )
+    assert proc.returncode == -9, proc.stderr
+    started = [int(pid) for pid in proc.stdout.split()]
+    assert len(started) >= 2, "the owner had not started its fork server and pool worker"
+    deadline = time.monotonic() + 20
+    while any(_alive(pid) for pid in started) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not [pid for pid in started if _alive(pid)], "pool processes outlived their owner"
+
+
 @pytest.mark.timeout(120)
 async def test_clustering_runs_off_the_event_loop(limited: Equivalence) -> None:
     async with Ticker() as ticker:
