@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -488,6 +489,24 @@ def test_a_worker_given_a_runaway_answer_finishes_the_job_and_keeps_serving(
             assert worker.proc.poll() is None
             metrics = httpx.get(f"{api_url}/metrics", timeout=10).text
             assert "mrsa_jobs" in metrics  # the API still serves its other routes
+
+            # SIGTERM while the worker clusters a poisoned round (it used to be deaf to it): it
+            # finishes that job within its grace period and exits.
+            with httpx.Client(timeout=30) as client:
+                again = submit(client, "HOSTILE: what is 7*6?", seed=2)
+
+                def clustering() -> bool:  # every round complete, the result not yet recorded
+                    job = client.get(f"{api_url}/v1/jobs/{again}", headers=headers).json()
+                    return bool(job["status"] == "running" and job["progress"]["round"] > params["rounds"])
+
+                wait_for("the second poisoned job's candidates", clustering, 120, worker)
+                worker.proc.send_signal(signal.SIGTERM)
+                try:
+                    code = worker.proc.wait(timeout=ROUND_BOUND_S + 30)
+                except subprocess.TimeoutExpired:
+                    raise AssertionError(f"the worker ignored SIGTERM:\n{worker.log[-3000:]}") from None
+                assert code == 0, worker.log[-3000:]
+                assert status(client, again) == "succeeded", worker.log[-3000:]
         finally:
             for child in reversed(children):
                 if child.proc.poll() is None:
