@@ -2,9 +2,10 @@
 accuracy a user of ``--selection majority`` would see), but on the strictly extracted ``\\boxed{}``
 answers that grading uses.
 
-The engine clusters answers with math-verify in-process; evaluation runs :func:`majority_choice`
-in the grading pool under a deadline and falls back to :func:`majority_choice_plain` (string
-normal forms only) when it overruns.
+The engine clusters answers in its equivalence pool under a limit
+(:class:`mrsa.engine.equivalence.Equivalence`); evaluation runs :func:`majority_choice` in the
+grading pool under a deadline and falls back to :func:`majority_choice_plain` (string normal forms
+only) when it overruns.
 """
 
 from __future__ import annotations

@@ -131,6 +131,14 @@ class RoundSummary(BaseModel):
     truncated: int
     votes: list[Vote]
     candidates: list[CandidateSummary]
+    equivalence_timeouts: int = Field(
+        0,
+        description="Distinct answers math-verify could not compare within the equivalence limit: "
+        "each is its own class in the votes.",
+    )
+    oversized_answers: int = Field(
+        0, description="Distinct answers too long to compare symbolically (grouped as normalised strings)."
+    )
 
 
 class JobResult(BaseModel):
@@ -147,6 +155,9 @@ class JobResult(BaseModel):
     votes: list[Vote]
     answers: list[str | None] = Field(
         default_factory=list, description="Final-round answers of every candidate (selection 'population')."
+    )
+    warnings: list[str] = Field(
+        default_factory=list, description="What the service could not check while building the result."
     )
     rounds: list[RoundSummary]
     elapsed_s: float = 0.0

@@ -7,6 +7,11 @@ from functools import lru_cache
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+# Answer clustering under a limit (mrsa.engine.equivalence): defaults shared with its pure functions.
+EQUIVALENCE_TIMEOUT_S = 5.0
+EQUIVALENCE_MAX_CHARS = 1000
+EQUIVALENCE_WORKERS = 1
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="MRSA_", extra="ignore")
@@ -79,6 +84,21 @@ class Settings(BaseSettings):
     )
     allow_no_auth: bool = Field(
         False, description="Let `mrsa serve` listen on a non-loopback interface without API keys."
+    )
+    equivalence_timeout_s: float = Field(
+        EQUIVALENCE_TIMEOUT_S,
+        gt=0,
+        description="Wall-clock limit of one math-verify call when clustering answers, seconds.",
+    )
+    equivalence_max_chars: int = Field(
+        EQUIVALENCE_MAX_CHARS,
+        ge=1,
+        description="Longer answers are compared as normalised strings, not symbolically.",
+    )
+    equivalence_workers: int = Field(
+        EQUIVALENCE_WORKERS,
+        ge=1,
+        description="Processes per mrsa process that run math-verify for answer clustering.",
     )
 
     @field_validator("backend_context_length", "backend_deadline_s", mode="before")

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mrsa.domain import Candidate, FinishReason, Vote
@@ -34,13 +36,27 @@ from mrsa.engine.selection import majority, tally
         ("no box at all: 42", None),
         ("", None),
         (r"\boxed{\text{yes}}", r"\text{yes}"),
+        # escaped braces are content, not structure
+        (r"\boxed{\left\{ x \right.}", r"\left\{ x \right."),
+        (r"\boxed{a \} b}", r"a \} b"),
+        (r"\boxed{\{1, 2}", r"\{1, 2"),
+        (r"\boxed{x \\ {y}}", r"x \\ {y}"),  # \\ is a line break: the brace after it is structural
+        (r"\boxed{1} then \boxed{\}", "1"),  # \} does not close the last box
     ],
 )
 def test_last_boxed(text: str, answer: str | None) -> None:
     assert last_boxed(text) == answer
 
 
-@given(inner=st.text(alphabet="abc12+-^_ \\", min_size=1, max_size=20).filter(lambda s: s.strip()))
+def _odd_trailing_backslashes(text: str) -> bool:
+    return (len(text) - len(text.rstrip("\\"))) % 2 == 1
+
+
+@given(
+    inner=st.text(alphabet="abc12+-^_ \\", min_size=1, max_size=20).filter(
+        lambda s: s.strip() and not _odd_trailing_backslashes(s)  # else its closing brace is escaped
+    )
+)
 def test_last_boxed_returns_balanced_content(inner: str) -> None:
     for wrapped in (inner, "{" + inner + "}", "x^{" + inner + "}"):
         assert last_boxed(f"blah \\boxed{{{wrapped}}} tail") == wrapped.strip()
@@ -50,6 +66,85 @@ def test_last_boxed_returns_balanced_content(inner: str) -> None:
 def test_last_boxed_never_crashes_and_is_a_substring(text: str) -> None:
     found = last_boxed(text)
     assert found is None or (found in text and found == found.strip() and found)
+
+
+def _last_boxed_reference(text: str) -> str | None:
+    """The obvious quadratic definition: from each box (last first), walk to its closing brace."""
+    import re
+
+    for match in reversed(list(re.finditer(r"\\(?:boxed|fbox)\s*\{", text))):
+        depth, pos = 1, match.end()
+        while pos < len(text):
+            ch = text[pos]
+            if ch == "\\" and pos + 1 < len(text) and text[pos + 1] in "\\{}":
+                pos += 2
+                continue
+            depth += {"{": 1, "}": -1}.get(ch, 0)
+            if depth == 0:
+                inner = text[match.end() : pos].strip()
+                if inner:
+                    return inner
+                break
+            pos += 1
+    return None
+
+
+_PIECES = st.sampled_from(["\\boxed{", "\\fbox {", "{", "}", "\\{", "\\}", "\\\\", "\\", "x", "1", " "])
+
+
+@given(pieces=st.lists(_PIECES, max_size=40))
+def test_last_boxed_agrees_with_the_quadratic_definition(pieces: list[str]) -> None:
+    text = "".join(pieces)
+    assert last_boxed(text) == _last_boxed_reference(text)
+
+
+# -- hostile model output: extraction is linear -----------------------------------------------------
+
+HOSTILE_SIZE = 200_000
+EXTRACT_BOUND_S = 1.0  # generous: 200 KB takes a few milliseconds when linear, minutes when quadratic
+
+
+def _extraction_time(text: str) -> float:
+    started = time.perf_counter()
+    extract_answer(text, text, finished=True)
+    extract_answer(text, text, finished=False)
+    return time.perf_counter() - started
+
+
+def _fill(chunk: str, size: int = HOSTILE_SIZE) -> str:
+    return (chunk * (size // max(len(chunk), 1) + 1))[:size]
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(
+    "chunk",
+    [
+        "\\boxed{",  # thousands of unclosed boxes (84 KB of these froze a worker 70 s)
+        "\\boxed{{",
+        "\\fbox {x",
+        "\\boxed{\\{",
+        "{",
+        "\\boxed{}",
+        "answer is ",
+        "1,",
+    ],
+)
+def test_extraction_is_linear_on_hostile_text(chunk: str) -> None:
+    assert _extraction_time(_fill(chunk)) < EXTRACT_BOUND_S
+
+
+@pytest.mark.timeout(120)
+@settings(max_examples=25, deadline=None)
+@given(pieces=st.lists(_PIECES, min_size=1, max_size=8))
+def test_extraction_stays_linear_on_any_repeated_pattern(pieces: list[str]) -> None:
+    assert _extraction_time(_fill("".join(pieces))) < EXTRACT_BOUND_S
+
+
+def test_a_huge_boxed_sum_is_extracted_whole_and_fast() -> None:
+    total = "+".join(["1"] * (HOSTILE_SIZE // 2))
+    started = time.perf_counter()
+    assert last_boxed(f"so \\boxed{{{total}}}") == total
+    assert time.perf_counter() - started < EXTRACT_BOUND_S
 
 
 # -- fallback_answer / extract_answer ---------------------------------------------------------------

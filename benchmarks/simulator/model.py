@@ -91,6 +91,9 @@ class SimConfig:
     length_sigma: float = 0.6
     runaway_share: float = 0.15
     correct_share: float = 0.6
+    # A probe for hostile model output: problems whose text contains HOSTILE draw this answer in
+    # place of their first ("correct") one, e.g. 9^{9^{9}}. Empty: off.
+    hostile_answer: str = ""
 
     def step_s(self, batch: int) -> float:
         """Wall time of one decode step with ``batch`` running sequences."""
@@ -146,6 +149,9 @@ def _rng(*material: object) -> random.Random:
     return random.Random(int.from_bytes(digest, "big"))
 
 
+HOSTILE = "HOSTILE"
+
+
 def problem_answers(problem_key: str) -> list[str]:
     """The answers a problem's generations draw from: the first is the 'correct' one."""
     base = _rng("answer", problem_key).randrange(100, 999)
@@ -161,6 +167,8 @@ def sample_output(
     runaway = rng.random() < config.runaway_share
     drawn = rng.lognormvariate(math.log(config.median_tokens), config.length_sigma)
     answers = problem_answers(problem_key)
+    if config.hostile_answer and HOSTILE in problem_key:
+        answers[0] = config.hostile_answer
     answer = answers[0] if rng.random() < config.correct_share else rng.choice(answers[1:])
     closing = f"\n</think>\n\nThe answer is \\boxed{{{answer}}}."
     natural = max(len(closing) + 16, round(drawn))

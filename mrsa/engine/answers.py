@@ -5,23 +5,43 @@ from __future__ import annotations
 import re
 
 _BOX = re.compile(r"\\(?:boxed|fbox)\s*\{")
+# Structural braces, and escapes that are not: ``\{``/``\}`` are literal braces (a set), ``\\`` is a
+# line break (so the brace after it is structural again).
+_BRACE = re.compile(r"\\[\\{}]|[{}]")
+
+
+def _closing_braces(text: str, start: int) -> dict[int, int]:
+    """For every structural ``{`` at or after ``start``: the position of its matching ``}``.
+
+    One pass with a stack: linear in ``len(text)`` whatever the nesting, so a model writing
+    thousands of unclosed ``\\boxed{`` costs one scan, not one scan per box."""
+    closing: dict[int, int] = {}
+    stack: list[int] = []
+    for match in _BRACE.finditer(text, start):
+        brace = match.group()
+        if brace == "{":
+            stack.append(match.start())
+        elif brace == "}" and stack:
+            closing[stack.pop()] = match.start()
+    return closing
 
 
 def last_boxed(text: str) -> str | None:
-    """The content of the last ``\\boxed{}`` in ``text`` with balanced braces, or ``None``."""
-    for match in reversed(list(_BOX.finditer(text))):
-        depth, start = 1, match.end()
-        for pos in range(start, len(text)):
-            ch = text[pos]
-            if ch == "{":
-                depth += 1
-            elif ch == "}":
-                depth -= 1
-                if depth == 0:
-                    inner = text[start:pos].strip()
-                    if inner:
-                        return inner
-                    break
+    """The content of the last ``\\boxed{}`` in ``text`` with balanced braces, or ``None``.
+
+    Escaped braces (``\\{``, ``\\}``) are content, not structure. Linear time in ``len(text)``."""
+    boxes = list(_BOX.finditer(text))
+    if not boxes:
+        return None
+    closing = _closing_braces(text, boxes[0].start())
+    for match in reversed(boxes):
+        start = match.end()
+        end = closing.get(start - 1)
+        if end is None:
+            continue
+        inner = text[start:end].strip()
+        if inner:
+            return inner
     return None
 
 

@@ -32,9 +32,10 @@ from mrsa.domain import (
 )
 from mrsa.engine import prompts
 from mrsa.engine.answers import extract_answer
+from mrsa.engine.equivalence import Equivalence, shared_equivalence
 from mrsa.engine.generation import _request, generate_candidate, ordered_parents
 from mrsa.engine.planning import release_tasks, request_seed, round_tasks, selection_subset
-from mrsa.engine.selection import majority, tally
+from mrsa.engine.selection import majority, tally_bounded
 from mrsa.store.base import JobStore, TaskContext
 
 
@@ -42,15 +43,20 @@ def new_job_id() -> str:
     return uuid.uuid4().hex[:16]
 
 
-def summarise_round(index: int, candidates: Sequence[Candidate]) -> RoundSummary:
+async def summarise_round(
+    index: int, candidates: Sequence[Candidate], equivalence: Equivalence
+) -> RoundSummary:
     usage = Usage()
     for c in candidates:
         usage = usage + c.usage
+    votes, clustering = await tally_bounded(candidates, equivalence)
     return RoundSummary(
         index=index,
         usage=usage,
         truncated=sum(1 for c in candidates if c.finish_reason == "length"),
-        votes=tally(candidates),
+        votes=votes,
+        equivalence_timeouts=clustering.timeouts,
+        oversized_answers=clustering.oversized,
         candidates=[
             CandidateSummary(
                 index=c.index,
@@ -70,9 +76,17 @@ def summarise_round(index: int, candidates: Sequence[Candidate]) -> RoundSummary
 class Engine:
     """Runs tasks of Markovian RSA jobs against one backend, with state in a :class:`JobStore`."""
 
-    def __init__(self, store: JobStore, backend: Backend) -> None:
+    def __init__(self, store: JobStore, backend: Backend, equivalence: Equivalence | None = None) -> None:
         self.store = store
         self.backend = backend
+        self._equivalence = equivalence
+
+    @property
+    def equivalence(self) -> Equivalence:
+        """Answer clustering under a time limit (default: the process's shared one)."""
+        if self._equivalence is None:
+            self._equivalence = shared_equivalence()
+        return self._equivalence
 
     # -- submission --------------------------------------------------------------------------------
 
@@ -215,14 +229,21 @@ class Engine:
     async def build_result(self, job: Job, status: JobStatus, error: str | None = None) -> JobResult:
         params = job.spec.params
         rounds = []
+        warnings: list[str] = []
         usage = Usage()
         for r in range(params.rounds + 1):
             cands = await self.store.get_candidates(job.id, r)
             if not cands:
                 break
-            summary = summarise_round(r, cands)
+            summary = await summarise_round(r, cands, self.equivalence)
             usage = usage + summary.usage
             rounds.append(summary)
+            if summary.equivalence_timeouts:
+                warnings.append(
+                    f"round {r}: {summary.equivalence_timeouts} distinct answer(s) could not be compared "
+                    f"with math-verify within {self.equivalence.timeout_s:g}s; each is its own class "
+                    "in the votes"
+                )
         final = rounds[-1] if rounds and len(rounds[-1].candidates) == params.population else None
         votes = final.votes if final else []
         answer = majority(votes)
@@ -242,6 +263,7 @@ class Engine:
             usage=usage,
             votes=votes,
             answers=[c.answer for c in final.candidates] if final else [],
+            warnings=warnings,
             rounds=rounds,
             elapsed_s=round(time.time() - job.created_at, 3),
         )
