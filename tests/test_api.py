@@ -618,8 +618,9 @@ MODELS_WITH_CONTEXT = {"data": [{"id": "m", "max_model_len": 4096}]}
 @pytest.mark.parametrize(
     ("tokenize", "models", "reason"),
     [
-        ({"tokens": ["a", "b"]}, MODELS_WITH_CONTEXT, "could not be used"),  # ValueError in int()
-        ({"tokens": [{"no_id": 1}]}, MODELS_WITH_CONTEXT, "could not be used"),  # KeyError
+        # The client validates the reply (a malformed-reply backend error, retried, then final).
+        ({"tokens": ["a", "b"]}, MODELS_WITH_CONTEXT, "tokenize reply has no list of token ids"),
+        ({"tokens": [{"no_id": 1}]}, MODELS_WITH_CONTEXT, "tokenize reply has no list of token ids"),
         ({"tokens": [1, 2, 3]}, {"data": [{"id": "m"}]}, "did not report its context length"),
     ],
 )
