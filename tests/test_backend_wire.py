@@ -9,6 +9,10 @@ dropping special tokens unless told not to), llama.cpp's ``llama-server`` (``/to
 llama-cpp-python (``/extras/tokenize`` ``{input}`` → ``{tokens}``, ``/extras/detokenize`` →
 ``{text}``), and Triton's generate extension with the vLLM backend (``text_input``,
 ``sampling_parameters`` as a JSON string, tensors as scalars or lists, ``{"error": ...}``).
+Triton's replies are also replayed as recorded from the real server (``tests/recorded/triton``):
+where documentation and the server disagreed (model errors are HTTP 400, not 500; PyTriton forbids
+model listing), the recordings won. The servers that run here are also driven for real by
+``tests/test_backend_contract.py``.
 
 Each test asserts both the request bodies sent and the parsed results.
 """
