@@ -42,9 +42,9 @@ _SAMPLING = {
     "frequency_penalty": "frequency_penalty",
     "repetition_penalty": "repeat_penalty",
 }
-# Accepted and without effect here: llama.cpp keeps special tokens out of the text it returns
-# only for end-of-generation tokens, which end the generation anyway.
-_IGNORED = {"skip_special_tokens", "spaces_between_special_tokens", "ignore_eos", "n", "lora_name"}
+# Accepted without effect: the text llama.cpp returns holds no special token but the
+# end-of-generation ones, which end the generation anyway.
+_NO_EFFECT = {"skip_special_tokens", "spaces_between_special_tokens"}
 _VLLM_DEFAULT_MAX_TOKENS = 16
 
 
@@ -64,7 +64,7 @@ def _flag(request: Any, name: str) -> bool | None:
     return None if value is None else bool(value)
 
 
-def sampling_arguments(text: str | None, n_ctx: int) -> tuple[dict[str, Any], int]:
+def sampling_arguments(text: str | None) -> tuple[dict[str, Any], int]:
     """llama-cpp-python keyword arguments (and ``n``) from the ``sampling_parameters`` JSON string,
     checked the way vLLM checks them."""
     raw: Any = {}
@@ -76,7 +76,7 @@ def sampling_arguments(text: str | None, n_ctx: int) -> tuple[dict[str, Any], in
     if not isinstance(raw, dict):
         raise RequestError("sampling_parameters must be a JSON object")
     params = {k: v for k, v in raw.items() if v is not None}
-    unknown = sorted(set(params) - set(_SAMPLING) - _IGNORED)
+    unknown = sorted(set(params) - set(_SAMPLING) - _NO_EFFECT - {"n"})
     if unknown:
         raise RequestError(f"unknown sampling parameter(s): {', '.join(unknown)}")
     args: dict[str, Any] = {
@@ -198,7 +198,7 @@ class TritonPythonModel:
         parameters = _input(request, "sampling_parameters")
         if isinstance(parameters, bytes):
             parameters = parameters.decode("utf-8")
-        args, n = sampling_arguments(parameters, self.n_ctx)
+        args, n = sampling_arguments(parameters)
         prompt_ids = self.llm.tokenize(prompt.encode("utf-8"), add_bos=True, special=True)
         if len(prompt_ids) >= self.n_ctx:
             raise RequestError(
