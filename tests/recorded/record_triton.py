@@ -98,17 +98,6 @@ def main() -> None:
         for name, (method, path, body) in CASES.items():
             record(server.url, name, method, path, body)
         record(server.url, "error_malformed_json", "POST", GENERATE, None, raw='{"text_input": "hi", ')
-        with httpx.Client(timeout=10) as client:
-            metrics = client.get(server.metrics_url).text
-        (OUT / "metrics.txt").write_text(
-            "\n".join(
-                line
-                for line in metrics.splitlines()
-                if line.startswith(("# HELP nv_inference", "# TYPE nv_inference", "nv_inference"))
-            )
-            + "\n",
-            encoding="utf-8",
-        )
     finally:
         server.stop()
     small = TritonServer(max_queued=1)
