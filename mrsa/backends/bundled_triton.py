@@ -345,19 +345,16 @@ def ensure_tokenizer(progress: Callable[[str], None] | None = None) -> Path:
     return target
 
 
-def bundled_tokenizer(model: str | None) -> Path | None:
-    """The bundled tokenizer when ``model`` is the bundled model's name and it can be had offline."""
-    if model != BUNDLED_MODEL:
-        return None
-    return ensure_tokenizer(lambda message: print(message, file=sys.stderr))
+def to_stderr(message: str) -> None:
+    """Progress of a first build, for a person at a terminal (stdout may be a result)."""
+    print(message, file=sys.stderr, flush=True)
 
 
 def main() -> None:
     """``python -m mrsa.backends.bundled_triton``: build the Triton environment and the bundled
     model's tokenizer now (``make test`` does, so no test's timeout has to cover a first build)."""
-    env = ensure_triton_env(lambda message: print(message, file=sys.stderr))
-    print(f"triton environment: {env}")
-    print(f"tokenizer: {ensure_tokenizer(lambda message: print(message, file=sys.stderr))}")
+    print(f"triton environment: {ensure_triton_env(to_stderr)}")
+    print(f"tokenizer: {ensure_tokenizer(to_stderr)}")
 
 
 if __name__ == "__main__":

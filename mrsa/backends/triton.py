@@ -57,7 +57,7 @@ from mrsa.backends.base import (
     GenerationRequest,
     GenerationResult,
 )
-from mrsa.backends.bundled_triton import BUNDLED_MODEL
+from mrsa.backends.bundled_triton import BUNDLED_MODEL, ensure_tokenizer, to_stderr
 from mrsa.backends.http import (
     _CONTEXT_PATTERNS,
     HttpClient,
@@ -470,9 +470,7 @@ class TritonBackend:
         self._looked_for_bundled = True
         if model != BUNDLED_MODEL:
             return
-        from mrsa.backends.bundled_triton import ensure_tokenizer
-
-        self.tokenizer = LocalTokenizer(await asyncio.to_thread(ensure_tokenizer))
+        self.tokenizer = LocalTokenizer(await asyncio.to_thread(ensure_tokenizer, to_stderr))
         if self.context_length is None:
             self.context_length = self.tokenizer.model_max_length
 
