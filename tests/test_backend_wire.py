@@ -895,7 +895,7 @@ async def test_triton_info_from_recorded_metadata_and_config(tok_dir: Path) -> N
     b = TritonBackend(
         BASE, tokenizer=tok_dir / "tokenizer.json", options=NO_RETRY, transport=server.transport
     )
-    b.context_length = None  # as with a tokenizer that states no length: the config tells
+    # the served config's context (8192) wins over the tokenizer's model_max_length (32768 here)
     info = await b.info()
     assert (info.model, info.version, info.context_length) == (BUNDLED_MODEL, "2.51.0", 8192)
     await b.aclose()

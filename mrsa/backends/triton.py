@@ -313,9 +313,7 @@ class TritonBackend:
         self.model = model
         self.tokenizer = LocalTokenizer(tokenizer) if tokenizer is not None else None
         self._looked_for_bundled = tokenizer is not None
-        self.context_length = context_length
-        if self.context_length is None and self.tokenizer is not None:
-            self.context_length = self.tokenizer.model_max_length
+        self.context_length = context_length  # else the model config's, else the tokenizer's (info)
         opts = with_default_concurrency(options, _DEFAULT_CAPACITY)
         self.http = HttpClient(
             self._url, opts, backend_kind="triton", transport=transport, classify=classify_triton
@@ -402,6 +400,10 @@ class TritonBackend:
                 )
         if self.context_length is None:
             self.context_length = await self._configured_context(model)
+        if self.context_length is None:
+            await self._find_tokenizer()
+            if self.tokenizer is not None:
+                self.context_length = self.tokenizer.model_max_length
         version: str | None = None
         try:
             server = await self.http.request_json("GET", "/v2", retries=0, endpoint="server")
@@ -471,8 +473,6 @@ class TritonBackend:
         if model != BUNDLED_MODEL:
             return
         self.tokenizer = LocalTokenizer(await asyncio.to_thread(ensure_tokenizer, to_stderr))
-        if self.context_length is None:
-            self.context_length = self.tokenizer.model_max_length
 
     def _require_tokenizer(self, what: str) -> LocalTokenizer:
         if self.tokenizer is None:
