@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 
 from mrsa.backends.bundled_triton import TritonServer, TritonUnavailable
@@ -77,3 +78,42 @@ def test_the_gguf_tokenizer_tokenizes_as_llama_cpp(triton_server: ServerHandle) 
     assert ours.chat_template is not None and "<|im_start|>" in ours.chat_template
     rendered = ours.render([{"role": "user", "content": "2+2?"}], None)
     assert rendered.endswith("<|im_start|>user\n2+2?<|im_end|>\n<|im_start|>assistant\n")
+
+
+def test_mrsa_backend_kind_triton_serves_and_stops_on_sigterm(tmp_path: Path) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MRSA_")}
+    log = tmp_path / "backend.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "mrsa", "backend", "--kind", "triton", "--port", str(port)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={**env, "COLUMNS": "400"},
+        )
+    try:
+        deadline = time.monotonic() + 120
+        while "ready at" not in log.read_text():
+            assert proc.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.2)
+        assert f"--backend http://127.0.0.1:{port} --backend-kind triton" in log.read_text()
+        assert httpx.get(f"http://127.0.0.1:{port}/v2/health/ready", timeout=5).status_code == 200
+        children = [int(p) for p in Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()]
+        repo = next(
+            a
+            for a in Path(f"/proc/{children[0]}/cmdline").read_text().split("\0")
+            if "--model-repository" in a
+        )
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(timeout=60)
+    assert code == 0, log.read_text()
+    assert "stopped" in log.read_text()
+    assert not Path(repo.split("=", 1)[1]).exists()  # the model repository was removed
+    assert (
+        not Path(f"/proc/{children[0]}").exists()
+        or "zombie" in Path(f"/proc/{children[0]}/status").read_text()
+    )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import signal
 from collections.abc import Awaitable, Callable
 from typing import Annotated
 
@@ -55,6 +56,10 @@ def backend(
         ready = f"embedded model ready at {embedded.url} (OpenAI-compatible; log: {embedded.log_path}); Ctrl-C stops it"
 
     async def run() -> None:
+        # SIGTERM (docker stop, a supervisor) stops the server as Ctrl-C does, cleanup included.
+        main = asyncio.current_task()
+        assert main is not None
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, main.cancel)
         await start()
         err_console.print(ready)
         # Poll rather than wait in a thread: asyncio.run must be able to cancel this on SIGINT
@@ -65,7 +70,7 @@ def backend(
 
     try:
         asyncio.run(run())
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, asyncio.CancelledError):
         err_console.print("stopped")
     except (EmbeddedUnavailable, *errors) as exc:
         fail(str(exc))
