@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -56,14 +57,17 @@ def test_the_server_dies_with_its_killed_parent(tmp_path: Path) -> None:
     try:
         assert parent.stdout is not None
         server_pid = int(parent.stdout.readline())
+        proc = Path(f"/proc/{server_pid}")
+        args = (proc / "cmdline").read_text().split("\0")
     finally:
         parent.send_signal(signal.SIGKILL)  # no cleanup code of ours runs
         parent.wait(timeout=30)
+    root = Path(next(a for a in args if a.startswith("--model-repository=")).split("=", 1)[1]).parent
     deadline = time.monotonic() + 60
-    proc = Path(f"/proc/{server_pid}")
     while proc.exists() and "zombie" not in (proc / "status").read_text() and time.monotonic() < deadline:
         time.sleep(0.2)
     assert not proc.exists() or "zombie" in (proc / "status").read_text(), "tritonserver outlived its parent"
+    shutil.rmtree(root)  # what the killed parent could not remove
 
 
 def test_the_gguf_tokenizer_tokenizes_as_llama_cpp(triton_server: ServerHandle) -> None:
