@@ -14,7 +14,7 @@ else
 LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF
 endif
 
-.PHONY: setup demo test lint typecheck redis-server clean
+.PHONY: setup demo test lint typecheck redis-server bundled-envs clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -40,7 +40,12 @@ lint: setup
 typecheck: setup
 	$(BIN)/mypy
 
-test: setup redis-server lint typecheck
+# The bundled servers' private environments (under $MRSA_CACHE_DIR or ~/.cache/mrsa), built once
+# before pytest so no test's timeout covers a first build; the test fixtures find them there.
+bundled-envs: setup
+	$(BIN)/python -m mrsa.backends.bundled_triton
+
+test: setup redis-server lint typecheck bundled-envs
 	$(BIN)/python -m pytest -q
 
 clean:

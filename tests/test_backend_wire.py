@@ -9,6 +9,10 @@ dropping special tokens unless told not to), llama.cpp's ``llama-server`` (``/to
 llama-cpp-python (``/extras/tokenize`` ``{input}`` → ``{tokens}``, ``/extras/detokenize`` →
 ``{text}``), and Triton's generate extension with the vLLM backend (``text_input``,
 ``sampling_parameters`` as a JSON string, tensors as scalars or lists, ``{"error": ...}``).
+Triton's replies are also replayed as recorded from the real server (``tests/recorded/triton``):
+where documentation and the server disagreed (model errors are HTTP 400, not 500; PyTriton forbids
+model listing), the recordings won. The servers that run here are also driven for real by
+``tests/test_backend_contract.py``.
 
 Each test asserts both the request bodies sent and the parsed results.
 """
@@ -33,12 +37,14 @@ from mrsa.backends.base import (
     GenerationRequest,
     Message,
 )
+from mrsa.backends.bundled_triton import BUNDLED_MODEL
 from mrsa.backends.factory import detect_kind, make_backend
 from mrsa.backends.http import HttpOptions
 from mrsa.backends.openai import Dialect, OpenAICompatibleBackend, normalise_finish_reason
 from mrsa.backends.triton import TritonBackend
 
 BASE = "http://mock-server:8000"
+RECORDED = Path(__file__).parent / "recorded" / "triton"
 NO_RETRY = HttpOptions(max_retries=0)
 
 Route = Callable[[httpx.Request], httpx.Response]
@@ -786,6 +792,152 @@ async def test_triton_error_inside_http_200(tok_dir: Path, message: str, error: 
     await b.aclose()
 
 
+def recorded(name: str) -> dict[str, Any]:
+    """A reply of the real bundled Triton (tests/recorded/record_triton.py wrote it)."""
+    data: dict[str, Any] = json.loads((RECORDED / f"{name}.json").read_text(encoding="utf-8"))
+    return data
+
+
+def replay(name: str) -> httpx.Response:
+    entry = recorded(name)
+    return httpx.Response(entry["status"], json=entry["reply"])
+
+
+REAL_GENERATE = f"/v2/models/{BUNDLED_MODEL}/generate"
+
+
+@pytest.mark.parametrize(
+    ("name", "status", "error", "words"),
+    [
+        # What the real server answers (recorded): model errors are HTTP 400 whatever their code, so
+        # the words decide. Documentation had them as 500.
+        ("error_context_overflow", 400, ContextOverflowError, "longer than the maximum model length"),
+        ("error_bad_sampling", 400, BackendRequestError, "temperature must be non-negative"),
+        ("error_unknown_model", 404, BackendRequestError, "unknown model"),
+        ("error_malformed_json", 500, BackendRequestError, "failed to parse the request JSON"),
+        ("error_wrong_type", 500, BackendRequestError, "non-boolean as boolean"),
+    ],
+)
+async def test_triton_recorded_final_errors(
+    tok_dir: Path, name: str, status: int, error: type[Exception], words: str
+) -> None:
+    assert recorded(name)["status"] == status
+    server = MockServer({("POST", REAL_GENERATE): replay(name)})
+    b = triton(server, tok_dir, model=BUNDLED_MODEL, options=HttpOptions(max_retries=3, backoff_s=0.0))
+    with pytest.raises(error) as caught:
+        await b.generate(request())
+    assert type(caught.value) is error
+    assert words in str(caught.value) and f"HTTP {status}" in str(caught.value)
+    assert len(server.bodies(REAL_GENERATE)) == 1  # final: not retried
+    await b.aclose()
+
+
+async def test_triton_recorded_busy_is_retried(tok_dir: Path) -> None:
+    busy = recorded("error_busy")
+    assert busy["status"] == 400 and "try again" in busy["reply"]["error"]
+    answers = [replay("error_busy"), replay("error_busy"), replay("generate_stop")]
+    server = MockServer({("POST", REAL_GENERATE): lambda _request: answers.pop(0)})
+    b = triton(server, tok_dir, model=BUNDLED_MODEL, options=HttpOptions(max_retries=3, backoff_s=0.0))
+    [result] = await b.generate(request())
+    assert result.content == recorded("generate_stop")["reply"]["text_output"]
+    assert len(server.bodies(REAL_GENERATE)) == 3
+    await b.aclose()
+
+
+@pytest.mark.parametrize(
+    ("message", "transient"),
+    [
+        ("Error generating stream: CUDA out of memory. Tried to allocate 2.00 GiB", True),
+        ("Model is unavailable due to unhealthy vLLM engine", True),
+        ("Error generating stream: Background loop has errored already. EngineDeadError", True),
+        ("Request timeout expired", True),
+        ("Error generating stream: top_p must be in (0, 1], got 1.5.", False),
+        ("Error generating stream: something nobody anticipated", False),
+    ],
+)
+async def test_triton_400_is_classified_by_its_words(tok_dir: Path, message: str, transient: bool) -> None:
+    server = MockServer({("POST", GENERATE): httpx.Response(400, json={"error": message})})
+    b = triton(server, tok_dir, options=HttpOptions(max_retries=2, backoff_s=0.0))
+    with pytest.raises(BackendServerError if transient else BackendRequestError) as caught:
+        await b.generate(request())
+    assert message in str(caught.value)
+    assert len(server.bodies(GENERATE)) == (3 if transient else 1)
+    await b.aclose()
+
+
+async def test_triton_recorded_replies_parse(tok_dir: Path) -> None:
+    for name, finish in (("generate_stop", "stop"), ("generate_length", "length")):
+        entry = recorded(name)
+        server = MockServer({("POST", REAL_GENERATE): replay(name)})
+        b = triton(server, tok_dir, model=BUNDLED_MODEL)
+        [result] = await b.generate(request())
+        assert result.finish_reason == finish
+        assert result.content == entry["reply"]["text_output"]
+        assert (result.prompt_tokens, result.completion_tokens) == (
+            entry["reply"]["num_input_tokens"],
+            entry["reply"]["num_output_tokens"],
+        )
+        # the request the real server answered has the body this client sends
+        [body] = server.bodies(REAL_GENERATE)
+        assert set(body) == set(entry["body"])
+        await b.aclose()
+
+
+async def test_triton_info_from_recorded_metadata_and_config(tok_dir: Path) -> None:
+    server = MockServer(
+        {
+            ("GET", "/v2"): replay("server_metadata"),
+            ("GET", f"/v2/models/{BUNDLED_MODEL}"): replay("model_metadata"),
+            ("GET", f"/v2/models/{BUNDLED_MODEL}/config"): replay("model_config"),
+            ("POST", "/v2/repository/index"): replay("repository_index"),
+        }
+    )
+    b = TritonBackend(
+        BASE, tokenizer=tok_dir / "tokenizer.json", options=NO_RETRY, transport=server.transport
+    )
+    # the served config's context (8192) wins over the tokenizer's model_max_length (32768 here)
+    info = await b.info()
+    assert (info.model, info.version, info.context_length) == (BUNDLED_MODEL, "2.51.0", 8192)
+    await b.aclose()
+
+
+async def test_triton_discovery_under_pytriton(tok_dir: Path) -> None:
+    # PyTriton forbids the repository index and statistics (recorded: 403); the bundled model is
+    # found by its readiness.
+    server = MockServer(
+        {
+            ("POST", "/v2/repository/index"): replay("pytriton_index"),
+            ("GET", "/v2/models/stats"): replay("pytriton_stats"),
+            ("GET", f"/v2/models/{BUNDLED_MODEL}/ready"): httpx.Response(200),
+            ("POST", REAL_GENERATE): replay("generate_stop"),
+        }
+    )
+    b = TritonBackend(BASE, tokenizer=tok_dir, options=NO_RETRY, transport=server.transport)
+    [result] = await b.generate(request())
+    assert b.model == BUNDLED_MODEL and result.finish_reason == "stop"
+    await b.aclose()
+    # Another model under PyTriton cannot be listed: the error says what to pass.
+    del server.routes[("GET", f"/v2/models/{BUNDLED_MODEL}/ready")]
+    b = TritonBackend(BASE, tokenizer=tok_dir, options=NO_RETRY, transport=server.transport)
+    with pytest.raises(BackendRequestError, match=r"0 ready models.*--model"):
+        await b.generate(request())
+    await b.aclose()
+
+
+async def test_triton_empty_index_falls_back_to_statistics(tok_dir: Path) -> None:
+    server = MockServer(
+        {
+            ("POST", "/v2/repository/index"): [],
+            ("GET", "/v2/models/stats"): {"model_stats": [{"name": "vllm_model", "version": "1"}]},
+            ("POST", GENERATE): generate_reply("x"),
+        }
+    )
+    b = TritonBackend(BASE, tokenizer=tok_dir, options=NO_RETRY, transport=server.transport)
+    await b.generate(request())
+    assert b.model == "vllm_model"
+    await b.aclose()
+
+
 async def test_triton_http_errors(tok_dir: Path) -> None:
     overflow = {
         "error": "Error generating stream: The decoder prompt (length 9000) is longer than the maximum model "
@@ -795,7 +947,7 @@ async def test_triton_http_errors(tok_dir: Path) -> None:
     b = triton(server, tok_dir, options=HttpOptions(max_retries=3))
     with pytest.raises(ContextOverflowError, match="do not fit the model's context window"):
         await b.generate(request())
-    assert len(server.bodies(GENERATE)) == 1  # final at once, not retried like other 500s
+    assert len(server.bodies(GENERATE)) == 1  # final at once, whatever the status
 
     server.routes[("POST", GENERATE)] = httpx.Response(
         400, json={"error": "Request for unknown model: 'vllm_model' is not found"}

@@ -46,3 +46,10 @@ def test_a_failing_step_names_the_log_and_leaves_no_ready_env(
         ensure_env(spec)
     assert "no-such-project" in str(caught.value)
     assert not (spec.path() / ".ready").exists()
+
+
+def test_the_build_environment_is_part_of_the_key() -> None:
+    plain = EnvSpec("srv", (("pkg==1",),))
+    flags = EnvSpec("srv", (("pkg==1",),), environment=(("CMAKE_ARGS", "-DGGML_NATIVE=OFF"),))
+    other = EnvSpec("srv", (("pkg==1",),), environment=(("CMAKE_ARGS", "-DGGML_NATIVE=ON"),))
+    assert len({plain.path(), flags.path(), other.path()}) == 3
