@@ -1,1 +1,1 @@
-pytest_plugins = ["tests.plugins.embedded", "tests.plugins.redis_server"]
+pytest_plugins = ["tests.plugins.embedded", "tests.plugins.redis_server", "tests.plugins.vllm_server"]

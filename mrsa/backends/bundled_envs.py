@@ -18,9 +18,9 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Callable, Iterator, Sequence
-from typing import IO
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 
 
 class BundledEnvError(RuntimeError):
@@ -112,4 +112,6 @@ def ensure_env(spec: EnvSpec, progress: Callable[[str], None] | None = None) -> 
 def _run(argv: Sequence[str], out: IO[str], log: Path) -> None:
     result = subprocess.run(list(argv), stdout=out, stderr=subprocess.STDOUT, check=False)
     if result.returncode != 0:
-        raise BundledEnvError(f"{' '.join(argv)} exited {result.returncode}; last lines of {log}:\n{tail_of(log)}")
+        raise BundledEnvError(
+            f"{' '.join(argv)} exited {result.returncode}; last lines of {log}:\n{tail_of(log)}"
+        )
