@@ -64,6 +64,11 @@ def parse_chat_choice(choice: dict[str, Any], completion_tokens: int | None = No
     if token_ids is not None and not isinstance(token_ids, list):
         token_ids = None
     count = len(token_ids) if token_ids is not None else completion_tokens or 0
+    if token_ids and choice.get("finish_reason") == "stop" and not isinstance(choice.get("stop_reason"), str):
+        # vLLM ends the ids of a stopped generation with the EOS (or stop) token it sampled, whose
+        # text is not in the content: keep it in the count (it was decoded), drop it from the ids,
+        # so a tail cut from them is the trace's own last tokens, with no "<|im_end|>" in it.
+        token_ids = token_ids[:-1]
     return GenerationResult(
         content=message.get("content") or "",
         reasoning=reasoning or None,
