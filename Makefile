@@ -14,7 +14,7 @@ else
 LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF
 endif
 
-.PHONY: setup demo test lint typecheck redis-server clean
+.PHONY: setup demo test lint typecheck redis-server vllm-env clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,11 @@ redis-server:
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq redis-server >/dev/null; }
 
+# The bundled CPU vLLM's venv (~3.4 GB, ~3 min) and the dequantised model (~20 s), built once under
+# the cache folder ($$MRSA_CACHE_DIR or ~/.cache/mrsa) before pytest, so no test's timeout covers it.
+vllm-env: setup
+	$(BIN)/python -m mrsa.backends.bundled_vllm
+
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
@@ -40,7 +45,7 @@ lint: setup
 typecheck: setup
 	$(BIN)/mypy
 
-test: setup redis-server lint typecheck
+test: setup redis-server vllm-env lint typecheck
 	$(BIN)/python -m pytest -q
 
 clean:

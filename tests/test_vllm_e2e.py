@@ -1,0 +1,98 @@
+"""mrsa end to end through a real vLLM (the bundled CPU build), as a user runs it: ``mrsa solve``
+with nothing but the URL, the service (API + two workers + Redis) surviving a worker SIGKILLed
+mid-job, and a one-problem ``mrsa bench``."""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+from pathlib import Path
+
+import httpx
+
+from tests.plugins.servers import ServerHandle
+from tests.test_api_e2e import Service, service  # noqa: F401  (the fixture)
+from tests.test_cli_solve import run
+
+
+def test_solve_smoke_with_only_the_url(vllm_server: ServerHandle, tmp_path: Path) -> None:
+    """No --backend-kind, --model or --tokenizer: detection picks vLLM, /v1/models gives the rest."""
+    proc = run(
+        "solve",
+        "--backend",
+        vllm_server.url,
+        "--preset",
+        "smoke",
+        "--json",
+        "--trace",
+        str(tmp_path),
+        "What is 7*6?",
+    )
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    assert result["status"] == "succeeded"
+    p = result["params"]
+    assert result["usage"]["requests"] == p["population"] * (p["rounds"] + 1)
+    for rnd in result["rounds"]:
+        assert [c["index"] for c in rnd["candidates"]] == list(range(p["population"]))
+        for c in rnd["candidates"]:
+            assert c["tail_tokens"] == min(p["tail"], c["source_tokens"])
+    records = [json.loads(line) for line in (tmp_path / "requests.jsonl").read_text().splitlines()]
+    assert len(records) == result["usage"]["requests"]
+    assert {r["backend"] for r in records} == {vllm_server.url}
+    for record in records:
+        assert record["request"]["seed"] is not None  # seeded, and the engine survived them all
+        [response] = record["responses"]
+        assert response["token_ids"] is not None  # return_token_ids: the vLLM dialect was detected
+    # Round 1 prompts carry round 0's tails: never the end-of-turn marker vLLM's ids end with.
+    assert "<|im_end|>" not in json.dumps([r["request"] for r in records])
+
+
+def test_service_survives_a_worker_sigkilled_mid_job(vllm_server: ServerHandle, service: Service) -> None:  # noqa: F811
+    workers = [service.start_worker(name, vllm_server.url) for name in ("worker-a", "worker-b")]
+    args = ["--preset", "smoke", "--population", "4", "--rounds", "2", "--budget", "160", "--tail", "32"]
+    ids = []
+    for problem in ("What is 7*6?", "What is 12+30?"):
+        proc = service.cli("submit", "--json", *args, problem)
+        assert proc.returncode == 0, proc.stderr
+        ids.append(json.loads(proc.stdout)["id"])
+
+    # Kill worker-a once candidates are being generated (both workers hold tasks by then).
+    deadline = time.monotonic() + 120
+    while service.get(f"/v1/jobs/{ids[0]}")["status"] != "running":
+        assert time.monotonic() < deadline, "the job never started"
+        time.sleep(0.2)
+    time.sleep(1.0)
+    victim = workers[0]
+    victim.proc.send_signal(signal.SIGKILL)
+    victim.proc.wait(timeout=10)
+
+    for job_id in ids:
+        job = service.wait_terminal(job_id, within=400)
+        assert job["status"] == "succeeded", job
+        result = service.get(f"/v1/jobs/{job_id}/result")
+        assert [r["index"] for r in result["rounds"]] == [0, 1, 2]
+        for rnd in result["rounds"]:
+            assert [c["index"] for c in rnd["candidates"]] == [0, 1, 2, 3]  # none lost, none doubled
+        assert result["usage"]["requests"] >= 12
+    assert workers[1].proc.poll() is None, workers[1].log
+    metrics = httpx.get(f"{service.api_url}/metrics", timeout=10).text
+    assert 'mrsa_api_jobs_submitted_total{endpoint="jobs"} 2.0' in metrics
+
+
+def test_one_problem_bench(vllm_server: ServerHandle, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    base = ["bench", "--dataset", "aime2025", "--limit", "1", "--preset", "smoke", "--out", str(out)]
+    proc = run(*base, "--backend", vllm_server.url, "--json", "--quiet", timeout=400)
+    assert proc.returncode == 0, proc.stderr
+    lines = (out / "records.jsonl").read_text().splitlines()
+    records = [json.loads(line) for line in lines]
+    assert len(records) == 4 * 2  # one problem × N=4 × (T+1)=2 rounds, every candidate graded
+    assert all(r["reason"] in ("correct", "wrong", "no_boxed", "parse_error") for r in records)
+    assert all(r["tail_tokens"] == min(48, r["source_tokens"]) for r in records)
+    assert json.loads(proc.stdout)
+    # Rerun: everything is recorded, nothing is generated again.
+    again = run(*base, "--backend", vllm_server.url, "--json", "--quiet", timeout=120)
+    assert again.returncode == 0, again.stderr
+    assert (out / "records.jsonl").read_text().splitlines() == lines
