@@ -34,6 +34,18 @@ async def read_vllm_load(client: httpx.AsyncClient) -> Load | None:
     return Load(totals.get("vllm:num_requests_running", 0.0), totals.get("vllm:num_requests_waiting", 0.0))
 
 
+async def read_vllm_counters(client: httpx.AsyncClient) -> dict[str, float]:
+    """vLLM's counters by family name (``vllm:generation_tokens``, ``vllm:prompt_tokens``,
+    ``vllm:prefix_cache_queries``, ``vllm:prefix_cache_hits``...), summed over engines."""
+    response = await client.get("/metrics")
+    response.raise_for_status()
+    return {
+        family.name: sum(s.value for s in family.samples if s.name.endswith("_total"))
+        for family in text_string_to_metric_families(response.text)
+        if family.type == "counter" and family.name.startswith("vllm:")
+    }
+
+
 @dataclass
 class LoadSamples:
     """(seconds since start, load) pairs, and summaries over the busy window."""
