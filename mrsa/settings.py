@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from functools import lru_cache
+from pathlib import Path
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -14,6 +15,10 @@ class Settings(BaseSettings):
     backend_url: str | None = Field(None, description="Inference server URL; unset = the embedded CPU model.")
     backend_kind: str = Field("auto", description="auto, vllm, sglang, llamacpp, llama-cpp-python or triton.")
     model: str | None = Field(None, description="Model id sent to the inference server.")
+    tokenizer: Path | None = Field(
+        None,
+        description="Triton: the served model's tokenizer.json or its folder (the bundled model's is found by name).",
+    )
     backend_concurrency: int | None = Field(
         None, ge=1, description="Requests in flight per worker (default: the server's capacity)."
     )
@@ -52,10 +57,11 @@ class Settings(BaseSettings):
         None, ge=1, description="The backend's context in tokens, when the server does not report it."
     )
 
-    @field_validator("backend_context_length", mode="before")
+    @field_validator("backend_context_length", "tokenizer", mode="before")
     @classmethod
     def _blank_is_unset(cls, value: object) -> object:
-        """``MRSA_BACKEND_CONTEXT_LENGTH=`` (as compose passes an unset variable) means "ask the server"."""
+        """``MRSA_BACKEND_CONTEXT_LENGTH=`` or ``MRSA_TOKENIZER=`` (as compose passes an unset
+        variable) means unset: ask the server, find the tokenizer by the model's name."""
         return None if isinstance(value, str) and not value.strip() else value
 
     def api_key_list(self) -> list[str]:

@@ -13,6 +13,7 @@ import random
 import signal
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from mrsa.backends.base import Backend, BackendError, BackendInfo
 from mrsa.backends.factory import open_backend
@@ -33,6 +34,7 @@ class WorkerConfig:
     backend_url: str | None = None
     backend_kind: str = "auto"
     model: str | None = None
+    tokenizer: Path | None = None  # Triton: the served model's tokenizer
     concurrency: int | None = None
     consumer: str | None = None
     reclaim_idle_s: float = 60.0
@@ -99,7 +101,11 @@ async def connect_backend(
             try:
                 backend = await stack.enter_async_context(
                     open_backend(
-                        config.backend_url, config.backend_kind, model=config.model, options=config.http
+                        config.backend_url,
+                        config.backend_kind,
+                        model=config.model,
+                        options=config.http,
+                        tokenizer=config.tokenizer,
                     )
                 )
                 info = await backend.info()

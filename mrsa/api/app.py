@@ -88,6 +88,7 @@ async def _open_store(settings: Settings) -> ApiDeps:
         settings.backend_kind,
         model=settings.model,
         context_length=settings.backend_context_length,
+        tokenizer=settings.tokenizer,
     )
     return ApiDeps(store=store, queue=queue, backend=backend, config=config_from(settings))
 

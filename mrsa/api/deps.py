@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from fastapi import Request
 
@@ -58,12 +59,14 @@ class BackendHandle:
         *,
         model: str | None = None,
         context_length: int | None = None,
+        tokenizer: Path | None = None,
         backend: Backend | None = None,
     ) -> None:
         self.url = url if backend is None else backend.url
         self.kind = kind
         self.model = model
         self.context_length = context_length
+        self.tokenizer = tokenizer
         self._backend = backend
         self._owned = backend is None
         self._lock = asyncio.Lock()
@@ -81,7 +84,12 @@ class BackendHandle:
             if self._backend is None:
                 options = HttpOptions(timeout_s=30.0, max_retries=1, concurrency=4)
                 self._backend = await make_backend(
-                    self.url, self.kind, model=self.model, options=options, context_length=self.context_length
+                    self.url,
+                    self.kind,
+                    model=self.model,
+                    options=options,
+                    context_length=self.context_length,
+                    tokenizer=self.tokenizer,
                 )
         return self._backend
 

@@ -48,10 +48,17 @@ class EnvSpec:
     name: str
     steps: tuple[tuple[str, ...], ...]
     python: str = field(default_factory=lambda: sys.executable)
+    # Extra environment of the pip steps (e.g. ``CMAKE_ARGS`` for a package built from source);
+    # part of the key, since it changes what gets built.
+    environment: tuple[tuple[str, str], ...] = ()
 
     def key(self) -> str:
-        """A short digest of the steps and the interpreter's version: the folder's name suffix."""
-        payload = json.dumps({"steps": self.steps, "python": sys.version_info[:2]}, sort_keys=True)
+        """A short digest of the steps, their environment and the interpreter's version: the
+        folder's name suffix."""
+        content: dict[str, object] = {"steps": self.steps, "python": sys.version_info[:2]}
+        if self.environment:
+            content["environment"] = self.environment
+        payload = json.dumps(content, sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()[:12]
 
     def path(self) -> Path:
@@ -97,20 +104,21 @@ def ensure_env(spec: EnvSpec, progress: Callable[[str], None] | None = None) -> 
             shutil.rmtree(env)  # a half-built env from an interrupted run
         log = env.with_name(env.name + ".log")
         say(f"building the {spec.name} environment in {env} (log: {log}); this runs once")
+        environ = {**os.environ, **dict(spec.environment)}
         with log.open("w") as out:
             _run([spec.python, "-m", "venv", str(env)], out, log)
             _run([str(env_python(env)), "-m", "pip", "install", "-q", "--upgrade", "pip"], out, log)
             for step in spec.steps:
                 say(f"pip {' '.join(step)}")
                 args = ["uninstall", "-y", *step[1:]] if step[:1] == ("uninstall",) else ["install", *step]
-                _run([str(env_python(env)), "-m", "pip", *args], out, log)
+                _run([str(env_python(env)), "-m", "pip", *args], out, log, environ)
         ready.write_text(json.dumps({"steps": spec.steps}))
         say(f"{spec.name} environment ready")
     return env
 
 
-def _run(argv: Sequence[str], out: IO[str], log: Path) -> None:
-    result = subprocess.run(list(argv), stdout=out, stderr=subprocess.STDOUT, check=False)
+def _run(argv: Sequence[str], out: IO[str], log: Path, environ: dict[str, str] | None = None) -> None:
+    result = subprocess.run(list(argv), stdout=out, stderr=subprocess.STDOUT, check=False, env=environ)
     if result.returncode != 0:
         raise BundledEnvError(
             f"{' '.join(argv)} exited {result.returncode}; last lines of {log}:\n{tail_of(log)}"

@@ -66,7 +66,14 @@ async def make_backend(
     if kind == "triton":
         from mrsa.backends.triton import TritonBackend
 
-        return TritonBackend(url, model=model, tokenizer=tokenizer, options=options, transport=transport)
+        return TritonBackend(
+            url,
+            model=model,
+            tokenizer=tokenizer,
+            options=options,
+            transport=transport,
+            context_length=context_length,
+        )
     return OpenAICompatibleBackend(
         url,
         dialect=cast(Dialect, kind),

@@ -145,6 +145,7 @@ class HttpClient:
         backend_kind: str = "openai",
         transport: httpx.AsyncBaseTransport | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        classify: Callable[[httpx.Response, str], BackendError] = classify_status,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.options = options or HttpOptions()
@@ -156,6 +157,7 @@ class HttpClient:
         self._limit = asyncio.Semaphore(self.options.concurrency)
         self._throttle = Throttler(rate_limit=max(1, int(self.options.rate_per_s)), period=1.0)
         self._sleep = sleep
+        self._classify = classify  # a server's own reading of its error replies (Triton's 400s)
 
     def set_concurrency(self, value: int) -> None:
         """Resize the concurrency limit (before use: called once the server reports its capacity)."""
@@ -231,7 +233,7 @@ class HttpClient:
                     except ValueError:
                         last = BackendServerError(f"{url} returned a body that is not JSON", url=url)
                 else:
-                    last = classify_status(reply.as_response(), url)
+                    last = self._classify(reply.as_response(), url)
                     if not last.retryable:
                         metrics.BACKEND_ERRORS.labels(self.backend_kind, last.kind).inc()
                         raise last

@@ -15,12 +15,17 @@ a scalar when the tensor has one element and a list otherwise::
     {"model_name": "m", "model_version": "1", "text_output": "...", "finish_reason": "length",
      "num_input_tokens": 12, "num_output_tokens": 16}
 
-Failures come as ``{"error": "..."}``, normally with an HTTP error status (model errors are HTTP 500:
-Triton maps the Python backend's default ``INTERNAL`` code to it), but possibly inside an HTTP 200.
+Failures come as ``{"error": "..."}``. Measured on a real tritonserver (2.51, PyTriton 0.7.0): a
+model's error is HTTP **400** whatever error code the model gave it, malformed JSON or a wrongly
+typed field is HTTP 500, an unknown model HTTP 404; an error may also arrive inside an HTTP 200. So
+the status says little: :func:`classify_triton` reads the message — a context overflow is final,
+a transient condition (out of memory, busy, timeout, "try again", unavailable, a dead engine) is
+retried, anything else is a final error quoting the server.
 
 Triton has no tokenizer endpoint and ``text_input`` is raw text, so this client needs the served
 model's tokenizer locally (``--tokenizer``: ``tokenizer.json``, or the folder holding it and
-``tokenizer_config.json``). The chat template from there renders the messages
+``tokenizer_config.json``; for the bundled model, served by ``mrsa backend --kind triton``, the one
+built from its GGUF is found by the model's name). The chat template from there renders the messages
 (``add_generation_prompt=True``); an assistant prefill is appended raw, so prefill is supported.
 The server has no ``n``: ``n > 1`` is fanned out as separate requests with consecutive seeds.
 
@@ -30,6 +35,7 @@ The server has no ``n``: ``n > 1`` is fanned out as separate requests with conse
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as _dt
 import importlib
 import json
@@ -51,17 +57,31 @@ from mrsa.backends.base import (
     GenerationRequest,
     GenerationResult,
 )
-from mrsa.backends.http import _CONTEXT_PATTERNS, HttpClient, HttpOptions, with_default_concurrency
+from mrsa.backends.bundled_triton import BUNDLED_MODEL
+from mrsa.backends.http import (
+    _CONTEXT_PATTERNS,
+    HttpClient,
+    HttpOptions,
+    _error_text,
+    with_default_concurrency,
+)
 from mrsa.backends.openai import normalise_finish_reason
 from mrsa.domain import FinishReason
 
 _DEFAULT_CAPACITY = 256
 # A ``model_max_length`` above this is the transformers "no limit" sentinel, not a context size.
 _MAX_PLAUSIBLE_CONTEXT = 1 << 24
+# A condition that passes: answered differently if the same request is sent again later.
+_TRANSIENT_PATTERNS = re.compile(
+    r"out of memory|\bOOM\b|busy|try again|retry|timed? ?out|timeout|deadline|temporar|unavailable|"
+    r"not ready|overloaded|too many requests|resource exhausted|engine (loop|is dead|dead|core)|"
+    r"EngineDead|unhealthy|not healthy|stub process|shutting down|cancelled|canceled",
+    re.IGNORECASE,
+)
 # An error message naming a problem with the request itself (answered the same way every time).
 _REQUEST_PATTERNS = re.compile(
     r"invalid|unknown (model|input|parameter|argument)|not found|unsupported|not supported|must be|"
-    r"\bexpected|missing|parse error|unable to parse|bad request|no such",
+    r"\bexpected|missing|parse|bad request|no such|wrong type",
     re.IGNORECASE,
 )
 
@@ -103,6 +123,27 @@ def _as_int(value: Any) -> int | None:
     if isinstance(value, str) and value.isdigit():
         return int(value)
     return None
+
+
+def triton_error(message: str, url: str, status: int | None = None) -> BackendError:
+    """An error reply of Triton (``status`` None: inside an HTTP 200), classified by its words."""
+    where = f"HTTP {status}: " if status is not None else ""
+    if _CONTEXT_PATTERNS.search(message):
+        return ContextOverflowError(
+            f"{url}: the prompt plus the requested tokens do not fit the model's context window "
+            f"({where}{message}). Lower budget/chunk, tail or subset, or serve a longer context.",
+            url=url,
+        )
+    if status == 429 or _TRANSIENT_PATTERNS.search(message):
+        return BackendServerError(f"{url} reported a transient error ({where}{message})", url=url)
+    if status == 404 or _REQUEST_PATTERNS.search(message) or (status is not None and status < 500):
+        return BackendRequestError(f"{url} rejected the request ({where}{message})", url=url)
+    return BackendServerError(f"{url} reported an error ({where}{message})", url=url)
+
+
+def classify_triton(response: httpx.Response, url: str) -> BackendError:
+    """:class:`HttpClient`'s error reading for Triton (see the module docstring)."""
+    return triton_error(_error_text(response), url, response.status_code)
 
 
 class LocalTokenizer:
@@ -271,11 +312,14 @@ class TritonBackend:
         self._url = url.rstrip("/")
         self.model = model
         self.tokenizer = LocalTokenizer(tokenizer) if tokenizer is not None else None
+        self._looked_for_bundled = tokenizer is not None
         self.context_length = context_length
         if self.context_length is None and self.tokenizer is not None:
             self.context_length = self.tokenizer.model_max_length
         opts = with_default_concurrency(options, _DEFAULT_CAPACITY)
-        self.http = HttpClient(self._url, opts, backend_kind="triton", transport=transport)
+        self.http = HttpClient(
+            self._url, opts, backend_kind="triton", transport=transport, classify=classify_triton
+        )
         self._info: BackendInfo | None = None
 
     @property
@@ -289,32 +333,55 @@ class TritonBackend:
     # -- discovery ---------------------------------------------------------------------------------
 
     async def _model_name(self) -> str:
-        """The configured model, else the only READY model of the server's repository."""
+        """The configured model, else the only ready model the server shows (see :meth:`ready_models`)."""
         if self.model is not None:
             return self.model
-        try:
-            index = await self.http.request_json(
-                "POST", "/v2/repository/index", {"ready": True}, retries=1, endpoint="repository"
-            )
-        except BackendRequestError as exc:
-            raise BackendRequestError(
-                f"{self._url}: cannot list the served models ({exc}); pass --model", url=self._url
-            ) from exc
-        names = sorted(
-            {
-                str(m["name"])
-                for m in (index if isinstance(index, list) else [])
-                if isinstance(m, dict) and m.get("name") and m.get("state", "READY") == "READY"
-            }
-        )
+        names = await self.ready_models()
         if len(names) != 1:
             found = ", ".join(names) if names else "none"
             raise BackendRequestError(
-                f"{self._url}: Triton serves {len(names)} ready models ({found}); pass --model to choose one",
+                f"{self._url}: Triton serves {len(names)} ready models mrsa can see ({found}); "
+                f"pass --model to choose one",
                 url=self._url,
             )
         self.model = names[0]
         return self.model
+
+    async def _listed(
+        self, method: str, path: str, body: dict[str, Any] | None, key: str | None
+    ) -> list[str]:
+        """Model names from a listing endpoint ([] when it is forbidden, missing or empty)."""
+        try:
+            data = await self.http.request_json(method, path, body, retries=1, endpoint="models")
+        except BackendRequestError:  # 403 (restricted, as under PyTriton), 404
+            return []
+        entries = data.get(key) if key is not None and isinstance(data, dict) else data
+        return sorted(
+            {
+                str(m["name"])
+                for m in (entries if isinstance(entries, list) else [])
+                if isinstance(m, dict) and m.get("name") and m.get("state", "READY") == "READY"
+            }
+        )
+
+    async def ready_models(self) -> list[str]:
+        """The ready models: the repository index, else (empty ``[]`` or 403, as PyTriton answers)
+        the statistics of the loaded models, else the bundled model if it is ready."""
+        names = await self._listed("POST", "/v2/repository/index", {"ready": True}, None)
+        if not names:
+            names = await self._listed("GET", "/v2/models/stats", None, "model_stats")
+        if not names and await self._ready(BUNDLED_MODEL):
+            names = [BUNDLED_MODEL]
+        return names
+
+    async def _ready(self, model: str) -> bool:
+        try:
+            await self.http.request_json(
+                "GET", f"{self._model_path(model)}/ready", retries=0, timeout_s=5.0, endpoint="health"
+            )
+        except BackendRequestError:
+            return False
+        return True
 
     def _model_path(self, model: str) -> str:
         return f"/v2/models/{quote(model, safe='')}"
@@ -333,6 +400,8 @@ class TritonBackend:
                     f"the generate endpoint needs an LLM model such as one served by the vLLM backend",
                     url=self._url,
                 )
+        if self.context_length is None:
+            self.context_length = await self._configured_context(model)
         version: str | None = None
         try:
             server = await self.http.request_json("GET", "/v2", retries=0, endpoint="server")
@@ -349,6 +418,25 @@ class TritonBackend:
             version=version,
         )
         return self._info
+
+    async def _configured_context(self, model: str) -> int | None:
+        """The context the model's config declares in a ``max_model_len`` or ``n_ctx`` parameter
+        (the bundled model does; the vLLM backend keeps it in model.json, which Triton does not show)."""
+        try:
+            config = await self.http.request_json(
+                "GET", f"{self._model_path(model)}/config", retries=0, endpoint="metadata"
+            )
+        except BackendError:
+            return None
+        params = config.get("parameters") if isinstance(config, dict) else None
+        if not isinstance(params, dict):
+            return None
+        for key in ("max_model_len", "n_ctx"):
+            entry = params.get(key)
+            value = entry.get("string_value") if isinstance(entry, dict) else None
+            if isinstance(value, str) and value.isdigit() and int(value) > 0:
+                return int(value)
+        return None
 
     async def health(self) -> bool:
         """Server ready (``/v2/health/ready``, an empty 200) and, when known, the model ready."""
@@ -369,6 +457,24 @@ class TritonBackend:
         return True
 
     # -- generation --------------------------------------------------------------------------------
+
+    async def _find_tokenizer(self) -> None:
+        """Without ``--tokenizer``: the bundled model's own, when that is the model served (built
+        offline from its GGUF the first time, in a thread: that may take a minute)."""
+        if self._looked_for_bundled:
+            return
+        model = self.model
+        if model is None:
+            with contextlib.suppress(BackendRequestError):  # no model to tell: the error says --tokenizer
+                model = await self._model_name()
+        self._looked_for_bundled = True
+        if model != BUNDLED_MODEL:
+            return
+        from mrsa.backends.bundled_triton import ensure_tokenizer
+
+        self.tokenizer = LocalTokenizer(await asyncio.to_thread(ensure_tokenizer))
+        if self.context_length is None:
+            self.context_length = self.tokenizer.model_max_length
 
     def _require_tokenizer(self, what: str) -> LocalTokenizer:
         if self.tokenizer is None:
@@ -406,17 +512,6 @@ class TritonBackend:
             "return_num_output_tokens": True,
         }
 
-    def _error_in_body(self, message: str, url: str) -> BackendError:
-        if _CONTEXT_PATTERNS.search(message):
-            return ContextOverflowError(
-                f"{url}: the prompt plus the requested tokens do not fit the model's context window "
-                f"({message}). Lower budget/chunk, tail or subset, or serve a longer context.",
-                url=url,
-            )
-        if _REQUEST_PATTERNS.search(message):
-            return BackendRequestError(f"{url} rejected the request: {message}", url=url)
-        return BackendServerError(f"{url} reported an error: {message}", url=url)
-
     def parse_reply(self, data: Any, prompt: str, request: GenerationRequest) -> GenerationResult:
         """One generate reply → one result (errors inside an HTTP 200 body are raised)."""
         url = f"{self._url}{self._model_path(self.model or '')}/generate"
@@ -426,7 +521,7 @@ class TritonBackend:
             error = data["error"]
             if isinstance(error, dict):
                 error = error.get("message", error)
-            raise self._error_in_body(str(error)[:500], url)
+            raise triton_error(str(error)[:500], url)
         text = _first(data.get("text_output"))
         if not isinstance(text, str):
             raise BackendServerError(f"{url}: generate reply has no text_output: {data!r}"[:500], url=url)
@@ -466,6 +561,7 @@ class TritonBackend:
         return self.parse_reply(data, prompt, request)
 
     async def generate(self, request: GenerationRequest) -> list[GenerationResult]:
+        await self._find_tokenizer()
         prompt = self.prompt_text(request)
         n = max(1, request.n)
         seeds = [None if request.seed is None else request.seed + i for i in range(n)]
@@ -474,11 +570,13 @@ class TritonBackend:
     # -- tokenizer ---------------------------------------------------------------------------------
 
     async def tokenize(self, text: str) -> list[int]:
+        await self._find_tokenizer()
         return self._require_tokenizer("tokenize").encode(text)
 
     async def detokenize(self, ids: list[int]) -> str:
         if not ids:
             return ""
+        await self._find_tokenizer()
         return self._require_tokenizer("detokenize").decode(ids)
 
     async def aclose(self) -> None:

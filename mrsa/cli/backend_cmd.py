@@ -3,58 +3,63 @@
 from __future__ import annotations
 
 import asyncio
-import subprocess
-from pathlib import Path
-from typing import Annotated, Literal, Protocol
+from collections.abc import Awaitable, Callable
+from typing import Annotated
 
 import typer
 
+from mrsa.backends.bundled_triton import BUNDLED_MODEL, TritonServer, TritonUnavailable
 from mrsa.backends.bundled_vllm import MAX_MODEL_LEN, MAX_NUM_SEQS, VllmServer, VllmUnavailable
 from mrsa.backends.embedded import CONTEXT_LENGTH, EmbeddedServer, EmbeddedUnavailable
-from mrsa.cli.common import err_console, fail
+from mrsa.cli.common import EXIT_USAGE, err_console, fail
 
-BundledKind = Literal["local", "vllm"]
-
-
-class _Bundled(Protocol):
-    """What this command needs of a bundled server (EmbeddedServer, VllmServer)."""
-
-    log_path: Path
-    process: subprocess.Popen[bytes] | None
-
-    @property
-    def url(self) -> str: ...
-
-    async def start(self) -> str: ...
-
-    def stop(self) -> None: ...
+KINDS = ("local", "triton", "vllm")
 
 
 def backend(
     kind: Annotated[
-        BundledKind,
+        str,
         typer.Option(
-            help="local: llama-cpp-python (extra 'local'); vllm: upstream vLLM's CPU build in its own "
-            "venv under the cache folder, built on first use (minutes, ~3.5 GB)."
+            "--kind",
+            help="local: the embedded model on llama-cpp-python's OpenAI server; triton: the bundled "
+            "Triton Inference Server (PyTriton's tritonserver, the vLLM backend's generate wire) serving "
+            "the same model — its environment is built on first use (about a minute); vllm: upstream "
+            "vLLM's own OpenAI server (its CPU build) serving the same model, dequantised — its "
+            "environment (~3.4 GB) is built on first use (about 3 minutes).",
         ),
     ] = "local",
     port: Annotated[int, typer.Option(help="Port to listen on (0 = a free one).")] = 8080,
     host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
     n_ctx: Annotated[
         int | None,
-        typer.Option(
-            help=f"Context window in tokens (default: local {CONTEXT_LENGTH}, vllm {MAX_MODEL_LEN})."
-        ),
+        typer.Option(help=f"Context window in tokens (default {CONTEXT_LENGTH}; vllm {MAX_MODEL_LEN})."),
     ] = None,
-    threads: Annotated[
-        int | None, typer.Option(help="CPU threads (default: local up to 4, vllm all).")
-    ] = None,
-    max_num_seqs: Annotated[int, typer.Option(help="vllm: sequences in one batch.", min=1)] = MAX_NUM_SEQS,
+    threads: Annotated[int | None, typer.Option(help="CPU threads (default: up to 4; vllm: all).")] = None,
+    max_num_seqs: Annotated[
+        int, typer.Option(min=1, help="vllm: sequences batched at once (its --max-num-seqs).")
+    ] = MAX_NUM_SEQS,
 ) -> None:
-    """Serve the embedded SmolLM2-135M model until Ctrl-C (OpenAI-compatible; mrsa detects the kind)."""
-    server: _Bundled
-    if kind == "vllm":
-        server = VllmServer(
+    """Serve the embedded SmolLM2-135M model until Ctrl-C."""
+    if kind not in KINDS:
+        fail(f"kind: unknown {kind!r}; choose one of {', '.join(KINDS)}", EXIT_USAGE)
+    server: EmbeddedServer | TritonServer | VllmServer
+    start: Callable[[], Awaitable[str]]
+    errors: tuple[type[Exception], ...]
+    if kind == "triton":
+        triton = TritonServer(port=port or None, host=host, n_ctx=n_ctx or CONTEXT_LENGTH, threads=threads)
+        server, errors = triton, (TritonUnavailable,)
+
+        async def start_triton() -> str:
+            return await triton.start(err_console.print)
+
+        start = start_triton
+        ready = (
+            f"bundled Triton ready at {triton.url}: model {BUNDLED_MODEL} on POST /v2/models/{BUNDLED_MODEL}/"
+            f"generate, metrics at {triton.metrics_url} (log: {triton.log_path}). Use it with "
+            f"--backend {triton.url} --backend-kind triton; Ctrl-C stops it"
+        )
+    elif kind == "vllm":
+        vllm = VllmServer(
             port=port or None,
             host=host,
             max_model_len=n_ctx or MAX_MODEL_LEN,
@@ -62,14 +67,21 @@ def backend(
             threads=threads,
             progress=lambda message: err_console.print(message, soft_wrap=True),
         )
+        server, errors, start = vllm, (VllmUnavailable,), vllm.start
+        ready = (
+            f"bundled vLLM ready at {vllm.url} (OpenAI-compatible, metrics at {vllm.url}/metrics; log: "
+            f"{vllm.log_path}). Use it with --backend {vllm.url}; Ctrl-C stops it"
+        )
     else:
-        server = EmbeddedServer(port=port or None, host=host, n_ctx=n_ctx or CONTEXT_LENGTH, threads=threads)
+        embedded = EmbeddedServer(
+            port=port or None, host=host, n_ctx=n_ctx or CONTEXT_LENGTH, threads=threads
+        )
+        server, errors, start = embedded, (), embedded.start
+        ready = f"embedded model ready at {embedded.url} (OpenAI-compatible; log: {embedded.log_path}); Ctrl-C stops it"
 
     async def run() -> None:
-        await server.start()
-        err_console.print(
-            f"{kind} model ready at {server.url} (OpenAI-compatible; log: {server.log_path}); Ctrl-C stops it"
-        )
+        await start()
+        err_console.print(ready)
         # Poll rather than wait in a thread: asyncio.run must be able to cancel this on SIGINT
         # (a thread blocked in wait() would keep the loop's executor, and the process, alive).
         while server.process is not None and server.process.poll() is None:  # noqa: ASYNC110
@@ -80,7 +92,7 @@ def backend(
         asyncio.run(run())
     except KeyboardInterrupt:
         err_console.print("stopped")
-    except (EmbeddedUnavailable, VllmUnavailable) as exc:  # the message ends with the server's log
+    except (EmbeddedUnavailable, *errors) as exc:
         fail(str(exc))
     finally:
         server.stop()

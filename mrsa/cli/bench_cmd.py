@@ -29,6 +29,7 @@ from mrsa.cli.options import (
     QuietOpt,
     RetriesOpt,
     TimeoutOpt,
+    TokenizerOpt,
     check_backend_kind,
     http_options,
 )
@@ -135,6 +136,7 @@ async def _bench(
     interval_s: float,
     trace_dir: Path | None,
     redis_url: str | None,
+    tokenizer: Path | None = None,
 ) -> None:
     from evals.grading import Grader
     from evals.rundir import BackendEntry as Entry
@@ -158,7 +160,9 @@ async def _bench(
             stack.push_async_callback(redis_store.aclose)
             store = redis_store
         backend = await stack.enter_async_context(
-            open_backend(backend_url, kind, model=model, options=options, trace_dir=trace_dir)
+            open_backend(
+                backend_url, kind, model=model, options=options, trace_dir=trace_dir, tokenizer=tokenizer
+            )
         )
         info = await backend.info()
         await check_contexts(backend, units)
@@ -261,6 +265,7 @@ def bench(
     backend_kind: BackendKindOpt = None,
     model: Annotated[str | None, typer.Option(help="Model id (env MRSA_MODEL).")] = None,
     concurrency: ConcurrencyOpt = None,
+    tokenizer: TokenizerOpt = None,
     jobs: Annotated[
         int | None,
         typer.Option(
@@ -363,6 +368,7 @@ def bench(
                     interval_s=progress_every,
                     trace_dir=trace,
                     redis_url=redis or settings.redis_url,
+                    tokenizer=tokenizer or settings.tokenizer,
                 )
             )
     except KeyboardInterrupt:

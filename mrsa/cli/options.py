@@ -78,6 +78,13 @@ BackendOpt = Annotated[
 BackendKindOpt = Annotated[
     str | None, typer.Option(help=f"Server type: {', '.join(BACKEND_KINDS)} (env MRSA_BACKEND_KIND).")
 ]
+TokenizerOpt = Annotated[
+    Path | None,
+    typer.Option(
+        help="Triton only: the served model's tokenizer.json (or its folder) (env MRSA_TOKENIZER); "
+        "the bundled model's is found by its name."
+    ),
+]
 ConcurrencyOpt = Annotated[int | None, typer.Option(help="Requests in flight (default: server capacity).")]
 TimeoutOpt = Annotated[float | None, typer.Option(help="Backend read timeout, seconds.")]
 RetriesOpt = Annotated[int | None, typer.Option(help="Backend retries on 429/5xx/timeouts.")]

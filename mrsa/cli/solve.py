@@ -41,6 +41,7 @@ from mrsa.cli.options import (
     TailSourceOpt,
     TemperatureOpt,
     TimeoutOpt,
+    TokenizerOpt,
     TopKOpt,
     TopPOpt,
     check_backend_kind,
@@ -268,10 +269,7 @@ def solve(
         Path | None, typer.Option("--trace", help="Write every backend request/response to DIR.")
     ] = None,
     quiet: QuietOpt = False,
-    tokenizer: Annotated[
-        Path | None,
-        typer.Option(help="Triton only: the served model's tokenizer.json (or its folder) for tails."),
-    ] = None,
+    tokenizer: TokenizerOpt = None,
     redis: Annotated[
         str | None,
         typer.Option(
@@ -299,7 +297,7 @@ def solve(
                 options,
                 concurrency,
                 trace,
-                tokenizer,
+                tokenizer or settings.tokenizer,
                 show_progress=not (quiet or json_out),
                 redis_url=redis or settings.redis_url,
             )

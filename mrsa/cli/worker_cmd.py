@@ -10,7 +10,7 @@ import typer
 from mrsa.backends.base import BackendError
 from mrsa.backends.embedded import EmbeddedUnavailable
 from mrsa.cli.common import EXIT_USAGE, fail
-from mrsa.cli.options import BackendKindOpt, RedisOpt, check_backend_kind, http_options
+from mrsa.cli.options import BackendKindOpt, RedisOpt, TokenizerOpt, check_backend_kind, http_options
 from mrsa.settings import get_settings
 
 
@@ -30,6 +30,7 @@ def worker(
         int | None,
         typer.Option(help="Tasks in flight (env MRSA_BACKEND_CONCURRENCY); default: the backend's capacity."),
     ] = None,
+    tokenizer: TokenizerOpt = None,
     consumer: Annotated[
         str | None, typer.Option(help="Consumer name (env MRSA_WORKER_CONSUMER); default: hostname-pid.")
     ] = None,
@@ -91,6 +92,7 @@ def worker(
         backend_url=backend or s.backend_url,
         backend_kind=kind,
         model=model or s.model,
+        tokenizer=tokenizer or s.tokenizer,
         concurrency=concurrency or s.backend_concurrency,
         consumer=consumer or s.worker_consumer or consumer_name(),
         reclaim_idle_s=reclaim_idle or s.worker_reclaim_idle_s,

@@ -19,6 +19,7 @@ class ServerHandle:
     context_length: int  # tokens, as the server was started
     log_path: Path  # the server's own log, for failure messages
     tokenizer: Path | None = None  # local tokenizer folder (Triton), else None
+    metrics_url: str | None = None  # the server's Prometheus endpoint, None when it has none
 
 
 def fail_with_log(what: str, log_path: Path, lines: int = 40) -> None:

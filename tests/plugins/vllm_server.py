@@ -39,6 +39,7 @@ def vllm_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerHand
             model=MODEL_ALIAS,
             context_length=server.max_model_len,
             log_path=log_path,
+            metrics_url=f"{server.url}/metrics",
         )
     finally:
         server.stop()
