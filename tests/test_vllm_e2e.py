@@ -1,33 +1,71 @@
-"""mrsa end to end through a real vLLM (the bundled CPU build), as a user runs it: ``mrsa solve``
-with nothing but the URL, the service (API + two workers + Redis) surviving a worker SIGKILLed
-mid-job, and a one-problem ``mrsa bench``."""
+"""mrsa end to end through a real vLLM (the bundled CPU build), as a user runs it: ``mrsa backend
+--kind vllm`` then ``mrsa solve`` with nothing but the URL (the server going with its parent), the
+service (API + two workers + Redis) surviving a worker SIGKILLed mid-job, and a one-problem
+``mrsa bench``."""
 
 from __future__ import annotations
 
 import json
 import signal
+import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import pytest
 
-from tests.plugins.servers import ServerHandle
+from mrsa.backends.embedded import free_port
+from tests.plugins.servers import ServerHandle, fail_with_log
 from tests.test_api_e2e import Service, service  # noqa: F401  (the fixture)
-from tests.test_cli_solve import run
+from tests.test_cli_solve import MRSA, run
 
 
-def test_solve_smoke_with_only_the_url(vllm_server: ServerHandle, tmp_path: Path) -> None:
+@pytest.fixture
+def mrsa_backend_vllm(tmp_path: Path) -> Iterator[str]:
+    """``mrsa backend --kind vllm --port P`` as a user starts it; its URL once it says ready."""
+    port = free_port()
+    log_path = tmp_path / "mrsa-backend.log"
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            [*MRSA, "backend", "--kind", "vllm", "--port", str(port)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+    try:
+        deadline = time.monotonic() + 420
+        while "ready at" not in log_path.read_text(errors="replace"):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                fail_with_log("mrsa backend --kind vllm did not come up", log_path)
+            time.sleep(0.5)
+        yield f"http://127.0.0.1:{port}"
+        # SIGKILL, so nothing of mrsa's runs: the vLLM server must go with its parent regardless.
+        proc.kill()
+        proc.wait(timeout=10)
+        deadline = time.monotonic() + 60
+        while _answers(f"http://127.0.0.1:{port}/health"):
+            assert time.monotonic() < deadline, "vLLM outlived the mrsa backend that started it"
+            time.sleep(0.5)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
+def _answers(url: str) -> bool:
+    try:
+        httpx.get(url, timeout=2)
+    except httpx.HTTPError:
+        return False
+    return True
+
+
+def test_mrsa_backend_vllm_then_solve_with_only_the_url(mrsa_backend_vllm: str, tmp_path: Path) -> None:
     """No --backend-kind, --model or --tokenizer: detection picks vLLM, /v1/models gives the rest."""
+    url = mrsa_backend_vllm
     proc = run(
-        "solve",
-        "--backend",
-        vllm_server.url,
-        "--preset",
-        "smoke",
-        "--json",
-        "--trace",
-        str(tmp_path),
-        "What is 7*6?",
+        "solve", "--backend", url, "--preset", "smoke", "--json", "--trace", str(tmp_path), "What is 7*6?"
     )
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout)
@@ -40,7 +78,7 @@ def test_solve_smoke_with_only_the_url(vllm_server: ServerHandle, tmp_path: Path
             assert c["tail_tokens"] == min(p["tail"], c["source_tokens"])
     records = [json.loads(line) for line in (tmp_path / "requests.jsonl").read_text().splitlines()]
     assert len(records) == result["usage"]["requests"]
-    assert {r["backend"] for r in records} == {vllm_server.url}
+    assert {r["backend"] for r in records} == {url}
     for record in records:
         assert record["request"]["seed"] is not None  # seeded, and the engine survived them all
         [response] = record["responses"]
@@ -96,3 +134,11 @@ def test_one_problem_bench(vllm_server: ServerHandle, tmp_path: Path) -> None:
     again = run(*base, "--backend", vllm_server.url, "--json", "--quiet", timeout=120)
     assert again.returncode == 0, again.stderr
     assert (out / "records.jsonl").read_text().splitlines() == lines
+
+
+def test_mrsa_backend_vllm_refuses_threads_in_one_line() -> None:
+    proc = subprocess.run(
+        [*MRSA, "backend", "--kind", "vllm", "--threads", "2"], capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 2
+    assert "threads" in proc.stderr and "Traceback" not in proc.stderr

@@ -139,7 +139,6 @@ class VllmServer:
         host: str = "127.0.0.1",
         max_model_len: int = MAX_MODEL_LEN,
         max_num_seqs: int = MAX_NUM_SEQS,
-        threads: int | None = None,
         log_path: Path | None = None,
         progress: Callable[[str], None] | None = None,
     ) -> None:
@@ -147,7 +146,6 @@ class VllmServer:
         self.port = port or free_port()
         self.max_model_len = max_model_len
         self.max_num_seqs = max_num_seqs
-        self.threads = threads
         self.log_path = log_path or Path(tempfile.gettempdir()) / f"mrsa-vllm-{self.port}.log"
         self.progress = progress
         self.process: subprocess.Popen[bytes] | None = None
@@ -194,10 +192,8 @@ class VllmServer:
     def start_process(self, env: Path, model: Path) -> None:
         """Popen the server. Call it from a thread that outlives the server: PR_SET_PDEATHSIG
         fires when the *thread* that forked the child exits, not only the process."""
+        # Offline (the model is local) and no usage reports: only loopback traffic.
         child_env = {**os.environ, "HF_HUB_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1"}
-        if self.threads:
-            child_env["VLLM_CPU_OMP_THREADS_BIND"] = "nobind"
-            child_env["OMP_NUM_THREADS"] = str(self.threads)
         log = self.log_path.open("wb")
         self.process = subprocess.Popen(
             self.command(env, model),

@@ -34,7 +34,9 @@ def backend(
         int | None,
         typer.Option(help=f"Context window in tokens (default {CONTEXT_LENGTH}; vllm {MAX_MODEL_LEN})."),
     ] = None,
-    threads: Annotated[int | None, typer.Option(help="CPU threads (default: up to 4; vllm: all).")] = None,
+    threads: Annotated[
+        int | None, typer.Option(help="CPU threads (default: up to 4; not for vllm, which binds its own).")
+    ] = None,
     max_num_seqs: Annotated[
         int, typer.Option(min=1, help="vllm: sequences batched at once (its --max-num-seqs).")
     ] = MAX_NUM_SEQS,
@@ -59,12 +61,13 @@ def backend(
             f"--backend {triton.url} --backend-kind triton; Ctrl-C stops it"
         )
     elif kind == "vllm":
+        if threads is not None:
+            fail("threads: vLLM's CPU build binds its engine to the cores itself; drop --threads", EXIT_USAGE)
         vllm = VllmServer(
             port=port or None,
             host=host,
             max_model_len=n_ctx or MAX_MODEL_LEN,
             max_num_seqs=max_num_seqs,
-            threads=threads,
             progress=lambda message: err_console.print(message, soft_wrap=True),
         )
         server, errors, start = vllm, (VllmUnavailable,), vllm.start
