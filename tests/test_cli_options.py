@@ -116,10 +116,16 @@ def test_solve_leaves_concurrency_to_the_server_by_default(monkeypatch: pytest.M
 @pytest.mark.parametrize(
     ("command", "names"),
     [
-        ("solve", ["MRSA_BACKEND_URL", "MRSA_BACKEND_KIND", "MRSA_MODEL", "MRSA_REDIS_URL"]),
-        ("bench", ["MRSA_BACKEND_URL", "MRSA_BACKEND_KIND", "MRSA_MODEL", "MRSA_REDIS_URL"]),
+        (
+            "solve",
+            ["MRSA_BACKEND_URL", "MRSA_BACKEND_KIND", "MRSA_MODEL", "MRSA_REDIS_URL", "MRSA_TOKENIZER"],
+        ),
+        (
+            "bench",
+            ["MRSA_BACKEND_URL", "MRSA_BACKEND_KIND", "MRSA_MODEL", "MRSA_REDIS_URL", "MRSA_TOKENIZER"],
+        ),
         ("submit", ["MRSA_API_URL", "MRSA_API_KEY"]),
-        ("worker", ["MRSA_REDIS_URL", "MRSA_BACKEND_URL", "MRSA_BACKEND_KIND"]),
+        ("worker", ["MRSA_REDIS_URL", "MRSA_BACKEND_URL", "MRSA_BACKEND_KIND", "MRSA_TOKENIZER"]),
         ("serve", ["MRSA_REDIS_URL", "MRSA_BACKEND_URL", "MRSA_BACKEND_KIND"]),
     ],
 )
@@ -129,3 +135,30 @@ def test_help_shows_the_environment_variables(command: str, names: list[str]) ->
     text = re.sub(r"[\s│]+", " ", result.output)  # help wrapped in a rich panel
     for name in names:
         assert f"(env {name})" in text, (name, result.output)
+
+
+def test_worker_takes_the_tokenizer_from_the_flag_or_the_environment(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    import workers.service
+
+    seen: list[Any] = []
+
+    async def fake_serve(config: Any, stop: Any = None) -> None:
+        seen.append(config)
+
+    monkeypatch.setattr(workers.service, "serve", fake_serve)
+    base = ["worker", "--redis", "redis://127.0.0.1:9/0", "--backend", UNUSED, "--backend-kind", "triton"]
+    result = CliRunner().invoke(app, [*base, "--tokenizer", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    monkeypatch.setenv("MRSA_TOKENIZER", str(tmp_path / "env"))
+    get_settings.cache_clear()
+    result = CliRunner().invoke(app, base)
+    assert result.exit_code == 0, result.output
+    assert [c.tokenizer for c in seen] == [tmp_path, tmp_path / "env"]
+
+
+def test_backend_kind_is_checked() -> None:
+    result = CliRunner().invoke(app, ["backend", "--kind", "nope"])
+    assert result.exit_code == 2
+    assert "unknown" in result.output and "local" in result.output and "triton" in result.output

@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
 SERVICES: dict[str, dict[str, Any]] = COMPOSE["services"]
 CORE = {"redis", "api", "worker"}
-BACKENDS = {"cpu": "cpu", "rocm": "rocm", "cuda": "cuda", "triton": "triton"}
+BACKENDS = {"cpu": "cpu", "rocm": "rocm", "cuda": "cuda", "triton": "triton", "triton-rocm": "triton-rocm"}
 VAR = re.compile(r"\$\{(\w+)(?::?-([^}]*))?\}")
 
 
@@ -111,6 +111,7 @@ def test_every_mrsa_variable_is_a_setting() -> None:
     env = {k: v for k, v in env_of("api").items() if k.startswith("MRSA_")}
     settings = Settings(**{k.removeprefix("MRSA_").lower(): v for k, v in env.items()})
     assert settings.backend_context_length is None and settings.api_key_list() == []
+    assert settings.tokenizer is None  # a blank MRSA_TOKENIZER: no tokenizer (not the folder '.')
 
 
 def test_depends_on_targets_exist_and_core_services_need_no_profile() -> None:
@@ -174,7 +175,7 @@ def test_referenced_dockerfiles_exist() -> None:
         dockerfile = context / build.get("dockerfile", "Dockerfile")
         assert dockerfile.is_file(), f"{name}: {dockerfile} is missing"
         built += 1
-    assert built >= 4  # api, worker, cpu (one image) and rocm
+    assert built >= 5  # api, worker, cpu (one image), rocm and triton-rocm
 
 
 def test_rocm_serves_zaya1_with_the_design_flags_and_no_tensor_parallel() -> None:
@@ -274,3 +275,28 @@ def test_grafana_is_provisioned_and_the_dashboard_queries_exported_metrics() -> 
         "mrsa_backend_errors_total",
     ):
         assert wanted in names, wanted
+
+
+@pytest.mark.parametrize("name", ["triton", "triton-rocm"])
+def test_triton_profiles_serve_the_vllm_model_repository(name: str) -> None:
+    cmd = command_of(name)
+    assert cmd[0] == "tritonserver" and "--model-repository=/models" in cmd
+    assert "./docker/triton/model_repository:/models:ro" in SERVICES[name]["volumes"]
+    assert listen_port(name) == 8000 and flag(cmd, "--metrics-port") == "8002"
+
+
+def test_triton_rocm_is_amds_triton_over_zyphras_vllm() -> None:
+    dockerfile = (ROOT / "docker/triton-rocm/Dockerfile").read_text()
+    assert "ROCm/triton-inference-server-vllm_backend" in dockerfile  # AMD's vLLM backend
+    assert "ROCm/triton-inference-server-server" in dockerfile  # AMD's tritonserver build
+    assert "mrsa-vllm-rocm" in dockerfile  # docker/rocm/Dockerfile: Zyphra's fork on ROCm
+    assert "github.com/Zyphra/vllm" in (ROOT / "docker/rocm/Dockerfile").read_text()
+    assert SERVICES["triton-rocm"]["devices"] == ["/dev/kfd", "/dev/dri"]
+    assert "deploy" not in SERVICES["triton-rocm"]  # no NVIDIA device reservation
+
+
+@pytest.mark.parametrize("name", ["api", "worker"])
+def test_api_and_workers_can_read_the_served_models_tokenizer(name: str) -> None:
+    assert "MRSA_TOKENIZER" in env_of(name)
+    assert "./docker/triton/tokenizer:/tokenizer:ro" in SERVICES[name]["volumes"]
+    assert (ROOT / "docker/triton/tokenizer/README.md").is_file()

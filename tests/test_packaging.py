@@ -1,4 +1,4 @@
-"""The installed wheel carries the prompt templates (not only the source tree)."""
+"""The installed wheel carries the prompt templates and the bundled Triton's model file (not only the source tree)."""
 
 from __future__ import annotations
 
@@ -22,6 +22,8 @@ def test_wheel_ships_prompts_and_loads_them(tmp_path: Path) -> None:
     names = zipfile.ZipFile(wheel).namelist()
     for template in ("round0", "aggregate", "aggregate_single", "candidate", "continue"):
         assert f"mrsa/_prompts/v1/{template}.txt" in names
+    # the bundled Triton's model and tokenizer converter run from the installed package's files
+    assert {"mrsa/backends/triton_model.py", "mrsa/backends/gguf_tokenizer.py"} <= set(names)
     site = tmp_path / "site"
     zipfile.ZipFile(wheel).extractall(site)
     code = (

@@ -350,3 +350,15 @@ def bundled_tokenizer(model: str | None) -> Path | None:
     if model != BUNDLED_MODEL:
         return None
     return ensure_tokenizer(lambda message: print(message, file=sys.stderr))
+
+
+def main() -> None:
+    """``python -m mrsa.backends.bundled_triton``: build the Triton environment and the bundled
+    model's tokenizer now (``make test`` does, so no test's timeout has to cover a first build)."""
+    env = ensure_triton_env(lambda message: print(message, file=sys.stderr))
+    print(f"triton environment: {env}")
+    print(f"tokenizer: {ensure_tokenizer(lambda message: print(message, file=sys.stderr))}")
+
+
+if __name__ == "__main__":
+    main()

