@@ -327,6 +327,27 @@ async def test_vllm_recorded_stop_drops_the_eos_id_from_the_token_ids() -> None:
     await b.aclose()
 
 
+@pytest.mark.parametrize(
+    ("finish", "stop_reason", "kept"),
+    [
+        ("stop", None, [5, 6]),  # EOS: its id ends the list, its text is not in the content
+        ("stop", 7, [5, 6]),  # a stop_token_ids hit: read the same way (mrsa sends none; not seen live)
+        ("stop", "END", [5, 6, 7]),  # a stop string: the ids are what was generated, kept whole
+        ("length", None, [5, 6, 7]),  # the budget ran out: nothing to drop
+    ],
+)
+async def test_vllm_only_a_sampled_stop_token_leaves_the_ids(
+    finish: str, stop_reason: str | int | None, kept: list[int]
+) -> None:
+    choice = {"index": 0, "message": {"content": "ab"}, "finish_reason": finish, "stop_reason": stop_reason}
+    server = MockServer({("POST", "/v1/chat/completions"): chat_reply({**choice, "token_ids": [5, 6, 7]})})
+    b = backend(server, "vllm")
+    [result] = await b.generate(request())
+    assert result.token_ids == kept
+    assert result.completion_tokens == 3
+    await b.aclose()
+
+
 async def test_vllm_recorded_n_and_prefill_replies() -> None:
     server = vllm_replay("chat_length_n2")
     b = backend(server, "vllm", model="smollm2-135m-instruct")
