@@ -251,7 +251,7 @@ async def test_triton_busy_is_transient_and_retried(
         busy_triton.url,
         "triton",
         tokenizer=triton_server.tokenizer,
-        options=HttpOptions(max_retries=30, backoff_s=0.2, backoff_cap_s=2.0, concurrency=3),
+        options=HttpOptions(max_retries=20, backoff_s=0.2, backoff_cap_s=3.0, concurrency=3),
     )
     before = metrics.BACKEND_RETRIES.labels("triton", "server")._value.get()
     results = await asyncio.gather(*(b.generate(ask(f"Say {i}.", max_tokens=8, seed=i)) for i in range(4)))

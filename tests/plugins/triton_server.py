@@ -3,8 +3,10 @@ the vLLM backend's wire, the embedded SmolLM2 GGUF) for all tests, and the token
 GGUF.
 
 The first session on a machine builds the Triton environment (≈30 s when pip's cache holds the
-llama-cpp-python wheel ``make setup`` built; ``make test`` builds it before pytest starts, see the
-Makefile's ``bundled-envs``, so no test's timeout has to cover it). A server that cannot be built or
+llama-cpp-python wheel ``make setup`` built, minutes if it must compile llama.cpp). pytest-timeout's
+600 s per test include that test's fixture setup (``timeout_func_only`` is off), so ``make test``
+builds the environment before pytest starts (the Makefile's ``bundled-envs``) and the fixture only
+finds it; run alone, the fixture builds it itself. A server that cannot be built or
 started fails the tests that need it, with its log; it never skips.
 """
 
