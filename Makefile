@@ -42,8 +42,10 @@ typecheck: setup
 
 # The bundled servers' private environments (under $MRSA_CACHE_DIR or ~/.cache/mrsa), built once
 # before pytest so no test's timeout covers a first build; the test fixtures find them there.
+# vLLM's (~3.4 GB, ~3 min) also dequantises the embedded model to a Hugging Face folder (~20 s).
 bundled-envs: setup
 	$(BIN)/python -m mrsa.backends.bundled_triton
+	$(BIN)/python -m mrsa.backends.bundled_vllm
 
 test: setup redis-server lint typecheck bundled-envs
 	$(BIN)/python -m pytest -q

@@ -29,6 +29,12 @@ Reported per configuration:
     .venv/bin/python -m benchmarks.orchestration            # table
     .venv/bin/python -m benchmarks.orchestration --json     # one JSON object per configuration
 
+``--server-url URL`` runs the same configurations against a real vLLM instead of the simulator.
+There is no model of the server to bound the makespan with; utilisation and queueing come from the
+server's own metrics (``vllm:num_requests_running`` / ``vllm:num_requests_waiting``, sampled every
+``--sample-period`` s; pass the server's ``--max-num-seqs``), decode tokens and the prefix-cache hit
+rate from its counters, each configuration's share being the counters' difference across its run.
+
 Needs ``redis-server`` on PATH (``make test`` installs it). Only loopback traffic.
 """
 
@@ -54,6 +60,7 @@ import httpx
 
 from benchmarks.counted_worker import warm_up
 from benchmarks.dispatch_overhead import redis_server
+from benchmarks.server_metrics import LoadSamples, read_vllm_counters, sampling_load
 from benchmarks.simulator.process import ROOT, running_simulator
 from evals.datasets import load_dataset
 from mrsa.backends.base import GenerationRequest, Message
@@ -378,12 +385,84 @@ def print_table(rows: list[dict[str, Any]]) -> None:
     )
     for r in rows:
         print(
-            f"{r['config']:<16} {r['makespan_s']:>10.2f} {r['lower_bound_s']:>8.2f} "
+            f"{r['config']:<16} {r['makespan_s']:>10.2f} {fmt(r['lower_bound_s'], '.2f'):>8} "
             f"{fmt(r['makespan_over_lower_bound'], '.3f'):>7} {fmt(r['utilisation'], '.3f'):>6} "
             f"{fmt(r['cpu_ms_per_request'], '.2f'):>10} {fmt(r['redis_round_trips_per_candidate'], '.2f'):>8} "
             f"{fmt(r['prefix_cache_hit_rate'], '.3f'):>9} {fmt(r['speedup_vs_round_batch'], '.2f'):>13}x "
             f"{fmt(r['speedup_vs_per_job'], '.2f'):>9}x"
         )
+
+
+async def run_config(url: str, workload: Workload, config: str, folder: Path, verbose: bool) -> Run:
+    if config in BASELINES:
+        return await run_baseline(url, workload, config)
+    if config == "mrsa-inprocess":
+        return await run_inprocess(url, workload)
+    if config.startswith("mrsa-redis-w"):
+        return await run_redis(url, workload, int(config.removeprefix("mrsa-redis-w")), folder, verbose)
+    raise SystemExit(f"--configs: unknown configuration {config!r}")
+
+
+def summarise_real(
+    run: Run,
+    samples: LoadSamples,
+    counters: tuple[dict[str, float], dict[str, float]],
+    workload: Workload,
+    max_num_seqs: int,
+) -> dict[str, Any]:
+    """A configuration's row against a real server: what its metrics say, no lower bound."""
+    before, after = counters
+
+    def delta(name: str) -> float | None:
+        return after[name] - before.get(name, 0.0) if name in after else None
+
+    decode = delta("vllm:generation_tokens")
+    queries, hits = delta("vllm:prefix_cache_queries"), delta("vllm:prefix_cache_hits")
+    utilisation = samples.utilisation(max_num_seqs)
+    return {
+        "config": run.config,
+        "makespan_s": round(run.makespan_s, 3),
+        "lower_bound_s": None,
+        "makespan_over_lower_bound": None,
+        "utilisation": round(utilisation, 4) if utilisation is not None else None,
+        "mean_waiting": round(sum(x.waiting for x in samples.busy()) / max(1, len(samples.busy())), 2),
+        "max_waiting": samples.max_waiting(),
+        "load_samples": len(samples.points),
+        "cpu_ms_per_request": None,  # a real server does not count the requests it received
+        "cpu_ms_per_candidate": round(1000 * run.cpu_s / workload.candidates, 3),
+        "redis_round_trips_per_candidate": (
+            round(run.round_trips / workload.candidates, 3) if run.round_trips is not None else None
+        ),
+        "prefix_cache_hit_rate": round(hits / queries, 4) if queries and hits is not None else None,
+        "speedup_vs_round_batch": None,
+        "speedup_vs_per_job": None,
+        "decode_tokens": int(decode) if decode is not None else None,
+        "decode_tokens_per_s": round(decode / run.makespan_s, 1) if decode is not None else None,
+        "failed_jobs": run.failed,
+    }
+
+
+async def measure_real_server(
+    args: argparse.Namespace, workload: Workload, configs: list[str]
+) -> list[dict[str, Any]]:
+    url = str(args.server_url).rstrip("/")
+    rows: list[dict[str, Any]] = []
+    async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+        with tempfile.TemporaryDirectory() as tmp:
+            for config in configs:
+                if not args.json:
+                    print(f"running {config} against {url} ...", file=sys.stderr, flush=True)
+                before = await read_vllm_counters(client)
+                async with sampling_load(url, args.sample_period) as samples:
+                    run = await run_config(url, workload, config, Path(tmp), args.verbose)
+                after = await read_vllm_counters(client)
+                if args.trace_dir is not None:
+                    points = [[round(t, 3), load.running, load.waiting] for t, load in samples.points]
+                    write_trace(
+                        args.trace_dir, config, {"columns": ["t_s", "running", "waiting"], "points": points}
+                    )
+                rows.append(summarise_real(run, samples, (before, after), workload, args.max_num_seqs))
+    return rows
 
 
 async def main_async(args: argparse.Namespace) -> list[dict[str, Any]]:
@@ -396,25 +475,19 @@ async def main_async(args: argparse.Namespace) -> list[dict[str, Any]]:
     workload = Workload(problems=problems, params=params, concurrency=args.concurrency)
     configs = args.configs.split(",")
     rows: list[dict[str, Any]] = []
-    with running_simulator(simulator_flags(args)) as url, tempfile.TemporaryDirectory() as tmp:
-        for config in configs:
-            if not args.json:
-                print(f"running {config} ...", file=sys.stderr, flush=True)
-            if config in BASELINES:
-                run = await run_baseline(url, workload, config)
-            elif config == "mrsa-inprocess":
-                run = await run_inprocess(url, workload)
-            elif config.startswith("mrsa-redis-w"):
-                run = await run_redis(
-                    url, workload, int(config.removeprefix("mrsa-redis-w")), Path(tmp), args.verbose
-                )
-            else:
-                raise SystemExit(f"--configs: unknown configuration {config!r}")
-            stats = sim_json(url, "/sim/stats")
-            if args.trace_dir is not None:
-                write_trace(args.trace_dir, config, sim_json(url, "/sim/trace"))
-            sim_json(url, "/sim/reset", "POST")
-            rows.append(summarise(run, stats, workload))
+    if args.server_url is not None:
+        rows = await measure_real_server(args, workload, configs)
+    else:
+        with running_simulator(simulator_flags(args)) as url, tempfile.TemporaryDirectory() as tmp:
+            for config in configs:
+                if not args.json:
+                    print(f"running {config} ...", file=sys.stderr, flush=True)
+                run = await run_config(url, workload, config, Path(tmp), args.verbose)
+                stats = sim_json(url, "/sim/stats")
+                if args.trace_dir is not None:
+                    write_trace(args.trace_dir, config, sim_json(url, "/sim/trace"))
+                sim_json(url, "/sim/reset", "POST")
+                rows.append(summarise(run, stats, workload))
     by_name = {r["config"]: r for r in rows}
     for r in rows:
         for base, key in (("round-batch", "speedup_vs_round_batch"), ("per-job", "speedup_vs_per_job")):
@@ -429,6 +502,7 @@ async def main_async(args: argparse.Namespace) -> list[dict[str, Any]]:
             "tail": params.tail,
             "concurrency": args.concurrency,
             "max_num_seqs": args.max_num_seqs,
+            "server": args.server_url or "simulator",
         }
     tokens = {r["decode_tokens"] for r in rows}
     if len(tokens) > 1:
@@ -457,7 +531,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--concurrency", type=int, default=256, help="requests in flight, every configuration"
     )
-    parser.add_argument("--max-num-seqs", type=int, default=256, help="the simulated server's batch limit")
+    parser.add_argument(
+        "--max-num-seqs",
+        type=int,
+        default=256,
+        help="the simulated server's batch limit (with --server-url: the real server's, for utilisation)",
+    )
+    parser.add_argument(
+        "--server-url",
+        help="run against this real vLLM instead of the simulator (its /metrics give the load)",
+    )
+    parser.add_argument(
+        "--sample-period", type=float, default=0.1, help="with --server-url: seconds between metric samples"
+    )
     parser.add_argument("--step-base-ms", type=float, default=2.0)
     parser.add_argument("--step-per-seq-ms", type=float, default=0.05)
     parser.add_argument("--prefill-ms-per-token", type=float, default=0.005)

