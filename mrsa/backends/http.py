@@ -362,7 +362,8 @@ class HttpClient:
     ) -> Any:
         """Send one request with retries; return the decoded JSON body (``None`` for an empty one),
         or what ``parse`` makes of it. ``parse`` raises :class:`MalformedReplyError` for a reply
-        that breaks the protocol; such a reply is retried like a 5xx. ``timeout_s`` and
+        that breaks the protocol, or another :class:`BackendError` for an error the server
+        reported inside a 2xx body; a retryable one is retried like a 5xx. ``timeout_s`` and
         ``deadline_s`` override the options' read timeout and the deadline it implies."""
         attempts = (self.options.max_retries if retries is None else retries) + 1
         url = f"{self.base_url}{path}"
@@ -385,6 +386,11 @@ class HttpClient:
                         data = decode_json(reply.body, url) if reply.body else None
                         return parse(data) if parse is not None else data
                     except MalformedReplyError as exc:
+                        last = exc
+                    except BackendError as exc:  # a server's own error inside a 2xx body (Triton)
+                        if not exc.retryable:
+                            metrics.BACKEND_ERRORS.labels(self.backend_kind, exc.kind).inc()
+                            raise
                         last = exc
                 else:
                     last = self._classify(reply.as_response(), url)

@@ -553,10 +553,19 @@ class TritonBackend:
     ) -> GenerationResult:
         model = await self._model_name()
         body = self.generate_body(prompt, request, seed)
-        data = await self.http.request_json(
-            "POST", f"{self._model_path(model)}/generate", body, endpoint="generate"
+        read_s, deadline_s = self.http.options.generation_timeouts(request.max_tokens)
+        # Parsed inside the retry loop: an error Triton reports under HTTP 200 is classified (and
+        # retried when transient) like one it reports as a 400.
+        result: GenerationResult = await self.http.request_json(
+            "POST",
+            f"{self._model_path(model)}/generate",
+            body,
+            timeout_s=read_s,
+            deadline_s=deadline_s,
+            endpoint="generate",
+            parse=lambda data: self.parse_reply(data, prompt, request),
         )
-        return self.parse_reply(data, prompt, request)
+        return result
 
     async def generate(self, request: GenerationRequest) -> list[GenerationResult]:
         await self._find_tokenizer()
