@@ -20,39 +20,24 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
-import os
 import signal
-import subprocess
 import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
 
+from benchmarks.processes import child_processes, http_ok
 from benchmarks.redis_process import RedisProcess, free_port
-from benchmarks.simulator.process import ROOT, running_simulator
+from benchmarks.simulator.process import running_simulator
 
 KEY = "soak-key"
 TERMINAL = {"succeeded", "failed", "cancelled"}
-
-
-@dataclass
-class Child:
-    """A service process with its log file."""
-
-    name: str
-    proc: subprocess.Popen[bytes]
-    log_path: Path
-
-    def log_tail(self, lines: int = 30) -> str:
-        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
 
 
 @dataclass
@@ -81,62 +66,6 @@ class Latencies:
             "healthz_max_ms": round(max(self.by_kind.get("healthz", [0.0])) * 1000, 1),
             "transport_errors": dict(self.errors),
         }
-
-
-def _env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if not k.startswith("MRSA_")}
-
-
-@contextlib.contextmanager
-def children(folder: Path) -> Iterator[Any]:
-    started: list[Child] = []
-
-    def start(name: str, args: list[str]) -> Child:
-        log_path = folder / f"{name}.log"
-        with log_path.open("wb") as log:
-            proc = subprocess.Popen(
-                [sys.executable, *args],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                cwd=ROOT,
-                env=_env(),
-            )
-        child = Child(name, proc, log_path)
-        started.append(child)
-        return child
-
-    try:
-        yield start
-    finally:
-        for child in reversed(started):
-            if child.proc.poll() is None:
-                child.proc.terminate()
-        for child in reversed(started):
-            try:
-                child.proc.wait(timeout=45)
-            except subprocess.TimeoutExpired:
-                child.proc.kill()
-                child.proc.wait(timeout=10)
-
-
-def wait_for(child: Child, ready: str, within_s: float) -> None:
-    deadline = time.monotonic() + within_s
-    while ready not in child.log_path.read_text(errors="replace"):
-        if child.proc.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError(f"{child.name} did not become ready; last log lines:\n{child.log_tail()}")
-        time.sleep(0.2)
-
-
-def wait_http(url: str, child: Child, within_s: float) -> None:
-    deadline = time.monotonic() + within_s
-    while True:
-        with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(url, timeout=2).status_code == 200:
-                return
-        if child.proc.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError(f"{child.name} did not answer {url}; last log lines:\n{child.log_tail()}")
-        time.sleep(0.2)
 
 
 async def timed(
@@ -269,7 +198,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         redis = RedisProcess(folder, fsync=args.fsync)
         redis.start()
         try:
-            with children(folder) as start:
+            with child_processes(folder) as start:
                 port = free_port()
                 api_proc = start(
                     "api",
@@ -279,7 +208,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     ],
                 )  # fmt: skip
                 api = f"http://127.0.0.1:{port}"
-                wait_http(f"{api}/readyz", api_proc, 60)
+                api_proc.wait_until("mrsa serve ready", lambda: http_ok(f"{api}/readyz"), 60)
                 worker_args = [
                     "-m", "workers", "--redis", redis.url, "--backend", sim, "--backend-kind", "vllm",
                     "--model", "mrsa-sim", "--concurrency", str(args.tasks_per_worker),
@@ -287,7 +216,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 ]  # fmt: skip
                 workers = [start(f"worker-{i}", worker_args) for i in range(args.workers)]
                 for w in workers:
-                    wait_for(w, " ready: ", 60)
+                    w.wait_for_log(" ready: ", 60)
                 events: list[dict[str, Any]] = []
                 t0 = time.monotonic()
 

@@ -4,8 +4,6 @@ processes, a real ``redis-server`` and the real embedded model, driven through t
 from __future__ import annotations
 
 import json
-import os
-import socket
 import subprocess
 import sys
 import time
@@ -17,6 +15,8 @@ from typing import Any
 import httpx
 import pytest
 
+from benchmarks.processes import Child, child_processes, clean_env, http_ok
+from benchmarks.redis_process import free_port
 from tests.plugins.redis_server import RedisServer
 
 pytestmark = [pytest.mark.embedded, pytest.mark.redis]
@@ -26,35 +26,8 @@ TINY = ["--preset", "smoke", "--population", "2", "--subset", "2", "--budget", "
 JOB_WAIT_S = 300.0
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _env() -> dict[str, str]:
-    """The parent's environment without MRSA_* (everything is passed as flags)."""
-    return {k: v for k, v in os.environ.items() if not k.startswith("MRSA_")}
-
-
-@dataclass
-class Child:
-    name: str
-    proc: subprocess.Popen[bytes]
-    log_path: Path
-
-    @property
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=40)  # workers finish or release in-flight tasks first
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
+_free_port = free_port
+_env = clean_env
 
 
 @dataclass
@@ -84,53 +57,21 @@ class Service:
 
     def start_worker(self, name: str, backend: str, *extra: str) -> Child:
         worker = self.start(name, ["-m", "workers", "--redis", self.redis_url, "--backend", backend, *extra])
-        deadline = time.monotonic() + 60
-        while " ready: " not in worker.log:
-            assert worker.proc.poll() is None, f"worker {name} exited:\n{worker.log}"
-            assert time.monotonic() < deadline, f"worker {name} not ready:\n{worker.log}"
-            time.sleep(0.2)
+        worker.wait_for_log(" ready: ", 60)
         return worker
 
 
 @pytest.fixture
 def service(tmp_path: Path, redis_server: RedisServer) -> Iterator[Service]:
-    children: list[Child] = []
-
-    def start(name: str, args: list[str]) -> Child:
-        log_path = tmp_path / f"{name}.log"
-        with log_path.open("wb") as log:
-            proc = subprocess.Popen(
-                [sys.executable, *args],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                env=_env(),
-            )
-        child = Child(name, proc, log_path)
-        children.append(child)
-        return child
-
-    try:
+    with child_processes(tmp_path) as start:
         port = _free_port()
         api = start(
             "api",
             ["-m", "mrsa", "serve", "--port", str(port), "--redis", redis_server.url, "--api-keys", KEY],
         )
         url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 60
-        while True:
-            assert api.proc.poll() is None, f"mrsa serve exited:\n{api.log}"
-            assert time.monotonic() < deadline, f"mrsa serve did not come up:\n{api.log}"
-            try:
-                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
+        api.wait_until("mrsa serve ready", lambda: http_ok(f"{url}/readyz"), 60)
         yield Service(url, redis_server.url, start)
-    finally:
-        for child in reversed(children):
-            child.stop()
 
 
 def test_three_jobs_on_two_workers_through_the_cli(service: Service, embedded_url: str) -> None:

@@ -17,7 +17,6 @@ import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +24,7 @@ import httpx
 import pytest
 
 import mrsa.engine.equivalence as equivalence_module
+from benchmarks.processes import Child, child_processes, clean_env, http_ok
 from benchmarks.simulator.process import free_port, running_simulator
 from mrsa.api.app import create_app
 from mrsa.api.deps import ApiConfig, ApiDeps, BackendHandle
@@ -334,16 +334,6 @@ def test_mrsa_solve_prints_no_math_verify_noise() -> None:
     assert "math_verify" not in proc.stderr and "math-verify" not in proc.stderr
 
 
-@dataclass
-class Child:
-    proc: subprocess.Popen[bytes]
-    log_path: Path
-
-    @property
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-
 class HealthProbe:
     """Asks ``/healthz`` every 0.2 s from a thread: the slowest answer and every failure."""
 
@@ -386,133 +376,104 @@ def test_a_worker_given_a_runaway_answer_finishes_the_job_and_keeps_serving(
 ) -> None:
     """The issue's done-when: a worker given 9^{9^{9}} finishes that job within the documented
     limit while other jobs keep flowing; the API's /healthz answers throughout."""
-    children: list[Child] = []
     limit = {"MRSA_EQUIVALENCE_TIMEOUT_S": str(LIMIT_S)}
 
-    def start(name: str, args: list[str]) -> Child:
-        log_path = tmp_path / f"{name}.log"
-        with log_path.open("wb") as log:
-            proc = subprocess.Popen(
-                [sys.executable, *args],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                env=_env(**limit),
-            )
-        children.append(Child(proc, log_path))
-        return children[-1]
-
     def wait_for(what: str, condition: Any, within: float, child: Child) -> None:
-        deadline = time.monotonic() + within
-        while not condition():
-            assert child.proc.poll() is None, f"{what}: the process exited:\n{child.log[-3000:]}"
-            assert time.monotonic() < deadline, f"{what} within {within:.0f}s:\n{child.log[-3000:]}"
-            time.sleep(0.2)
+        child.wait_until(what, condition, within)
 
     def api_ready(url: str) -> bool:
-        try:
-            return httpx.get(f"{url}/readyz", timeout=2).status_code == 200
-        except httpx.HTTPError:
-            return False
+        return http_ok(f"{url}/readyz")
 
-    with running_simulator([*SIM_FLAGS, f"--hostile-answer={POISON}", "--correct-share=0.5"]) as sim:
-        try:
-            port = free_port()
-            api_url = f"http://127.0.0.1:{port}"
-            api = start(
-                "api",
-                ["-m", "mrsa", "serve", "--port", str(port), "--redis", redis_server.url, "--api-keys", KEY],
+    with (
+        running_simulator([*SIM_FLAGS, f"--hostile-answer={POISON}", "--correct-share=0.5"]) as sim,
+        child_processes(tmp_path, env=clean_env(**limit)) as start,
+    ):
+        port = free_port()
+        api_url = f"http://127.0.0.1:{port}"
+        api = start(
+            "api",
+            ["-m", "mrsa", "serve", "--port", str(port), "--redis", redis_server.url, "--api-keys", KEY],
+        )
+        wait_for("mrsa serve ready", lambda: api_ready(api_url), 60, api)
+        worker = start(
+            "worker",
+            ["-m", "workers", "--redis", redis_server.url, "--backend", sim, *WORKER_FLAGS],
+        )
+        wait_for("worker ready", lambda: " ready: " in worker.log, 60, worker)
+        headers = {"Authorization": f"Bearer {KEY}"}
+        params = {"population": 4, "subset": 2, "rounds": 0, "budget": 256, "tail": 64, "seed": 1}
+
+        def submit(client: httpx.Client, problem: str, **overrides: Any) -> str:
+            body = {"problem": problem, "preset": "smoke", "params": {**params, **overrides}}
+            r = client.post(f"{api_url}/v1/jobs", json=body, headers=headers)
+            assert r.status_code in (200, 201, 202), r.text
+            job_id: str = r.json()["id"]
+            return job_id
+
+        def status(client: httpx.Client, job_id: str) -> str:
+            r = client.get(f"{api_url}/v1/jobs/{job_id}", headers=headers)
+            assert r.status_code == 200, r.text
+            state: str = r.json()["status"]
+            return state
+
+        with httpx.Client(timeout=30) as client, HealthProbe(api_url) as health:
+            started = time.monotonic()
+            poisoned = submit(client, "HOSTILE: what is 6*7?")
+            others = [submit(client, f"What is {i}*7?", rounds=1) for i in range(4)]
+            finished: dict[str, float] = {}
+            deadline = started + 4 * ROUND_BOUND_S
+            while len(finished) < 1 + len(others) and time.monotonic() < deadline:
+                for job_id in (poisoned, *others):
+                    if job_id not in finished and status(client, job_id) in (
+                        "succeeded",
+                        "failed",
+                        "cancelled",
+                    ):
+                        finished[job_id] = time.monotonic() - started
+                time.sleep(0.2)
+            # and the worker keeps taking new work after the poisoned job
+            late = submit(client, "What is 9*7?")
+            wait_for(
+                "a job submitted after the poisoned one",
+                lambda: status(client, late) == "succeeded",
+                120,
+                worker,
             )
-            wait_for("mrsa serve ready", lambda: api_ready(api_url), 60, api)
-            worker = start(
-                "worker",
-                ["-m", "workers", "--redis", redis_server.url, "--backend", sim, *WORKER_FLAGS],
-            )
-            wait_for("worker ready", lambda: " ready: " in worker.log, 60, worker)
-            headers = {"Authorization": f"Bearer {KEY}"}
-            params = {"population": 4, "subset": 2, "rounds": 0, "budget": 256, "tail": 64, "seed": 1}
+            results = {
+                j: client.get(f"{api_url}/v1/jobs/{j}/result", headers=headers) for j in (poisoned, *others)
+            }
+        assert len(finished) == 1 + len(others), (
+            f"unfinished after {4 * ROUND_BOUND_S:.0f}s:\n{worker.log[-3000:]}"
+        )
+        assert finished[poisoned] < ROUND_BOUND_S + 60  # the documented bound plus the job itself
+        assert health.failures == [] and health.answered > 0
+        assert health.slowest < 5.0, f"/healthz took {health.slowest:.1f}s"
+        for r in results.values():
+            assert r.status_code == 200, r.text
+            assert r.json()["status"] == "succeeded", r.json().get("error")
+        poisoned_result = results[poisoned].json()
+        answers = poisoned_result["rounds"][0]["candidates"]
+        assert POISON in [c["answer"] for c in answers] and any(c["answer"] != POISON for c in answers)
+        assert poisoned_result["rounds"][0]["equivalence_timeouts"] >= 1
+        assert poisoned_result["warnings"]
+        assert worker.proc.poll() is None
+        metrics = httpx.get(f"{api_url}/metrics", timeout=10).text
+        assert "mrsa_jobs" in metrics  # the API still serves its other routes
 
-            def submit(client: httpx.Client, problem: str, **overrides: Any) -> str:
-                body = {"problem": problem, "preset": "smoke", "params": {**params, **overrides}}
-                r = client.post(f"{api_url}/v1/jobs", json=body, headers=headers)
-                assert r.status_code in (200, 201, 202), r.text
-                job_id: str = r.json()["id"]
-                return job_id
+        # SIGTERM while the worker clusters a poisoned round (it used to be deaf to it): it
+        # finishes that job within its grace period and exits.
+        with httpx.Client(timeout=30) as client:
+            again = submit(client, "HOSTILE: what is 7*6?", seed=2)
 
-            def status(client: httpx.Client, job_id: str) -> str:
-                r = client.get(f"{api_url}/v1/jobs/{job_id}", headers=headers)
-                assert r.status_code == 200, r.text
-                state: str = r.json()["status"]
-                return state
+            def clustering() -> bool:  # every round complete, the result not yet recorded
+                job = client.get(f"{api_url}/v1/jobs/{again}", headers=headers).json()
+                return bool(job["status"] == "running" and job["progress"]["round"] > params["rounds"])
 
-            with httpx.Client(timeout=30) as client, HealthProbe(api_url) as health:
-                started = time.monotonic()
-                poisoned = submit(client, "HOSTILE: what is 6*7?")
-                others = [submit(client, f"What is {i}*7?", rounds=1) for i in range(4)]
-                finished: dict[str, float] = {}
-                deadline = started + 4 * ROUND_BOUND_S
-                while len(finished) < 1 + len(others) and time.monotonic() < deadline:
-                    for job_id in (poisoned, *others):
-                        if job_id not in finished and status(client, job_id) in (
-                            "succeeded",
-                            "failed",
-                            "cancelled",
-                        ):
-                            finished[job_id] = time.monotonic() - started
-                    time.sleep(0.2)
-                # and the worker keeps taking new work after the poisoned job
-                late = submit(client, "What is 9*7?")
-                wait_for(
-                    "a job submitted after the poisoned one",
-                    lambda: status(client, late) == "succeeded",
-                    120,
-                    worker,
-                )
-                results = {
-                    j: client.get(f"{api_url}/v1/jobs/{j}/result", headers=headers)
-                    for j in (poisoned, *others)
-                }
-            assert len(finished) == 1 + len(others), (
-                f"unfinished after {4 * ROUND_BOUND_S:.0f}s:\n{worker.log[-3000:]}"
-            )
-            assert finished[poisoned] < ROUND_BOUND_S + 60  # the documented bound plus the job itself
-            assert health.failures == [] and health.answered > 0
-            assert health.slowest < 5.0, f"/healthz took {health.slowest:.1f}s"
-            for r in results.values():
-                assert r.status_code == 200, r.text
-                assert r.json()["status"] == "succeeded", r.json().get("error")
-            poisoned_result = results[poisoned].json()
-            answers = poisoned_result["rounds"][0]["candidates"]
-            assert POISON in [c["answer"] for c in answers] and any(c["answer"] != POISON for c in answers)
-            assert poisoned_result["rounds"][0]["equivalence_timeouts"] >= 1
-            assert poisoned_result["warnings"]
-            assert worker.proc.poll() is None
-            metrics = httpx.get(f"{api_url}/metrics", timeout=10).text
-            assert "mrsa_jobs" in metrics  # the API still serves its other routes
-
-            # SIGTERM while the worker clusters a poisoned round (it used to be deaf to it): it
-            # finishes that job within its grace period and exits.
-            with httpx.Client(timeout=30) as client:
-                again = submit(client, "HOSTILE: what is 7*6?", seed=2)
-
-                def clustering() -> bool:  # every round complete, the result not yet recorded
-                    job = client.get(f"{api_url}/v1/jobs/{again}", headers=headers).json()
-                    return bool(job["status"] == "running" and job["progress"]["round"] > params["rounds"])
-
-                wait_for("the second poisoned job's candidates", clustering, 120, worker)
-                worker.proc.send_signal(signal.SIGTERM)
-                try:
-                    code = worker.proc.wait(timeout=ROUND_BOUND_S + 30)
-                except subprocess.TimeoutExpired:
-                    raise AssertionError(f"the worker ignored SIGTERM:\n{worker.log[-3000:]}") from None
-                assert code == 0, worker.log[-3000:]
-                assert status(client, again) == "succeeded", worker.log[-3000:]
-        finally:
-            for child in reversed(children):
-                if child.proc.poll() is None:
-                    child.proc.terminate()
-                    try:
-                        child.proc.wait(timeout=40)
-                    except subprocess.TimeoutExpired:
-                        child.proc.kill()
-                        child.proc.wait(timeout=10)
+            wait_for("the second poisoned job's candidates", clustering, 120, worker)
+            worker.proc.send_signal(signal.SIGTERM)
+            try:
+                code = worker.proc.wait(timeout=ROUND_BOUND_S + 30)
+            except subprocess.TimeoutExpired:
+                raise AssertionError(f"the worker ignored SIGTERM:\n{worker.log[-3000:]}") from None
+            assert code == 0, worker.log[-3000:]
+            assert status(client, again) == "succeeded", worker.log[-3000:]
