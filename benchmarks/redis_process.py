@@ -13,15 +13,11 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from mrsa.backends.server_process import free_port
+
 
 class RedisUnavailable(RuntimeError):
     """redis-server is not installed or did not start."""
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass

@@ -33,8 +33,9 @@ from typing import Any
 import httpx
 
 from benchmarks.processes import child_processes, http_ok
-from benchmarks.redis_process import RedisProcess, free_port
+from benchmarks.redis_process import RedisProcess
 from benchmarks.simulator.process import running_simulator
+from mrsa.backends.server_process import free_port
 
 KEY = "soak-key"
 TERMINAL = {"succeeded", "failed", "cancelled"}

@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from benchmarks.processes import Child, child_processes, clean_env, http_ok
-from benchmarks.redis_process import free_port
+from mrsa.backends.server_process import free_port
 from tests.plugins.redis_server import RedisServer
 
 pytestmark = [pytest.mark.embedded, pytest.mark.redis]

@@ -25,10 +25,11 @@ import pytest
 
 import mrsa.engine.equivalence as equivalence_module
 from benchmarks.processes import Child, child_processes, clean_env, http_ok
-from benchmarks.simulator.process import free_port, running_simulator
+from benchmarks.simulator.process import running_simulator
 from mrsa.api.app import create_app
 from mrsa.api.deps import ApiConfig, ApiDeps, BackendHandle
 from mrsa.backends.base import GenerationRequest
+from mrsa.backends.server_process import free_port
 from mrsa.domain import Candidate, JobSpec, JobStatus
 from mrsa.engine.equivalence import ROUND_LIMITS, Clustering, Equivalence, cluster, equivalent
 from mrsa.engine.runner import Engine

