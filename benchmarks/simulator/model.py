@@ -134,14 +134,24 @@ def render_chat(messages: list[dict[str, str]], add_generation_prompt: bool, con
 # -- seeded outputs ------------------------------------------------------------------------------
 
 
+EOS_ID = 0  # the end-of-turn token a stopped generation samples last, as a real model does
+
+
 @dataclass(frozen=True)
 class Output:
     text: str
     finish_reason: FinishReason
 
     @property
+    def token_ids(self) -> list[int]:
+        """As vLLM returns them: a stopped generation's ids end with the EOS it sampled, whose
+        text is not in the content; a truncated one has none."""
+        return encode(self.text) + ([EOS_ID] if self.finish_reason == "stop" else [])
+
+    @property
     def tokens(self) -> int:
-        return len(self.text)
+        """Decoded tokens, the EOS included (it was decoded)."""
+        return len(self.text) + (1 if self.finish_reason == "stop" else 0)
 
 
 def _rng(*material: object) -> random.Random:
@@ -172,7 +182,7 @@ def sample_output(
     answer = answers[0] if rng.random() < config.correct_share else rng.choice(answers[1:])
     closing = f"\n</think>\n\nThe answer is \\boxed{{{answer}}}."
     natural = max(len(closing) + 16, round(drawn))
-    if runaway or natural > max_tokens:
+    if runaway or natural + 1 > max_tokens:  # + the EOS
         return Output(_filler(rng, "<think>\n", max_tokens), "length")
     return Output(_filler(rng, "<think>\n", natural - len(closing)) + closing, "stop")
 

@@ -192,9 +192,10 @@ def create_app(config: SimConfig) -> FastAPI:
                 "index": i,
                 "message": {"role": "assistant", "content": o.text},
                 "finish_reason": o.finish_reason,
+                "stop_reason": None,  # vLLM: None for EOS (the simulator stops only there)
             }
             if body.get("return_token_ids"):
-                choice["token_ids"] = encode(o.text)
+                choice["token_ids"] = o.token_ids
             choices.append(choice)
         return JSONResponse(
             {
