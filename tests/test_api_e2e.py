@@ -4,6 +4,7 @@ processes, a real ``redis-server`` and the real embedded model, driven through t
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 import time
@@ -59,6 +60,57 @@ class Service:
         worker = self.start(name, ["-m", "workers", "--redis", self.redis_url, "--backend", backend, *extra])
         worker.wait_for_log(" ready: ", 60)
         return worker
+
+
+def sigkill_worker_args(service: Service, name: str, backend: str, *extra: str) -> list[str]:
+    """``mrsa worker`` on ``backend`` with a short reclaim period, for the SIGKILL scenario."""
+    return [
+        "-m", "mrsa", "worker", "--redis", service.redis_url, "--backend", backend, *extra,
+        "--concurrency", "2", "--consumer", name, "--reclaim-idle", "3", "--heartbeat", "1",
+    ]  # fmt: skip
+
+
+async def survives_a_worker_sigkilled_mid_job(
+    service: Service,
+    worker_args: Callable[[str], list[str]],
+    submit_args: list[str],
+    population: int,
+    rounds: int,
+    within: float = JOB_WAIT_S,
+) -> None:
+    """Two workers; ``victim`` is SIGKILLed while it holds a task: the survivor reclaims it and
+    both jobs end with T+1 whole rounds of N candidates (none lost, none doubled)."""
+    from mrsa.store.redis import open_redis
+    from tests.test_workers import pending_of, until
+
+    victim, survivor = (service.start(name, worker_args(name)) for name in ("victim", "survivor"))
+    for worker in (victim, survivor):
+        worker.wait_for_log(" ready: ", 60)
+    ids = []
+    for problem in ("What is 7*6?", "What is 12+30?"):
+        proc = service.cli("submit", "--json", *submit_args, problem)
+        assert proc.returncode == 0, proc.stderr
+        ids.append(json.loads(proc.stdout)["id"])
+    store, _ = await open_redis(service.redis_url)
+    try:
+
+        async def victim_holds_a_task() -> bool:
+            return await pending_of(store, "victim") >= 1
+
+        await until(victim_holds_a_task, "the victim to hold a task", within=60)
+        victim.proc.send_signal(signal.SIGKILL)
+        victim.proc.wait(timeout=10)
+        for job_id in ids:
+            job = service.wait_terminal(job_id, within=within)
+            assert job["status"] == "succeeded", job
+            result = service.get(f"/v1/jobs/{job_id}/result")
+            whole = [list(range(population))] * (rounds + 1)
+            assert [[c["index"] for c in r["candidates"]] for r in result["rounds"]] == whole
+        assert "from silent consumers" in survivor.log, survivor.log
+        assert await pending_of(store, "victim") == 0
+    finally:
+        await store.aclose()
+    assert survivor.proc.poll() is None, survivor.log
 
 
 @pytest.fixture

@@ -9,18 +9,20 @@ The processes, waits and checks are the ones of tests/test_api_e2e.py and tests/
 from __future__ import annotations
 
 import json
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
-from mrsa.store.redis import open_redis
 from tests.plugins.servers import ServerHandle
-from tests.test_api_e2e import Child, Service, _env, service
-from tests.test_workers import pending_of, until
+from tests.test_api_e2e import (
+    Service,
+    _env,
+    service,
+    sigkill_worker_args,
+    survives_a_worker_sigkilled_mid_job,
+)
 
 pytestmark = [pytest.mark.redis]
 
@@ -66,53 +68,23 @@ def test_solve_with_chunked_continuation(triton_server: ServerHandle) -> None:
     assert result["usage"]["requests"] > 2
 
 
-def start_worker(service: Service, name: str, server: ServerHandle) -> Child:
-    assert server.tokenizer is not None
-    worker = service.start(
-        name,
-        [
-            "-m", "mrsa", "worker", "--redis", service.redis_url, "--backend", server.url,
-            "--backend-kind", "triton", "--tokenizer", str(server.tokenizer), "--model", server.model,
-            "--concurrency", "2", "--consumer", name, "--reclaim-idle", "3", "--heartbeat", "1",
-        ],
-    )  # fmt: skip
-    deadline = time.monotonic() + 60
-    while " ready: " not in worker.log:
-        assert worker.proc.poll() is None, f"worker {name} exited:\n{worker.log}"
-        assert time.monotonic() < deadline, f"worker {name} not ready:\n{worker.log}"
-        time.sleep(0.2)
-    return worker
-
-
 async def test_service_with_two_triton_workers_survives_a_sigkill(
     service: Service, triton_server: ServerHandle
 ) -> None:
-    victim = start_worker(service, "victim", triton_server)
-    survivor = start_worker(service, "survivor", triton_server)
-    ids = []
-    for problem in ("What is 7*6?", "What is 12+30?"):
-        proc = service.cli("submit", "--json", *SMALL, problem)
-        assert proc.returncode == 0, proc.stderr
-        ids.append(json.loads(proc.stdout)["id"])
-    store, _ = await open_redis(service.redis_url)
-    try:
+    assert triton_server.tokenizer is not None
+    triton = [
+        "--backend-kind",
+        "triton",
+        "--tokenizer",
+        str(triton_server.tokenizer),
+        "--model",
+        triton_server.model,
+    ]
 
-        async def victim_holds_a_task() -> bool:
-            return await pending_of(store, "victim") >= 1
+    def worker_args(name: str) -> list[str]:
+        return sigkill_worker_args(service, name, triton_server.url, *triton)
 
-        await until(victim_holds_a_task, "the victim to hold a task", within=60)
-        victim.proc.send_signal(signal.SIGKILL)
-        victim.proc.wait(timeout=10)
-        for job_id in ids:
-            job = service.wait_terminal(job_id)
-            assert job["status"] == "succeeded", job
-            result = service.get(f"/v1/jobs/{job_id}/result")
-            assert [[c["index"] for c in r["candidates"]] for r in result["rounds"]] == [[0, 1, 2], [0, 1, 2]]
-        assert "from silent consumers" in survivor.log, survivor.log
-        assert await pending_of(store, "victim") == 0
-    finally:
-        await store.aclose()
-    assert survivor.proc.poll() is None, survivor.log
+    await survives_a_worker_sigkilled_mid_job(service, worker_args, SMALL, population=3, rounds=1)
 
 
 def test_bench_one_problem(triton_server: ServerHandle, tmp_path: Path) -> None:

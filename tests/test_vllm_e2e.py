@@ -6,7 +6,6 @@ service (API + two workers + Redis) surviving a worker SIGKILLed mid-job, and a 
 from __future__ import annotations
 
 import json
-import signal
 import subprocess
 import time
 from collections.abc import Iterator
@@ -16,11 +15,9 @@ import httpx
 import pytest
 
 from mrsa.backends.server_process import free_port
-from mrsa.store.redis import open_redis
 from tests.plugins.servers import ServerHandle, fail_with_log
-from tests.test_api_e2e import Child, Service, service  # noqa: F401  (the fixture)
+from tests.test_api_e2e import Service, service, sigkill_worker_args, survives_a_worker_sigkilled_mid_job  # noqa: F401  (the fixture)
 from tests.test_cli_solve import MRSA, run
-from tests.test_workers import pending_of, until
 
 
 @pytest.fixture
@@ -95,49 +92,12 @@ async def test_service_survives_a_worker_sigkilled_mid_job(
 ) -> None:
     """Two workers (short reclaim period) on vLLM; one is SIGKILLed while it holds a task: the
     survivor reclaims it and every job completes with whole rounds."""
-
-    def start(name: str) -> Child:
-        worker = service.start(
-            name,
-            [
-                "-m", "mrsa", "worker", "--redis", service.redis_url, "--backend", vllm_server.url,
-                "--concurrency", "2", "--consumer", name, "--reclaim-idle", "3", "--heartbeat", "1",
-            ],
-        )  # fmt: skip
-        deadline = time.monotonic() + 60
-        while " ready: " not in worker.log:
-            assert worker.proc.poll() is None, f"worker {name} exited:\n{worker.log}"
-            assert time.monotonic() < deadline, f"worker {name} not ready:\n{worker.log}"
-            time.sleep(0.2)
-        return worker
-
-    victim, survivor = start("victim"), start("survivor")
     args = ["--preset", "smoke", "--population", "4", "--rounds", "2", "--budget", "160", "--tail", "32"]
-    ids = []
-    for problem in ("What is 7*6?", "What is 12+30?"):
-        proc = service.cli("submit", "--json", *args, problem)
-        assert proc.returncode == 0, proc.stderr
-        ids.append(json.loads(proc.stdout)["id"])
-    store, _ = await open_redis(service.redis_url)
-    try:
 
-        async def victim_holds_a_task() -> bool:
-            return await pending_of(store, "victim") >= 1
+    def worker_args(name: str) -> list[str]:
+        return sigkill_worker_args(service, name, vllm_server.url)
 
-        await until(victim_holds_a_task, "the victim to hold a task", within=60)
-        victim.proc.send_signal(signal.SIGKILL)
-        victim.proc.wait(timeout=10)
-        for job_id in ids:
-            job = service.wait_terminal(job_id, within=400)
-            assert job["status"] == "succeeded", job
-            result = service.get(f"/v1/jobs/{job_id}/result")
-            # none lost, none doubled
-            assert [[c["index"] for c in r["candidates"]] for r in result["rounds"]] == [[0, 1, 2, 3]] * 3
-        assert "from silent consumers" in survivor.log, survivor.log
-        assert await pending_of(store, "victim") == 0
-    finally:
-        await store.aclose()
-    assert survivor.proc.poll() is None, survivor.log
+    await survives_a_worker_sigkilled_mid_job(service, worker_args, args, population=4, rounds=2, within=400)
 
 
 def test_one_problem_bench(vllm_server: ServerHandle, tmp_path: Path) -> None:

@@ -62,30 +62,25 @@ class StreamSlot:
         self._owner = None
 
 
-class SlotEventSourceResponse(EventSourceResponse):
-    """An event stream that gives its slot back however it ends (done, client gone, error) — also
-    when the stream's generator never started, where a ``finally`` in it would not run."""
+class _GivesSlotBack:
+    """Mixed into a streamed response: it gives its slot back however it ends (done, client gone,
+    error) — also when the stream's generator never started, where a ``finally`` in it would not
+    run."""
 
     def __init__(self, *args: object, slot: StreamSlot, **kwargs: object) -> None:
-        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        super().__init__(*args, **kwargs)
         self.slot = slot
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
-            await super().__call__(scope, receive, send)
+            await super().__call__(scope, receive, send)  # type: ignore[misc]
         finally:
             self.slot.release()
 
 
-class SlotStreamingResponse(StreamingResponse):
-    """A streamed response that gives its slot back however it ends (see above)."""
+class SlotEventSourceResponse(_GivesSlotBack, EventSourceResponse):
+    """An event stream holding a slot."""
 
-    def __init__(self, *args: object, slot: StreamSlot, **kwargs: object) -> None:
-        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
-        self.slot = slot
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        try:
-            await super().__call__(scope, receive, send)
-        finally:
-            self.slot.release()
+class SlotStreamingResponse(_GivesSlotBack, StreamingResponse):
+    """A streamed response (a streaming chat completion) holding a slot."""
