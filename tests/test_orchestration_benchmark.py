@@ -28,27 +28,26 @@ FIELDS = {
 }
 
 
-def test_every_configuration_does_the_same_work_and_reports_its_fields(tmp_path: Path) -> None:
+def run_benchmark(tmp_path: Path, *flags: str) -> subprocess.CompletedProcess[str]:
+    """``python -m benchmarks.orchestration --json`` on a tiny workload (N=4, K=2, T=1, B=8)."""
     cmd = [
-        sys.executable,
-        "-m",
-        "benchmarks.orchestration",
-        "--json",
-        "--problems=3",
-        "--population=4",
-        "--subset=2",
-        "--rounds=1",
-        "--budget=96",
-        "--tail=24",
-        "--concurrency=8",
-        "--max-num-seqs=8",
-        "--median-tokens=40",
-        "--step-base-ms=0.5",
-        f"--trace-dir={tmp_path}",
-        "--configs=round-batch,per-job,mrsa-inprocess,mrsa-redis-w2",
-    ]
+        sys.executable, "-m", "benchmarks.orchestration", "--json", "--population=4", "--subset=2",
+        "--rounds=1", "--budget=96", "--tail=24", "--concurrency=8", "--max-num-seqs=8",
+        f"--trace-dir={tmp_path}", *flags,
+    ]  # fmt: skip
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
+def test_every_configuration_does_the_same_work_and_reports_its_fields(tmp_path: Path) -> None:
+    done = run_benchmark(
+        tmp_path,
+        "--problems=3",
+        "--median-tokens=40",
+        "--step-base-ms=0.5",
+        "--configs=round-batch,per-job,mrsa-inprocess,mrsa-redis-w2",
+    )
     rows = [json.loads(line) for line in done.stdout.splitlines()]
     assert [r["config"] for r in rows] == ["round-batch", "per-job", "mrsa-inprocess", "mrsa-redis-w2"]
     for row in rows:
@@ -72,26 +71,13 @@ def test_server_url_mode_reads_the_load_from_the_servers_own_metrics(tmp_path: P
     from benchmarks.simulator.process import running_simulator
 
     with running_simulator(["--max-num-seqs=8", "--median-tokens=40", "--step-base-ms=2"]) as url:
-        cmd = [
-            sys.executable,
-            "-m",
-            "benchmarks.orchestration",
-            "--json",
+        done = run_benchmark(
+            tmp_path,
             f"--server-url={url}",
             "--problems=2",
-            "--population=4",
-            "--subset=2",
-            "--rounds=1",
-            "--budget=96",
-            "--tail=24",
-            "--concurrency=8",
-            "--max-num-seqs=8",
             "--sample-period=0.02",
-            f"--trace-dir={tmp_path}",
             "--configs=round-batch,mrsa-inprocess,mrsa-redis-w2",
-        ]
-        done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
+        )
     rows = [json.loads(line) for line in done.stdout.splitlines()]
     assert [r["config"] for r in rows] == ["round-batch", "mrsa-inprocess", "mrsa-redis-w2"]
     for row in rows:

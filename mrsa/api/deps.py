@@ -51,8 +51,9 @@ class ApiConfig:
     @property
     def max_body_bytes(self) -> int:
         """The whole request body: room for any problem within ``max_problem_bytes`` (counted as
-        UTF-8) however the client escapes it — a JSON ``\\uXXXX`` escape takes 6 bytes for one byte
-        of UTF-8 at worst (a control character; an emoji is 12 for 4) — plus room for the rest."""
+        UTF-8) however the client escapes it — a JSON ``\\u`` escape (backslash, ``u``, four hex
+        digits) takes 6 bytes for one byte of UTF-8 at worst (a control character; an emoji is 12
+        for 4) — plus room for the rest."""
         return JSON_ESCAPE_RATIO * self.max_problem_bytes + 65_536
 
 
