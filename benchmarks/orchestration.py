@@ -207,15 +207,15 @@ def worker_processes(
 
 
 async def run_redis(url: str, workload: Workload, workers: int, folder: Path, verbose: bool) -> Run:
-    from mrsa.engine.runner import Engine
+    from mrsa.engine.service import JobService
 
     with redis_server() as redis_url:
         store, _queue = await open_redis(redis_url)
         try:
             with worker_processes(url, redis_url, workers, workload.concurrency, folder) as procs:
-                engine = Engine(store, backend_for(url, workload, 1))
+                service = JobService(store)
                 t0 = time.perf_counter()
-                jobs = [await engine.submit(spec) for spec in workload.specs()]
+                jobs = [await service.submit(spec) for spec in workload.specs()]
                 pending = {j.id for j in jobs}
                 while pending:
                     for job_id in list(pending):
@@ -226,7 +226,6 @@ async def run_redis(url: str, workload: Workload, workers: int, folder: Path, ve
                         await asyncio.sleep(0.05)
                 makespan = time.perf_counter() - t0
                 results = [r for j in jobs if (r := await store.get_result(j.id)) is not None]
-                await engine.backend.aclose()
         finally:
             await store.aclose()
     totals = {"cpu_s": 0.0, "round_trips": 0.0}

@@ -260,7 +260,8 @@ async def run_sweep(
     if not todo:
         return
     if max_jobs is None:
-        # Enough jobs that the round barrier of one job never leaves the backend idle.
+        # A job has at most N candidates in flight, fewer while its last ones finish (there is no
+        # round barrier): jobs enough for twice the capacity keep the backend busy as jobs end.
         population = min(u.config.params.population for u in todo)
         max_jobs = max(2, -(-2 * capacity // population) + 1)
     if store is None or queue is None:

@@ -24,11 +24,10 @@ from prometheus_client import REGISTRY
 from mrsa.api.app import create_app
 from mrsa.api.auth import owner_of
 from mrsa.api.deps import ApiConfig, ApiDeps, BackendHandle
-from mrsa.api.jobs import NoGeneration
 from mrsa.api.openai_schemas import ChatCompletionRequest
 from mrsa.backends.openai import OpenAICompatibleBackend
 from mrsa.domain import Event, JobSpec, JobStatus
-from mrsa.engine.runner import Engine
+from mrsa.engine.service import JobService
 from mrsa.params import RSAParams
 from mrsa.settings import Settings
 from mrsa.store.base import StoreUnavailable
@@ -282,7 +281,7 @@ async def test_cancel(api: httpx.AsyncClient, redis_pair: tuple[RedisJobStore, R
     done_id = (await api.post("/v1/jobs", json=job_body(), headers=H1)).json()["id"]
     job = await store.get_job(done_id)
     assert job is not None
-    await Engine(store, NoGeneration()).finish(done_id)
+    await JobService(store).finish(done_id)
     r = await api.post(f"/v1/jobs/{done_id}/cancel", headers=H1)
     assert r.status_code == 409 and "already succeeded" in r.json()["message"]
 
@@ -482,7 +481,7 @@ async def test_openai_failed_job_is_502_without_retry(
             if jobs:
                 break
             await asyncio.sleep(0.05)
-        await Engine(store, NoGeneration()).fail(jobs[0].id, "http://127.0.0.1:9 is unreachable")
+        await JobService(store).fail(jobs[0].id, "http://127.0.0.1:9 is unreachable")
 
     async with client_for(app) as api:
         failer = asyncio.create_task(fail_the_job())
@@ -767,7 +766,7 @@ async def test_ignored_chat_fields_are_named(
             if found:
                 break
             await asyncio.sleep(0.05)
-        await Engine(store, NoGeneration()).fail(found[0].id, "stopped by the test")
+        await JobService(store).fail(found[0].id, "stopped by the test")
 
     body = {**chat_body(), "populaton": 4, "user": "u-1", "bad name\n": 1}
     async with client_for(app) as api:
@@ -803,16 +802,16 @@ async def test_jobs_by_status_gauge_counts_every_job(
 ) -> None:
     """More jobs than the old 1,000-job scan: the gauge is exact (an index kept at each transition)."""
     store, _ = redis_pair
-    engine = Engine(store, NoGeneration())
+    service = JobService(store)
     spec = JobSpec(
         problem="What is 7*6?", params=RSAParams(population=1, subset=1, rounds=0, budget=8, tail=4)
     )
-    ids = [(await engine.submit(spec, owner="o")).id for _ in range(1_100)]
+    ids = [(await service.submit(spec, owner="o")).id for _ in range(1_100)]
     assert await store.mark_running(ids[0])
     assert await store.mark_running(ids[1])
     await store.cancel_job(ids[1])
     await store.cancel_job(ids[2])
-    await engine.fail(ids[3], "boom")
+    await service.fail(ids[3], "boom")
     app, _ = make_app(redis_pair, metrics_cache_s=0.0)
     async with client_for(app) as api:
         text = (await api.get("/metrics")).text

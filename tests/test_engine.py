@@ -22,8 +22,9 @@ from mrsa.domain import Candidate, ChunkCheckpoint, Event, JobResult, JobSpec, J
 from mrsa.engine import prompts
 from mrsa.engine.generation import MissingParentsError
 from mrsa.engine.limits import ContextBudgetError, check_context
-from mrsa.engine.planning import plan_subsets, request_seed, selection_subset
-from mrsa.engine.runner import Engine
+from mrsa.engine.planning import plan_subsets, request_seed, select_round, selection_subset
+from mrsa.engine.runner import TaskRunner
+from mrsa.engine.service import JobService
 from mrsa.params import RSAParams
 from mrsa.store.memory import MemoryJobStore, MemoryTaskQueue
 from tests.fakes import FakeBackend
@@ -96,7 +97,7 @@ def open_store() -> tuple[RecordingStore, CountingQueue]:
     return RecordingStore(queue), queue
 
 
-async def drive(engine: Engine, queue: MemoryTaskQueue) -> list[Task]:
+async def drive(runner: TaskRunner, queue: MemoryTaskQueue) -> list[Task]:
     """A manual, sequential worker: run every queued task (FIFO) until none is left."""
     ran: list[Task] = []
     while True:
@@ -104,7 +105,7 @@ async def drive(engine: Engine, queue: MemoryTaskQueue) -> list[Task]:
         if not got:
             return ran
         for delivery in got:
-            await engine.run_task(delivery.task)
+            await runner.run_task(delivery.task)
             await queue.ack(delivery)
             ran.append(delivery.task)
 
@@ -321,8 +322,8 @@ async def test_events_tell_the_story() -> None:
 async def test_redelivered_tasks_do_not_duplicate_anything() -> None:
     store, queue = open_store()
     backend = FakeBackend(script)
-    engine = Engine(store, backend)
-    job = await engine.submit(make_spec(population=3, subset=2, rounds=1))
+    runner = TaskRunner(JobService(store), backend)
+    job = await runner.jobs.submit(make_spec(population=3, subset=2, rounds=1))
     deliveries = await queue.take("w", 10, block_ms=0)
     tasks = [d.task for d in deliveries]
     assert [t.index for t in tasks] == [0, 1, 2]
@@ -332,18 +333,18 @@ async def test_redelivered_tasks_do_not_duplicate_anything() -> None:
     def released_for(done: set[int]) -> list[tuple[int, int]]:
         return [(1, i) for i, parents in enumerate(planned) if set(parents) <= done]
 
-    await engine.run_task(tasks[0])
-    await engine.run_task(tasks[1])
-    await engine.run_task(tasks[1])  # a redelivered task in the middle of a round
+    await runner.run_task(tasks[0])
+    await runner.run_task(tasks[1])
+    await runner.run_task(tasks[1])  # a redelivered task in the middle of a round
     assert len(backend.calls) == 2
     # Only the round-1 tasks whose two parents are stored, once each.
     assert [(t.round, t.index) for t in queue.enqueued[3:]] == released_for({0, 1})
     assert (await store.get_job(job.id)).round == 0  # type: ignore[union-attr]
 
-    await engine.run_task(tasks[2])  # the last one: releases the rest of round 1
+    await runner.run_task(tasks[2])  # the last one: releases the rest of round 1
     before = (await store.get_candidates(job.id, 0))[2]
-    await engine.run_task(tasks[2])  # redelivered last one: no new call, nothing released twice
-    await engine.run_task(tasks[0])
+    await runner.run_task(tasks[2])  # redelivered last one: no new call, nothing released twice
+    await runner.run_task(tasks[0])
     assert len(backend.calls) == 3
     assert (await store.get_candidates(job.id, 0))[2] == before
     assert len(await store.get_candidates(job.id, 0)) == 3
@@ -361,12 +362,12 @@ async def test_redelivered_tasks_do_not_duplicate_anything() -> None:
 
     round1 = [d.task for d in await queue.take("w", 10, block_ms=0)]
     for task in round1:
-        await engine.run_task(task)
+        await runner.run_task(task)
     result = await store.get_result(job.id)
     assert result is not None and result.status == JobStatus.succeeded
     # Redelivering the job's very last task after it finished changes nothing.
-    await engine.run_task(round1[-1])
-    await engine.run_task(round1[0])
+    await runner.run_task(round1[-1])
+    await runner.run_task(round1[0])
     assert len(backend.calls) == 6
     assert await store.get_result(job.id) == result
     events = await events_of(store, job.id)
@@ -388,13 +389,13 @@ async def test_concurrent_completion_of_the_last_two_candidates_plans_once() -> 
     store, queue = open_store()
     gate = asyncio.Event()
     backend = FakeBackend(script, gate=gate)
-    engine = Engine(store, backend)
-    job = await engine.submit(make_spec(population=3, subset=2, rounds=1))
+    runner = TaskRunner(JobService(store), backend)
+    job = await runner.jobs.submit(make_spec(population=3, subset=2, rounds=1))
     tasks = [d.task for d in await queue.take("w", 10, block_ms=0)]
     gate.set()
-    await engine.run_task(tasks[0])
+    await runner.run_task(tasks[0])
     gate.clear()
-    both = asyncio.gather(engine.run_task(tasks[1]), engine.run_task(tasks[2]))
+    both = asyncio.gather(runner.run_task(tasks[1]), runner.run_task(tasks[2]))
     await wait_until(lambda: backend.in_flight == 2)
     gate.set()
     await asyncio.wait_for(both, TIMEOUT)
@@ -408,13 +409,13 @@ async def test_duplicate_concurrent_deliveries_of_the_last_task_plan_once() -> N
     store, queue = open_store()
     gate = asyncio.Event()
     backend = FakeBackend(script, gate=gate)
-    engine = Engine(store, backend)
-    job = await engine.submit(make_spec(population=2, subset=1, rounds=1))
+    runner = TaskRunner(JobService(store), backend)
+    job = await runner.jobs.submit(make_spec(population=2, subset=1, rounds=1))
     tasks = [d.task for d in await queue.take("w", 10, block_ms=0)]
     gate.set()
-    await engine.run_task(tasks[0])
+    await runner.run_task(tasks[0])
     gate.clear()
-    dup = asyncio.gather(engine.run_task(tasks[1]), engine.run_task(tasks[1]))
+    dup = asyncio.gather(runner.run_task(tasks[1]), runner.run_task(tasks[1]))
     await wait_until(lambda: backend.in_flight == 2)
     gate.set()
     await asyncio.wait_for(dup, TIMEOUT)
@@ -424,9 +425,9 @@ async def test_duplicate_concurrent_deliveries_of_the_last_task_plan_once() -> N
 
     # The same at the end of the last round: the job finishes once.
     round1 = [d.task for d in await queue.take("w", 10, block_ms=0)]
-    await engine.run_task(round1[0])
+    await runner.run_task(round1[0])
     gate.clear()
-    dup = asyncio.gather(engine.run_task(round1[1]), engine.run_task(round1[1]))
+    dup = asyncio.gather(runner.run_task(round1[1]), runner.run_task(round1[1]))
     await wait_until(lambda: backend.in_flight == 2)
     gate.set()
     await asyncio.wait_for(dup, TIMEOUT)
@@ -437,21 +438,21 @@ async def test_duplicate_concurrent_deliveries_of_the_last_task_plan_once() -> N
 async def test_task_of_a_terminal_or_unknown_job_is_a_no_op() -> None:
     store, _ = open_store()
     backend = FakeBackend(script)
-    engine = Engine(store, backend)
-    job = await engine.submit(make_spec())
+    runner = TaskRunner(JobService(store), backend)
+    job = await runner.jobs.submit(make_spec())
     await store.cancel_job(job.id)
-    await engine.run_task(Task(job_id=job.id, round=0, index=0))
-    await engine.run_task(Task(job_id="unknown", round=0, index=0))
+    await runner.run_task(Task(job_id=job.id, round=0, index=0))
+    await runner.run_task(Task(job_id="unknown", round=0, index=0))
     assert backend.calls == []
     assert await store.get_candidates(job.id, 0) == []
 
 
 async def test_missing_parents_are_an_error() -> None:
     store, _ = open_store()
-    engine = Engine(store, FakeBackend(script))
-    job = await engine.submit(make_spec())
+    runner = TaskRunner(JobService(store), FakeBackend(script))
+    job = await runner.jobs.submit(make_spec())
     with pytest.raises(MissingParentsError, match=r"\[1, 3\]"):
-        await engine.run_task(Task(job_id=job.id, round=1, index=0, parents=[1, 3]))
+        await runner.run_task(Task(job_id=job.id, round=1, index=0, parents=[1, 3]))
 
 
 # -- selection --------------------------------------------------------------------------------------
@@ -492,6 +493,20 @@ async def test_selection_aggregate_without_an_answer_falls_back_to_majority() ->
 
     result, _, _ = await run_job(FakeBackend(no_box), make_spec(rounds=0, selection="aggregate"))
     assert result.answer == "42"
+
+
+async def test_selection_is_one_unchunked_request_without_a_tail() -> None:
+    """The selection call goes through the candidates' generation path, but as one request of β
+    tokens even in a chunked job, and keeps no tail (no round reads it)."""
+    backend = FakeBackend(script)
+    spec = make_spec(rounds=1, selection="aggregate", budget=64, chunk=32, carryover=4)
+    result, store, _ = await run_job(backend, spec)
+    (select,) = backend.requests_for(kind="select")
+    assert select.max_tokens == spec.params.budget and select.prefill is None
+    assert select.tag == {"job": result.job_id, "round": 2, "index": 0, "chunk": 0, "kind": "select"}
+    (chosen,) = await store.get_candidates(result.job_id, select_round(spec.params))
+    assert chosen.chunks == 1 and chosen.tail == "" and chosen.tail_tokens == 0
+    assert chosen.parents == selection_subset(spec.params) and chosen.answer == result.answer == "99"
 
 
 async def test_selection_population_returns_every_answer() -> None:
@@ -620,20 +635,20 @@ async def test_chunked_candidate_that_finishes_early() -> None:
 async def test_chunked_task_resumes_at_its_checkpoint_after_a_crash() -> None:
     store, queue = open_store()
     backend = FakeBackend(endless, failures={2: BackendUnavailable("connection refused")})
-    engine = Engine(store, backend)
+    runner = TaskRunner(JobService(store), backend)
     spec = make_spec(population=1, subset=1, rounds=0, budget=30, tail=6, chunk=10, carryover=3)
-    job = await engine.submit(spec)
+    job = await runner.jobs.submit(spec)
     (delivery,) = await queue.take("w", 1, block_ms=0)
 
     with pytest.raises(BackendUnavailable):
-        await engine.run_task(delivery.task)  # chunk 0 stored, chunk 1 crashed
+        await runner.run_task(delivery.task)  # chunk 0 stored, chunk 1 crashed
     cp = await store.load_checkpoint(job.id, 0, 0)
     assert cp is not None and cp.chunks == 1
     first_chunk = backend.calls[0].results[0].content  # type: ignore[index]
     assert cp.text == first_chunk
 
     backend.supports_prefill = False  # e.g. redelivered to a worker on another server
-    await engine.run_task(delivery.task)  # the redelivery resumes at chunk 1
+    await runner.run_task(delivery.task)  # the redelivery resumes at chunk 1
     assert [c.request.tag["chunk"] for c in backend.calls] == [0, 1, 1, 2]
     tok = backend.tokenizer
     resumed = backend.calls[2].request
@@ -754,9 +769,11 @@ async def plan_of(
 ) -> tuple[dict[tuple[int, int], list[int]], dict[tuple[int, int, int], int | None], list[str]]:
     store, queue = open_store()
     backend = FakeBackend(script)
-    engine = Engine(store, backend)
-    job = await engine.submit(make_spec(population=6, subset=3, rounds=2, seed=seed, chunk=30, carryover=5))
-    await drive(engine, queue)
+    runner = TaskRunner(JobService(store), backend)
+    job = await runner.jobs.submit(
+        make_spec(population=6, subset=3, rounds=2, seed=seed, chunk=30, carryover=5)
+    )
+    await drive(runner, queue)
     cands = [c for r in await all_candidates(store, job.id, 2) for c in r]
     parents = {(c.round, c.index): c.parents for c in cands}
     seeds = {
@@ -819,7 +836,7 @@ async def test_a_worker_stops_although_a_cancellation_was_swallowed() -> None:
     queue = SwallowingQueue()
     store = MemoryJobStore(queue)
     options = WorkerOptions(block_ms=20, stats_interval_s=0.0, cancel_check_s=0.01, heartbeat_s=0.05)
-    worker = Worker(Engine(store, FakeBackend()), queue, options, consumer="w")
+    worker = Worker(TaskRunner(JobService(store), FakeBackend()), queue, options, consumer="w")
     stop = asyncio.Event()
     running = asyncio.create_task(worker.run(stop))
     await asyncio.wait_for(queue.called.wait(), TIMEOUT)
@@ -832,3 +849,10 @@ async def test_a_worker_stops_although_a_cancellation_was_swallowed() -> None:
     finally:
         running.cancel()
     assert (queue.swallowed, queue.calls) == (1, 2)
+
+
+def test_the_in_process_runner_leaves_the_callers_options_alone() -> None:
+    options = fast_options()
+    runner = InProcessRunner(FakeBackend(script), capacity=3, options=options)
+    assert runner.worker.options.capacity == 3
+    assert options.capacity == 1

@@ -32,7 +32,8 @@ from mrsa.backends.base import GenerationRequest
 from mrsa.backends.server_process import free_port
 from mrsa.domain import Candidate, JobSpec, JobStatus
 from mrsa.engine.equivalence import ROUND_LIMITS, Clustering, Equivalence, cluster, equivalent
-from mrsa.engine.runner import Engine
+from mrsa.engine.runner import TaskRunner
+from mrsa.engine.service import JobService
 from mrsa.params import RSAParams
 from mrsa.settings import Settings
 from mrsa.store.memory import open_memory
@@ -208,15 +209,15 @@ def spec(problem: str, **params: Any) -> JobSpec:
 async def test_a_job_with_a_runaway_answer_finishes_while_other_jobs_flow(limited: Equivalence) -> None:
     store, queue = open_memory()
     backend = FakeBackend(hostile_script)
-    engine = Engine(store, backend, limited)
+    jobs = JobService(store, limited)
     options = WorkerOptions(capacity=2, block_ms=20, cancel_check_s=0.05, heartbeat_s=0.2, shutdown_grace_s=5)
     stop = asyncio.Event()
-    worker = asyncio.create_task(Worker(engine, queue, options).run(stop))
+    worker = asyncio.create_task(Worker(TaskRunner(jobs, backend), queue, options).run(stop))
     try:
         async with Ticker() as ticker:
             started = time.monotonic()
-            poisoned = await engine.submit(spec("HOSTILE: what is 6*7?", rounds=0))
-            others = [await engine.submit(spec(f"What is {i}*7?")) for i in range(3)]
+            poisoned = await jobs.submit(spec("HOSTILE: what is 6*7?", rounds=0))
+            others = [await jobs.submit(spec(f"What is {i}*7?")) for i in range(3)]
             done: dict[str, float] = {}
             while len(done) < 4 and time.monotonic() - started < 2 * ROUND_BOUND_S:
                 for job in (poisoned, *others):

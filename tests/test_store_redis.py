@@ -214,13 +214,14 @@ class RoundTrips:
 
 async def _run_sequentially(store: RedisJobStore, queue: RedisTaskQueue, specs: list[object]) -> int:
     """Submit jobs, then run every task as a worker does (take one, run it, ack it)."""
-    from mrsa.engine.runner import Engine
+    from mrsa.engine.runner import TaskRunner
+    from mrsa.engine.service import JobService
     from tests.fakes import FakeBackend
 
-    engine = Engine(store, FakeBackend())
-    jobs = [await engine.submit(spec) for spec in specs]  # type: ignore[arg-type]
+    runner = TaskRunner(JobService(store), FakeBackend())
+    jobs = [await runner.jobs.submit(spec) for spec in specs]  # type: ignore[arg-type]
     while deliveries := await queue.take("w", 1, block_ms=0):
-        await engine.run_task(deliveries[0].task)
+        await runner.run_task(deliveries[0].task)
         await queue.ack(deliveries[0])
     for job in jobs:
         assert (await store.get_job(job.id)).status.value == "succeeded"  # type: ignore[union-attr]

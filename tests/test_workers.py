@@ -27,7 +27,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from mrsa.backends.server_process import free_port
 from mrsa.domain import Job, JobSpec, JobStatus
-from mrsa.engine.runner import Engine
+from mrsa.engine.runner import TaskRunner
+from mrsa.engine.service import JobService
 from mrsa.params import resolve_params
 from mrsa.store.base import StoreUnavailable
 from mrsa.store.redis import GROUP, RedisJobStore, RedisTaskQueue, open_redis
@@ -182,8 +183,8 @@ async def wait_ready(*workers: WorkerProc, within: float = 60.0) -> None:
 
 
 async def submit(store: RedisJobStore, n: int, params: Any) -> list[Job]:
-    engine = Engine(store, FakeBackend())  # only submits: the backend is never called
-    return [await engine.submit(JobSpec(problem=f"What is {i} + {i + 1}?", params=params)) for i in range(n)]
+    jobs = JobService(store)
+    return [await jobs.submit(JobSpec(problem=f"What is {i} + {i + 1}?", params=params)) for i in range(n)]
 
 
 async def wait_terminal(store: RedisJobStore, jobs: list[Job], within: float = JOB_TIMEOUT) -> list[Job]:
@@ -415,7 +416,7 @@ async def test_a_task_that_keeps_killing_workers_is_dead_lettered_and_fails_its_
         dead_before = REGISTRY.get_sample_value("mrsa_tasks_dead_lettered_total") or 0.0
         await asyncio.sleep(0.1)
         worker = Worker(
-            Engine(store, FakeBackend()),
+            TaskRunner(JobService(store), FakeBackend()),
             queue,
             WorkerOptions(
                 reclaim_idle_ms=50, block_ms=50, heartbeat_s=0.02, cancel_check_s=0.05, stats_interval_s=0.05
@@ -499,7 +500,12 @@ async def inprocess_workers(
 
     defaults: dict[str, Any] = {"block_ms": 50, "cancel_check_s": 0.2, "stats_interval_s": 0.5}
     workers = [
-        Worker(Engine(store, backend), queue, WorkerOptions(**{**defaults, **options}), consumer=f"w{i}")
+        Worker(
+            TaskRunner(JobService(store), backend),
+            queue,
+            WorkerOptions(**{**defaults, **options}),
+            consumer=f"w{i}",
+        )
         for i in range(n)
     ]
     stop = asyncio.Event()

@@ -6,21 +6,25 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 from collections.abc import Awaitable, Callable
 
 from mrsa.backends.base import Backend
 from mrsa.domain import Event, Job, JobResult, JobSpec
-from mrsa.engine.runner import Engine
+from mrsa.engine.follow import follow
+from mrsa.engine.runner import TaskRunner
+from mrsa.engine.service import JobService
 from mrsa.store.base import JobStore, TaskQueue
 from mrsa.store.memory import open_memory
 from workers.loop import Worker, WorkerOptions
 
 EventCallback = Callable[[Event], Awaitable[None] | None]
 IDLE_BLOCK_MS = 50
+WAIT_BLOCK_MS = 500
 
 
 class InProcessRunner:
-    """An engine plus one in-process worker, for the lifetime of an ``async with`` block."""
+    """A job service plus one in-process worker, for the lifetime of an ``async with`` block."""
 
     def __init__(
         self,
@@ -34,12 +38,11 @@ class InProcessRunner:
             store, queue = open_memory()
         self.store = store
         self.queue = queue
-        self.engine = Engine(store, backend)
+        self.jobs = JobService(store)
         # An idle in-process worker polls a memory queue at almost no cost; a short block lets it
         # see the stop at once (the default 1 s added up to a second to every `mrsa solve`).
-        opts = options or WorkerOptions(block_ms=IDLE_BLOCK_MS)
-        opts.capacity = capacity
-        self.worker = Worker(self.engine, queue, opts)
+        opts = dataclasses.replace(options or WorkerOptions(block_ms=IDLE_BLOCK_MS), capacity=capacity)
+        self.worker = Worker(TaskRunner(self.jobs, backend), queue, opts)
         self._stop = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -60,26 +63,31 @@ class InProcessRunner:
                 await self._task
 
     async def submit(self, spec: JobSpec, job_id: str | None = None) -> Job:
-        return await self.engine.submit(spec, job_id=job_id)
+        return await self.jobs.submit(spec, job_id=job_id)
 
     async def wait(self, job_id: str, on_event: EventCallback | None = None) -> JobResult:
-        """Follow the job's events until it is terminal; return its result."""
-        after: str | None = None
-        while True:
-            if self._task is not None and self._task.done():
-                self._task.result()  # surface a crashed worker instead of waiting forever
-            for event_id, event in await self.store.read_events(job_id, after, block_ms=500):
-                after = event_id
-                if on_event is not None:
-                    maybe = on_event(event)
-                    if maybe is not None:
-                        await maybe
-            job = await self.store.get_job(job_id)
-            if job is not None and job.status.terminal:
-                result = await self.store.get_result(job_id)
-                if result is None:  # cancelled: no result was recorded, build one from what is stored
-                    result = await self.engine.build_result(job, job.status, job.error)
-                return result
+        """Follow the job's events until it is over; return its result. A worker that crashes
+        meanwhile raises its error here instead of leaving the caller waiting forever."""
+        follower = asyncio.create_task(self._follow(job_id, on_event))
+        try:
+            if self._task is not None:
+                await asyncio.wait({follower, self._task}, return_when=asyncio.FIRST_COMPLETED)
+                if self._task.done() and not follower.done():
+                    self._task.result()  # surface a crashed worker
+            await follower
+        finally:
+            follower.cancel()
+        job = await self.store.get_job(job_id)
+        if job is None:
+            raise LookupError(f"job {job_id} is not in the store")
+        return await self.jobs.result(job)
+
+    async def _follow(self, job_id: str, on_event: EventCallback | None) -> None:
+        async for _, event in follow(self.store, job_id, block_ms=WAIT_BLOCK_MS):
+            if on_event is not None:
+                maybe = on_event(event)
+                if maybe is not None:
+                    await maybe
 
     async def solve(self, spec: JobSpec, on_event: EventCallback | None = None) -> JobResult:
         job = await self.submit(spec)

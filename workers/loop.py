@@ -26,7 +26,7 @@ from typing import Any
 from mrsa import metrics
 from mrsa.backends.base import BackendError
 from mrsa.domain import Task
-from mrsa.engine.runner import Engine
+from mrsa.engine.runner import TaskRunner
 from mrsa.store.base import Delivery, StoreUnavailable, TaskQueue
 
 log = logging.getLogger("mrsa.worker")
@@ -110,12 +110,12 @@ class Worker:
 
     def __init__(
         self,
-        engine: Engine,
+        runner: TaskRunner,
         queue: TaskQueue,
         options: WorkerOptions | None = None,
         consumer: str | None = None,
     ) -> None:
-        self.engine = engine
+        self.runner = runner
         self.queue = queue
         self.options = options or WorkerOptions()
         self.consumer = consumer or consumer_name()
@@ -207,7 +207,7 @@ class Worker:
         while self._dead:
             d = self._dead[0]
             try:
-                await self.engine.fail(d.task.job_id, dead_letter_reason(d))
+                await self.runner.jobs.fail(d.task.job_id, dead_letter_reason(d))
             except StoreUnavailable:
                 raise
             except Exception:  # bad data must not crash every worker that meets this task
@@ -278,7 +278,7 @@ class Worker:
         try:
             while True:
                 try:
-                    await self.engine.run_task(task)
+                    await self.runner.run_task(task)
                     if since is not None:
                         log.info("task %s ran after the backend was out %.1fs", task.key, loop.time() - since)
                     return
@@ -305,7 +305,7 @@ class Worker:
         """Fail the job; ``False`` (leave the task pending, to fail it again later) when the store
         is unreachable, so a job is never left running with nobody working on it."""
         try:
-            await self.engine.fail(job_id, error)
+            await self.runner.jobs.fail(job_id, error)
         except StoreUnavailable as exc:
             log.warning("could not fail job %s, store unavailable: %s", job_id, exc)
             return False
@@ -332,7 +332,7 @@ class Worker:
             await asyncio.sleep(self.options.cancel_check_s)
             jobs = sorted({d.task.job_id for d, _ in self._running.values()})
             try:
-                statuses = await self.engine.store.get_statuses(jobs)
+                statuses = await self.runner.store.get_statuses(jobs)
             except StoreUnavailable:
                 continue
             for job_id, status in statuses.items():

@@ -18,7 +18,8 @@ from pathlib import Path
 from mrsa.backends.base import Backend, BackendError, BackendInfo
 from mrsa.backends.factory import open_backend
 from mrsa.backends.http import HttpOptions
-from mrsa.engine.runner import Engine
+from mrsa.engine.runner import TaskRunner
+from mrsa.engine.service import JobService
 from mrsa.store.base import StoreUnavailable
 from mrsa.store.redis import RedisJobStore, RedisTaskQueue, open_redis, redact
 from workers.loop import Worker, WorkerOptions, consumer_name
@@ -171,7 +172,7 @@ async def serve(config: WorkerConfig, stop: asyncio.Event | None = None) -> Work
                     shutdown_grace_s=config.shutdown_grace_s,
                     backend_hold_s=config.backend_hold_s,
                 )
-                worker = Worker(Engine(store, backend), queue, options, consumer=consumer)
+                worker = Worker(TaskRunner(JobService(store), backend), queue, options, consumer=consumer)
                 log.info(
                     "worker %s ready: redis %s, backend %s (%s, model %s), %d task(s) at a time",
                     consumer,

@@ -1,5 +1,6 @@
-"""What the routes run on: the store and queue, an optional backend client (asked about context
-length and health only — the API process never generates), and the limits.
+"""What the routes run on: the store and queue, the job service on that store, an optional backend
+client (asked about context length and health only — the API process never generates), and the
+limits.
 
 ``create_app`` builds :class:`ApiDeps` from :class:`~mrsa.settings.Settings` at startup, or takes
 ready ones (tests pass a store opened on their own event loop).
@@ -18,6 +19,7 @@ from mrsa.api.streams import StreamSlots
 from mrsa.backends.base import Backend, BackendError
 from mrsa.backends.factory import make_backend
 from mrsa.backends.http import HttpOptions
+from mrsa.engine.service import JobService
 from mrsa.store.base import JobStore, TaskQueue
 
 log = logging.getLogger("mrsa.api")
@@ -128,8 +130,11 @@ class ApiDeps:
     # None: the main store.
     events: JobStore | None = None
     slots: StreamSlots = field(init=False)
+    # Submitting, ending and reading jobs: the engine's part that needs no backend.
+    jobs: JobService = field(init=False)
 
     def __post_init__(self) -> None:
+        self.jobs = JobService(self.store)
         self.slots = StreamSlots(
             self.config.max_streams_per_key, self.config.max_streams, self.config.retry_after_s
         )

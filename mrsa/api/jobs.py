@@ -1,8 +1,8 @@
 """Job operations behind the routes: validate and enqueue, look up with ownership, view, cancel.
 
-The API enqueues only. It builds jobs with the same :class:`~mrsa.engine.runner.Engine` the
-workers run, on a backend that refuses to generate, so the submission path is the engine's own and
-the API process can never start a generation by mistake.
+The API enqueues only. It submits and reads jobs through the engine's
+:class:`~mrsa.engine.service.JobService` (``deps.jobs``), the same one the workers end jobs with;
+it has no task runner, so the API process can never start a generation.
 """
 
 from __future__ import annotations
@@ -19,46 +19,17 @@ from mrsa.api.auth import Principal
 from mrsa.api.deps import ApiDeps
 from mrsa.api.errors import ApiError, from_validation_errors, invalid
 from mrsa.api.schemas import PROBLEM_PREVIEW_CHARS, JobLinks, JobProgress, JobView
-from mrsa.backends.base import BackendError, BackendInfo, GenerationRequest, GenerationResult
+from mrsa.backends.base import BackendError
 from mrsa.domain import Event, Job, JobResult, JobSpec, JobStatus
 from mrsa.engine.limits import ContextBudgetError, check_context
 from mrsa.engine.prompts import UnknownPromptSetError, check_prompt_set
-from mrsa.engine.runner import Engine, new_job_id
+from mrsa.engine.service import new_job_id
 from mrsa.params import RSAParams, UnknownPresetError, resolve_params
 from mrsa.store.base import ActiveLimitReached
 
 log = logging.getLogger("mrsa.api")
 
 CANCEL_REASON = "cancelled through the API"
-
-
-class NoGeneration:
-    """The API's :class:`~mrsa.backends.base.Backend`: it never generates (workers do)."""
-
-    url = "none://api"
-    supports_prefill = False
-
-    async def info(self) -> BackendInfo:
-        return BackendInfo(kind="none", url=self.url)
-
-    async def generate(self, request: GenerationRequest) -> list[GenerationResult]:
-        raise RuntimeError("the API process never generates: workers run the tasks")
-
-    async def tokenize(self, text: str) -> list[int]:
-        raise RuntimeError("the API process has no tokenizer")
-
-    async def detokenize(self, ids: list[int]) -> str:
-        raise RuntimeError("the API process has no tokenizer")
-
-    async def health(self) -> bool:
-        return True
-
-    async def aclose(self) -> None:
-        return None
-
-
-def engine_of(deps: ApiDeps) -> Engine:
-    return Engine(deps.store, NoGeneration())
 
 
 # -- validation ----------------------------------------------------------------------------------
@@ -165,7 +136,7 @@ async def submit(
     try:
         # The store checks the key's in-flight count and adds the job in one atomic step: concurrent
         # submissions cannot overshoot the limit.
-        job = await engine_of(deps).submit(
+        job = await deps.jobs.submit(
             spec,
             owner=principal.owner,
             job_id=job_id,
@@ -224,17 +195,14 @@ async def view(deps: ApiDeps, job: Job, *, with_progress: bool = False) -> JobVi
 
 
 async def result_of(deps: ApiDeps, job: Job) -> JobResult:
-    """The stored result; for a cancelled job (no result is stored) one built from what is stored."""
+    """The result of a terminal job (:meth:`~mrsa.engine.service.JobService.result`); 409 for one still running."""
     if not job.status.terminal:
         raise ApiError(
             409,
             f"job {job.id} is {job.status.value} (round {job.round}/{job.spec.params.rounds}); "
             "its result is not ready: follow its events or retry later",
         )
-    result = await deps.store.get_result(job.id)
-    if result is None:
-        result = await engine_of(deps).build_result(job, job.status, job.error)
-    return result
+    return await deps.jobs.result(job)
 
 
 async def cancel(deps: ApiDeps, job: Job, reason: str = CANCEL_REASON) -> Job:

@@ -53,6 +53,8 @@ from mrsa.api.openai_schemas import (
 from mrsa.api.schemas import ErrorResponse, OpenAIErrorDetail
 from mrsa.api.streams import SlotEventSourceResponse, SlotStreamingResponse
 from mrsa.domain import Job, JobResult, JobSpec, JobStatus
+from mrsa.engine.follow import follow
+from mrsa.engine.planning import select_round
 from mrsa.engine.tails import split_trace
 
 log = logging.getLogger("mrsa.api")
@@ -158,7 +160,8 @@ class ChatRun:
         self.body = body
         self.id = f"chatcmpl-{job.id}"
         self.created = int(time.time())
-        self.after: str | None = None
+        # How long one event read waits; also how often a waiting response checks for its client.
+        self.block_ms = min(deps.config.events_block_ms, 1000)
         self.ignored = [name[:64] for name in body.ignored_fields()[:100]]
         self.headers: dict[str, str] = {}
         if self.ignored:
@@ -167,31 +170,31 @@ class ChatRun:
     # -- waiting -----------------------------------------------------------------------------------
 
     async def progress(self) -> AsyncIterator[str]:
-        """A line per round and per stored candidate until the job is terminal."""
-        store = self.deps.events_store
-        block = min(self.deps.config.events_block_ms, 1000)
-        while True:
-            batch = await store.read_events(self.job.id, self.after, block_ms=block)
-            for event_id, event in batch:
-                self.after = event_id
-                if event.type == "done":
-                    return
-                if event.type == "candidate":
-                    yield f"round {event.round}/{self.job.spec.params.rounds}: {event.done}/{self.job.spec.params.population} candidates"
-                elif event.type == "round":
-                    yield f"round {event.round}/{self.job.spec.params.rounds} started"
-            if not batch:
-                current = await store.get_job(self.job.id)
-                if current is None or current.status.terminal:
-                    return
-                if await self.request.is_disconnected():
-                    await self.cancel_if_running()
-                    return
+        """A line per round and per stored candidate until the job is over (:func:`follow`)."""
+        params = self.job.spec.params
+        async for _, event in follow(self.deps.events_store, self.job.id, block_ms=self.block_ms):
+            if event.type == "candidate":
+                yield f"round {event.round}/{params.rounds}: {event.done}/{params.population} candidates"
+            elif event.type == "round":
+                yield f"round {event.round}/{params.rounds} started"
 
     async def wait(self) -> Job:
-        async for _ in self.progress():
-            pass
+        """Until the job is over; a client that goes away meanwhile has it cancelled (a streamed
+        response is torn down on its own, which cancels it: see :meth:`sse`)."""
+        watcher = asyncio.create_task(self._cancel_on_disconnect())
+        try:
+            async for _ in self.progress():
+                pass
+        finally:
+            watcher.cancel()
         return await self.deps.store.get_job(self.job.id) or self.job
+
+    async def _cancel_on_disconnect(self) -> None:
+        while True:
+            if await self.request.is_disconnected():
+                await self.cancel_if_running()
+                return
+            await asyncio.sleep(self.block_ms / 1000)
 
     async def cancel_if_running(self) -> None:
         """The client is gone: stop the job (shielded, as this runs while the response is torn down)."""
@@ -250,7 +253,7 @@ class ChatRun:
         """A short solution: the answer part of a final candidate that gave the selected answer,
         ending in ``\\boxed{answer}``."""
         params = job.spec.params
-        final = params.rounds + 1 if params.selection == "aggregate" else params.rounds
+        final = select_round(params) if params.selection == "aggregate" else params.rounds
         candidates = await self.deps.store.get_candidates(job.id, final)
         if not candidates and final > params.rounds:
             candidates = await self.deps.store.get_candidates(job.id, params.rounds)

@@ -1,8 +1,8 @@
 """A job's progress as server-sent events, resumable with ``Last-Event-ID``.
 
 Each event is ``id: <store event id>``, ``event: <type>`` and ``data: <Event JSON>``. The stream
-ends after the job's ``done`` event (or, for a job that ended without one, once it is terminal and
-no event is left); sse-starlette sends a comment ping every ``ping_s`` so proxies keep it open.
+ends when :func:`~mrsa.engine.follow.follow` does: after the job's ``done`` event (or, for a job
+that ended without one, once it is terminal and no event is left); sse-starlette sends a comment ping every ``ping_s`` so proxies keep it open.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 
+from mrsa.engine.follow import follow
 from mrsa.store.base import JobStore, StoreUnavailable
 
 log = logging.getLogger("mrsa.api")
@@ -29,30 +30,11 @@ def event_id_fits(event_id: str) -> bool:
 async def job_events(
     store: JobStore, job_id: str, after: str | None, block_ms: int
 ) -> AsyncIterator[dict[str, str]]:
-    """Events of ``job_id`` after the id ``after`` until the job is over. When the store becomes
-    unreachable the stream ends (logged) rather than breaking: EventSource clients reconnect with
-    the last id they got and miss nothing."""
+    """Events of ``job_id`` after the id ``after`` until the job is over (:func:`follow`). When the
+    store becomes unreachable the stream ends (logged) rather than breaking: EventSource clients
+    reconnect with the last id they got and miss nothing."""
     try:
-        async for event in _job_events(store, job_id, after, block_ms):
-            yield event
+        async for event_id, event in follow(store, job_id, after, block_ms):
+            yield {"id": event_id, "event": event.type, "data": event.model_dump_json()}
     except StoreUnavailable as exc:
         log.warning("event stream of job %s ended: %s", job_id, exc)
-
-
-async def _job_events(
-    store: JobStore, job_id: str, after: str | None, block_ms: int
-) -> AsyncIterator[dict[str, str]]:
-    while True:
-        batch = await store.read_events(job_id, after, block_ms=block_ms)
-        for event_id, event in batch:
-            after = event_id
-            yield {"id": event_id, "event": event.type, "data": event.model_dump_json()}
-            if event.type == "done":
-                return
-        if not batch:
-            job = await store.get_job(job_id)
-            if job is None or job.status.terminal:
-                # The engine records the terminal state before its ``done`` event: read once more.
-                for event_id, event in await store.read_events(job_id, after, block_ms=min(block_ms, 500)):
-                    yield {"id": event_id, "event": event.type, "data": event.model_dump_json()}
-                return

@@ -169,18 +169,21 @@ def watch(job_id: JobArg, api: ApiOpt = None, api_key: KeyOpt = None, json_out: 
         job = client.job(job_id)
         progress = Progress(job.params)
         progress.started = time.monotonic() - max(0.0, time.time() - job.created_at)
-        if json_out:
+        live = (
+            Live(progress.render(), console=err_console, refresh_per_second=4)
+            if not json_out and err_console.is_terminal
+            else None
+        )
+        with live if live is not None else contextlib.nullcontext():
+            # The server ends the stream where its follow() of the job ends (after `done`).
             for event in client.events(job_id):
-                print_json(event)
-        elif err_console.is_terminal:
-            with Live(progress.render(), console=err_console, refresh_per_second=4) as live:
-                for event in client.events(job_id):
-                    progress.on_event(event)
-                    live.update(progress.render())
-        else:
-            for event in client.events(job_id):
+                if json_out:
+                    print_json(event)
+                    continue
                 progress.on_event(event)
-                if event.type in ("round", "done") or (
+                if live is not None:
+                    live.update(progress.render())
+                elif event.type in ("round", "done") or (
                     event.type == "candidate" and progress.done == job.params.population
                 ):
                     err_console.print(progress.render())

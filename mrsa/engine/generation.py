@@ -1,18 +1,21 @@
 """Generating one candidate: build its prompt, call the backend (in Delethink chunks when
-``chunk`` is set, checkpointing after each), and cut its tail."""
+``chunk`` is set, checkpointing after each), and cut its tail. The final selection call is a
+candidate too (``Task.kind == "select"``) and goes through the same path."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-from mrsa.backends.base import Backend, GenerationRequest, GenerationResult, Message
-from mrsa.domain import Candidate, ChunkCheckpoint, FinishReason, Task, Usage
+from mrsa.backends.base import Backend, GenerationRequest, Message
+from mrsa.domain import Candidate, ChunkCheckpoint, FinishReason, Job, Task, Usage
 from mrsa.engine import prompts
 from mrsa.engine.answers import extract_answer
 from mrsa.engine.planning import request_seed
-from mrsa.engine.tails import cut_tail, make_tail, split_trace, tail_source_text
+from mrsa.engine.tails import Tail, cut_tail, make_tail, split_trace, tail_source_text
 from mrsa.params import RSAParams
 from mrsa.store.base import JobStore
+
+NO_TAIL = Tail(text="", tokens=0, source_tokens=0)
 
 
 class MissingParentsError(RuntimeError):
@@ -38,62 +41,58 @@ def ordered_parents(task: Task, loaded: Sequence[Candidate]) -> list[Candidate]:
 
 
 def _request(
-    params: RSAParams,
+    job: Job,
+    task: Task,
     messages: list[Message],
     max_tokens: int,
-    seed: int,
-    tag: dict[str, str | int],
+    chunk: int = 0,
     *,
-    temperature: float | None = None,
     prefill: str | None = None,
     priority: int | None = None,
-    model: str | None = None,
 ) -> GenerationRequest:
+    """One request of ``task``: its tag, its seed (from the task's position and ``chunk``) and its
+    sampling, in the job's model (None: the backend's own). The selection call is tagged
+    ``kind: select`` and samples at ``aggregate_temperature``."""
+    params = job.spec.params
+    tag: dict[str, str | int] = {"job": job.id, "round": task.round, "index": task.index, "chunk": chunk}
+    temperature = params.sampling.temperature
+    if task.kind == "select":
+        tag["kind"] = "select"
+        temperature = params.aggregate_temperature
     return GenerationRequest(
         messages=messages,
         prefill=prefill,
         max_tokens=max_tokens,
-        temperature=params.sampling.temperature if temperature is None else temperature,
+        temperature=temperature,
         top_p=params.sampling.top_p,
         top_k=params.sampling.top_k,
-        seed=seed,
+        seed=request_seed(params.seed, task.round, task.index, chunk),
         tag=tag,
         priority=priority,
-        model=model,
+        model=job.spec.model,
     )
 
 
 async def _generate_chunked(
-    backend: Backend,
-    store: JobStore,
-    job_id: str,
-    params: RSAParams,
-    task: Task,
-    prompt: str,
-    priority: int | None,
-    model: str | None,
-) -> tuple[str, list[int] | None, Usage, FinishReason, int, GenerationResult | None]:
+    backend: Backend, store: JobStore, job: Job, task: Task, prompt: str, priority: int | None
+) -> tuple[str, list[int] | None, Usage, FinishReason, int]:
     """Delethink: chunks of at most ``chunk`` tokens; each continues from the prompt plus the last
-    ``carryover`` tokens of the candidate's own output. Returns (trace, ids, usage, finish, chunks,
-    last result)."""
+    ``carryover`` tokens of the candidate's own output. Returns (trace, ids, usage, finish, chunks)."""
+    params = job.spec.params
     assert params.chunk is not None
-    cp = await store.load_checkpoint(job_id, task.round, task.index)
+    cp = await store.load_checkpoint(job.id, task.round, task.index)
     text = cp.text if cp else ""
     ids: list[int] | None = cp.token_ids if cp else None
     usage = cp.usage if cp else Usage()
     chunks = cp.chunks if cp else 0
     finish: FinishReason = cp.finish_reason if cp else "length"
-    last: GenerationResult | None = None
     # ceil(β / chunk) requests at most, even when a server under-reports (or omits) its usage.
     max_chunks = -(-params.budget // params.chunk)
     while chunks == 0 or (finish == "length" and usage.decode_tokens < params.budget and chunks < max_chunks):
         max_tokens = min(params.chunk, params.budget - usage.decode_tokens)
-        tag: dict[str, str | int] = {"job": job_id, "round": task.round, "index": task.index, "chunk": chunks}
-        seed = request_seed(params.seed, task.round, task.index, chunks)
         user = [Message(role="user", content=prompt)]
-        if chunks == 0:
-            req = _request(params, user, max_tokens, seed, tag, priority=priority, model=model)
-        else:
+        prefill: str | None = None
+        if chunks > 0:
             own = ids if ids is not None else await backend.tokenize(text)
             carry = (
                 await backend.detokenize(cut_tail(own, params.carryover_tokens))
@@ -101,20 +100,12 @@ async def _generate_chunked(
                 else ""
             )
             if backend.supports_prefill:
-                req = _request(
-                    params, user, max_tokens, seed, tag, prefill=carry, priority=priority, model=model
-                )
+                prefill = carry
             else:
-                cont = prompts.continuation_prompt(params.prompts, prompt, carry)
-                req = _request(
-                    params,
-                    [Message(role="user", content=cont)],
-                    max_tokens,
-                    seed,
-                    tag,
-                    priority=priority,
-                    model=model,
-                )
+                user = [
+                    Message(role="user", content=prompts.continuation_prompt(params.prompts, prompt, carry))
+                ]
+        req = _request(job, task, user, max_tokens, chunks, prefill=prefill, priority=priority)
         last = (await backend.generate(req))[0]
         text += last.trace
         if chunks == 0:
@@ -129,53 +120,47 @@ async def _generate_chunked(
         chunks += 1
         finish = last.finish_reason
         await store.save_checkpoint(
-            job_id,
+            job.id,
             task.round,
             task.index,
             ChunkCheckpoint(chunks=chunks, text=text, token_ids=ids, usage=usage, finish_reason=finish),
         )
-    return text, ids, usage, finish, chunks, last
+    return text, ids, usage, finish, chunks
 
 
 async def generate_candidate(
     backend: Backend,
     store: JobStore,
-    job_id: str,
-    problem: str,
-    params: RSAParams,
+    job: Job,
     task: Task,
     parents: Sequence[Candidate],
     priority: int | None = None,
-    model: str | None = None,
 ) -> Candidate:
-    """Generate, checkpoint (when chunked) and tail one candidate of ``task`` from its ``parents``
-    (in the task's order). ``model`` is the job's model id, asked of the server in every request
-    (None: the backend's own)."""
-    prompt = build_prompt(params, problem, parents)
-    if params.chunk is None:
-        tag: dict[str, str | int] = {"job": job_id, "round": task.round, "index": task.index, "chunk": 0}
-        seed = request_seed(params.seed, task.round, task.index)
-        req = _request(
-            params,
-            [Message(role="user", content=prompt)],
-            params.budget,
-            seed,
-            tag,
-            priority=priority,
-            model=model,
-        )
-        result = (await backend.generate(req))[0]
+    """Generate one candidate of ``task`` from its ``parents`` (in the task's order): in chunks,
+    checkpointed, when the job sets ``chunk``; then cut its tail.
+
+    The selection call (``task.kind == "select"``) takes the same path as one request of ``budget``
+    tokens, unchunked, and gets no tail: no round reads it, its answer is the job's."""
+    params = job.spec.params
+    select = task.kind == "select"
+    prompt = build_prompt(params, job.spec.problem, parents)
+    if params.chunk is None or select:
+        user = [Message(role="user", content=prompt)]
+        result = (await backend.generate(_request(job, task, user, params.budget, priority=priority)))[0]
         trace, ids, finish, chunks = result.trace, result.token_ids, result.finish_reason, 1
         usage = Usage(decode_tokens=result.completion_tokens, prompt_tokens=result.prompt_tokens, requests=1)
         reasoning, content = result.reasoning, result.content
     else:
-        trace, ids, usage, finish, chunks, _ = await _generate_chunked(
-            backend, store, job_id, params, task, prompt, priority, model
+        trace, ids, usage, finish, chunks = await _generate_chunked(
+            backend, store, job, task, prompt, priority
         )
         reasoning, content = split_trace(trace)
     finished = finish == "stop"
-    source = tail_source_text(trace, finished, params.tail_source)
-    tail = await make_tail(backend, source, params.tail, ids)
+    tail = (
+        NO_TAIL
+        if select
+        else await make_tail(backend, tail_source_text(trace, finished, params.tail_source), params.tail, ids)
+    )
     return Candidate(
         round=task.round,
         index=task.index,

@@ -79,6 +79,19 @@ def release_tasks(job_id: str, params: RSAParams, task: Task) -> list[Task]:
     ]
 
 
+def select_round(params: RSAParams) -> int:
+    """The round number of the final aggregation call (selection ``aggregate``): the one after
+    round T. It is not a round of the population; its candidate is stored under this number."""
+    return params.rounds + 1
+
+
 def selection_subset(params: RSAParams) -> list[int]:
     """Parents of the final aggregation call (selection ``aggregate``)."""
-    return plan_subsets(params.seed, params.rounds + 1, params.population, params.subset, 1)[0]
+    return plan_subsets(params.seed, select_round(params), params.population, params.subset, 1)[0]
+
+
+def selection_task(job_id: str, params: RSAParams) -> Task:
+    """The final aggregation call, enqueued once round T is complete (selection ``aggregate``)."""
+    return Task(
+        job_id=job_id, kind="select", round=select_round(params), index=0, parents=selection_subset(params)
+    )

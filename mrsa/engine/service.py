@@ -1,0 +1,161 @@
+"""The job service: submit a job, build its result, record its end (finish, fail), and read the
+result back. It needs only a :class:`JobStore` — the API runs on it alone, the workers' task runner
+(:mod:`mrsa.engine.runner`) uses it to end the jobs whose tasks it runs.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Sequence
+
+from mrsa import metrics
+from mrsa.backends.base import BackendError
+from mrsa.domain import (
+    Candidate,
+    CandidateSummary,
+    Event,
+    Job,
+    JobResult,
+    JobSpec,
+    JobStatus,
+    RoundSummary,
+    Usage,
+)
+from mrsa.engine.equivalence import Equivalence, shared_equivalence
+from mrsa.engine.planning import round_tasks, select_round
+from mrsa.engine.selection import majority, tally_bounded
+from mrsa.store.base import JobStore
+
+
+def new_job_id() -> str:
+    return uuid.uuid4().hex[:16]
+
+
+async def summarise_round(
+    index: int, candidates: Sequence[Candidate], equivalence: Equivalence
+) -> RoundSummary:
+    usage = Usage()
+    for c in candidates:
+        usage = usage + c.usage
+    votes, clustering = await tally_bounded(candidates, equivalence)
+    return RoundSummary(
+        index=index,
+        usage=usage,
+        truncated=sum(1 for c in candidates if c.finish_reason == "length"),
+        votes=votes,
+        equivalence_timeouts=clustering.timeouts,
+        oversized_answers=clustering.oversized,
+        candidates=[
+            CandidateSummary(
+                index=c.index,
+                answer=c.answer,
+                finish_reason=c.finish_reason,
+                decode_tokens=c.usage.decode_tokens,
+                prompt_tokens=c.usage.prompt_tokens,
+                tail_tokens=c.tail_tokens,
+                source_tokens=c.source_tokens,
+                parents=c.parents,
+            )
+            for c in candidates
+        ],
+    )
+
+
+class JobService:
+    """Markovian RSA jobs in a :class:`JobStore`: everything about a job but running its tasks."""
+
+    def __init__(self, store: JobStore, equivalence: Equivalence | None = None) -> None:
+        self.store = store
+        self._equivalence = equivalence
+
+    @property
+    def equivalence(self) -> Equivalence:
+        """Answer clustering under a time limit (default: the process's shared one)."""
+        if self._equivalence is None:
+            self._equivalence = shared_equivalence()
+        return self._equivalence
+
+    async def submit(
+        self,
+        spec: JobSpec,
+        owner: str = "local",
+        job_id: str | None = None,
+        warnings: Sequence[str] = (),
+        max_active: int | None = None,
+    ) -> Job:
+        """Store a job and enqueue its round-0 tasks (raises ActiveLimitReached when ``owner``
+        already has ``max_active`` jobs in flight)."""
+        job = Job(id=job_id or new_job_id(), spec=spec, owner=owner, warnings=list(warnings))
+        await self.store.create_job(job, round_tasks(job.id, spec.params, 0), max_active=max_active)
+        await self.store.add_event(job.id, Event(type="status", job_id=job.id, status=JobStatus.queued))
+        return job
+
+    async def build_result(self, job: Job, status: JobStatus, error: str | None = None) -> JobResult:
+        """The result of ``job`` from what is stored of it, as if it ended with ``status``."""
+        params = job.spec.params
+        rounds = []
+        warnings: list[str] = []
+        usage = Usage()
+        for r in range(params.rounds + 1):
+            cands = await self.store.get_candidates(job.id, r)
+            if not cands:
+                break
+            summary = await summarise_round(r, cands, self.equivalence)
+            usage = usage + summary.usage
+            rounds.append(summary)
+            if summary.equivalence_timeouts:
+                warnings.append(
+                    f"round {r}: {summary.equivalence_timeouts} distinct answer(s) could not be compared "
+                    f"with math-verify within {self.equivalence.timeout_s:g}s; each is its own class "
+                    "in the votes"
+                )
+        final = rounds[-1] if rounds and len(rounds[-1].candidates) == params.population else None
+        votes = final.votes if final else []
+        answer = majority(votes)
+        if params.selection == "aggregate":
+            chosen = await self.store.get_candidates(job.id, select_round(params), [0])
+            if chosen:
+                usage = usage + chosen[0].usage
+                answer = chosen[0].answer or answer
+        return JobResult(
+            job_id=job.id,
+            status=status,
+            answer=answer if status == JobStatus.succeeded else None,
+            selection=params.selection,
+            error=error,
+            params=params,
+            model=job.spec.model,
+            usage=usage,
+            votes=votes,
+            answers=[c.answer for c in final.candidates] if final else [],
+            warnings=warnings,
+            rounds=rounds,
+            elapsed_s=round(time.time() - job.created_at, 3),
+        )
+
+    async def result(self, job: Job) -> JobResult:
+        """The stored result of a terminal ``job``; for one without (a cancelled job: only jobs that
+        finish or fail record theirs) one built from what is stored."""
+        stored = await self.store.get_result(job.id)
+        return stored if stored is not None else await self.build_result(job, job.status, job.error)
+
+    async def finish(
+        self, job_id: str, status: JobStatus = JobStatus.succeeded, error: str | None = None
+    ) -> bool:
+        """Build the result and record the terminal state once."""
+        job = await self.store.get_job(job_id)
+        if job is None or job.status.terminal:
+            return False
+        result = await self.build_result(job, status, error)
+        won = await self.store.finish_job(job_id, result)
+        if won:
+            metrics.JOBS_FINISHED.labels(status.value).inc()
+            await self.store.add_event(
+                job_id, Event(type="done", job_id=job_id, status=status, answer=result.answer, error=error)
+            )
+        return won
+
+    async def fail(self, job_id: str, error: BaseException | str) -> bool:
+        reason = str(error) if isinstance(error, str | BackendError) else f"{type(error).__name__}: {error}"
+        return await self.finish(job_id, JobStatus.failed, reason)
