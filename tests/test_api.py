@@ -469,6 +469,26 @@ async def test_openai_keepalive_and_raw_stream(
             ChatCompletionChunk.model_validate_json(d)
 
 
+async def test_openai_client_that_leaves_while_its_response_is_held_cancels_the_job(
+    redis_pair: tuple[RedisJobStore, RedisTaskQueue],
+) -> None:
+    """No worker runs the job: the response is held (``chat_hold_s``) when the client goes away,
+    and the job is cancelled rather than left queued for nobody."""
+    store, _ = redis_pair
+    app, _ = make_app(redis_pair, chat_hold_s=120.0, events_block_ms=100)
+    async with served(app) as url, httpx.AsyncClient(base_url=url, headers=H1) as client:
+        with pytest.raises(httpx.ReadTimeout):  # the client gives up and closes its connection
+            await client.post("/v1/chat/completions", json=chat_body(), timeout=httpx.Timeout(30.0, read=1.0))
+        (job,) = (await client.get("/v1/jobs")).json()["jobs"]
+        for _ in range(200):
+            current = await store.get_job(job["id"])
+            if current is not None and current.status.terminal:
+                break
+            await asyncio.sleep(0.05)
+    assert current is not None and current.status == JobStatus.cancelled
+    assert current.error == "cancelled: the chat-completions client disconnected"
+
+
 async def test_openai_failed_job_is_502_without_retry(
     redis_pair: tuple[RedisJobStore, RedisTaskQueue],
 ) -> None:

@@ -179,15 +179,23 @@ class ChatRun:
                 yield f"round {event.round}/{params.rounds} started"
 
     async def wait(self) -> Job:
-        """Until the job is over; a client that goes away meanwhile has it cancelled (a streamed
-        response is torn down on its own, which cancels it: see :meth:`sse`)."""
-        watcher = asyncio.create_task(self._cancel_on_disconnect())
+        """Until the job is over, or until the client goes away (the job is then cancelled; a
+        streamed response is torn down on its own, which cancels it too: see :meth:`sse`)."""
+        over = asyncio.create_task(self._drain())
+        gone = asyncio.create_task(self._cancel_on_disconnect())
         try:
-            async for _ in self.progress():
-                pass
+            await asyncio.wait({over, gone}, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            watcher.cancel()
+            over.cancel()
+            gone.cancel()
+        for task in (over, gone):
+            if task.done() and not task.cancelled():
+                task.result()  # a store error reaches the caller, as from any read
         return await self.deps.store.get_job(self.job.id) or self.job
+
+    async def _drain(self) -> None:
+        async for _ in self.progress():
+            pass
 
     async def _cancel_on_disconnect(self) -> None:
         while True:
