@@ -97,7 +97,7 @@ class JobService:
         rounds = []
         warnings: list[str] = []
         usage = Usage()
-        for r in range(params.rounds + 1):
+        for r in range(params.stages):  # round 0, then rounds 1..T
             cands = await self.store.get_candidates(job.id, r)
             if not cands:
                 break
