@@ -35,7 +35,7 @@ from mrsa.engine.equivalence import ROUND_LIMITS, Clustering, Equivalence, clust
 from mrsa.engine.runner import Engine
 from mrsa.params import RSAParams
 from mrsa.settings import Settings
-from mrsa.store.memory import open_memory
+from mrsa.store.memory import MemoryStore
 from tests.fakes import FakeBackend
 from tests.plugins.redis_server import RedisServer
 from workers.loop import Worker, WorkerOptions
@@ -206,12 +206,12 @@ def spec(problem: str, **params: Any) -> JobSpec:
 
 @pytest.mark.timeout(240)
 async def test_a_job_with_a_runaway_answer_finishes_while_other_jobs_flow(limited: Equivalence) -> None:
-    store, queue = open_memory()
+    store = MemoryStore()
     backend = FakeBackend(hostile_script)
     engine = Engine(store, backend, limited)
     options = WorkerOptions(capacity=2, block_ms=20, cancel_check_s=0.05, heartbeat_s=0.2, shutdown_grace_s=5)
     stop = asyncio.Event()
-    worker = asyncio.create_task(Worker(engine, queue, options).run(stop))
+    worker = asyncio.create_task(Worker(engine, store, options).run(stop))
     try:
         async with Ticker() as ticker:
             started = time.monotonic()
@@ -259,9 +259,9 @@ async def test_the_result_of_a_cancelled_poisoned_job_is_bounded(
 ) -> None:
     # A cancelled job has no stored result: the API builds one, clustering its answers.
     monkeypatch.setattr(equivalence_module, "_SHARED", limited)
-    store, queue = open_memory()
+    store = MemoryStore()
     key = "equiv-test-key-41c2"
-    deps = ApiDeps(store=store, queue=queue, backend=BackendHandle(None), config=ApiConfig(api_keys=[key]))
+    deps = ApiDeps(store=store, backend=BackendHandle(None), config=ApiConfig(api_keys=[key]))
     headers = {"Authorization": f"Bearer {key}"}
     async with api_client(deps) as api:
         body = {

@@ -168,7 +168,7 @@ class ChatRun:
 
     async def progress(self) -> AsyncIterator[str]:
         """A line per round and per stored candidate until the job is terminal."""
-        store = self.deps.events_store
+        store = self.deps.store
         block = min(self.deps.config.events_block_ms, 1000)
         while True:
             batch = await store.read_events(self.job.id, self.after, block_ms=block)
