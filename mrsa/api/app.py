@@ -8,7 +8,6 @@ set) at startup and closes them at shutdown; ``create_app(deps=...)`` runs on re
 from __future__ import annotations
 
 import contextlib
-import logging
 from collections.abc import AsyncIterator
 from importlib.metadata import PackageNotFoundError, version
 
@@ -24,8 +23,6 @@ from mrsa.api.routes_openai import router as openai_router
 from mrsa.api.routes_ops import router as ops_router
 from mrsa.settings import Settings, get_settings
 from mrsa.store.opening import open_store
-
-log = logging.getLogger("mrsa.api")
 
 DESCRIPTION = """\
 Markovian RSA (recursive self-aggregation of reasoning tails) as a job service.
