@@ -24,8 +24,8 @@ import asyncio
 import json
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractAsyncContextManager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -35,9 +35,9 @@ from benchmarks.redis_process import RedisProcess, RedisUnavailable
 from mrsa.backends.base import BackendInfo, GenerationRequest, GenerationResult
 from mrsa.domain import JobSpec
 from mrsa.params import RSAParams
-from mrsa.store.base import JobStore, TaskQueue
-from mrsa.store.memory import open_memory
-from mrsa.store.redis import open_redis
+from mrsa.settings import Settings
+from mrsa.store.base import Store
+from mrsa.store.opening import open_store
 from workers.inprocess import InProcessRunner
 
 ANSWER = "We multiply step by step and check the result carefully. So the answer is \\boxed{42}."
@@ -129,23 +129,20 @@ def redis_server() -> Iterator[str]:
 
 
 async def run_workload(
-    open_pair: Callable[[], Awaitable[tuple[JobStore, TaskQueue]]], population: int, rounds: int, jobs: int
+    opener: Callable[[], AbstractAsyncContextManager[Store]], population: int, rounds: int, jobs: int
 ) -> dict[str, float]:
-    store, queue = await open_pair()
     backend = InstantBackend()
     params = RSAParams(population=population, subset=min(4, population), rounds=rounds, budget=64, tail=16)
     specs = [JobSpec(problem=f"Problem {i}: what is 6*7?", params=params) for i in range(jobs)]
-    with RoundTrips() as trips:
-        cpu0, wall0 = time.process_time(), time.perf_counter()
-        async with InProcessRunner(backend, store, queue, capacity=64) as runner:
-            submitted = [await runner.submit(spec) for spec in specs]
-            results = [await runner.wait(job.id) for job in submitted]
-        cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
+    async with opener() as store:
+        with RoundTrips() as trips:
+            cpu0, wall0 = time.process_time(), time.perf_counter()
+            async with InProcessRunner(backend, store, capacity=64) as runner:
+                submitted = [await runner.submit(spec) for spec in specs]
+                results = [await runner.wait(job.id) for job in submitted]
+            cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
     assert all(r.status.value == "succeeded" for r in results), [r.error for r in results]
     candidates = jobs * population * (rounds + 1)
-    close = getattr(store, "aclose", None)
-    if close is not None:
-        await close()
     return {
         "requests": backend.requests,
         "candidates": candidates,
@@ -161,12 +158,11 @@ WORKLOADS = [(4, 1, 1), (16, 2, 1), (16, 2, 8), (32, 4, 4)]
 async def main_async(as_json: bool, repeats: int) -> None:
     with redis_server() as url:
 
-        async def memory_pair() -> tuple[JobStore, TaskQueue]:
-            return open_memory()
+        def memory_store() -> AbstractAsyncContextManager[Store]:
+            return open_store(None, Settings())
 
-        async def redis_pair() -> tuple[JobStore, TaskQueue]:
-            store, queue = await open_redis(url, prefix=f"bench{time.monotonic_ns()}")
-            return store, queue
+        def redis_store() -> AbstractAsyncContextManager[Store]:
+            return open_store(url, Settings(redis_prefix=f"bench{time.monotonic_ns()}"))
 
         if not as_json:
             print(
@@ -176,7 +172,7 @@ async def main_async(as_json: bool, repeats: int) -> None:
         for population, rounds, jobs in WORKLOADS:
             best: dict[str, dict[str, float]] = {}
             for _ in range(repeats):  # alternate the two so machine drift hits both
-                for name, opener in (("memory", memory_pair), ("redis", redis_pair)):
+                for name, opener in (("memory", memory_store), ("redis", redis_store)):
                     row = await run_workload(opener, population, rounds, jobs)
                     if name not in best or row["cpu_ms_per_request"] < best[name]["cpu_ms_per_request"]:
                         best[name] = row

@@ -71,7 +71,8 @@ from mrsa.engine import prompts
 from mrsa.engine.planning import plan_subsets, request_seed
 from mrsa.engine.tails import make_tail, tail_source_text
 from mrsa.params import RSAParams
-from mrsa.store.redis import open_redis
+from mrsa.settings import Settings
+from mrsa.store.opening import open_store
 from workers.inprocess import InProcessRunner
 
 BASELINES = ("round-batch", "per-job")
@@ -210,8 +211,7 @@ async def run_redis(url: str, workload: Workload, workers: int, folder: Path, ve
     from mrsa.engine.service import JobService
 
     with redis_server() as redis_url:
-        store, _queue = await open_redis(redis_url)
-        try:
+        async with open_store(redis_url, Settings()) as store:
             with worker_processes(url, redis_url, workers, workload.concurrency, folder) as procs:
                 service = JobService(store)
                 t0 = time.perf_counter()
@@ -226,8 +226,6 @@ async def run_redis(url: str, workload: Workload, workers: int, folder: Path, ve
                         await asyncio.sleep(0.05)
                 makespan = time.perf_counter() - t0
                 results = [r for j in jobs if (r := await store.get_result(j.id)) is not None]
-        finally:
-            await store.aclose()
     totals = {"cpu_s": 0.0, "round_trips": 0.0}
     for w in procs:
         if not w.counts.exists():

@@ -2,13 +2,15 @@
 in-process runner, so the worker keeps ``capacity`` requests in flight across problems and the
 backend stays full. Candidates are graded and appended to the record log as they finish.
 
-Resuming: units whose N·(T+1) candidates are all recorded are skipped. An unfinished unit is
-rebuilt in the store from its records (the tails the next round needs) before its tasks are
-enqueued; the engine finds those candidates stored and generates only the missing ones. The job's
-seed, subsets and request seeds are deterministic, so the rebuilt job makes the same choices.
+Resuming: units whose N·(T+1) candidates are all recorded are skipped. An unfinished unit's job
+is created with its recorded candidates already stored (``create_job(..., stored=...)``: the
+tails the next round needs, written before any task is enqueued); the engine finds them and
+generates only the missing ones. The job's seed, subsets and request seeds are deterministic, so
+the rebuilt job makes the same choices.
 
-The store is memory by default; with Redis (``mrsa bench --redis``) this process is one worker
-among any ``mrsa worker`` processes on the same Redis, and they share the sweep's tasks.
+The store is memory, or Redis (``mrsa bench --redis``): then this process is one worker among any
+``mrsa worker`` processes on the same Redis, and they share the sweep's tasks. A unit's candidates
+are dropped from the store (:meth:`~mrsa.store.base.Store.forget`) once they are recorded.
 """
 
 from __future__ import annotations
@@ -28,8 +30,7 @@ from mrsa.backends.base import Backend
 from mrsa.domain import Candidate, Event, Job, JobSpec, JobStatus
 from mrsa.engine.limits import check_context
 from mrsa.engine.planning import round_tasks
-from mrsa.store.base import JobStore, TaskQueue
-from mrsa.store.memory import MemoryJobStore, MemoryTaskQueue
+from mrsa.store.base import Store
 from workers.inprocess import InProcessRunner
 
 
@@ -113,20 +114,6 @@ class SweepStats:
         return remaining * self.elapsed / self.candidates_new
 
 
-class SweepStore(MemoryJobStore):
-    """The memory store, plus dropping a finished job's candidates (their records are on disk by
-    then), so a long sweep does not hold every trace in memory. The job itself stays, so a task
-    still unwinding finds it."""
-
-    def forget(self, job_id: str) -> None:
-        state = self._jobs.get(job_id)
-        if state is not None:
-            state.candidates.clear()
-            state.checkpoints.clear()
-            state.released.clear()
-            state.result = None
-
-
 class RecordWriter:
     """Grades finished candidates in batches (whatever has queued up) and appends their records."""
 
@@ -186,7 +173,7 @@ class RecordWriter:
 
 async def _run_unit(
     runner: InProcessRunner,
-    store: JobStore,
+    store: Store,
     unit: Unit,
     job_id: str,
     seeded: list[CandidateRecord],
@@ -195,14 +182,13 @@ async def _run_unit(
     stats: SweepStats,
 ) -> None:
     spec = unit.spec(model)
-    # Rebuild the job with what is already recorded before any of its tasks exists: the job is
-    # created one round early (round -1, no tasks), seeded, then "advanced" to round 0, which
-    # enqueues the round-0 tasks atomically. The engine skips stored candidates and plans later
-    # rounds as usual. (Through the JobStore protocol only, so Redis works the same way.)
-    await store.create_job(Job(id=job_id, spec=spec, owner="bench", round=-1), [])
-    for record in seeded:
-        await store.save_candidate(job_id, record.to_candidate())
-    await store.advance_round(job_id, -1, round_tasks(job_id, spec.params, 0))
+    # The job starts with what is already recorded: the engine skips stored candidates and plans
+    # later rounds as usual.
+    await store.create_job(
+        Job(id=job_id, spec=spec, owner="bench"),
+        round_tasks(job_id, spec.params, 0),
+        stored=[record.to_candidate() for record in seeded],
+    )
 
     async def on_event(event: Event) -> None:
         if event.type == "candidate" and event.round is not None and event.index is not None:
@@ -222,8 +208,7 @@ async def _run_unit(
             stats.units_failed += 1
             stats.errors.append(f"{unit.key.config} {unit.key.problem} seed {unit.key.seed}: {result.error}")
     finally:
-        if isinstance(store, SweepStore):
-            store.forget(job_id)
+        await store.forget(job_id)  # recorded (or the sweep is interrupted): the log has them
 
 
 async def run_sweep(
@@ -234,18 +219,17 @@ async def run_sweep(
     golds: dict[tuple[str, str], str],
     stats: SweepStats,
     *,
+    store: Store,
     capacity: int,
     max_jobs: int | None = None,
     model: str | None = None,
-    store: JobStore | None = None,
-    queue: TaskQueue | None = None,
     namespace: str = "",
     stale_namespaces: Sequence[str] = (),
 ) -> None:
     """Run every unit not yet complete in ``log``; records are appended as candidates finish.
 
-    ``store``/``queue`` default to memory. ``stale_namespaces``: earlier sessions of this sweep on
-    the same (persistent) store, whose unfinished jobs are cancelled so workers drop them."""
+    ``stale_namespaces``: earlier sessions of this sweep on the same (persistent) store, whose
+    unfinished jobs are cancelled so workers drop them."""
     log.repair()
     existing = log.load()
     by_unit: dict[UnitKey, list[CandidateRecord]] = {}
@@ -264,9 +248,6 @@ async def run_sweep(
         # round barrier): jobs enough for twice the capacity keep the backend busy as jobs end.
         population = min(u.config.params.population for u in todo)
         max_jobs = max(2, -(-2 * capacity // population) + 1)
-    if store is None or queue is None:
-        memory_queue = MemoryTaskQueue()
-        store, queue = SweepStore(memory_queue), memory_queue
     for unit in todo:
         for old in stale_namespaces:
             with contextlib.suppress(KeyError):
@@ -275,7 +256,7 @@ async def run_sweep(
     writer.written.update(existing)
     slots = asyncio.Semaphore(max_jobs)
     active: set[str] = set()
-    async with InProcessRunner(backend, store, queue, capacity=capacity) as runner:
+    async with InProcessRunner(backend, store, capacity=capacity) as runner:
         writer.start()
 
         async def one(unit: Unit) -> None:

@@ -1,13 +1,13 @@
-"""The JobStore/TaskQueue contract, written once for every implementation.
+"""The Store contract (job state, task queue and lifecycle), written once for every implementation.
 
-Use it by subclassing :class:`StoreContract` in a ``test_*.py`` module and providing a ``pair``
-fixture that yields a fresh ``(store, queue)`` sharing one state, with the queue built for
-:data:`MAX_DELIVERIES` deliveries::
+Use it by subclassing :class:`StoreContract` in a ``test_*.py`` module and providing a ``store``
+fixture that yields a fresh, empty store opened for :data:`MAX_DELIVERIES` deliveries::
 
     class TestMemoryStore(StoreContract):
         @pytest.fixture
-        def pair(self) -> StorePair:
-            return open_memory(max_deliveries=MAX_DELIVERIES)
+        async def store(self) -> AsyncIterator[Store]:
+            async with open_store(None, SETTINGS) as store:
+                yield store
 
 Only behaviour promised by :mod:`mrsa.store.base` is tested here (event ids are opaque strings,
 reclaim is timed with short real sleeps) so a Redis implementation runs the same class.
@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any
 
 from mrsa.domain import (
     Candidate,
@@ -31,10 +30,11 @@ from mrsa.domain import (
     Usage,
 )
 from mrsa.params import RSAParams
-from mrsa.store.base import ActiveLimitReached, ReclaimResult, TaskQueue
+from mrsa.settings import Settings
+from mrsa.store.base import ActiveLimitReached, ReclaimResult, Store, TaskQueue
 
 MAX_DELIVERIES = 3
-StorePair = tuple[Any, Any]  # (JobStore, TaskQueue); Any so implementations need not subclass
+SETTINGS = Settings(max_deliveries=MAX_DELIVERIES)
 
 PARAMS = RSAParams(population=3, subset=2, rounds=2, budget=64, tail=16)
 
@@ -80,33 +80,30 @@ async def take_all(queue: TaskQueue, consumer: str = "c1", count: int = 100) -> 
 
 
 class StoreContract:
-    """Contract tests; subclasses provide the ``pair`` fixture."""
+    """Contract tests; subclasses provide the ``store`` fixture."""
 
     # -- queue: take / ack --------------------------------------------------------------------------
 
-    async def test_take_delivers_in_order_up_to_count(self, pair: StorePair) -> None:
-        store, queue = pair
+    async def test_take_delivers_in_order_up_to_count(self, store: Store) -> None:
         await store.create_job(make_job("j1"), tasks_of("j1", n=3))
-        first = await queue.take("c1", 2, block_ms=0)
+        first = await store.take("c1", 2, block_ms=0)
         assert [d.task.index for d in first] == [0, 1]
         assert all(d.deliveries == 1 and d.task.job_id == "j1" for d in first)
         assert len({d.id for d in first}) == 2
-        rest = await queue.take("c2", 5, block_ms=0)
+        rest = await store.take("c2", 5, block_ms=0)
         assert [d.task.index for d in rest] == [2]
-        assert await queue.take("c1", 5, block_ms=0) == []
-        stats = await queue.stats()
+        assert await store.take("c1", 5, block_ms=0) == []
+        stats = await store.stats()
         assert (stats.queued, stats.in_flight, stats.dead) == (0, 3, 0)
 
-    async def test_take_on_empty_queue_times_out(self, pair: StorePair) -> None:
-        _, queue = pair
+    async def test_take_on_empty_queue_times_out(self, store: Store) -> None:
         started = time.monotonic()
-        assert await queue.take("c1", 1, block_ms=50) == []
+        assert await store.take("c1", 1, block_ms=50) == []
         assert time.monotonic() - started < 2.0
-        assert await queue.take("c1", 0, block_ms=0) == []
+        assert await store.take("c1", 0, block_ms=0) == []
 
-    async def test_take_wakes_up_when_a_task_arrives(self, pair: StorePair) -> None:
-        store, queue = pair
-        waiting = asyncio.create_task(queue.take("c1", 5, block_ms=3000))
+    async def test_take_wakes_up_when_a_task_arrives(self, store: Store) -> None:
+        waiting = asyncio.create_task(store.take("c1", 5, block_ms=3000))
         await asyncio.sleep(0.02)
         started = time.monotonic()
         await store.create_job(make_job("j1"), tasks_of("j1", n=1))
@@ -114,50 +111,46 @@ class StoreContract:
         assert [d.task.key for d in got] == ["j1:candidate:0:0"]
         assert time.monotonic() - started < 1.0
 
-    async def test_ack_forgets_the_task(self, pair: StorePair) -> None:
-        store, queue = pair
+    async def test_ack_forgets_the_task(self, store: Store) -> None:
         await store.create_job(make_job("j1"), tasks_of("j1", n=2))
-        a, b = await queue.take("c1", 2, block_ms=0)
-        await queue.ack(a)
-        assert (await queue.stats()).in_flight == 1
-        await queue.ack(a)  # acking twice is harmless
-        assert (await queue.stats()).in_flight == 1
-        reclaimed = (await queue.reclaim("c2", idle_ms=0, count=10)).deliveries
+        a, b = await store.take("c1", 2, block_ms=0)
+        await store.ack(a)
+        assert (await store.stats()).in_flight == 1
+        await store.ack(a)  # acking twice is harmless
+        assert (await store.stats()).in_flight == 1
+        reclaimed = (await store.reclaim("c2", idle_ms=0, count=10)).deliveries
         assert [d.id for d in reclaimed] == [b.id]  # the acked task is never redelivered
 
     # -- queue: reclaim / heartbeat / dead letters --------------------------------------------------
 
-    async def test_reclaim_takes_over_silent_tasks(self, pair: StorePair) -> None:
-        store, queue = pair
+    async def test_reclaim_takes_over_silent_tasks(self, store: Store) -> None:
         await store.create_job(make_job("j1"), tasks_of("j1", n=2))
-        taken = await queue.take("dead-worker", 2, block_ms=0)
-        assert (await queue.reclaim("c2", idle_ms=60_000, count=10)).deliveries == []  # not idle long enough
-        reclaimed = (await queue.reclaim("c2", idle_ms=0, count=1)).deliveries
+        taken = await store.take("dead-worker", 2, block_ms=0)
+        assert (await store.reclaim("c2", idle_ms=60_000, count=10)).deliveries == []  # not idle long enough
+        reclaimed = (await store.reclaim("c2", idle_ms=0, count=1)).deliveries
         assert len(reclaimed) == 1
         assert reclaimed[0].id in {d.id for d in taken}
         assert reclaimed[0].deliveries == 2
         assert reclaimed[0].task in [d.task for d in taken]
         # The reclaimer now owns it: acking by id works and it is gone.
-        await queue.ack(reclaimed[0])
-        assert (await queue.stats()).in_flight == 1
+        await store.ack(reclaimed[0])
+        assert (await store.stats()).in_flight == 1
 
-    async def test_heartbeat_keeps_tasks_from_being_reclaimed(self, pair: StorePair) -> None:
-        store, queue = pair
+    async def test_heartbeat_keeps_tasks_from_being_reclaimed(self, store: Store) -> None:
         await store.create_job(make_job("j1"), tasks_of("j1", n=4))
-        *alive, silent = await queue.take("c1", 4, block_ms=0)
+        *alive, silent = await store.take("c1", 4, block_ms=0)
         await asyncio.sleep(0.12)
-        await queue.heartbeat("c1", alive)  # one call for all of a worker's tasks: each one counts
-        reclaimed = (await queue.reclaim("c2", idle_ms=100, count=10)).deliveries
+        await store.heartbeat("c1", alive)  # one call for all of a worker's tasks: each one counts
+        reclaimed = (await store.reclaim("c2", idle_ms=100, count=10)).deliveries
         assert [d.id for d in reclaimed] == [silent.id]
 
-    async def test_dead_letter_after_max_deliveries(self, pair: StorePair) -> None:
-        store, queue = pair
+    async def test_dead_letter_after_max_deliveries(self, store: Store) -> None:
         await store.create_job(make_job("j1"), tasks_of("j1", n=1))
-        (delivery,) = await queue.take("c1", 1, block_ms=0)
+        (delivery,) = await store.take("c1", 1, block_ms=0)
         seen = [delivery.deliveries]
         dead = []
         for _ in range(MAX_DELIVERIES + 2):
-            result = await queue.reclaim("c2", idle_ms=0, count=10)
+            result = await store.reclaim("c2", idle_ms=0, count=10)
             seen.extend(d.deliveries for d in result.deliveries)
             dead.extend(result.dead)
         assert seen == list(range(1, MAX_DELIVERIES + 1))
@@ -165,62 +158,99 @@ class StoreContract:
         # until it is moved to the dead letters, with the same delivery count each time.
         expected = (delivery.id, delivery.task, MAX_DELIVERIES)
         assert [(d.id, d.task, d.deliveries) for d in dead] == [expected] * 3
-        stats = await queue.stats()
+        stats = await store.stats()
         assert (stats.queued, stats.in_flight, stats.dead) == (0, 1, 0)
-        (again,) = (await queue.reclaim("c3", idle_ms=0, count=10)).dead
+        (again,) = (await store.reclaim("c3", idle_ms=0, count=10)).dead
         assert (again.id, again.deliveries) == (delivery.id, MAX_DELIVERIES)
-        assert await queue.move_to_dead_letters(again) is True
-        assert await queue.move_to_dead_letters(dead[0]) is False  # moved once, whoever asks
-        stats = await queue.stats()
+        assert await store.move_to_dead_letters(again) is True
+        assert await store.move_to_dead_letters(dead[0]) is False  # moved once, whoever asks
+        stats = await store.stats()
         assert (stats.queued, stats.in_flight, stats.dead) == (0, 0, 1)
-        assert await queue.reclaim("c2", idle_ms=0, count=10) == ReclaimResult()
+        assert await store.reclaim("c2", idle_ms=0, count=10) == ReclaimResult()
 
-    async def test_a_dead_task_is_held_by_its_reclaimer_for_the_idle_time(self, pair: StorePair) -> None:
-        store, queue = pair
+    async def test_a_dead_task_is_held_by_its_reclaimer_for_the_idle_time(self, store: Store) -> None:
         await store.create_job(make_job("j1"), tasks_of("j1", n=1))
-        await queue.take("c1", 1, block_ms=0)
+        await store.take("c1", 1, block_ms=0)
         for _ in range(MAX_DELIVERIES - 1):
-            await queue.reclaim("c2", idle_ms=0, count=10)
-        assert len((await queue.reclaim("c2", idle_ms=0, count=10)).dead) == 1
+            await store.reclaim("c2", idle_ms=0, count=10)
+        assert len((await store.reclaim("c2", idle_ms=0, count=10)).dead) == 1
         # c2 is failing its job: nobody else is told about it while c2 is not silent for long.
-        assert await queue.reclaim("c3", idle_ms=60_000, count=10) == ReclaimResult()
+        assert await store.reclaim("c3", idle_ms=60_000, count=10) == ReclaimResult()
 
-    async def test_heartbeat_does_not_steal_a_reclaimed_task(self, pair: StorePair) -> None:
-        store, queue = pair
+    async def test_heartbeat_does_not_steal_a_reclaimed_task(self, store: Store) -> None:
         await store.create_job(make_job("j1"), tasks_of("j1", n=1))
-        (mine,) = await queue.take("c1", 1, block_ms=0)
-        (theirs,) = (await queue.reclaim("c2", idle_ms=0, count=1)).deliveries
-        await queue.heartbeat("c1", [mine])  # c1 was too slow: the task is c2's now
-        await queue.release("c1", [mine])  # and c1 cannot give away what is not its own
-        assert (await queue.reclaim("c3", idle_ms=60_000, count=1)).deliveries == []
-        await queue.ack(theirs)
-        assert (await queue.stats()).in_flight == 0
+        (mine,) = await store.take("c1", 1, block_ms=0)
+        (theirs,) = (await store.reclaim("c2", idle_ms=0, count=1)).deliveries
+        await store.heartbeat("c1", [mine])  # c1 was too slow: the task is c2's now
+        await store.release("c1", [mine])  # and c1 cannot give away what is not its own
+        assert (await store.reclaim("c3", idle_ms=60_000, count=1)).deliveries == []
+        await store.ack(theirs)
+        assert (await store.stats()).in_flight == 0
 
-    async def test_release_makes_tasks_reclaimable_at_once(self, pair: StorePair) -> None:
-        store, queue = pair
+    async def test_release_makes_tasks_reclaimable_at_once(self, store: Store) -> None:
         await store.create_job(make_job("j1"), tasks_of("j1", n=4))
-        *given_back, kept = await queue.take("c1", 4, block_ms=0)
-        await queue.release("c1", given_back)
-        stats = await queue.stats(idle_ms=60_000)
+        *given_back, kept = await store.take("c1", 4, block_ms=0)
+        await store.release("c1", given_back)
+        stats = await store.stats(idle_ms=60_000)
         assert (stats.in_flight, stats.reclaimable) == (4, 3)
-        reclaimed = (await queue.reclaim("c2", idle_ms=60_000, count=10)).deliveries
+        reclaimed = (await store.reclaim("c2", idle_ms=60_000, count=10)).deliveries
         assert sorted((d.id, d.deliveries) for d in reclaimed) == sorted((d.id, 2) for d in given_back)
         assert kept.id not in {d.id for d in reclaimed}
 
-    async def test_stats_count_silent_tasks(self, pair: StorePair) -> None:
-        store, queue = pair
+    async def test_stats_count_silent_tasks(self, store: Store) -> None:
         await store.create_job(make_job("j1"), tasks_of("j1", n=3))
-        await queue.take("c1", 2, block_ms=0)
-        assert (await queue.stats()).reclaimable == 0
+        await store.take("c1", 2, block_ms=0)
+        assert (await store.stats()).reclaimable == 0
         await asyncio.sleep(0.06)
-        stats = await queue.stats(idle_ms=50)
+        stats = await store.stats(idle_ms=50)
         assert (stats.queued, stats.in_flight, stats.reclaimable) == (1, 2, 2)
-        assert (await queue.stats(idle_ms=60_000)).reclaimable == 0
+        assert (await store.stats(idle_ms=60_000)).reclaimable == 0
+
+    async def test_dead_letters_lists_moved_tasks_oldest_first(self, store: Store) -> None:
+        await store.create_job(make_job("j1"), tasks_of("j1", n=2))
+        await store.take("c1", 2, block_ms=0)
+        dead = []
+        for _ in range(MAX_DELIVERIES):
+            dead += (await store.reclaim("c2", idle_ms=0, count=10)).dead
+        assert await store.dead_letters() == []  # reported dead, not moved yet
+        for d in sorted(dead, key=lambda d: d.task.index):
+            assert await store.move_to_dead_letters(d) is True
+        letters = await store.dead_letters()
+        assert [(d.task.key, d.deliveries) for d in letters] == [
+            ("j1:candidate:0:0", MAX_DELIVERIES),
+            ("j1:candidate:0:1", MAX_DELIVERIES),
+        ]
+        assert [d.task.index for d in await store.dead_letters(limit=1)] == [0]
+
+    async def test_forget_consumer_keeps_one_that_holds_tasks(self, store: Store) -> None:
+        await store.create_job(make_job("j1"), tasks_of("j1", n=1))
+        (busy,) = await store.take("busy", 1, block_ms=0)
+        assert await store.take("idle", 1, block_ms=0) == []
+        assert await store.forget_consumer("busy") is False  # its task must stay reclaimable
+        assert await store.forget_consumer("idle") is True
+        assert [d.id for d in (await store.reclaim("c2", idle_ms=0, count=10)).deliveries] == [busy.id]
+        assert await store.forget_consumer("busy") is True  # it holds nothing now
+
+    # -- lifecycle --------------------------------------------------------------------------------
+
+    async def test_ping(self, store: Store) -> None:
+        assert await store.ping() is True
+
+    async def test_forget_keeps_the_job_readable(self, store: Store) -> None:
+        await store.create_job(make_job("j1"), [])
+        await store.save_candidate("j1", make_candidate(0, 0))
+        await store.finish_job("j1", make_result("j1"))
+        await store.forget("j1")
+        await store.forget("nope")  # an unknown job: nothing to forget
+        job = await store.get_job("j1")
+        assert job is not None and job.status == JobStatus.succeeded and job.answer == "42"
+        # a task still unwinding may write a late duplicate: no error, the job stays finished
+        await store.save_candidate("j1", make_candidate(0, 0))
+        assert (await store.get_statuses(["j1"]))["j1"] == JobStatus.succeeded
 
     # -- jobs -------------------------------------------------------------------------------------
 
-    async def test_create_get_and_list_jobs(self, pair: StorePair) -> None:
-        store, _ = pair
+    async def test_create_get_and_list_jobs(self, store: Store) -> None:
         assert await store.get_job("nope") is None
         await store.create_job(make_job("a", owner="alice", created_at=1.0), [])
         await store.create_job(make_job("b", owner="bob", created_at=2.0), [])
@@ -232,15 +262,32 @@ class StoreContract:
         assert [j.id for j in await store.list_jobs(owner="alice")] == ["c", "a"]
         assert [j.id for j in await store.list_jobs(limit=1)] == ["c"]
 
-    async def test_create_job_twice_enqueues_once(self, pair: StorePair) -> None:
-        store, queue = pair
+    async def test_create_job_twice_enqueues_once(self, store: Store) -> None:
         await store.create_job(make_job("a"), tasks_of("a", n=3))
         await store.create_job(make_job("a", owner="mallory"), tasks_of("a", n=3))
-        assert (await queue.stats()).queued == 3
+        assert (await store.stats()).queued == 3
         assert (await store.get_job("a")).owner == "local"
 
-    async def test_count_active_per_owner(self, pair: StorePair) -> None:
-        store, _ = pair
+    async def test_create_job_with_stored_candidates(self, store: Store) -> None:
+        """A resumed job: what was already made is stored before any task is enqueued."""
+        stored = [make_candidate(0, 0, "1"), make_candidate(0, 2, "3"), make_candidate(1, 1, "5")]
+        await store.create_job(make_job("j1"), tasks_of("j1", n=3), stored=stored)
+        assert (await store.stats()).queued == 3
+        got = await store.load_task(Task(job_id="j1", round=0, index=2))
+        assert got is not None and got.stored is not None and got.stored.answer == "3"
+        assert [c.index for c in await store.get_candidates("j1", 0)] == [0, 2]
+        assert [c.answer for c in await store.get_candidates("j1", 1)] == ["5"]
+        # they count towards their round as any stored candidate does
+        assert await store.save_candidate("j1", make_candidate(0, 1)) == 3
+        assert await store.save_candidate("j1", make_candidate(0, 0, "other")) == 3  # stored already
+        assert (await store.get_candidates("j1", 0, [0]))[0].answer == "1"
+        assert await store.complete_rounds("j1", 3, 1) == (0, 1)
+        # a second create (a redelivered resume) changes nothing
+        await store.create_job(make_job("j1"), tasks_of("j1", n=3), stored=[make_candidate(0, 0, "9")])
+        assert (await store.get_candidates("j1", 0, [0]))[0].answer == "1"
+        assert (await store.stats()).queued == 3
+
+    async def test_count_active_per_owner(self, store: Store) -> None:
         assert await store.count_active("alice") == 0
         for job_id, owner in [("a1", "alice"), ("a2", "alice"), ("a3", "alice"), ("b1", "bob")]:
             await store.create_job(make_job(job_id, owner=owner), [])
@@ -252,8 +299,7 @@ class StoreContract:
         await store.finish_job("a1", make_result("a1"))  # a second finish changes nothing
         assert await store.count_active("alice") == 1
 
-    async def test_create_job_within_the_in_flight_limit_is_atomic(self, pair: StorePair) -> None:
-        store, queue = pair
+    async def test_create_job_within_the_in_flight_limit_is_atomic(self, store: Store) -> None:
         await store.create_job(make_job("x0", owner="zoe"), tasks_of("x0", n=1), max_active=2)
         outcomes = await asyncio.gather(
             *(
@@ -265,15 +311,14 @@ class StoreContract:
         refused = [o for o in outcomes if isinstance(o, ActiveLimitReached)]
         assert len(refused) == 7 and all(o.active == 2 and o.limit == 2 for o in refused)
         assert await store.count_active("zoe") == 2
-        assert (await queue.stats()).queued == 2  # a refused job enqueued nothing
+        assert (await store.stats()).queued == 2  # a refused job enqueued nothing
         assert await store.count_active("ann") == 0  # other owners have their own count
         await store.create_job(make_job("y", owner="ann"), [], max_active=1)
         await store.cancel_job("x0")  # a slot frees up
         await store.create_job(make_job("x9", owner="zoe"), [], max_active=2)
         assert await store.count_active("zoe") == 2
 
-    async def test_count_by_status_follows_every_transition(self, pair: StorePair) -> None:
-        store, _ = pair
+    async def test_count_by_status_follows_every_transition(self, store: Store) -> None:
         for job_id in ("s1", "s2", "s3", "s4", "s5"):
             await store.create_job(make_job(job_id), [])
         await store.mark_running("s1")
@@ -291,8 +336,7 @@ class StoreContract:
             JobStatus.cancelled: 1,
         }
 
-    async def test_idempotency_key_claims(self, pair: StorePair) -> None:
-        store, _ = pair
+    async def test_idempotency_key_claims(self, store: Store) -> None:
         assert await store.claim_idempotency_key("alice", "k1", "job-1", ttl_s=60) is None
         assert await store.claim_idempotency_key("alice", "k1", "job-2", ttl_s=60) == "job-1"
         assert await store.claim_idempotency_key("bob", "k1", "job-3", ttl_s=60) is None  # per owner
@@ -304,14 +348,12 @@ class StoreContract:
         winner = f"j{claims.index(None)}"
         assert all(c in (None, winner) for c in claims)
 
-    async def test_idempotency_key_expires(self, pair: StorePair) -> None:
-        store, _ = pair
+    async def test_idempotency_key_expires(self, store: Store) -> None:
         assert await store.claim_idempotency_key("alice", "k", "job-1", ttl_s=1) is None
         await asyncio.sleep(1.2)
         assert await store.claim_idempotency_key("alice", "k", "job-2", ttl_s=1) is None
 
-    async def test_mark_running_only_from_queued(self, pair: StorePair) -> None:
-        store, _ = pair
+    async def test_mark_running_only_from_queued(self, store: Store) -> None:
         await store.create_job(make_job("j1"), [])
         await store.mark_running("j1")
         assert (await store.get_job("j1")).status == JobStatus.running
@@ -319,8 +361,7 @@ class StoreContract:
         await store.mark_running("j1")
         assert (await store.get_job("j1")).status == JobStatus.succeeded
 
-    async def test_save_candidate_is_idempotent(self, pair: StorePair) -> None:
-        store, _ = pair
+    async def test_save_candidate_is_idempotent(self, store: Store) -> None:
         await store.create_job(make_job("j1"), [])
         assert await store.save_candidate("j1", make_candidate(0, 1)) == 1
         assert await store.save_candidate("j1", make_candidate(0, 0)) == 2
@@ -334,8 +375,7 @@ class StoreContract:
         assert [c.index for c in await store.get_candidates("j1", 1)] == [1]
         assert await store.get_candidates("j1", 2) == []
 
-    async def test_get_candidates_by_indices(self, pair: StorePair) -> None:
-        store, _ = pair
+    async def test_get_candidates_by_indices(self, store: Store) -> None:
         await store.create_job(make_job("j1"), [])
         for i in range(3):
             await store.save_candidate("j1", make_candidate(0, i, answer=str(i)))
@@ -346,61 +386,55 @@ class StoreContract:
         assert [c.index for c in missing] == [1]  # unknown indices are skipped
         assert await store.get_candidates("j1", 0, []) == []
 
-    async def test_advance_round_is_a_compare_and_set(self, pair: StorePair) -> None:
-        store, queue = pair
+    async def test_advance_round_is_a_compare_and_set(self, store: Store) -> None:
         await store.create_job(make_job("j1"), [])
         assert await store.advance_round("j1", 0, tasks_of("j1", 1)) is True
         assert (await store.get_job("j1")).round == 1
         # A redelivered completion of round 0, or a stale pointer, loses and enqueues nothing.
         assert await store.advance_round("j1", 0, tasks_of("j1", 1)) is False
         assert await store.advance_round("j1", 5, tasks_of("j1", 6)) is False
-        taken = await take_all(queue)
+        taken = await take_all(store)
         assert [(t.round, t.index) for t in taken] == [(1, 0), (1, 1), (1, 2)]
         assert await store.advance_round("j1", 1, tasks_of("j1", 2)) is True
         assert (await store.get_job("j1")).round == 2
 
-    async def test_concurrent_advances_have_one_winner(self, pair: StorePair) -> None:
-        store, queue = pair
+    async def test_concurrent_advances_have_one_winner(self, store: Store) -> None:
         await store.create_job(make_job("j1"), [])
         wins = await asyncio.gather(*(store.advance_round("j1", 0, tasks_of("j1", 1)) for _ in range(8)))
         assert sorted(wins) == [False] * 7 + [True]
-        assert len(await take_all(queue)) == 3
+        assert len(await take_all(store)) == 3
 
-    async def test_save_candidate_releases_a_child_once_its_parents_are_stored(self, pair: StorePair) -> None:
-        store, queue = pair
+    async def test_save_candidate_releases_a_child_once_its_parents_are_stored(self, store: Store) -> None:
         await store.create_job(make_job("j1"), [])
         child_a = Task(job_id="j1", round=1, index=0, parents=[0, 2])
         child_b = Task(job_id="j1", round=1, index=1, parents=[1, 2])
         await store.save_candidate("j1", make_candidate(0, 0), [child_a])
-        assert await take_all(queue) == []  # parent 2 is missing
+        assert await take_all(store) == []  # parent 2 is missing
         await store.save_candidate("j1", make_candidate(0, 2), [child_a, child_b])
-        assert [(t.round, t.index, t.parents) for t in await take_all(queue)] == [(1, 0, [0, 2])]
+        assert [(t.round, t.index, t.parents) for t in await take_all(store)] == [(1, 0, [0, 2])]
         # A redelivered save releases nothing twice; the last parent of b releases b.
         await store.save_candidate("j1", make_candidate(0, 2), [child_a, child_b])
         await store.save_candidate("j1", make_candidate(0, 0), [child_a])
-        assert await take_all(queue) == []
+        assert await take_all(store) == []
         assert await store.save_candidate("j1", make_candidate(0, 1), [child_b]) == 3
-        assert [t.index for t in await take_all(queue)] == [1]
+        assert [t.index for t in await take_all(store)] == [1]
 
-    async def test_concurrent_saves_release_a_child_exactly_once(self, pair: StorePair) -> None:
-        store, queue = pair
+    async def test_concurrent_saves_release_a_child_exactly_once(self, store: Store) -> None:
         await store.create_job(make_job("j1"), [])
         child = Task(job_id="j1", round=1, index=0, parents=[0, 1, 2])
         await asyncio.gather(
             *(store.save_candidate("j1", make_candidate(0, i % 3), [child]) for i in range(9))
         )
-        assert len(await take_all(queue)) == 1
+        assert len(await take_all(store)) == 1
 
-    async def test_nothing_is_released_for_a_terminal_job(self, pair: StorePair) -> None:
-        store, queue = pair
+    async def test_nothing_is_released_for_a_terminal_job(self, store: Store) -> None:
         await store.create_job(make_job("j1"), [])
         await store.cancel_job("j1")
         child = Task(job_id="j1", round=1, index=0, parents=[0])
         await store.save_candidate("j1", make_candidate(0, 0), [child])
-        assert await take_all(queue) == []
+        assert await take_all(store) == []
 
-    async def test_complete_rounds_moves_the_pointer_over_complete_rounds(self, pair: StorePair) -> None:
-        store, queue = pair
+    async def test_complete_rounds_moves_the_pointer_over_complete_rounds(self, store: Store) -> None:
         await store.create_job(make_job("j1"), [])
         select = [Task(job_id="j1", kind="select", round=3, index=0, parents=[0, 1])]
         assert await store.complete_rounds("j1", 3, 2, select) == (0, 0)  # nothing complete
@@ -411,24 +445,22 @@ class StoreContract:
             await store.save_candidate("j1", make_candidate(0, i))
         assert await store.complete_rounds("j1", 3, 2, select) == (0, 2)
         assert (await store.get_job("j1")).round == 2
-        assert await take_all(queue) == []  # the final tasks wait for the last round
+        assert await take_all(store) == []  # the final tasks wait for the last round
         for i in range(3):
             await store.save_candidate("j1", make_candidate(2, i))
         results = await asyncio.gather(*(store.complete_rounds("j1", 3, 2, select) for _ in range(4)))
         assert sorted(results) == [(2, 3)] + [(3, 3)] * 3  # one caller moves it
-        assert [t.kind for t in await take_all(queue)] == ["select"]
+        assert [t.kind for t in await take_all(store)] == ["select"]
 
-    async def test_complete_rounds_leaves_a_terminal_job_alone(self, pair: StorePair) -> None:
-        store, queue = pair
+    async def test_complete_rounds_leaves_a_terminal_job_alone(self, store: Store) -> None:
         await store.create_job(make_job("j1"), [])
         for i in range(3):
             await store.save_candidate("j1", make_candidate(0, i))
         await store.finish_job("j1", make_result("j1", JobStatus.failed, None))
         assert await store.complete_rounds("j1", 3, 0, tasks_of("j1", 1)) == (0, 0)
-        assert await take_all(queue) == []
+        assert await take_all(store) == []
 
-    async def test_load_task(self, pair: StorePair) -> None:
-        store, _ = pair
+    async def test_load_task(self, store: Store) -> None:
         assert await store.load_task(Task(job_id="nope", round=0, index=0)) is None
         await store.create_job(make_job("j1"), [])
         for i in (0, 2):
@@ -441,8 +473,7 @@ class StoreContract:
         assert child.stored is None
         assert sorted(p.index for p in child.parents) == [0, 2]  # the missing parent is left out
 
-    async def test_get_statuses(self, pair: StorePair) -> None:
-        store, _ = pair
+    async def test_get_statuses(self, store: Store) -> None:
         await store.create_job(make_job("j1"), [])
         await store.create_job(make_job("j2"), [])
         await store.cancel_job("j2")
@@ -453,8 +484,7 @@ class StoreContract:
         }
         assert await store.get_statuses([]) == {}
 
-    async def test_finish_job_once(self, pair: StorePair) -> None:
-        store, queue = pair
+    async def test_finish_job_once(self, store: Store) -> None:
         await store.create_job(make_job("j1"), [])
         assert await store.get_result("j1") is None
         assert await store.finish_job("j1", make_result("j1", answer="42")) is True
@@ -465,17 +495,15 @@ class StoreContract:
         assert result is not None and result.status == JobStatus.succeeded and result.answer == "42"
         # A terminal job does not advance.
         assert await store.advance_round("j1", 0, tasks_of("j1", 1)) is False
-        assert await take_all(queue) == []
+        assert await take_all(store) == []
 
-    async def test_failed_job_keeps_the_error(self, pair: StorePair) -> None:
-        store, _ = pair
+    async def test_failed_job_keeps_the_error(self, store: Store) -> None:
         await store.create_job(make_job("j1"), [])
         assert await store.finish_job("j1", make_result("j1", JobStatus.failed, None)) is True
         job = await store.get_job("j1")
         assert job.status == JobStatus.failed and job.error == "boom"
 
-    async def test_cancel_job(self, pair: StorePair) -> None:
-        store, queue = pair
+    async def test_cancel_job(self, store: Store) -> None:
         await store.create_job(make_job("j1"), tasks_of("j1", n=3))
         await store.create_job(make_job("j2"), tasks_of("j2", n=2))
         assert await store.cancel_job("j1", "stop it") is True
@@ -483,7 +511,7 @@ class StoreContract:
         assert job.status == JobStatus.cancelled and job.error == "stop it"
         # Its queued tasks are dropped, or delivered to be skipped (the job is terminal); other
         # jobs' stay.
-        taken = await take_all(queue)
+        taken = await take_all(store)
         assert [t.index for t in taken if t.job_id == "j2"] == [0, 1]
         assert {t.job_id for t in taken} <= {"j1", "j2"}
         assert await store.cancel_job("j1") is False
@@ -493,8 +521,7 @@ class StoreContract:
         await store.finish_job("j2", make_result("j2"))
         assert await store.cancel_job("j2") is False  # already terminal
 
-    async def test_checkpoints_keep_the_newest(self, pair: StorePair) -> None:
-        store, _ = pair
+    async def test_checkpoints_keep_the_newest(self, store: Store) -> None:
         await store.create_job(make_job("j1"), [])
         assert await store.load_checkpoint("j1", 0, 0) is None
         cp2 = ChunkCheckpoint(chunks=2, text="ab", token_ids=[1, 2], usage=Usage(decode_tokens=2, requests=2))
@@ -509,8 +536,7 @@ class StoreContract:
 
     # -- events -----------------------------------------------------------------------------------
 
-    async def test_read_events_after(self, pair: StorePair) -> None:
-        store, _ = pair
+    async def test_read_events_after(self, store: Store) -> None:
         await store.create_job(make_job("j1"), [])
         for r in range(3):
             await store.add_event("j1", Event(type="round", job_id="j1", round=r))
@@ -523,8 +549,7 @@ class StoreContract:
         assert await store.read_events("j1", ids[2], block_ms=0) == []
         assert [e.round for _, e in await store.read_events("j1", None, block_ms=0, count=2)] == [0, 1]
 
-    async def test_read_events_blocks_until_timeout(self, pair: StorePair) -> None:
-        store, _ = pair
+    async def test_read_events_blocks_until_timeout(self, store: Store) -> None:
         await store.create_job(make_job("j1"), [])
         await store.add_event("j1", Event(type="status", job_id="j1", status=JobStatus.queued))
         (first_id, _), *_ = await store.read_events("j1", None, block_ms=0)
@@ -533,8 +558,7 @@ class StoreContract:
         elapsed = time.monotonic() - started
         assert 0.03 <= elapsed < 2.0
 
-    async def test_read_events_wakes_up_on_a_new_event(self, pair: StorePair) -> None:
-        store, _ = pair
+    async def test_read_events_wakes_up_on_a_new_event(self, store: Store) -> None:
         await store.create_job(make_job("j1"), [])
         waiting = asyncio.create_task(store.read_events("j1", None, block_ms=3000))
         await asyncio.sleep(0.02)
@@ -544,8 +568,7 @@ class StoreContract:
         assert [(e.type, e.answer) for _, e in got] == [("done", "42")]
         assert time.monotonic() - started < 1.0
 
-    async def test_events_are_per_job(self, pair: StorePair) -> None:
-        store, _ = pair
+    async def test_events_are_per_job(self, store: Store) -> None:
         await store.create_job(make_job("j1"), [])
         await store.create_job(make_job("j2"), [])
         await store.add_event("j1", Event(type="round", job_id="j1", round=1))

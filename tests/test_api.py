@@ -31,7 +31,8 @@ from mrsa.engine.service import JobService
 from mrsa.params import RSAParams
 from mrsa.settings import Settings
 from mrsa.store.base import StoreUnavailable
-from mrsa.store.redis import RedisJobStore, RedisTaskQueue, open_redis
+from mrsa.store.opening import open_store
+from mrsa.store.redis import RedisStore
 from tests.plugins.redis_server import RedisServer
 from workers.inprocess import InProcessRunner
 
@@ -51,21 +52,17 @@ def job_body(problem: str = "What is 7*6?", **extra: Any) -> dict[str, Any]:
 
 
 @pytest.fixture
-async def redis_pair(redis_server: RedisServer) -> AsyncIterator[tuple[RedisJobStore, RedisTaskQueue]]:
-    store, queue = await open_redis(redis_server.url)
-    try:
-        yield store, queue
-    finally:
-        await store.aclose()
+async def redis_store(redis_server: RedisServer) -> AsyncIterator[RedisStore]:
+    async with open_store(redis_server.url, Settings()) as store:
+        assert isinstance(store, RedisStore)
+        yield store
 
 
 def make_app(
-    pair: tuple[Any, Any], backend: OpenAICompatibleBackend | None = None, **config: Any
+    store: Any, backend: OpenAICompatibleBackend | None = None, **config: Any
 ) -> tuple[FastAPI, ApiDeps]:
-    store, queue = pair
     deps = ApiDeps(
         store=store,
-        queue=queue,
         backend=BackendHandle(None, backend=backend) if backend is not None else BackendHandle(None),
         config=replace(ApiConfig(api_keys=[KEY1, KEY2]), **config),
     )
@@ -80,8 +77,8 @@ async def client_for(app: FastAPI, raise_errors: bool = True) -> AsyncIterator[h
 
 
 @pytest.fixture
-async def api(redis_pair: tuple[RedisJobStore, RedisTaskQueue]) -> AsyncIterator[httpx.AsyncClient]:
-    app, _ = make_app(redis_pair)
+async def api(redis_store: RedisStore) -> AsyncIterator[httpx.AsyncClient]:
+    app, _ = make_app(redis_store)
     async with client_for(app) as client:
         yield client
 
@@ -122,7 +119,7 @@ async def test_auth_missing_and_invalid_key(api: httpx.AsyncClient) -> None:
 
 
 async def test_another_keys_job_is_404_and_keys_are_not_stored(
-    api: httpx.AsyncClient, redis_pair: tuple[RedisJobStore, RedisTaskQueue]
+    api: httpx.AsyncClient, redis_store: RedisStore
 ) -> None:
     r = await api.post("/v1/jobs", json=job_body(), headers=H1)
     assert r.status_code == 202
@@ -143,7 +140,7 @@ async def test_another_keys_job_is_404_and_keys_are_not_stored(
     assert (await api.get("/v1/jobs", headers=H2)).json()["jobs"] == []
     assert (await api.get(base, headers=H1)).status_code == 200
 
-    store, _ = redis_pair
+    store = redis_store
     job = await store.get_job(job_id)
     assert job is not None and job.owner == owner_of(KEY1) != KEY1
     # The key itself is nowhere in Redis: not in key names, not in any value.
@@ -206,9 +203,9 @@ async def test_malformed_requests_are_4xx(api: httpx.AsyncClient) -> None:
 
 @pytest.mark.embedded
 async def test_budget_over_the_backends_context_is_422(
-    redis_pair: tuple[RedisJobStore, RedisTaskQueue], embedded_backend: OpenAICompatibleBackend
+    redis_store: RedisStore, embedded_backend: OpenAICompatibleBackend
 ) -> None:
-    app, _ = make_app(redis_pair, backend=embedded_backend)
+    app, _ = make_app(redis_store, backend=embedded_backend)
     async with client_for(app) as api:
         r = await api.post("/v1/jobs", json={"problem": "What is 7*6?", "preset": "zaya1"}, headers=H1)
         assert r.status_code == 422, r.text
@@ -221,9 +218,7 @@ async def test_budget_over_the_backends_context_is_422(
 # -- submission semantics -------------------------------------------------------------------------
 
 
-async def test_idempotency_key_replays_the_same_job(
-    api: httpx.AsyncClient, redis_pair: tuple[RedisJobStore, RedisTaskQueue]
-) -> None:
+async def test_idempotency_key_replays_the_same_job(api: httpx.AsyncClient, redis_store: RedisStore) -> None:
     headers = {**H1, "Idempotency-Key": "order-1"}
     first = await api.post("/v1/jobs", json=job_body(), headers=headers)
     again = await api.post("/v1/jobs", json=job_body(), headers=headers)
@@ -232,8 +227,7 @@ async def test_idempotency_key_replays_the_same_job(
     assert (first.json()["replayed"], again.json()["replayed"]) == (False, True)
     assert first.headers["location"] == again.headers["location"] == f"/v1/jobs/{first.json()['id']}"
     assert len((await api.get("/v1/jobs", headers=H1)).json()["jobs"]) == 1
-    _, queue = redis_pair
-    assert (await queue.stats()).queued == 2  # round 0 enqueued once: N=2 tasks
+    assert (await redis_store.stats()).queued == 2  # round 0 enqueued once: N=2 tasks
 
     # The key with another request is refused; another key's identical key is its own.
     r = await api.post("/v1/jobs", json=job_body(problem="What is 8*6?"), headers=headers)
@@ -243,9 +237,9 @@ async def test_idempotency_key_replays_the_same_job(
 
 
 async def test_in_flight_limit_is_429_with_retry_after(
-    redis_pair: tuple[RedisJobStore, RedisTaskQueue],
+    redis_store: RedisStore,
 ) -> None:
-    app, _ = make_app(redis_pair, max_active_jobs=2, retry_after_s=7)
+    app, _ = make_app(redis_store, max_active_jobs=2, retry_after_s=7)
     async with client_for(app) as api:
         ids = [(await api.post("/v1/jobs", json=job_body(), headers=H1)).json()["id"] for _ in range(2)]
         refused = await api.post("/v1/jobs", json=job_body(), headers={**H1, "Idempotency-Key": "k-3"})
@@ -262,7 +256,7 @@ async def test_in_flight_limit_is_429_with_retry_after(
         assert again.json()["id"] == retried.json()["id"] and again.json()["replayed"]
 
 
-async def test_cancel(api: httpx.AsyncClient, redis_pair: tuple[RedisJobStore, RedisTaskQueue]) -> None:
+async def test_cancel(api: httpx.AsyncClient, redis_store: RedisStore) -> None:
     job_id = (await api.post("/v1/jobs", json=job_body(), headers=H1)).json()["id"]
     assert (await api.get(f"/v1/jobs/{job_id}/result", headers=H1)).status_code == 409  # not ready
     r = await api.post(f"/v1/jobs/{job_id}/cancel", headers=H1)
@@ -274,7 +268,7 @@ async def test_cancel(api: httpx.AsyncClient, redis_pair: tuple[RedisJobStore, R
     events = list(sse_events((await api.get(f"/v1/jobs/{job_id}/events", headers=H1)).text))
     assert [e[1] for e in events] == ["status", "done"]
     assert json.loads(events[-1][2])["status"] == "cancelled"
-    store, _ = redis_pair
+    store = redis_store
     assert await store.count_active(owner_of(KEY1)) == 0
 
     # A job that already succeeded cannot be cancelled.
@@ -291,10 +285,10 @@ async def test_cancel(api: httpx.AsyncClient, redis_pair: tuple[RedisJobStore, R
 
 @pytest.mark.embedded
 async def test_job_runs_events_resume_candidates_and_metrics(
-    redis_pair: tuple[RedisJobStore, RedisTaskQueue], embedded_backend: OpenAICompatibleBackend
+    redis_store: RedisStore, embedded_backend: OpenAICompatibleBackend
 ) -> None:
-    store, queue = redis_pair
-    app, _ = make_app(redis_pair)
+    store = redis_store
+    app, _ = make_app(redis_store)
     async with client_for(app) as api:
         r = await api.post("/v1/jobs", json=job_body(), headers=H1)
         job_id = r.json()["id"]
@@ -307,7 +301,7 @@ async def test_job_runs_events_resume_candidates_and_metrics(
         assert 'mrsa_jobs{status="queued"} 1.0' in metrics
         assert "mrsa_queue_tasks_queued 2.0" in metrics
 
-        async with InProcessRunner(embedded_backend, store, queue, capacity=1) as runner:
+        async with InProcessRunner(embedded_backend, store, capacity=1) as runner:
             # The event stream ends by itself once the job is over (the worker runs meanwhile).
             stream = await asyncio.wait_for(api.get(f"/v1/jobs/{job_id}/events", headers=H1), WAIT_S)
             result = await asyncio.wait_for(runner.wait(job_id), WAIT_S)
@@ -389,14 +383,14 @@ def chat_body(**extra: Any) -> dict[str, Any]:
 
 @pytest.mark.embedded
 async def test_openai_facade_with_the_sdk(
-    redis_pair: tuple[RedisJobStore, RedisTaskQueue], embedded_backend: OpenAICompatibleBackend
+    redis_store: RedisStore, embedded_backend: OpenAICompatibleBackend
 ) -> None:
-    store, queue = redis_pair
-    app, _ = make_app(redis_pair)
+    store = redis_store
+    app, _ = make_app(redis_store)
     transport = httpx.ASGITransport(app=app)
     async with (
         httpx.AsyncClient(transport=transport, base_url="http://api.test", timeout=WAIT_S) as http,
-        InProcessRunner(embedded_backend, store, queue, capacity=1),
+        InProcessRunner(embedded_backend, store, capacity=1),
     ):
         # The SDK's own client class may differ between releases; any httpx-compatible client works.
         sdk = openai.AsyncOpenAI(
@@ -449,12 +443,12 @@ async def test_openai_facade_with_the_sdk(
 
 @pytest.mark.embedded
 async def test_openai_keepalive_and_raw_stream(
-    redis_pair: tuple[RedisJobStore, RedisTaskQueue], embedded_backend: OpenAICompatibleBackend
+    redis_store: RedisStore, embedded_backend: OpenAICompatibleBackend
 ) -> None:
-    store, queue = redis_pair
+    store = redis_store
     # Hold nothing: commit at once and send keep-alive whitespace every 0.1 s.
-    app, _ = make_app(redis_pair, chat_hold_s=0.0, keepalive_s=0.1)
-    async with client_for(app) as api, InProcessRunner(embedded_backend, store, queue, capacity=1):
+    app, _ = make_app(redis_store, chat_hold_s=0.0, keepalive_s=0.1)
+    async with client_for(app) as api, InProcessRunner(embedded_backend, store, capacity=1):
         r = await api.post("/v1/chat/completions", json=chat_body(), headers=H1)
         assert r.status_code == 200 and r.headers["content-type"] == "application/json"
         assert r.text.startswith(" ") and r.text.lstrip().startswith("{")  # leading whitespace…
@@ -470,12 +464,12 @@ async def test_openai_keepalive_and_raw_stream(
 
 
 async def test_openai_client_that_leaves_while_its_response_is_held_cancels_the_job(
-    redis_pair: tuple[RedisJobStore, RedisTaskQueue],
+    redis_store: RedisStore,
 ) -> None:
     """No worker runs the job: the response is held (``chat_hold_s``) when the client goes away,
     and the job is cancelled rather than left queued for nobody."""
-    store, _ = redis_pair
-    app, _ = make_app(redis_pair, chat_hold_s=120.0, events_block_ms=100)
+    store = redis_store
+    app, _ = make_app(redis_store, chat_hold_s=120.0, events_block_ms=100)
     async with served(app) as url, httpx.AsyncClient(base_url=url, headers=H1) as client:
         with pytest.raises(httpx.ReadTimeout):  # the client gives up and closes its connection
             await client.post("/v1/chat/completions", json=chat_body(), timeout=httpx.Timeout(30.0, read=1.0))
@@ -490,10 +484,10 @@ async def test_openai_client_that_leaves_while_its_response_is_held_cancels_the_
 
 
 async def test_openai_failed_job_is_502_without_retry(
-    redis_pair: tuple[RedisJobStore, RedisTaskQueue],
+    redis_store: RedisStore,
 ) -> None:
-    store, _ = redis_pair
-    app, _ = make_app(redis_pair)
+    store = redis_store
+    app, _ = make_app(redis_store)
 
     async def fail_the_job() -> None:
         for _ in range(200):
@@ -534,10 +528,8 @@ async def test_openai_validation(api: httpx.AsyncClient) -> None:
 # -- operations -----------------------------------------------------------------------------------
 
 
-async def test_health_readiness_and_store_outage(
-    redis_server: RedisServer, redis_pair: tuple[RedisJobStore, RedisTaskQueue]
-) -> None:
-    app, _ = make_app(redis_pair)
+async def test_health_readiness_and_store_outage(redis_server: RedisServer, redis_store: RedisStore) -> None:
+    app, _ = make_app(redis_store)
     async with client_for(app) as api:
         assert (await api.get("/healthz")).json() == {"status": "ok"}
         ready = await api.get("/readyz")
@@ -569,11 +561,11 @@ class BrokenStore:
 
 
 async def test_unexpected_errors_are_json_with_an_id(
-    redis_pair: tuple[RedisJobStore, RedisTaskQueue],
+    redis_store: RedisStore,
 ) -> None:
     """The safety net for bugs: a JSON 500 with an id, never a traceback (bad input never gets here)."""
-    store, queue = redis_pair
-    app, _ = make_app((BrokenStore(store), queue))
+    store = redis_store
+    app, _ = make_app(BrokenStore(store))
     async with client_for(app, raise_errors=False) as api:
         r = await api.get("/v1/jobs", headers=H1)
         assert r.status_code == 500
@@ -644,7 +636,7 @@ MODELS_WITH_CONTEXT = {"data": [{"id": "m", "max_model_len": 4096}]}
     ],
 )
 async def test_context_check_that_cannot_run_accepts_the_job_with_a_warning(
-    redis_pair: tuple[RedisJobStore, RedisTaskQueue],
+    redis_store: RedisStore,
     caplog: pytest.LogCaptureFixture,
     tokenize: Any,
     models: dict[str, Any],
@@ -653,7 +645,7 @@ async def test_context_check_that_cannot_run_accepts_the_job_with_a_warning(
     """A backend that answers garbage is not the client's fault (never a 500), and a check that
     could not run is said so: in the log and in the job's warnings."""
     backend = fake_backend(tokenize, models)
-    app, _ = make_app(redis_pair, backend=backend)
+    app, _ = make_app(redis_store, backend=backend)
     async with client_for(app) as api:
         r = await api.post("/v1/jobs", json=job_body(), headers=H1)
         assert r.status_code == 202, r.text
@@ -665,12 +657,12 @@ async def test_context_check_that_cannot_run_accepts_the_job_with_a_warning(
 
 
 async def test_context_check_with_a_model_id_reads_the_context_of_that_model(
-    redis_pair: tuple[RedisJobStore, RedisTaskQueue],
+    redis_store: RedisStore,
 ) -> None:
     """The model id given (MRSA_MODEL) does not stop the client from reading the context."""
     backend = fake_backend({"tokens": [1] * 10}, {"data": [{"id": "x"}, {"id": "m", "max_model_len": 512}]})
     backend.model = "m"
-    app, _ = make_app(redis_pair, backend=backend)
+    app, _ = make_app(redis_store, backend=backend)
     async with client_for(app) as api:
         r = await api.post("/v1/jobs", json={"problem": "What is 7*6?", "preset": "zaya1"}, headers=H1)
         assert r.status_code == 422 and "512" in r.json()["message"], r.text
@@ -700,7 +692,7 @@ async def test_with_a_model_id_the_context_lookup_is_best_effort_and_retried() -
 
 @pytest.mark.embedded
 async def test_the_embedded_server_reports_its_context_and_the_api_checks_it(
-    redis_pair: tuple[RedisJobStore, RedisTaskQueue], embedded_url: str
+    redis_store: RedisStore, embedded_url: str
 ) -> None:
     """``mrsa backend`` serves /v1/models with max_model_len as vLLM does, so a zaya1 job (β=40,960)
     is refused against the 8,192-token model by a client told nothing about it."""
@@ -709,7 +701,7 @@ async def test_the_embedded_server_reports_its_context_and_the_api_checks_it(
     assert models["data"][0]["max_model_len"] == 8192
     backend = OpenAICompatibleBackend(embedded_url, dialect="llama-cpp-python")
     assert (await backend.info()).context_length == 8192
-    app, _ = make_app(redis_pair, backend=backend)
+    app, _ = make_app(redis_store, backend=backend)
     async with client_for(app) as api:
         r = await api.post("/v1/jobs", json={"problem": "What is 7*6?", "preset": "zaya1"}, headers=H1)
         assert r.status_code == 422 and "8192" in r.json()["message"], r.text
@@ -775,10 +767,10 @@ async def test_size_limits_are_413_and_count_the_problem_as_utf8(api: httpx.Asyn
 
 
 async def test_ignored_chat_fields_are_named(
-    redis_pair: tuple[RedisJobStore, RedisTaskQueue], caplog: pytest.LogCaptureFixture
+    redis_store: RedisStore, caplog: pytest.LogCaptureFixture
 ) -> None:
-    store, _ = redis_pair
-    app, _ = make_app(redis_pair)
+    store = redis_store
+    app, _ = make_app(redis_store)
 
     async def fail_the_job() -> None:
         for _ in range(200):
@@ -804,10 +796,10 @@ async def test_ignored_chat_fields_are_named(
 
 
 async def test_in_flight_limit_holds_under_concurrent_submissions(
-    redis_pair: tuple[RedisJobStore, RedisTaskQueue],
+    redis_store: RedisStore,
 ) -> None:
-    store, _ = redis_pair
-    app, _ = make_app(redis_pair, max_active_jobs=3)
+    store = redis_store
+    app, _ = make_app(redis_store, max_active_jobs=3)
     async with client_for(app) as api:
         replies = await asyncio.gather(
             *(api.post("/v1/jobs", json=job_body(), headers=H1) for _ in range(12))
@@ -818,10 +810,10 @@ async def test_in_flight_limit_holds_under_concurrent_submissions(
 
 
 async def test_jobs_by_status_gauge_counts_every_job(
-    redis_pair: tuple[RedisJobStore, RedisTaskQueue],
+    redis_store: RedisStore,
 ) -> None:
     """More jobs than the old 1,000-job scan: the gauge is exact (an index kept at each transition)."""
-    store, _ = redis_pair
+    store = redis_store
     service = JobService(store)
     spec = JobSpec(
         problem="What is 7*6?", params=RSAParams(population=1, subset=1, rounds=0, budget=8, tail=4)
@@ -832,7 +824,7 @@ async def test_jobs_by_status_gauge_counts_every_job(
     await store.cancel_job(ids[1])
     await store.cancel_job(ids[2])
     await service.fail(ids[3], "boom")
-    app, _ = make_app(redis_pair, metrics_cache_s=0.0)
+    app, _ = make_app(redis_store, metrics_cache_s=0.0)
     async with client_for(app) as api:
         text = (await api.get("/metrics")).text
     gauge = dict(re.findall(r'^mrsa_jobs\{status="(\w+)"\} ([0-9.e+]+)$', text, re.M))
@@ -875,16 +867,14 @@ async def test_event_streams_are_capped_per_key_and_leave_the_pool_to_other_requ
     redis_server: RedisServer,
 ) -> None:
     """One key's streams cannot take the connections other keys' requests need."""
-    store, queue = await open_redis(redis_server.url, max_connections=4)
-    events, _ = await open_redis(redis_server.url, max_connections=6)
-    deps = ApiDeps(
-        store=store,
-        queue=queue,
-        events=events,
-        config=ApiConfig(api_keys=[KEY1, KEY2], max_streams_per_key=5, max_streams=6, events_block_ms=10_000),
-    )
-    app = create_app(Settings(), deps)
-    try:
+    async with open_store(redis_server.url, Settings(), max_connections=4, events_connections=6) as store:
+        deps = ApiDeps(
+            store=store,
+            config=ApiConfig(
+                api_keys=[KEY1, KEY2], max_streams_per_key=5, max_streams=6, events_block_ms=10_000
+            ),
+        )
+        app = create_app(Settings(), deps)
         async with served(app) as url, httpx.AsyncClient(base_url=url, timeout=30) as client:
             job_id = (await client.post("/v1/jobs", json=job_body(), headers=H1)).json()["id"]
             async with contextlib.AsyncExitStack() as stack:
@@ -917,9 +907,6 @@ async def test_event_streams_are_capped_per_key_and_leave_the_pool_to_other_requ
             await client.post(f"/v1/jobs/{job_id}/cancel", headers=H1)
             r = await client.get(f"/v1/jobs/{job_id}/events", headers=H1)
             assert r.status_code == 200 and "done" in r.text
-    finally:
-        await events.aclose()
-        await store.aclose()
 
 
 class FlakyEvents:
@@ -940,11 +927,10 @@ class FlakyEvents:
 
 
 async def test_an_event_stream_ends_cleanly_when_the_store_goes_away(
-    redis_pair: tuple[RedisJobStore, RedisTaskQueue],
+    redis_store: RedisStore,
 ) -> None:
-    store, _ = redis_pair
-    app, deps = make_app(redis_pair)
-    deps.events = FlakyEvents(store)
+    store = redis_store
+    app, _ = make_app(FlakyEvents(store))  # its event reads fail; everything else is the store's
     async with client_for(app) as api:  # raises on an unhandled exception in the app
         job_id = (await api.post("/v1/jobs", json=job_body(), headers=H1)).json()["id"]
         r = await api.get(f"/v1/jobs/{job_id}/events", headers=H1)

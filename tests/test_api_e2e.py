@@ -80,7 +80,8 @@ async def survives_a_worker_sigkilled_mid_job(
 ) -> None:
     """Two workers; ``victim`` is SIGKILLed while it holds a task: the survivor reclaims it and
     both jobs end with T+1 whole rounds of N candidates (none lost, none doubled)."""
-    from mrsa.store.redis import open_redis
+    from mrsa.settings import Settings
+    from mrsa.store.opening import open_store
     from tests.test_workers import pending_of, until
 
     victim, survivor = (service.start(name, worker_args(name)) for name in ("victim", "survivor"))
@@ -91,8 +92,7 @@ async def survives_a_worker_sigkilled_mid_job(
         proc = service.cli("submit", "--json", *submit_args, problem)
         assert proc.returncode == 0, proc.stderr
         ids.append(json.loads(proc.stdout)["id"])
-    store, _ = await open_redis(service.redis_url)
-    try:
+    async with open_store(service.redis_url, Settings()) as store:
 
         async def victim_holds_a_task() -> bool:
             return await pending_of(store, "victim") >= 1
@@ -108,8 +108,6 @@ async def survives_a_worker_sigkilled_mid_job(
             assert [[c["index"] for c in r["candidates"]] for r in result["rounds"]] == whole
         assert "from silent consumers" in survivor.log, survivor.log
         assert await pending_of(store, "victim") == 0
-    finally:
-        await store.aclose()
     assert survivor.proc.poll() is None, survivor.log
 
 

@@ -11,6 +11,7 @@ report.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -30,6 +31,9 @@ from evals.grading import Grader
 from evals.records import CandidateRecord, RecordLog
 from evals.sweep import SweepStats, plan_units, run_sweep
 from mrsa.backends.base import GenerationRequest, GenerationResult
+from mrsa.settings import Settings
+from mrsa.store.base import Store
+from mrsa.store.opening import open_store
 from tests.fakes import FakeBackend
 from tests.signals import default_sigint
 
@@ -91,12 +95,23 @@ def script(request: GenerationRequest) -> str:
 
 
 async def sweep(
-    backend: FakeBackend, log: RecordLog, grader: Grader, capacity: int = 6, **store: Any
+    backend: FakeBackend,
+    log: RecordLog,
+    grader: Grader,
+    capacity: int = 6,
+    store: Store | None = None,
+    **session: Any,
 ) -> SweepStats:
+    """The sweep on ``store`` (a fresh memory store when none is given)."""
     configs = build_configs(["smoke"], "population=3;subset=2;rounds=1;budget=64;tail=16")
     units = plan_units(configs, PROBLEMS, [0, 1])
     stats = SweepStats()
-    await run_sweep(backend, units, log, grader, GOLDS, stats, capacity=capacity, model="fake", **store)
+    async with contextlib.AsyncExitStack() as stack:
+        if store is None:
+            store = await stack.enter_async_context(open_store(None, Settings()))
+        await run_sweep(
+            backend, units, log, grader, GOLDS, stats, store=store, capacity=capacity, model="fake", **session
+        )
     return stats
 
 
@@ -188,13 +203,10 @@ async def test_resume_generates_only_the_missing_candidates(tmp_path: Path, grad
 async def test_sweep_through_redis_resumes_in_a_new_session(
     tmp_path: Path, grader: Grader, redis_server: Any
 ) -> None:
-    from mrsa.store.redis import open_redis
-
-    store, queue = await open_redis(redis_server.url, prefix="benchtest")
-    try:
+    async with open_store(redis_server.url, Settings(redis_prefix="benchtest")) as store:
         log = RecordLog(tmp_path / "records.jsonl")
         first = FakeBackend(script, capacity=6)
-        await sweep(first, log, grader, store=store, queue=queue, namespace="run-0")
+        await sweep(first, log, grader, store=store, namespace="run-0")
         full = keyed(log)
         assert len(full) == 24 and len(first.calls) == 24
         jobs = await store.list_jobs(owner="bench")
@@ -203,14 +215,10 @@ async def test_sweep_through_redis_resumes_in_a_new_session(
         keep = [k for k in full if k[1] == 0 or k[2] == 0]  # seed 1 lost its round 1
         log.path.write_text("".join(json.dumps(full[k]) + "\n" for k in keep))
         second = FakeBackend(script, capacity=6)
-        await sweep(
-            second, log, grader, store=store, queue=queue, namespace="run-1", stale_namespaces=["run-0"]
-        )
+        await sweep(second, log, grader, store=store, namespace="run-1", stale_namespaces=["run-0"])
         assert len(second.calls) == 24 - len(keep) == 6
         assert {c.request.tag["round"] for c in second.calls} == {1}
         assert keyed(log) == full
-    finally:
-        await store.aclose()
 
 
 def test_torn_last_line_is_dropped_and_repaired(tmp_path: Path) -> None:

@@ -26,7 +26,7 @@ from mrsa.engine.planning import plan_subsets, request_seed, select_round, selec
 from mrsa.engine.runner import TaskRunner
 from mrsa.engine.service import JobService
 from mrsa.params import RSAParams
-from mrsa.store.memory import MemoryJobStore, MemoryTaskQueue
+from mrsa.store.memory import MemoryStore
 from tests.fakes import FakeBackend
 from workers.inprocess import InProcessRunner
 from workers.loop import WorkerOptions
@@ -68,36 +68,25 @@ def fast_options() -> WorkerOptions:
     )
 
 
-class CountingQueue(MemoryTaskQueue):
-    """Records every task ever enqueued."""
+class RecordingStore(MemoryStore):
+    """Records every task ever enqueued and every checkpoint write. The store is its own queue:
+    tests name it ``queue`` where they use it as one (``store = queue = RecordingStore()``)."""
 
     def __init__(self) -> None:
         super().__init__()
         self.enqueued: list[Task] = []
+        self.checkpoints: list[tuple[int, int, ChunkCheckpoint]] = []
 
     async def enqueue(self, tasks: Sequence[Task]) -> None:
         self.enqueued.extend(tasks)
         await super().enqueue(tasks)
-
-
-class RecordingStore(MemoryJobStore):
-    """Records every checkpoint write."""
-
-    def __init__(self, queue: MemoryTaskQueue) -> None:
-        super().__init__(queue)
-        self.checkpoints: list[tuple[int, int, ChunkCheckpoint]] = []
 
     async def save_checkpoint(self, job_id: str, round_index: int, index: int, cp: ChunkCheckpoint) -> None:
         self.checkpoints.append((round_index, index, cp.model_copy(deep=True)))
         await super().save_checkpoint(job_id, round_index, index, cp)
 
 
-def open_store() -> tuple[RecordingStore, CountingQueue]:
-    queue = CountingQueue()
-    return RecordingStore(queue), queue
-
-
-async def drive(runner: TaskRunner, queue: MemoryTaskQueue) -> list[Task]:
+async def drive(runner: TaskRunner, queue: MemoryStore) -> list[Task]:
     """A manual, sequential worker: run every queued task (FIFO) until none is left."""
     ran: list[Task] = []
     while True:
@@ -112,18 +101,18 @@ async def drive(runner: TaskRunner, queue: MemoryTaskQueue) -> list[Task]:
 
 async def run_job(
     backend: FakeBackend, spec: JobSpec, capacity: int = 1
-) -> tuple[JobResult, RecordingStore, CountingQueue]:
-    store, queue = open_store()
-    async with InProcessRunner(backend, store, queue, capacity=capacity, options=fast_options()) as runner:
+) -> tuple[JobResult, RecordingStore, RecordingStore]:
+    store = queue = RecordingStore()
+    async with InProcessRunner(backend, store, capacity=capacity, options=fast_options()) as runner:
         result = await asyncio.wait_for(runner.solve(spec), TIMEOUT)
     return result, store, queue
 
 
-async def all_candidates(store: MemoryJobStore, job_id: str, rounds: int) -> list[list[Candidate]]:
+async def all_candidates(store: MemoryStore, job_id: str, rounds: int) -> list[list[Candidate]]:
     return [await store.get_candidates(job_id, r) for r in range(rounds + 1)]
 
 
-async def events_of(store: MemoryJobStore, job_id: str) -> list[Event]:
+async def events_of(store: MemoryStore, job_id: str) -> list[Event]:
     return [e for _, e in await store.read_events(job_id, None, block_ms=0, count=10_000)]
 
 
@@ -196,8 +185,8 @@ async def test_a_candidate_starts_when_its_own_parents_are_stored() -> None:
     assert free, "the plan must have round-1 candidates that do not need candidate 0"
     backend = FakeBackend(script, capacity=6)
     backend.before_answer = held
-    store, queue = open_store()
-    async with InProcessRunner(backend, store, queue, capacity=8, options=fast_options()) as runner:
+    store = RecordingStore()
+    async with InProcessRunner(backend, store, capacity=8, options=fast_options()) as runner:
         job = await runner.submit(spec)
         await wait_until(lambda: len([c for c in backend.calls if c.request.tag["round"] == 1]) >= len(free))
         started = sorted(c.request.tag["index"] for c in backend.calls if c.request.tag["round"] == 1)
@@ -320,7 +309,7 @@ async def test_events_tell_the_story() -> None:
 
 
 async def test_redelivered_tasks_do_not_duplicate_anything() -> None:
-    store, queue = open_store()
+    store = queue = RecordingStore()
     backend = FakeBackend(script)
     runner = TaskRunner(JobService(store), backend)
     job = await runner.jobs.submit(make_spec(population=3, subset=2, rounds=1))
@@ -386,7 +375,7 @@ async def wait_until(predicate: Any, limit: float = TIMEOUT) -> None:
 
 
 async def test_concurrent_completion_of_the_last_two_candidates_plans_once() -> None:
-    store, queue = open_store()
+    store = queue = RecordingStore()
     gate = asyncio.Event()
     backend = FakeBackend(script, gate=gate)
     runner = TaskRunner(JobService(store), backend)
@@ -406,7 +395,7 @@ async def test_concurrent_completion_of_the_last_two_candidates_plans_once() -> 
 
 async def test_duplicate_concurrent_deliveries_of_the_last_task_plan_once() -> None:
     """Both copies generate and both see the round complete; the compare-and-set lets one plan."""
-    store, queue = open_store()
+    store = queue = RecordingStore()
     gate = asyncio.Event()
     backend = FakeBackend(script, gate=gate)
     runner = TaskRunner(JobService(store), backend)
@@ -436,7 +425,7 @@ async def test_duplicate_concurrent_deliveries_of_the_last_task_plan_once() -> N
 
 
 async def test_task_of_a_terminal_or_unknown_job_is_a_no_op() -> None:
-    store, _ = open_store()
+    store = RecordingStore()
     backend = FakeBackend(script)
     runner = TaskRunner(JobService(store), backend)
     job = await runner.jobs.submit(make_spec())
@@ -448,7 +437,7 @@ async def test_task_of_a_terminal_or_unknown_job_is_a_no_op() -> None:
 
 
 async def test_missing_parents_are_an_error() -> None:
-    store, _ = open_store()
+    store = RecordingStore()
     runner = TaskRunner(JobService(store), FakeBackend(script))
     job = await runner.jobs.submit(make_spec())
     with pytest.raises(MissingParentsError, match=r"\[1, 3\]"):
@@ -633,7 +622,7 @@ async def test_chunked_candidate_that_finishes_early() -> None:
 
 
 async def test_chunked_task_resumes_at_its_checkpoint_after_a_crash() -> None:
-    store, queue = open_store()
+    store = queue = RecordingStore()
     backend = FakeBackend(endless, failures={2: BackendUnavailable("connection refused")})
     runner = TaskRunner(JobService(store), backend)
     spec = make_spec(population=1, subset=1, rounds=0, budget=30, tail=6, chunk=10, carryover=3)
@@ -697,8 +686,8 @@ async def test_chunked_generation_stops_when_the_server_reports_no_usage() -> No
 )
 async def test_backend_failure_fails_the_job_with_the_reason(error: BackendError) -> None:
     backend = FakeBackend(script, failures={3: error})
-    store, queue = open_store()
-    async with InProcessRunner(backend, store, queue, capacity=2, options=fast_options()) as runner:
+    store = RecordingStore()
+    async with InProcessRunner(backend, store, capacity=2, options=fast_options()) as runner:
         result = await asyncio.wait_for(runner.solve(make_spec(rounds=1)), TIMEOUT)
         assert result.status == JobStatus.failed
         assert result.error == str(error)
@@ -725,8 +714,8 @@ async def test_a_crash_in_the_engine_fails_the_job() -> None:
 async def test_cancelling_a_job_mid_run_stops_it() -> None:
     gate = asyncio.Event()
     backend = FakeBackend(script, gate=gate)
-    store, queue = open_store()
-    async with InProcessRunner(backend, store, queue, capacity=2, options=fast_options()) as runner:
+    store = queue = RecordingStore()
+    async with InProcessRunner(backend, store, capacity=2, options=fast_options()) as runner:
         job = await runner.submit(make_spec(population=4, rounds=2))
         await wait_until(lambda: backend.in_flight == 2)
         assert await store.cancel_job(job.id, "user pressed ^C") is True
@@ -748,8 +737,8 @@ async def test_cancelling_a_job_mid_run_stops_it() -> None:
 async def test_cancelling_solve_cancels_the_job() -> None:
     gate = asyncio.Event()
     backend = FakeBackend(script, gate=gate)
-    store, queue = open_store()
-    async with InProcessRunner(backend, store, queue, options=fast_options()) as runner:
+    store = RecordingStore()
+    async with InProcessRunner(backend, store, options=fast_options()) as runner:
         solving = asyncio.create_task(runner.solve(make_spec()))
         await wait_until(lambda: backend.in_flight == 1)
         solving.cancel()
@@ -767,7 +756,7 @@ async def test_cancelling_solve_cancels_the_job() -> None:
 async def plan_of(
     seed: int,
 ) -> tuple[dict[tuple[int, int], list[int]], dict[tuple[int, int, int], int | None], list[str]]:
-    store, queue = open_store()
+    store = queue = RecordingStore()
     backend = FakeBackend(script)
     runner = TaskRunner(JobService(store), backend)
     job = await runner.jobs.submit(
@@ -804,7 +793,7 @@ async def test_check_context() -> None:
         await check_context(FakeBackend(script, context_length=100), spec)
 
 
-class SwallowingQueue(MemoryTaskQueue):
+class SwallowingStore(MemoryStore):
     """``stats()`` swallows the first cancellation that reaches it, as Python 3.11's
     ``asyncio.wait_for`` (redis-py wraps every send in it) does when a cancellation lands just as
     its inner call completes; after that it blocks until cancelled."""
@@ -833,8 +822,7 @@ async def test_a_worker_stops_although_a_cancellation_was_swallowed() -> None:
     worker that never exits)."""
     from workers.loop import Worker
 
-    queue = SwallowingQueue()
-    store = MemoryJobStore(queue)
+    store = queue = SwallowingStore()
     options = WorkerOptions(block_ms=20, stats_interval_s=0.0, cancel_check_s=0.01, heartbeat_s=0.05)
     worker = Worker(TaskRunner(JobService(store), FakeBackend()), queue, options, consumer="w")
     stop = asyncio.Event()

@@ -36,7 +36,7 @@ from mrsa.engine.runner import TaskRunner
 from mrsa.engine.service import JobService
 from mrsa.params import RSAParams
 from mrsa.settings import Settings
-from mrsa.store.memory import open_memory
+from mrsa.store.memory import MemoryStore
 from tests.fakes import FakeBackend
 from tests.plugins.redis_server import RedisServer
 from workers.loop import Worker, WorkerOptions
@@ -207,12 +207,12 @@ def spec(problem: str, **params: Any) -> JobSpec:
 
 @pytest.mark.timeout(240)
 async def test_a_job_with_a_runaway_answer_finishes_while_other_jobs_flow(limited: Equivalence) -> None:
-    store, queue = open_memory()
+    store = MemoryStore()
     backend = FakeBackend(hostile_script)
     jobs = JobService(store, limited)
     options = WorkerOptions(capacity=2, block_ms=20, cancel_check_s=0.05, heartbeat_s=0.2, shutdown_grace_s=5)
     stop = asyncio.Event()
-    worker = asyncio.create_task(Worker(TaskRunner(jobs, backend), queue, options).run(stop))
+    worker = asyncio.create_task(Worker(TaskRunner(jobs, backend), store, options).run(stop))
     try:
         async with Ticker() as ticker:
             started = time.monotonic()
@@ -260,9 +260,9 @@ async def test_the_result_of_a_cancelled_poisoned_job_is_bounded(
 ) -> None:
     # A cancelled job has no stored result: the API builds one, clustering its answers.
     monkeypatch.setattr(equivalence_module, "_SHARED", limited)
-    store, queue = open_memory()
+    store = MemoryStore()
     key = "equiv-test-key-41c2"
-    deps = ApiDeps(store=store, queue=queue, backend=BackendHandle(None), config=ApiConfig(api_keys=[key]))
+    deps = ApiDeps(store=store, backend=BackendHandle(None), config=ApiConfig(api_keys=[key]))
     headers = {"Authorization": f"Bearer {key}"}
     async with api_client(deps) as api:
         body = {

@@ -9,7 +9,7 @@ from mrsa.engine.follow import follow
 from mrsa.engine.service import JobService
 from mrsa.params import RSAParams
 from mrsa.store.base import JobStore
-from mrsa.store.memory import MemoryJobStore, open_memory
+from mrsa.store.memory import MemoryStore
 
 TIMEOUT = 10.0
 SPEC = JobSpec(problem="What is 6*7?", params=RSAParams(population=2, subset=1, rounds=0, budget=8, tail=4))
@@ -23,7 +23,7 @@ async def collect(store: JobStore, job_id: str, after: str | None = None) -> lis
 
 
 async def test_ends_after_the_done_event_and_resumes_after_an_id() -> None:
-    store, _ = open_memory()
+    store = MemoryStore()
     jobs = JobService(store)
     job = await jobs.submit(SPEC)
     await store.add_event(job.id, Event(type="round", job_id=job.id, round=1))
@@ -37,7 +37,7 @@ async def test_ends_after_the_done_event_and_resumes_after_an_id() -> None:
 
 
 async def test_waits_for_events_written_while_following() -> None:
-    store, _ = open_memory()
+    store = MemoryStore()
     jobs = JobService(store)
     job = await jobs.submit(SPEC)
     reader = asyncio.create_task(collect(store, job.id))
@@ -48,13 +48,13 @@ async def test_waits_for_events_written_while_following() -> None:
 
 
 async def test_a_terminal_job_without_done_event_ends_once_nothing_is_left() -> None:
-    store, _ = open_memory()
+    store = MemoryStore()
     job = await JobService(store).submit(SPEC)
     assert await store.cancel_job(job.id, "cancelled in the store alone")  # no done event
     assert [e.type for _, e in await collect(store, job.id)] == ["status"]
 
 
-class LateDone(MemoryJobStore):
+class LateDone(MemoryStore):
     """Writes the job's done event just after a reader saw the terminal state, as the engine does
     (it records the terminal state first, then the event)."""
 
@@ -69,8 +69,7 @@ class LateDone(MemoryJobStore):
 
 
 async def test_reads_once_more_after_the_terminal_state() -> None:
-    _, queue = open_memory()
-    store = LateDone(queue)
+    store = LateDone()
     job = await JobService(store).submit(SPEC)
     assert await store.cancel_job(job.id, "cancelled")
     got = await collect(store, job.id)

@@ -32,7 +32,7 @@ from mrsa.api import jobs
 from mrsa.api.app import create_app
 from mrsa.api.deps import ApiDeps
 from mrsa.settings import Settings
-from mrsa.store.redis import open_redis
+from mrsa.store.opening import open_store
 from tests.plugins.redis_server import RedisServer
 
 pytestmark = pytest.mark.redis
@@ -55,17 +55,14 @@ class Janitor(threading.Thread):
         asyncio.run(self._main())
 
     async def _main(self) -> None:
-        store, queue = await open_redis(self.redis_url)
-        deps = ApiDeps(store=store, queue=queue)
-        try:
+        async with open_store(self.redis_url, Settings()) as store:
+            deps = ApiDeps(store=store)
             while not self.done.is_set():
                 for job in await store.list_jobs(None, 50):
                     if not job.status.terminal:
                         with contextlib.suppress(Exception):
                             await jobs.cancel(deps, job, "cancelled by the fuzzing janitor")
                 await asyncio.sleep(0.02)
-        finally:
-            await store.aclose()
 
 
 @pytest.fixture(scope="module")

@@ -5,18 +5,23 @@ number of round trips per candidate."""
 from __future__ import annotations
 
 import asyncio
+import math
+import time
 from collections.abc import AsyncIterator
 
 import pytest
 
 from mrsa.domain import JobStatus
+from mrsa.settings import Settings
 from mrsa.store.base import StoreUnavailable
-from mrsa.store.redis import RedisJobStore, RedisTaskQueue, open_redis, redact
+from mrsa.store.opening import open_store
+from mrsa.store.redis import RedisStore
+from mrsa.urls import redact
 from tests.plugins.redis_server import RedisServer
 from tests.store_contract import (
     MAX_DELIVERIES,
+    SETTINGS,
     StoreContract,
-    StorePair,
     make_candidate,
     make_job,
     make_result,
@@ -26,26 +31,20 @@ from tests.store_contract import (
 
 pytestmark = pytest.mark.redis
 
-RedisPair = tuple[RedisJobStore, RedisTaskQueue]
-
 
 @pytest.fixture
-async def redis_pair(redis_server: RedisServer) -> AsyncIterator[RedisPair]:
-    store, queue = await open_redis(redis_server.url, max_deliveries=MAX_DELIVERIES, retention_s=3600)
-    try:
-        yield store, queue
-    finally:
-        await store.aclose()
+async def store(redis_server: RedisServer) -> AsyncIterator[RedisStore]:
+    settings = Settings(max_deliveries=MAX_DELIVERIES, retention_s=3600)
+    async with open_store(redis_server.url, settings) as opened:
+        assert isinstance(opened, RedisStore)
+        yield opened
 
 
 class TestRedisStore(StoreContract):
-    @pytest.fixture
-    def pair(self, redis_pair: RedisPair) -> StorePair:
-        return redis_pair
+    """The contract on the module's ``store`` fixture."""
 
 
-async def test_finished_job_keys_get_the_retention_ttl(redis_pair: RedisPair) -> None:
-    store, _ = redis_pair
+async def test_finished_job_keys_get_the_retention_ttl(store: RedisStore) -> None:
     client = store.client
     await store.create_job(make_job("j1"), tasks_of("j1"))
     await store.save_candidate("j1", make_candidate(0, 0))
@@ -79,81 +78,74 @@ async def test_finished_job_keys_get_the_retention_ttl(redis_pair: RedisPair) ->
     assert await client.zrange("mrsa:jobs", 0, -1) == ["j2"]
 
 
-async def test_cancelled_job_keys_expire_and_its_queued_tasks_are_delivered(redis_pair: RedisPair) -> None:
-    store, queue = redis_pair
+async def test_cancelled_job_keys_expire_and_its_queued_tasks_are_delivered(store: RedisStore) -> None:
     await store.create_job(make_job("j1"), tasks_of("j1", n=2))
     assert await store.cancel_job("j1", "no longer needed") is True
     assert 3500 < await store.client.ttl("mrsa:job:j1") <= 3600
     # Documented: Redis does not search the stream on cancel; the tasks come out and are skipped.
-    assert [t.job_id for t in await take_all(queue)] == ["j1", "j1"]
+    assert [t.job_id for t in await take_all(store)] == ["j1", "j1"]
 
 
-async def test_dead_letters_are_kept_with_their_delivery_count(redis_pair: RedisPair) -> None:
-    store, queue = redis_pair
+async def test_dead_letters_are_kept_with_their_delivery_count(store: RedisStore) -> None:
     await store.create_job(make_job("j1"), tasks_of("j1", n=2))
-    doomed, fine = await queue.take("c1", 2, block_ms=0)
-    await queue.ack(fine)
+    doomed, fine = await store.take("c1", 2, block_ms=0)
+    await store.ack(fine)
     dead = []
     for _ in range(MAX_DELIVERIES):
-        dead.extend((await queue.reclaim("c2", idle_ms=0, count=5)).dead)
+        dead.extend((await store.reclaim("c2", idle_ms=0, count=5)).dead)
     assert [d.task for d in dead] == [doomed.task]
-    assert await queue.dead_letters() == []  # until its job is failed
-    assert await queue.move_to_dead_letters(dead[0]) is True
-    letters = await queue.dead_letters()
+    assert await store.dead_letters() == []  # until its job is failed
+    assert await store.move_to_dead_letters(dead[0]) is True
+    letters = await store.dead_letters()
     assert [(d.id, d.task, d.deliveries) for d in letters] == [(doomed.id, doomed.task, MAX_DELIVERIES)]
     # Gone from the stream and from the pending list: never delivered again.
     assert await store.client.xlen("mrsa:tasks") == 0
-    assert (await queue.reclaim("c3", idle_ms=0, count=5)).deliveries == []
+    assert (await store.reclaim("c3", idle_ms=0, count=5)).deliveries == []
 
 
-async def test_heartbeat_keeps_a_long_task_from_being_reclaimed(redis_pair: RedisPair) -> None:
-    store, queue = redis_pair
+async def test_heartbeat_keeps_a_long_task_from_being_reclaimed(store: RedisStore) -> None:
     await store.create_job(make_job("j1"), tasks_of("j1", n=1))
-    (delivery,) = await queue.take("c1", 1, block_ms=0)
+    (delivery,) = await store.take("c1", 1, block_ms=0)
     for _ in range(5):  # a task running 5 × the idle timeout, heartbeating in between
         await asyncio.sleep(0.1)
-        await queue.heartbeat("c1", [delivery])
-        assert (await queue.reclaim("c2", idle_ms=150, count=5)).deliveries == []
+        await store.heartbeat("c1", [delivery])
+        assert (await store.reclaim("c2", idle_ms=150, count=5)).deliveries == []
     pending = await store.client.xpending_range("mrsa:tasks", "workers", "-", "+", 10)
     assert [(p["consumer"], p["times_delivered"]) for p in pending] == [("c1", 1)]  # no delivery counted
     await asyncio.sleep(0.2)  # silent now: reclaimable
-    assert len((await queue.reclaim("c2", idle_ms=150, count=5)).deliveries) == 1
+    assert len((await store.reclaim("c2", idle_ms=150, count=5)).deliveries) == 1
 
 
-async def test_one_heartbeat_and_one_release_cover_thousands_of_tasks(redis_pair: RedisPair) -> None:
+async def test_one_heartbeat_and_one_release_cover_thousands_of_tasks(store: RedisStore) -> None:
     """The heartbeat script passes every id to XCLAIM (once only the first: Lua cuts ``unpack``
     short unless it is the last argument), in batches that stay inside Lua's stack."""
-    store, queue = redis_pair
     await store.create_job(make_job("j1"), tasks_of("j1", n=2500))
-    taken = await queue.take("c1", 2500, block_ms=0)
+    taken = await store.take("c1", 2500, block_ms=0)
     assert len(taken) == 2500
     await asyncio.sleep(0.15)
-    await queue.heartbeat("c1", taken)
-    assert (await queue.reclaim("c2", idle_ms=100, count=5000)).deliveries == []
-    await queue.release("c1", taken[:1500])
-    reclaimed = (await queue.reclaim("c2", idle_ms=60_000, count=5000)).deliveries
+    await store.heartbeat("c1", taken)
+    assert (await store.reclaim("c2", idle_ms=100, count=5000)).deliveries == []
+    await store.release("c1", taken[:1500])
+    reclaimed = (await store.reclaim("c2", idle_ms=60_000, count=5000)).deliveries
     assert sorted(d.id for d in reclaimed) == sorted(d.id for d in taken[:1500])
 
 
 async def test_jobs_tasks_and_pending_entries_survive_a_restart(redis_server: RedisServer) -> None:
-    store, queue = await open_redis(redis_server.url, max_deliveries=MAX_DELIVERIES)
-    try:
+    async with open_store(redis_server.url, SETTINGS) as store:
         await store.create_job(make_job("j1"), tasks_of("j1", n=3))
         await store.save_candidate("j1", make_candidate(0, 2))
-        taken = await queue.take("c1", 2, block_ms=0)
+        taken = await store.take("c1", 2, block_ms=0)
         redis_server.restart()
         job = await _retry(store.get_job, "j1")
         assert job is not None and job.id == "j1"
         assert [c.index for c in await store.get_candidates("j1", 0)] == [2]
         assert await store.save_candidate("j1", make_candidate(0, 0)) == 2  # the counter survived
-        stats = await queue.stats()
+        stats = await store.stats()
         assert (stats.queued, stats.in_flight) == (1, 2)
-        reclaimed = (await queue.reclaim("c2", idle_ms=0, count=5)).deliveries
+        reclaimed = (await store.reclaim("c2", idle_ms=0, count=5)).deliveries
         assert sorted(d.id for d in reclaimed) == sorted(d.id for d in taken)
         assert all(d.deliveries == 2 for d in reclaimed)
-        assert [d.task.index for d in await queue.take("c2", 5, block_ms=0)] == [2]
-    finally:
-        await store.aclose()
+        assert [d.task.index for d in await store.take("c2", 5, block_ms=0)] == [2]
 
 
 async def _retry(fn, *args):  # type: ignore[no-untyped-def]
@@ -167,8 +159,7 @@ async def _retry(fn, *args):  # type: ignore[no-untyped-def]
 
 
 async def test_store_unavailable_when_redis_is_down(redis_server: RedisServer) -> None:
-    store, queue = await open_redis(redis_server.url)
-    try:
+    async with open_store(redis_server.url, Settings()) as store:
         await store.create_job(make_job("j1"), tasks_of("j1", n=1))
         redis_server.stop()
         loop = asyncio.get_running_loop()
@@ -176,14 +167,53 @@ async def test_store_unavailable_when_redis_is_down(redis_server: RedisServer) -
         with pytest.raises(StoreUnavailable, match=r"redis at redis://127\.0\.0\.1:\d+/0 is unavailable"):
             await store.get_job("j1")
         with pytest.raises(StoreUnavailable):
-            await queue.take("c1", 1, block_ms=100)
+            await store.take("c1", 1, block_ms=100)
         with pytest.raises(StoreUnavailable):
             await store.save_candidate("j1", make_candidate(0, 0))
         assert loop.time() - started < 10
-    finally:
-        await store.aclose()
     with pytest.raises(StoreUnavailable):
-        await open_redis(redis_server.url)
+        async with open_store(redis_server.url, Settings()):
+            pytest.fail("opened a store on a stopped redis")
+
+
+async def test_open_store_waits_for_a_starting_redis(redis_server: RedisServer) -> None:
+    """The API and the workers may start before Redis answers: ``wait_s`` retries meanwhile."""
+    redis_server.stop()
+
+    def start_later() -> None:
+        time.sleep(1.0)
+        redis_server.start()
+
+    starting = asyncio.create_task(asyncio.to_thread(start_later))
+    async with open_store(redis_server.url, Settings(), wait_s=60) as store:
+        assert await store.ping() is True
+        assert starting.done()  # it waited for the start instead of failing
+    await starting
+
+
+async def test_open_store_stops_waiting_when_told(redis_server: RedisServer) -> None:
+    """A worker stopped (SIGTERM) while Redis is down gives up at once instead of waiting on."""
+    redis_server.stop()
+    stop = asyncio.Event()
+    asyncio.get_running_loop().call_later(0.5, stop.set)
+    started = time.monotonic()
+    with pytest.raises(StoreUnavailable):
+        async with open_store(redis_server.url, Settings(), wait_s=math.inf, stop=stop):
+            pytest.fail("opened a store on a stopped redis")
+    assert 0.4 < time.monotonic() - started < 10
+
+
+async def test_event_reads_can_have_a_pool_of_their_own(redis_server: RedisServer) -> None:
+    """With ``events_connections``, blocked event reads do not take the other commands' connections."""
+    async with open_store(redis_server.url, Settings(), max_connections=2, events_connections=4) as store:
+        await store.create_job(make_job("j1"), [])
+        readers = [asyncio.create_task(store.read_events("j1", None, block_ms=1500)) for _ in range(4)]
+        await asyncio.sleep(0.2)  # all four blocked in XREAD
+        started = time.monotonic()
+        for i in range(20):
+            await store.save_candidate("j1", make_candidate(0, i))
+        assert time.monotonic() - started < 1.0  # not waiting for a reader's connection
+        assert all(r == [] for r in await asyncio.gather(*readers))
 
 
 def test_redact_hides_the_password() -> None:
@@ -212,7 +242,7 @@ class RoundTrips:
         monkeypatch.setattr(AbstractConnection, "send_packed_command", counting)
 
 
-async def _run_sequentially(store: RedisJobStore, queue: RedisTaskQueue, specs: list[object]) -> int:
+async def _run_sequentially(store: RedisStore, specs: list[object]) -> int:
     """Submit jobs, then run every task as a worker does (take one, run it, ack it)."""
     from mrsa.engine.runner import TaskRunner
     from mrsa.engine.service import JobService
@@ -220,9 +250,9 @@ async def _run_sequentially(store: RedisJobStore, queue: RedisTaskQueue, specs: 
 
     runner = TaskRunner(JobService(store), FakeBackend())
     jobs = [await runner.jobs.submit(spec) for spec in specs]  # type: ignore[arg-type]
-    while deliveries := await queue.take("w", 1, block_ms=0):
+    while deliveries := await store.take("w", 1, block_ms=0):
         await runner.run_task(deliveries[0].task)
-        await queue.ack(deliveries[0])
+        await store.ack(deliveries[0])
     for job in jobs:
         assert (await store.get_job(job.id)).status.value == "succeeded"  # type: ignore[union-attr]
     return len(jobs)
@@ -230,7 +260,7 @@ async def _run_sequentially(store: RedisJobStore, queue: RedisTaskQueue, specs: 
 
 @pytest.mark.parametrize(("population", "rounds", "jobs"), [(2, 1, 1), (4, 2, 1), (8, 3, 1), (3, 1, 4)])
 async def test_round_trips_per_candidate(
-    redis_pair: RedisPair, monkeypatch: pytest.MonkeyPatch, population: int, rounds: int, jobs: int
+    store: RedisStore, monkeypatch: pytest.MonkeyPatch, population: int, rounds: int, jobs: int
 ) -> None:
     """The count documented in mrsa/store/redis.py: 5 per candidate, per round one ``complete_rounds`` and its event (none after the last), and per job 2 to submit, 2 to mark it running and
     T+1 + 3 to finish it; plus the final empty take. Nothing grows with N, T or the number of jobs
@@ -238,12 +268,11 @@ async def test_round_trips_per_candidate(
     from mrsa.domain import JobSpec
     from mrsa.params import RSAParams
 
-    store, queue = redis_pair
     await store.ping()  # a warm connection: connecting is not counted
     params = RSAParams(population=population, subset=min(2, population), rounds=rounds, budget=32, tail=8)
     specs: list[object] = [JobSpec(problem=f"What is {i}+1?", params=params) for i in range(jobs)]
     trips = RoundTrips(monkeypatch)
-    assert await _run_sequentially(store, queue, specs) == jobs
+    assert await _run_sequentially(store, specs) == jobs
     candidates = jobs * population * (rounds + 1)
     expected = (
         5 * candidates
@@ -256,38 +285,33 @@ async def test_round_trips_per_candidate(
     assert trips.count == expected
 
 
-async def test_forget_consumer_keeps_one_that_holds_tasks(redis_pair: RedisPair) -> None:
-    store, queue = redis_pair
+async def test_forget_consumer_keeps_one_that_holds_tasks(store: RedisStore) -> None:
     await store.create_job(make_job("j1"), tasks_of("j1", n=1))
-    (delivery,) = await queue.take("busy", 1, block_ms=0)
-    await queue.take("idle", 1, block_ms=0)
-    assert await queue.forget_consumer("busy") is False  # its task must stay reclaimable
-    assert await queue.forget_consumer("idle") is True
+    (delivery,) = await store.take("busy", 1, block_ms=0)
+    await store.take("idle", 1, block_ms=0)
+    assert await store.forget_consumer("busy") is False  # its task must stay reclaimable
+    assert await store.forget_consumer("idle") is True
     names = {c["name"] for c in await store.client.xinfo_consumers("mrsa:tasks", "workers")}
     assert names == {"busy"}
-    await queue.ack(delivery)
-    assert await queue.forget_consumer("busy") is True
+    await store.ack(delivery)
+    assert await store.forget_consumer("busy") is True
 
 
 async def test_more_concurrent_commands_than_connections_wait_for_one(redis_server: RedisServer) -> None:
     """A worker with hundreds of tasks in flight issues more concurrent commands than its pool
     holds: they queue for a connection instead of failing (redis-py's default pool raises
     MaxConnectionsError past its limit, which left tasks pending until reclaim)."""
-    store, _queue = await open_redis(redis_server.url, max_connections=4, prefix="burst")
-    try:
+    async with open_store(redis_server.url, Settings(redis_prefix="burst"), max_connections=4) as store:
         await store.create_job(make_job("j1"), [])
         blocking = asyncio.create_task(store.read_events("j1", None, block_ms=300))  # holds one
         saves = [store.save_candidate("j1", make_candidate(0, i)) for i in range(200)]
         counts = await asyncio.gather(*saves)
         assert sorted(counts) == list(range(1, 201))
         assert await blocking == []
-    finally:
-        await store.aclose()
 
 
-async def test_status_index_drops_finished_jobs_with_their_retention(redis_pair: RedisPair) -> None:
+async def test_status_index_drops_finished_jobs_with_their_retention(store: RedisStore) -> None:
     """The jobs-by-status count of finished jobs ends when the job's keys expire."""
-    store, _ = redis_pair
     await store.create_job(make_job("old"), [])
     await store.create_job(make_job("new"), [])
     await store.finish_job("old", make_result("old"))

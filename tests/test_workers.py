@@ -30,8 +30,10 @@ from mrsa.domain import Job, JobSpec, JobStatus
 from mrsa.engine.runner import TaskRunner
 from mrsa.engine.service import JobService
 from mrsa.params import resolve_params
+from mrsa.settings import Settings
 from mrsa.store.base import StoreUnavailable
-from mrsa.store.redis import GROUP, RedisJobStore, RedisTaskQueue, open_redis
+from mrsa.store.opening import open_store
+from mrsa.store.redis import GROUP, RedisStore
 from tests.fakes import FakeBackend
 from tests.faultproxy import FaultProxy
 from tests.plugins.redis_server import RedisServer
@@ -146,12 +148,16 @@ def cluster(redis_server: RedisServer, tmp_path: Path) -> Iterator[Cluster]:
 
 
 @pytest.fixture
-async def redis_pair(redis_server: RedisServer) -> AsyncIterator[tuple[RedisJobStore, RedisTaskQueue]]:
-    store, queue = await open_redis(redis_server.url)
-    try:
-        yield store, queue
-    finally:
-        await store.aclose()
+async def redis_store(redis_server: RedisServer) -> AsyncIterator[RedisStore]:
+    async with open_redis_store(redis_server.url) as store:
+        yield store
+
+
+@contextlib.asynccontextmanager
+async def open_redis_store(url: str, **settings: Any) -> AsyncIterator[RedisStore]:
+    async with open_store(url, Settings(**settings)) as store:
+        assert isinstance(store, RedisStore)
+        yield store
 
 
 async def until(
@@ -182,12 +188,12 @@ async def wait_ready(*workers: WorkerProc, within: float = 60.0) -> None:
         await until(ready, f"worker {w.name} to be ready", within)
 
 
-async def submit(store: RedisJobStore, n: int, params: Any) -> list[Job]:
+async def submit(store: RedisStore, n: int, params: Any) -> list[Job]:
     jobs = JobService(store)
     return [await jobs.submit(JobSpec(problem=f"What is {i} + {i + 1}?", params=params)) for i in range(n)]
 
 
-async def wait_terminal(store: RedisJobStore, jobs: list[Job], within: float = JOB_TIMEOUT) -> list[Job]:
+async def wait_terminal(store: RedisStore, jobs: list[Job], within: float = JOB_TIMEOUT) -> list[Job]:
     done: dict[str, Job] = {}
 
     async def all_terminal() -> bool:
@@ -202,7 +208,7 @@ async def wait_terminal(store: RedisJobStore, jobs: list[Job], within: float = J
     return [done[j.id] for j in jobs]
 
 
-async def assert_complete(store: RedisJobStore, job: Job) -> None:
+async def assert_complete(store: RedisStore, job: Job) -> None:
     """Succeeded, and every round holds exactly candidates 0..N-1 (none lost, none duplicated)."""
     got = await store.get_job(job.id)
     assert got is not None and got.status == JobStatus.succeeded, (got.status, got.error) if got else None
@@ -216,12 +222,12 @@ async def assert_complete(store: RedisJobStore, job: Job) -> None:
     assert result.usage.requests == params.population * (params.rounds + 1)
 
 
-async def candidate_events(store: RedisJobStore, job_id: str) -> list[tuple[int | None, int | None]]:
+async def candidate_events(store: RedisStore, job_id: str) -> list[tuple[int | None, int | None]]:
     events = await store.read_events(job_id, None, block_ms=0, count=10_000)
     return sorted((e.round, e.index) for _, e in events if e.type == "candidate")
 
 
-async def pending_of(store: RedisJobStore, consumer: str) -> int:
+async def pending_of(store: RedisStore, consumer: str) -> int:
     rows = await store.client.xpending_range("mrsa:tasks", GROUP, "-", "+", 100, consumername=consumer)
     return len(rows)
 
@@ -230,9 +236,9 @@ async def pending_of(store: RedisJobStore, consumer: str) -> int:
 
 
 async def test_two_workers_share_three_jobs(
-    cluster: Cluster, redis_pair: tuple[RedisJobStore, RedisTaskQueue], embedded_url: str
+    cluster: Cluster, redis_store: RedisStore, embedded_url: str
 ) -> None:
-    store, queue = redis_pair
+    store = redis_store
     a = cluster.start("a", embedded_url)
     b = cluster.start("b", embedded_url)
     await wait_ready(a, b)
@@ -245,7 +251,7 @@ async def test_two_workers_share_three_jobs(
     done = {w.name: w.metrics().get("mrsa_candidates_total", 0.0) for w in (a, b)}
     assert sum(done.values()) == 12
     assert all(n >= 1 for n in done.values()), f"one worker did all the work: {done}"
-    stats = await queue.stats()
+    stats = await store.stats()
     assert (stats.queued, stats.in_flight, stats.dead) == (0, 0, 0)
     gauges = a.metrics()
     for name in ("queued", "in_flight", "pending_reclaim", "dead"):
@@ -253,9 +259,9 @@ async def test_two_workers_share_three_jobs(
 
 
 async def test_sigkill_mid_task_is_reclaimed_by_the_survivor(
-    cluster: Cluster, redis_pair: tuple[RedisJobStore, RedisTaskQueue], embedded_url: str
+    cluster: Cluster, redis_store: RedisStore, embedded_url: str
 ) -> None:
-    store, _ = redis_pair
+    store = redis_store
     victim = cluster.start("victim", embedded_url)
     survivor = cluster.start("survivor", embedded_url)
     await wait_ready(victim, survivor)
@@ -274,7 +280,7 @@ async def test_sigkill_mid_task_is_reclaimed_by_the_survivor(
     assert await pending_of(store, "victim") == 0
 
 
-def _has_pending(store: RedisJobStore, consumer: str) -> Callable[[], Awaitable[bool]]:
+def _has_pending(store: RedisStore, consumer: str) -> Callable[[], Awaitable[bool]]:
     async def check() -> bool:
         return await pending_of(store, consumer) >= 1
 
@@ -287,9 +293,9 @@ async def wait_exit(worker: WorkerProc, within: float) -> int:
 
 
 async def test_sigterm_finishes_the_task_in_flight(
-    cluster: Cluster, redis_pair: tuple[RedisJobStore, RedisTaskQueue], embedded_url: str
+    cluster: Cluster, redis_store: RedisStore, embedded_url: str
 ) -> None:
-    store, _ = redis_pair
+    store = redis_store
     leaving = cluster.start("leaving", embedded_url, "--shutdown-grace", "120")
     staying = cluster.start("staying", embedded_url)
     await wait_ready(leaving, staying)
@@ -307,9 +313,9 @@ async def test_sigterm_finishes_the_task_in_flight(
 
 
 async def test_sigterm_past_the_grace_period_releases_the_tasks(
-    cluster: Cluster, redis_pair: tuple[RedisJobStore, RedisTaskQueue], embedded_url: str
+    cluster: Cluster, redis_store: RedisStore, embedded_url: str
 ) -> None:
-    store, _ = redis_pair
+    store = redis_store
     with FaultProxy(embedded_url, delay_s=120) as hold:  # the leaving worker's requests never end
         leaving = cluster.start("leaving", hold.url, "--shutdown-grace", "0", concurrency=3)
         await wait_ready(leaving)
@@ -332,10 +338,10 @@ async def test_sigterm_past_the_grace_period_releases_the_tasks(
 async def test_redis_restart_mid_job(
     cluster: Cluster,
     redis_server: RedisServer,
-    redis_pair: tuple[RedisJobStore, RedisTaskQueue],
+    redis_store: RedisStore,
     embedded_url: str,
 ) -> None:
-    store, _ = redis_pair
+    store = redis_store
     a = cluster.start("a", embedded_url)
     b = cluster.start("b", embedded_url)
     await wait_ready(a, b)
@@ -358,9 +364,9 @@ def proxy(embedded_url: str) -> Iterator[FaultProxy]:
 
 
 async def test_transient_backend_faults_are_retried(
-    cluster: Cluster, redis_pair: tuple[RedisJobStore, RedisTaskQueue], proxy: FaultProxy
+    cluster: Cluster, redis_store: RedisStore, proxy: FaultProxy
 ) -> None:
-    store, _ = redis_pair
+    store = redis_store
     w = cluster.start("w", proxy.url, "--timeout", "10", "--retries", "6")
     await wait_ready(w)
     faults: list[Any] = ["503", "500", "drop", "delay", "503"]
@@ -378,12 +384,12 @@ async def test_transient_backend_faults_are_retried(
 @pytest.mark.parametrize(("fault", "message"), [("503", "answered HTTP 503"), ("drop", "cannot connect")])
 async def test_a_permanently_failing_backend_fails_the_job(
     cluster: Cluster,
-    redis_pair: tuple[RedisJobStore, RedisTaskQueue],
+    redis_store: RedisStore,
     proxy: FaultProxy,
     fault: Any,
     message: str,
 ) -> None:
-    store, _ = redis_pair
+    store = redis_store
     w = cluster.start("w", proxy.url, "--retries", "2", "--backend-hold", "0")  # no hold: fail at once
     await wait_ready(w)
     proxy.fail_always(fault)
@@ -408,16 +414,15 @@ async def test_a_task_that_keeps_killing_workers_is_dead_lettered_and_fails_its_
 
     from workers.loop import Worker, WorkerOptions
 
-    store, queue = await open_redis(redis_server.url, max_deliveries=2)
-    try:
+    async with open_redis_store(redis_server.url, max_deliveries=2) as store:
         (job,) = await submit(store, 1, tiny_params())
-        (doomed,) = await queue.take("ghost-1", 1, block_ms=0)
-        assert [d.deliveries for d in (await queue.reclaim("ghost-2", 0, 1)).deliveries] == [2]
+        (doomed,) = await store.take("ghost-1", 1, block_ms=0)
+        assert [d.deliveries for d in (await store.reclaim("ghost-2", 0, 1)).deliveries] == [2]
         dead_before = REGISTRY.get_sample_value("mrsa_tasks_dead_lettered_total") or 0.0
         await asyncio.sleep(0.1)
         worker = Worker(
             TaskRunner(JobService(store), FakeBackend()),
-            queue,
+            store,
             WorkerOptions(
                 reclaim_idle_ms=50, block_ms=50, heartbeat_s=0.02, cancel_check_s=0.05, stats_interval_s=0.05
             ),
@@ -435,27 +440,23 @@ async def test_a_task_that_keeps_killing_workers_is_dead_lettered_and_fails_its_
         assert f"task {doomed.task.key} was moved to the dead-letter list after 2 deliveries" in done.error
         result = await store.get_result(job.id)
         assert result is not None and result.error == done.error
-        assert [d.task for d in await queue.dead_letters()] == [doomed.task]
+        assert [d.task for d in await store.dead_letters()] == [doomed.task]
         assert (REGISTRY.get_sample_value("mrsa_tasks_dead_lettered_total") or 0.0) == dead_before + 1
-        stats = await queue.stats()
+        stats = await store.stats()
         assert (stats.queued, stats.in_flight, stats.dead) == (0, 0, 1)  # the job's other task was skipped
-        # The worker publishes the queue gauges from queue.stats().
+        # The worker publishes the queue gauges from store.stats().
         assert REGISTRY.get_sample_value("mrsa_queue_tasks_dead") == 1
         assert REGISTRY.get_sample_value("mrsa_queue_tasks_queued") == 0
-    finally:
-        await store.aclose()
 
 
-async def test_three_five_minute_candidates_on_two_workers(
-    cluster: Cluster, redis_pair: tuple[RedisJobStore, RedisTaskQueue]
-) -> None:
+async def test_three_five_minute_candidates_on_two_workers(cluster: Cluster, redis_store: RedisStore) -> None:
     """Issue 9's "done when", at 1/60 of the time scale: a job of three candidates that each run
     "five minutes" (5 s on the simulator, i.e. five reclaim-idle periods of 1 s; the defaults are
     60 s and 10 s heartbeats) on two ``python -m workers`` with four tasks each succeeds with one
     backend request per candidate, and nothing is reclaimed."""
     from benchmarks.simulator.process import running_simulator
 
-    store, _ = redis_pair
+    store = redis_store
     budget, step_ms = 50, 100  # every generation runs to max_tokens (runaway share 1): 5 s
     flags = [
         f"--step-base-ms={step_ms}",
@@ -493,7 +494,7 @@ async def test_three_five_minute_candidates_on_two_workers(
 
 @contextlib.asynccontextmanager
 async def inprocess_workers(
-    store: RedisJobStore, queue: RedisTaskQueue, backend: FakeBackend, n: int, **options: Any
+    store: RedisStore, backend: FakeBackend, n: int, **options: Any
 ) -> AsyncIterator[list[Any]]:
     """``n`` in-process workers (consumers ``w0``, ``w1``...) on one Redis, stopped on exit."""
     from workers.loop import Worker, WorkerOptions
@@ -502,7 +503,7 @@ async def inprocess_workers(
     workers = [
         Worker(
             TaskRunner(JobService(store), backend),
-            queue,
+            store,
             WorkerOptions(**{**defaults, **options}),
             consumer=f"w{i}",
         )
@@ -524,8 +525,7 @@ async def test_a_worker_keeps_all_its_long_tasks(redis_server: RedisServer) -> N
     the backend for four reclaim-idle periods: nothing is reclaimed, every candidate is requested
     once, the job succeeds."""
     hold_s, idle_ms = 3.2, 800
-    store, queue = await open_redis(redis_server.url)
-    try:
+    async with open_redis_store(redis_server.url) as store:
         backend = FakeBackend(capacity=4)
 
         async def slow(_request: Any) -> None:
@@ -537,7 +537,7 @@ async def test_a_worker_keeps_all_its_long_tasks(redis_server: RedisServer) -> N
         )
         (job,) = await submit(store, 1, params)
         async with inprocess_workers(
-            store, queue, backend, 2, capacity=4, reclaim_idle_ms=idle_ms, heartbeat_s=0.15
+            store, backend, 2, capacity=4, reclaim_idle_ms=idle_ms, heartbeat_s=0.15
         ) as workers:
             await wait_terminal(store, [job], within=120)
         await assert_complete(store, job)
@@ -545,17 +545,14 @@ async def test_a_worker_keeps_all_its_long_tasks(redis_server: RedisServer) -> N
         assert requested == [(r, i) for r in range(2) for i in range(4)], "a candidate was requested twice"
         assert [w.reclaimed for w in workers] == [0, 0]
         assert await candidate_events(store, job.id) == [(r, i) for r in range(2) for i in range(4)]
-        assert (await queue.stats()).dead == 0
-    finally:
-        await store.aclose()
+        assert (await store.stats()).dead == 0
 
 
 async def test_a_worker_whose_heartbeats_lapsed_keeps_running_its_task(redis_server: RedisServer) -> None:
     """Heartbeats that lapse (a store outage longer than the idle timeout; here: none at all) let
     the worker's own reclaim find its running task. It is neither started twice nor, once its
     delivery count passes the maximum, reported dead and its job failed under it."""
-    store, queue = await open_redis(redis_server.url, max_deliveries=2)
-    try:
+    async with open_redis_store(redis_server.url, max_deliveries=2) as store:
         backend = FakeBackend(capacity=2)
 
         async def slow(_request: Any) -> None:
@@ -566,16 +563,14 @@ async def test_a_worker_whose_heartbeats_lapsed_keeps_running_its_task(redis_ser
             "smoke", {"population": 1, "subset": 1, "rounds": 0, "budget": 24, "tail": 16}
         )
         (job,) = await submit(store, 1, params)
-        async with inprocess_workers(
-            store, queue, backend, 1, capacity=2, reclaim_idle_ms=100, heartbeat_s=60
-        ) as (worker,):
+        async with inprocess_workers(store, backend, 1, capacity=2, reclaim_idle_ms=100, heartbeat_s=60) as (
+            worker,
+        ):
             (done,) = await wait_terminal(store, [job], within=60)
         assert (done.status, done.error) == (JobStatus.succeeded, None)
         assert len(backend.requests) == 1
         assert worker.reclaimed == 0
-        assert (await queue.stats()).dead == 0
-    finally:
-        await store.aclose()
+        assert (await store.stats()).dead == 0
 
 
 async def test_a_dead_letter_whose_reclaimer_died_still_fails_its_job(redis_server: RedisServer) -> None:
@@ -583,29 +578,26 @@ async def test_a_dead_letter_whose_reclaimer_died_still_fails_its_job(redis_serv
     between left the job running for ever, its last task gone from the queue. The task now stays
     pending until its job is failed: the next worker to reclaim it fails the job and only then
     moves it to the dead-letter list."""
-    store, queue = await open_redis(redis_server.url, max_deliveries=2)
-    try:
+    async with open_redis_store(redis_server.url, max_deliveries=2) as store:
         (job,) = await submit(store, 1, tiny_params())
-        (doomed,) = await queue.take("ghost-1", 1, block_ms=0)
-        assert [d.deliveries for d in (await queue.reclaim("ghost-2", 0, 1)).deliveries] == [2]
+        (doomed,) = await store.take("ghost-1", 1, block_ms=0)
+        assert [d.deliveries for d in (await store.reclaim("ghost-2", 0, 1)).deliveries] == [2]
         # ghost-3 finds it dead-lettered and dies before failing the job.
-        assert [d.task for d in (await queue.reclaim("ghost-3", 0, 1)).dead] == [doomed.task]
+        assert [d.task for d in (await store.reclaim("ghost-3", 0, 1)).dead] == [doomed.task]
         got = await store.get_job(job.id)
         assert got is not None and not got.status.terminal
         await asyncio.sleep(0.1)
-        async with inprocess_workers(
-            store, queue, FakeBackend(), 1, reclaim_idle_ms=50, heartbeat_s=0.02
-        ) as (worker,):
+        async with inprocess_workers(store, FakeBackend(), 1, reclaim_idle_ms=50, heartbeat_s=0.02) as (
+            worker,
+        ):
             (done,) = await wait_terminal(store, [job], within=20)
         assert done.status == JobStatus.failed
         assert done.error is not None
         assert f"task {doomed.task.key} was moved to the dead-letter list after 2 deliveries" in done.error
-        assert [d.task for d in await queue.dead_letters()] == [doomed.task]  # once
-        stats = await queue.stats()
+        assert [d.task for d in await store.dead_letters()] == [doomed.task]  # once
+        stats = await store.stats()
         assert (stats.queued, stats.in_flight, stats.dead) == (0, 0, 1)
         assert worker.reclaimed == 0
-    finally:
-        await store.aclose()
 
 
 async def test_solve_through_redis(redis_server: RedisServer, embedded_url: str) -> None:
@@ -649,14 +641,11 @@ async def test_solve_through_redis(redis_server: RedisServer, embedded_url: str)
             await proc.wait()
     assert proc.returncode == 0, err.decode()
     result = json.loads(out)
-    store, _ = await open_redis(redis_server.url)
-    try:
+    async with open_redis_store(redis_server.url) as store:
         job = await store.get_job(result["job_id"])
         assert job is not None and job.status == JobStatus.succeeded
         stored = await store.get_result(job.id)
         assert stored is not None and stored.model_dump(mode="json") == result
-    finally:
-        await store.aclose()
 
 
 async def test_a_worker_waits_for_redis_and_leaves_the_group_on_exit(
@@ -669,8 +658,7 @@ async def test_a_worker_waits_for_redis_and_leaves_the_group_on_exit(
     await until(lambda: "waiting for redis" in w.log, "the worker to wait for redis", within=30)
     redis_server.start()
     await wait_ready(w)
-    store, _ = await open_redis(redis_server.url)
-    try:
+    async with open_redis_store(redis_server.url) as store:
 
         async def consumers() -> set[str]:
             return {c["name"] for c in await store.client.xinfo_consumers("mrsa:tasks", GROUP)}
@@ -682,5 +670,3 @@ async def test_a_worker_waits_for_redis_and_leaves_the_group_on_exit(
         w.proc.send_signal(signal.SIGTERM)
         assert await wait_exit(w, 30) == 0, w.log
         assert "early" not in await consumers()
-    finally:
-        await store.aclose()

@@ -1,6 +1,6 @@
-"""Run jobs inside the current process: a :class:`Worker` on a store/queue pair (memory by
-default), plus helpers to submit jobs and wait for their results. ``mrsa solve`` and in-process
-``mrsa bench`` use it; with a Redis store/queue it also works as one worker among others."""
+"""Run jobs inside the current process: a :class:`Worker` on a store (memory by default), plus
+helpers to submit jobs and wait for their results. ``mrsa solve`` and in-process ``mrsa bench`` use
+it; on a Redis store it also works as one worker among others."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ from mrsa.domain import Event, Job, JobResult, JobSpec
 from mrsa.engine.follow import follow
 from mrsa.engine.runner import TaskRunner
 from mrsa.engine.service import JobService
-from mrsa.store.base import JobStore, TaskQueue
-from mrsa.store.memory import open_memory
+from mrsa.store.base import Store
+from mrsa.store.memory import MemoryStore
 from workers.loop import Worker, WorkerOptions
 
 EventCallback = Callable[[Event], Awaitable[None] | None]
@@ -29,20 +29,17 @@ class InProcessRunner:
     def __init__(
         self,
         backend: Backend,
-        store: JobStore | None = None,
-        queue: TaskQueue | None = None,
+        store: Store | None = None,
         capacity: int = 1,
         options: WorkerOptions | None = None,
     ) -> None:
-        if store is None or queue is None:
-            store, queue = open_memory()
+        store = MemoryStore() if store is None else store  # the memory store needs no closing
         self.store = store
-        self.queue = queue
         self.jobs = JobService(store)
         # An idle in-process worker polls a memory queue at almost no cost; a short block lets it
         # see the stop at once (the default 1 s added up to a second to every `mrsa solve`).
         opts = dataclasses.replace(options or WorkerOptions(block_ms=IDLE_BLOCK_MS), capacity=capacity)
-        self.worker = Worker(TaskRunner(self.jobs, backend), queue, opts)
+        self.worker = Worker(TaskRunner(self.jobs, backend), store, opts)
         self._stop = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 

@@ -9,9 +9,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import random
 import signal
 from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,8 +22,10 @@ from mrsa.backends.factory import open_backend
 from mrsa.backends.http import HttpOptions
 from mrsa.engine.runner import TaskRunner
 from mrsa.engine.service import JobService
-from mrsa.store.base import StoreUnavailable
-from mrsa.store.redis import RedisJobStore, RedisTaskQueue, open_redis, redact
+from mrsa.settings import get_settings
+from mrsa.store.base import Store, StoreUnavailable
+from mrsa.store.opening import open_store
+from mrsa.urls import redact
 from workers.loop import Worker, WorkerOptions, consumer_name
 
 log = logging.getLogger("mrsa.worker")
@@ -67,27 +71,17 @@ async def _wait(stop: asyncio.Event, seconds: float) -> None:
         await asyncio.wait_for(stop.wait(), seconds)
 
 
-async def connect_redis(
-    config: WorkerConfig, stop: asyncio.Event
-) -> tuple[RedisJobStore, RedisTaskQueue] | None:
-    """Open the store, retrying with backoff until Redis answers (``None`` if stopped first)."""
-    delay = 0.5
-    warned = False
-    while not stop.is_set():
-        try:
-            return await open_redis(
-                config.redis_url,
-                prefix=config.prefix,
-                max_deliveries=config.max_deliveries,
-                retention_s=config.retention_s,
-            )
-        except StoreUnavailable as exc:
-            if not warned:
-                log.warning("waiting for redis: %s", exc)
-                warned = True
-            await _wait(stop, random.uniform(delay / 2, delay))
-            delay = min(delay * 2, 10.0)
-    return None
+def connect_redis(config: WorkerConfig, stop: asyncio.Event) -> AbstractAsyncContextManager[Store]:
+    """The store, retrying with backoff until Redis answers; raises StoreUnavailable if ``stop``
+    is set first."""
+    settings = get_settings().model_copy(
+        update={
+            "redis_prefix": config.prefix,
+            "max_deliveries": config.max_deliveries,
+            "retention_s": config.retention_s,
+        }
+    )
+    return open_store(config.redis_url, settings, wait_s=math.inf, stop=stop)
 
 
 @contextlib.asynccontextmanager
@@ -155,11 +149,13 @@ async def serve(config: WorkerConfig, stop: asyncio.Event | None = None) -> Work
         loop.add_signal_handler(sig, on_signal, sig)
     try:
         start_metrics_server(config.metrics_port, config.metrics_host)
-        pair = await connect_redis(config, stop)
-        if pair is None:
-            return None
-        store, queue = pair
-        try:
+        async with contextlib.AsyncExitStack() as stack:
+            try:
+                store = await stack.enter_async_context(connect_redis(config, stop))
+            except StoreUnavailable:
+                if stop.is_set():
+                    return None
+                raise
             async with connect_backend(config, stop) as connected:
                 if connected is None:
                     return None
@@ -172,7 +168,7 @@ async def serve(config: WorkerConfig, stop: asyncio.Event | None = None) -> Work
                     shutdown_grace_s=config.shutdown_grace_s,
                     backend_hold_s=config.backend_hold_s,
                 )
-                worker = Worker(TaskRunner(JobService(store), backend), queue, options, consumer=consumer)
+                worker = Worker(TaskRunner(JobService(store), backend), store, options, consumer=consumer)
                 log.info(
                     "worker %s ready: redis %s, backend %s (%s, model %s), %d task(s) at a time",
                     consumer,
@@ -184,7 +180,7 @@ async def serve(config: WorkerConfig, stop: asyncio.Event | None = None) -> Work
                 )
                 await worker.run(stop)
                 with contextlib.suppress(StoreUnavailable):
-                    await queue.forget_consumer(consumer)
+                    await store.forget_consumer(consumer)
                 log.info(
                     "worker %s stopped: %d task(s) done, %d reclaimed, %d released",
                     consumer,
@@ -193,8 +189,6 @@ async def serve(config: WorkerConfig, stop: asyncio.Event | None = None) -> Work
                     worker.released,
                 )
                 return worker
-        finally:
-            await store.aclose()
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)

@@ -1,14 +1,13 @@
 """The FastAPI application factory.
 
-``create_app(settings)`` opens Redis (and a backend client when ``MRSA_BACKEND_URL`` is set) at
-startup and closes them at shutdown; ``create_app(deps=...)`` runs on ready dependencies (tests).
+``create_app(settings)`` opens the Redis store (and a backend client when ``MRSA_BACKEND_URL`` is
+set) at startup and closes them at shutdown; ``create_app(deps=...)`` runs on ready dependencies
+(tests).
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import logging
 from collections.abc import AsyncIterator
 from importlib.metadata import PackageNotFoundError, version
 
@@ -23,9 +22,7 @@ from mrsa.api.routes_jobs import router as jobs_router
 from mrsa.api.routes_openai import router as openai_router
 from mrsa.api.routes_ops import router as ops_router
 from mrsa.settings import Settings, get_settings
-from mrsa.store.base import StoreUnavailable
-
-log = logging.getLogger("mrsa.api")
+from mrsa.store.opening import open_store
 
 DESCRIPTION = """\
 Markovian RSA (recursive self-aggregation of reasoning tails) as a job service.
@@ -65,47 +62,30 @@ def config_from(settings: Settings) -> ApiConfig:
 API_REDIS_CONNECTIONS = 256
 
 
-async def _open_store(settings: Settings) -> ApiDeps:
-    """Connect to Redis, retrying for a while (compose may start the API before Redis is ready)."""
-    from mrsa.store.redis import open_redis
-
+@contextlib.asynccontextmanager
+async def _open_deps(settings: Settings) -> AsyncIterator[ApiDeps]:
+    """The store (retried for a while: compose may start the API before Redis is ready) and the
+    backend handle, closed on exit."""
     if not settings.redis_url:
         raise RuntimeError("the API needs Redis: set MRSA_REDIS_URL or pass --redis URL")
-    deadline = asyncio.get_running_loop().time() + STARTUP_WAIT_S
-    while True:
-        try:
-            store, queue = await open_redis(
-                settings.redis_url,
-                prefix=settings.redis_prefix,
-                max_deliveries=settings.max_deliveries,
-                retention_s=settings.retention_s,
-                max_connections=API_REDIS_CONNECTIONS,
-            )
-            break
-        except StoreUnavailable as exc:
-            if asyncio.get_running_loop().time() > deadline:
-                raise
-            log.warning("%s; retrying", exc)
-            await asyncio.sleep(1.0)
-    try:
-        events, _ = await open_redis(
-            settings.redis_url,
-            prefix=settings.redis_prefix,
-            max_deliveries=settings.max_deliveries,
-            retention_s=settings.retention_s,
-            max_connections=settings.api_max_streams,
+    async with open_store(
+        settings.redis_url,
+        settings,
+        max_connections=API_REDIS_CONNECTIONS,
+        events_connections=settings.api_max_streams,
+        wait_s=STARTUP_WAIT_S,
+    ) as store:
+        backend = BackendHandle(
+            settings.backend_url,
+            settings.backend_kind,
+            model=settings.model,
+            context_length=settings.backend_context_length,
+            tokenizer=settings.tokenizer,
         )
-    except BaseException:
-        await store.aclose()
-        raise
-    backend = BackendHandle(
-        settings.backend_url,
-        settings.backend_kind,
-        model=settings.model,
-        context_length=settings.backend_context_length,
-        tokenizer=settings.tokenizer,
-    )
-    return ApiDeps(store=store, queue=queue, backend=backend, config=config_from(settings), events=events)
+        try:
+            yield ApiDeps(store=store, backend=backend, config=config_from(settings))
+        finally:
+            await backend.aclose()
 
 
 def create_app(settings: Settings | None = None, deps: ApiDeps | None = None) -> FastAPI:
@@ -116,24 +96,13 @@ def create_app(settings: Settings | None = None, deps: ApiDeps | None = None) ->
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        owned = deps is None
-        ready = deps if deps is not None else await _open_store(settings)
-        app.state.deps = ready
-        app.state.gauges = StoreGauges(
-            ready.store,
-            ready.queue,
-            cache_s=ready.config.metrics_cache_s,
-            reclaim_idle_ms=reclaim_idle_ms,
-        )
-        try:
+        async with contextlib.AsyncExitStack() as stack:
+            ready = deps if deps is not None else await stack.enter_async_context(_open_deps(settings))
+            app.state.deps = ready
+            app.state.gauges = StoreGauges(
+                ready.store, cache_s=ready.config.metrics_cache_s, reclaim_idle_ms=reclaim_idle_ms
+            )
             yield
-        finally:
-            if owned:
-                await ready.backend.aclose()
-                for store in (ready.store, ready.events):
-                    aclose = getattr(store, "aclose", None)
-                    if aclose is not None:
-                        await aclose()
 
     app = FastAPI(
         title="mrsa",
@@ -145,10 +114,7 @@ def create_app(settings: Settings | None = None, deps: ApiDeps | None = None) ->
     if deps is not None:  # usable before the lifespan runs (ASGI transports that skip it)
         app.state.deps = deps
         app.state.gauges = StoreGauges(
-            deps.store,
-            deps.queue,
-            cache_s=config.metrics_cache_s,
-            reclaim_idle_ms=reclaim_idle_ms,
+            deps.store, cache_s=config.metrics_cache_s, reclaim_idle_ms=reclaim_idle_ms
         )
     errors.install(app)
     app.include_router(jobs_router)

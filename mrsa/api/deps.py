@@ -1,6 +1,6 @@
-"""What the routes run on: the store and queue, the job service on that store, an optional backend
-client (asked about context length and health only — the API process never generates), and the
-limits.
+"""What the routes run on: the store (job state and task queue), the job service on that store,
+an optional backend client (asked about context length and health only — the API process never
+generates), and the limits.
 
 ``create_app`` builds :class:`ApiDeps` from :class:`~mrsa.settings.Settings` at startup, or takes
 ready ones (tests pass a store opened on their own event loop).
@@ -20,7 +20,7 @@ from mrsa.backends.base import Backend, BackendError
 from mrsa.backends.factory import make_backend
 from mrsa.backends.http import HttpOptions
 from mrsa.engine.service import JobService
-from mrsa.store.base import JobStore, TaskQueue
+from mrsa.store.base import Store
 
 log = logging.getLogger("mrsa.api")
 
@@ -45,7 +45,7 @@ class ApiConfig:
     chat_hold_s: float = 20.0
     keepalive_s: float = 10.0
     context_check_timeout_s: float = 20.0
-    # Event streams and waiting chat completions (each holds a Redis connection of the events pool).
+    # Event streams and waiting chat completions (each holds a connection of the store's events pool).
     max_streams_per_key: int = 64
     max_streams: int = 1_000
     metrics_cache_s: float = 5.0
@@ -122,13 +122,9 @@ class BackendHandle:
 
 @dataclass
 class ApiDeps:
-    store: JobStore
-    queue: TaskQueue
+    store: Store
     backend: BackendHandle = field(default_factory=lambda: BackendHandle(None))
     config: ApiConfig = field(default_factory=ApiConfig)
-    # The store on a connection pool of its own for blocking event reads (see mrsa.api.streams);
-    # None: the main store.
-    events: JobStore | None = None
     slots: StreamSlots = field(init=False)
     # Submitting, ending and reading jobs: the engine's part that needs no backend.
     jobs: JobService = field(init=False)
@@ -138,10 +134,6 @@ class ApiDeps:
         self.slots = StreamSlots(
             self.config.max_streams_per_key, self.config.max_streams, self.config.retry_after_s
         )
-
-    @property
-    def events_store(self) -> JobStore:
-        return self.events if self.events is not None else self.store
 
 
 def get_deps(request: Request) -> ApiDeps:

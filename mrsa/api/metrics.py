@@ -10,7 +10,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from mrsa import metrics
 from mrsa.domain import JobStatus
-from mrsa.store.base import JobStore, TaskQueue
+from mrsa.store.base import Store
 
 JOBS_BY_STATUS = Gauge(
     "mrsa_jobs",
@@ -32,11 +32,8 @@ CONTENT_TYPE = CONTENT_TYPE_LATEST
 class StoreGauges:
     """Reads the store's job statuses and the queue's sizes, at most every ``cache_s`` seconds."""
 
-    def __init__(
-        self, store: JobStore, queue: TaskQueue, cache_s: float, reclaim_idle_ms: int | None
-    ) -> None:
+    def __init__(self, store: Store, cache_s: float, reclaim_idle_ms: int | None) -> None:
         self.store = store
-        self.queue = queue
         self.cache_s = cache_s
         self.reclaim_idle_ms = reclaim_idle_ms
         self._at = float("-inf")
@@ -44,7 +41,7 @@ class StoreGauges:
     async def refresh(self) -> None:
         if time.monotonic() - self._at < self.cache_s:
             return
-        metrics.observe_queue(await self.queue.stats(self.reclaim_idle_ms))
+        metrics.observe_queue(await self.store.stats(self.reclaim_idle_ms))
         counts = await self.store.count_by_status()  # exact: an index the store keeps per status
         for status in JobStatus:
             JOBS_BY_STATUS.labels(status.value).set(counts.get(status, 0))

@@ -166,7 +166,7 @@ async def events(
         )
     await jobs.owned_job(deps, principal, job_id)
     slot = deps.slots.acquire(principal.owner)  # 429 over MRSA_API_MAX_STREAMS_PER_KEY
-    stream = job_events(deps.events_store, job_id, last_event_id, deps.config.events_block_ms)
+    stream = job_events(deps.store, job_id, last_event_id, deps.config.events_block_ms)
     return SlotEventSourceResponse(stream, ping=deps.config.ping_s, slot=slot)
 
 

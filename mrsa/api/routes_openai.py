@@ -172,7 +172,7 @@ class ChatRun:
     async def progress(self) -> AsyncIterator[str]:
         """A line per round and per stored candidate until the job is over (:func:`follow`)."""
         params = self.job.spec.params
-        async for _, event in follow(self.deps.events_store, self.job.id, block_ms=self.block_ms):
+        async for _, event in follow(self.deps.store, self.job.id, block_ms=self.block_ms):
             if event.type == "candidate":
                 yield f"round {event.round}/{params.rounds}: {event.done}/{params.population} candidates"
             elif event.type == "round":

@@ -28,7 +28,7 @@ async def healthz() -> HealthResponse:
 
 async def _store_state(deps: ApiDeps) -> str:
     try:
-        await asyncio.wait_for(deps.queue.stats(), CHECK_TIMEOUT_S)
+        await asyncio.wait_for(deps.store.stats(), CHECK_TIMEOUT_S)
     except (StoreUnavailable, TimeoutError) as exc:
         return str(exc) or "timed out"
     return "ok"

@@ -2,7 +2,7 @@
 
 Every open ``GET /v1/jobs/{id}/events`` stream, and every chat completion waiting for its job,
 holds a Redis connection while it blocks on XREAD. They read through their own connection pool
-(``ApiDeps.events``, sized ``max_streams``), so ordinary requests keep the main pool; and one is
+(the store's events pool, sized ``max_streams``), so ordinary requests keep the main pool; and one is
 refused up front when its key already has ``max_streams_per_key`` open (429) or the API has
 ``max_streams`` (503) — rather than after a 10-second wait for a connection.
 """

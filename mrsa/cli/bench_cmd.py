@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
-import time
 from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -19,8 +17,6 @@ from rich.table import Table
 
 from mrsa.backends.base import BackendError
 from mrsa.backends.embedded import EmbeddedUnavailable
-from mrsa.backends.factory import open_backend
-from mrsa.backends.http import HttpOptions
 from mrsa.cli.common import EXIT_USAGE, err_console, fail, out_console, print_json
 from mrsa.cli.options import (
     BackendKindOpt,
@@ -36,13 +32,11 @@ from mrsa.cli.options import (
 from mrsa.engine.limits import ContextBudgetError
 from mrsa.params import PRESETS
 from mrsa.settings import get_settings
-from mrsa.store.base import JobStore, StoreUnavailable, TaskQueue
+from mrsa.store.base import StoreUnavailable
 
 if TYPE_CHECKING:
-    from evals.configs import SweepConfig
-    from evals.datasets import Dataset
     from evals.report import ReportData
-    from evals.rundir import Manifest, RunDir
+    from evals.rundir import RunDir
     from evals.sweep import SweepStats, Unit
 
 EXIT_INTERRUPTED = 130
@@ -92,128 +86,6 @@ async def _show_progress(stats: SweepStats, interval_s: float) -> None:
     while True:
         await asyncio.sleep(interval_s)
         err_console.print(f"bench: {progress_line(stats)}", markup=False, soft_wrap=True)
-
-
-def _manifest(
-    configs: list[SweepConfig],
-    datasets: list[Dataset],
-    seeds: list[int],
-    limit: int | None,
-    grade_timeout: float,
-) -> Manifest:
-    import importlib.metadata
-
-    from evals.grading import FLOAT_ROUNDING
-    from evals.rundir import Manifest, dataset_entry
-
-    return Manifest(
-        seeds=seeds,
-        configs=configs,
-        datasets=[dataset_entry(d, limit) for d in datasets],
-        grading={
-            "timeout_s": grade_timeout,
-            "float_rounding": FLOAT_ROUNDING,
-            "math_verify": importlib.metadata.version("math-verify"),
-        },
-    )
-
-
-async def _bench(
-    run: RunDir,
-    plan: Manifest,
-    units: list[Unit],
-    golds: dict[tuple[str, str], str],
-    backend_url: str | None,
-    kind: str,
-    model: str | None,
-    options: HttpOptions,
-    concurrency: int | None,
-    jobs: int | None,
-    grade_timeout: float,
-    grade_workers: int,
-    stats: SweepStats,
-    show_progress: bool,
-    interval_s: float,
-    trace_dir: Path | None,
-    redis_url: str | None,
-    tokenizer: Path | None = None,
-) -> None:
-    from evals.grading import Grader
-    from evals.rundir import BackendEntry as Entry
-    from evals.rundir import ManifestConflict, Session, git_revision, merge, mrsa_version
-    from evals.sweep import check_contexts, run_sweep
-    from mrsa.store.redis import redact
-
-    async with contextlib.AsyncExitStack() as stack:
-        store: JobStore | None = None
-        queue: TaskQueue | None = None
-        if redis_url is not None:  # before the backend: a wrong URL fails before a model starts
-            from mrsa.store.redis import open_redis
-
-            settings = get_settings()
-            redis_store, queue = await open_redis(
-                redis_url,
-                prefix=settings.redis_prefix,
-                max_deliveries=settings.max_deliveries,
-                retention_s=settings.retention_s,
-            )
-            stack.push_async_callback(redis_store.aclose)
-            store = redis_store
-        backend = await stack.enter_async_context(
-            open_backend(
-                backend_url, kind, model=model, options=options, trace_dir=trace_dir, tokenizer=tokenizer
-            )
-        )
-        info = await backend.info()
-        await check_contexts(backend, units)
-        plan = plan.model_copy(update={"model": info.model})
-        try:
-            manifest = merge(run.load_manifest(), plan) if run.exists() else plan
-        except ManifestConflict as exc:
-            fail(str(exc), EXIT_USAGE)
-        entry = Entry(
-            url=info.url,
-            kind=info.kind,
-            model=info.model,
-            version=info.version,
-            capacity=info.capacity,
-            context_length=info.context_length,
-        )
-        session = Session(
-            started_at=time.time(),
-            backend=entry,
-            mrsa_version=mrsa_version(),
-            git_revision=git_revision(),
-            store="memory" if redis_url is None else redact(redis_url),
-        )
-        earlier = len(manifest.sessions)
-        manifest.sessions.append(session)
-        stats.session_started_at = session.started_at
-        run.save_manifest(manifest)
-        capacity = concurrency or info.capacity
-        with Grader(workers=grade_workers, timeout_s=grade_timeout) as grader:
-            shower = asyncio.create_task(_show_progress(stats, interval_s)) if show_progress else None
-            try:
-                await run_sweep(
-                    backend,
-                    units,
-                    run.records,
-                    grader,
-                    golds,
-                    stats,
-                    capacity=capacity,
-                    max_jobs=jobs,
-                    model=info.model,
-                    store=store,
-                    queue=queue,
-                    namespace=f"{manifest.run_id}-{earlier}",
-                    stale_namespaces=[f"{manifest.run_id}-{i}" for i in range(earlier)] if store else [],
-                )
-            finally:
-                if shower is not None:
-                    shower.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await shower
 
 
 def _all_recorded(run: RunDir, units: list[Unit]) -> bool:
@@ -302,6 +174,7 @@ def bench(
     from evals.records import RecordLogError
     from evals.report import compute
     from evals.rundir import ManifestConflict, RunDir, merge
+    from evals.session import SessionOptions, plan_manifest, run_session
     from evals.sweep import SweepStats, plan_units
 
     logging.getLogger("math_verify").setLevel(logging.ERROR)  # its signal timeouts are off on purpose
@@ -331,7 +204,7 @@ def bench(
         fail(f"out: {out} is a file", EXIT_USAGE)
     if out.is_dir() and any(out.iterdir()) and not run.exists():
         fail(f"out: {out} is not empty and holds no manifest.json (not a run folder)", EXIT_USAGE)
-    plan = _manifest(configs, datasets, seed_list, limit, grade_timeout)
+    plan = plan_manifest(configs, datasets, seed_list, limit, grade_timeout)
     if run.exists():
         try:
             merge(run.load_manifest(), plan)  # fail before starting any server
@@ -343,6 +216,23 @@ def bench(
     golds = {(d.name, p.id): p.answer for d in datasets for p in d.problems}
     units = plan_units(configs, problems, seed_list)
     stats = SweepStats()
+    session = SessionOptions(
+        backend_url=backend_url,
+        backend_kind=kind,
+        model=model or settings.model,
+        tokenizer=tokenizer or settings.tokenizer,
+        http=options,
+        trace_dir=trace,
+        redis_url=redis or settings.redis_url,
+        concurrency=concurrency,
+        jobs=jobs,
+        grade_timeout_s=grade_timeout,
+        grade_workers=min(grade_workers, os.cpu_count() or 1),
+    )
+
+    async def show_progress(stats: SweepStats) -> None:
+        await _show_progress(stats, progress_every)
+
     try:
         if run.exists() and _all_recorded(run, units):
             # nothing to run: no backend needed
@@ -350,25 +240,8 @@ def bench(
             stats.candidates_total = stats.candidates_done = sum(u.total for u in units)
         else:
             asyncio.run(
-                _bench(
-                    run,
-                    plan,
-                    units,
-                    golds,
-                    backend_url,
-                    kind,
-                    model or settings.model,
-                    options,
-                    concurrency,
-                    jobs,
-                    grade_timeout,
-                    min(grade_workers, os.cpu_count() or 1),
-                    stats,
-                    show_progress=not quiet,
-                    interval_s=progress_every,
-                    trace_dir=trace,
-                    redis_url=redis or settings.redis_url,
-                    tokenizer=tokenizer or settings.tokenizer,
+                run_session(
+                    run, plan, units, golds, stats, session, settings, None if quiet else show_progress
                 )
             )
     except KeyboardInterrupt:
@@ -380,7 +253,7 @@ def bench(
             "rerun the same command to resume",
             EXIT_INTERRUPTED,
         )
-    except ContextBudgetError as exc:
+    except (ContextBudgetError, ManifestConflict) as exc:
         fail(str(exc), EXIT_USAGE)
     except (BackendError, EmbeddedUnavailable, StoreUnavailable) as exc:
         run.end_session(stats.session_started_at, "failed", stats.candidates_new, stats.units_failed)

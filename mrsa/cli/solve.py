@@ -53,7 +53,8 @@ from mrsa.engine.limits import ContextBudgetError, check_context
 from mrsa.engine.prompts import UnknownPromptSetError, check_prompt_set
 from mrsa.params import PRESETS, RSAParams, UnknownPresetError, describe_validation_error, resolve_params
 from mrsa.settings import get_settings
-from mrsa.store.base import JobStore, StoreUnavailable, TaskQueue
+from mrsa.store.base import StoreUnavailable
+from mrsa.store.opening import open_store
 
 PRESET_HELP = (
     f"Named parameter set: {', '.join(PRESETS)}. Default: smoke on the embedded model, zaya1 with --backend."
@@ -183,20 +184,8 @@ async def _solve(
     from workers.inprocess import InProcessRunner
 
     async with contextlib.AsyncExitStack() as stack:
-        store: JobStore | None = None
-        queue: TaskQueue | None = None
-        if redis_url is not None:  # before the backend: a wrong URL fails before a model starts
-            from mrsa.store.redis import open_redis
-
-            settings = get_settings()
-            redis_store, queue = await open_redis(
-                redis_url,
-                prefix=settings.redis_prefix,
-                max_deliveries=settings.max_deliveries,
-                retention_s=settings.retention_s,
-            )
-            stack.push_async_callback(redis_store.aclose)
-            store = redis_store
+        # The store before the backend: a wrong Redis URL fails before a model starts.
+        store = await stack.enter_async_context(open_store(redis_url, get_settings()))
         backend = await stack.enter_async_context(
             open_backend(
                 backend_url,
@@ -212,7 +201,7 @@ async def _solve(
         if spec.model is None and info.model is not None:
             spec = spec.model_copy(update={"model": info.model})
         capacity = concurrency or info.capacity
-        async with InProcessRunner(backend, store, queue, capacity=capacity) as runner:
+        async with InProcessRunner(backend, store, capacity=capacity) as runner:
             progress = Progress(spec.params)
             if not show_progress:
                 return await runner.solve(spec)

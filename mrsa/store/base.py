@@ -1,4 +1,10 @@
-"""The two small protocols the engine runs on: ``JobStore`` (state) and ``TaskQueue`` (work).
+"""The two small protocols the engine runs on, ``JobStore`` (state) and ``TaskQueue`` (work), and
+``Store``: both in one object, plus its lifecycle (what the API, the workers and the sweep need).
+
+A job store enqueues tasks itself (creating a job enqueues its round 0, storing a candidate releases
+its ready children), so the two are one unit: each implementation is one class implementing
+:class:`Store`, opened by :func:`mrsa.store.opening.open_store` and passed wherever a ``JobStore``
+or a ``TaskQueue`` is asked for.
 
 Delivery semantics (documented, as arq does): **a task may run more than once.** A task is acked
 only after its result is stored; a worker that dies leaves its tasks pending and another worker
@@ -18,7 +24,7 @@ stays pending, so a worker that dies between the two steps leaves it to the next
 reports it again: a job is never left running with its last task gone.
 
 Implementations: :mod:`mrsa.store.memory` (in-process, what ``mrsa solve`` runs on) and
-:mod:`mrsa.store.redis` (the service). Both pass the same contract tests.
+:mod:`mrsa.store.redis` (the service). Both pass the same contract tests (``tests/store_contract.py``).
 """
 
 from __future__ import annotations
@@ -111,12 +117,22 @@ class TaskQueue(Protocol):
 class JobStore(Protocol):
     """Job state. Methods that also enqueue tasks do both atomically (one transaction in Redis)."""
 
-    async def create_job(self, job: Job, tasks: Sequence[Task], max_active: int | None = None) -> None:
-        """Store a new job and enqueue its round-0 tasks.
+    async def create_job(
+        self,
+        job: Job,
+        tasks: Sequence[Task],
+        max_active: int | None = None,
+        stored: Sequence[Candidate] = (),
+    ) -> None:
+        """Store a new job and enqueue its round-0 tasks (a second create of one id is a no-op).
 
         With ``max_active``, raise :class:`ActiveLimitReached` instead when the owner already has
         that many jobs not terminal — checked and added in one atomic step, so concurrent
-        submissions cannot overshoot the limit."""
+        submissions cannot overshoot the limit.
+
+        ``stored``: candidates the job already has (a resumed sweep rebuilds a job from its
+        records). They are written with the job, in the same atomic step and before any task is
+        enqueued, so a worker finds them stored and generates only the missing ones."""
         ...
 
     async def get_job(self, job_id: str) -> Job | None: ...
@@ -216,6 +232,36 @@ class JobStore(Protocol):
         self, job_id: str, after: str | None, block_ms: int, count: int = 100
     ) -> list[tuple[str, Event]]:
         """Events after the id ``after`` (all when ``None``), waiting up to ``block_ms`` for one."""
+        ...
+
+
+class Store(JobStore, TaskQueue, Protocol):
+    """Job state and its task queue as one object, with what its owners need besides."""
+
+    async def ping(self) -> bool:
+        """Whether the store answers (readiness checks); never raises."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release the store's connections (:func:`~mrsa.store.opening.open_store` calls it)."""
+        ...
+
+    async def dead_letters(self, limit: int = 1000) -> list[Delivery]:
+        """The dead-letter list, oldest first, at most ``limit`` (for inspection)."""
+        ...
+
+    async def forget_consumer(self, consumer: str) -> bool:
+        """Forget a stopped consumer unless it still holds tasks (they stay reclaimable): ``True``
+        when it is forgotten. Workers call it on a clean exit, so a queue does not collect one
+        consumer per restart."""
+        ...
+
+    async def forget(self, job_id: str) -> None:
+        """The caller keeps this job's candidates elsewhere (the sweep's record log, once the job is
+        over): the store may drop its candidates, checkpoints and result before its retention ends.
+        The job itself stays readable, so a task still unwinding finds it. The memory store drops
+        them at once (a long sweep would hold every trace otherwise); Redis leaves them to the
+        retention TTL that every finished job's keys already have."""
         ...
 
 

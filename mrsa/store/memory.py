@@ -1,8 +1,9 @@
-"""In-memory ``JobStore`` and ``TaskQueue`` for ``mrsa solve`` and tests.
+"""The in-memory :class:`~mrsa.store.base.Store` for ``mrsa solve``, ``mrsa bench`` and tests.
 
 Single event loop, no persistence. It keeps the same semantics as the Redis implementation
 (idempotent writes, compare-and-set round advance, pending tasks, reclaim after idle, dead letters)
-so the engine cannot tell them apart and the same contract tests run on both.
+so the engine cannot tell them apart and the same contract tests run on both. The queue is a FIFO
+of tasks with a pending list, like a Redis Stream with one consumer group.
 """
 
 from __future__ import annotations
@@ -25,8 +26,23 @@ class _Pending:
     last_seen: float
 
 
-class MemoryTaskQueue:
-    """A FIFO of tasks with a pending list, like a Redis Stream with one consumer group."""
+@dataclass
+class _JobState:
+    job: Job
+    candidates: dict[tuple[int, int], Candidate] = field(default_factory=dict)
+    checkpoints: dict[tuple[int, int], ChunkCheckpoint] = field(default_factory=dict)
+    released: set[tuple[int, int]] = field(default_factory=set)  # (round, index) tasks enqueued
+    result: JobResult | None = None
+    events: list[Event] = field(default_factory=list)
+
+
+def _round_size(st: _JobState, round_index: int) -> int:
+    """How many candidates of ``round_index`` are stored."""
+    return sum(1 for (r, _) in st.candidates if r == round_index)
+
+
+class MemoryStore:
+    """Job state in a dict and its task queue in a deque, in one object."""
 
     def __init__(self, max_deliveries: int = 5) -> None:
         self.max_deliveries = max_deliveries
@@ -35,8 +51,37 @@ class MemoryTaskQueue:
         self._pending: dict[str, _Pending] = {}
         self._dead: list[Delivery] = []
         self._cond = asyncio.Condition()
+        self._jobs: dict[str, _JobState] = {}
+        self._idempotency: dict[tuple[str, str], tuple[str, float]] = {}
+        self._events_changed = asyncio.Condition()
+
+    # -- lifecycle --------------------------------------------------------------------------------
+
+    async def ping(self) -> bool:
+        return True  # in the process: it is there as long as the process is
+
+    async def aclose(self) -> None:
+        """Nothing to release: the state goes with the object."""
+
+    async def dead_letters(self, limit: int = 1000) -> list[Delivery]:
+        return [d.model_copy() for d in self._dead[:limit]]
+
+    async def forget_consumer(self, consumer: str) -> bool:
+        # Consumers exist only through their pending tasks here: one without any is forgotten.
+        return not any(p.consumer == consumer for p in self._pending.values())
+
+    async def forget(self, job_id: str) -> None:
+        state = self._jobs.get(job_id)
+        if state is not None:
+            state.candidates.clear()
+            state.checkpoints.clear()
+            state.released.clear()
+            state.result = None
+
+    # -- tasks ------------------------------------------------------------------------------------
 
     async def enqueue(self, tasks: Sequence[Task]) -> None:
+        """Append tasks to the queue (what the job methods call; Redis does it in their scripts)."""
         async with self._cond:
             for task in tasks:
                 self._ready.append(Delivery(id=str(next(self._ids)), task=task, deliveries=0))
@@ -118,42 +163,20 @@ class MemoryTaskQueue:
             queued=len(self._ready), in_flight=len(self._pending), dead=len(self._dead), reclaimable=stale
         )
 
-    @property
-    def dead_letters(self) -> list[Delivery]:
-        return list(self._dead)
-
-
-@dataclass
-class _JobState:
-    job: Job
-    candidates: dict[tuple[int, int], Candidate] = field(default_factory=dict)
-    checkpoints: dict[tuple[int, int], ChunkCheckpoint] = field(default_factory=dict)
-    released: set[tuple[int, int]] = field(default_factory=set)  # (round, index) tasks enqueued
-    result: JobResult | None = None
-    events: list[Event] = field(default_factory=list)
-
-
-def _round_size(st: _JobState, round_index: int) -> int:
-    """How many candidates of ``round_index`` are stored."""
-    return sum(1 for (r, _) in st.candidates if r == round_index)
-
-
-class MemoryJobStore:
-    """Job state in a dict; enqueues through the :class:`MemoryTaskQueue` it was built with."""
-
-    def __init__(self, queue: MemoryTaskQueue) -> None:
-        self.queue = queue
-        self._jobs: dict[str, _JobState] = {}
-        self._idempotency: dict[tuple[str, str], tuple[str, float]] = {}
-        self._events_changed = asyncio.Condition()
-
+    # -- jobs -------------------------------------------------------------------------------------
     def _state(self, job_id: str) -> _JobState:
         try:
             return self._jobs[job_id]
         except KeyError:
             raise KeyError(f"unknown job {job_id!r}") from None
 
-    async def create_job(self, job: Job, tasks: Sequence[Task], max_active: int | None = None) -> None:
+    async def create_job(
+        self,
+        job: Job,
+        tasks: Sequence[Task],
+        max_active: int | None = None,
+        stored: Sequence[Candidate] = (),
+    ) -> None:
         if job.id in self._jobs:
             return
         if max_active is not None:  # nothing awaited between the check and the insert: atomic
@@ -162,8 +185,11 @@ class MemoryJobStore:
             )
             if active >= max_active:
                 raise ActiveLimitReached(active, max_active)
-        self._jobs[job.id] = _JobState(job=job.model_copy(deep=True))
-        await self.queue.enqueue(tasks)
+        state = _JobState(job=job.model_copy(deep=True))
+        for cand in stored:
+            state.candidates.setdefault((cand.round, cand.index), cand.model_copy(deep=True))
+        self._jobs[job.id] = state
+        await self.enqueue(tasks)
 
     async def get_job(self, job_id: str) -> Job | None:
         st = self._jobs.get(job_id)
@@ -232,7 +258,7 @@ class MemoryJobStore:
         ]
         if ready and not st.job.status.terminal:
             st.released.update((t.round, t.index) for t in ready)
-            await self.queue.enqueue(ready)
+            await self.enqueue(ready)
         return _round_size(st, candidate.round)
 
     async def get_candidates(
@@ -251,7 +277,7 @@ class MemoryJobStore:
             return False
         st.job.round = from_round + 1
         st.job.updated_at = time.time()
-        await self.queue.enqueue(tasks)
+        await self.enqueue(tasks)
         return True
 
     async def complete_rounds(
@@ -267,7 +293,7 @@ class MemoryJobStore:
             st.job.round = pointer
             st.job.updated_at = time.time()
             if pointer > last_round:
-                await self.queue.enqueue(final_tasks)
+                await self.enqueue(final_tasks)
         return old, pointer
 
     async def finish_job(self, job_id: str, result: JobResult) -> bool:
@@ -292,7 +318,7 @@ class MemoryJobStore:
         st.job.status = JobStatus.cancelled
         st.job.error = reason
         st.job.finished_at = st.job.updated_at = time.time()
-        await self.queue.drop_job(job_id)
+        await self.drop_job(job_id)
         return True
 
     async def save_checkpoint(self, job_id: str, round_index: int, index: int, cp: ChunkCheckpoint) -> None:
@@ -329,9 +355,3 @@ class MemoryJobStore:
                 except TimeoutError:
                     return []
         return [(str(i + 1), e) for i, e in enumerate(st.events[start : start + count], start=start)]
-
-
-def open_memory(max_deliveries: int = 5) -> tuple[MemoryJobStore, MemoryTaskQueue]:
-    """A store and queue that share one in-process state."""
-    queue = MemoryTaskQueue(max_deliveries=max_deliveries)
-    return MemoryJobStore(queue), queue

@@ -1,4 +1,4 @@
-"""Redis ``JobStore`` and ``TaskQueue`` (the service's transport), on redis-py's asyncio client.
+"""The Redis :class:`~mrsa.store.base.Store` (the service's transport), on redis-py's asyncio client.
 
 Layout (``p`` is the key prefix, ``mrsa`` by default)::
 
@@ -18,12 +18,14 @@ Layout (``p`` is the key prefix, ``mrsa`` by default)::
     p:job:{id}:events          Stream of progress events (MAXLEN ~ 10000)
 
 Atomicity: every write that must be all-or-nothing or conditional is one Lua script (atomic in
-Redis, and one round trip; the scripts live in :mod:`mrsa.store.redis_scripts`): ``create_job`` (store + index + enqueue round 0; a second create is a
-no-op; with ``max_active`` the owner's in-flight count is checked in the same step), ``save_candidate`` (HSETNX, then HINCRBY of the round's counter only when new, then XADD of
+Redis, and one round trip; the scripts live in :mod:`mrsa.store.redis_scripts`): ``create_job``
+(store + index + the candidates it already has, for a resumed sweep + enqueue round 0; a second
+create is a no-op; with ``max_active`` the owner's in-flight count is checked in the same step),
+``save_candidate`` (HSETNX, then HINCRBY of the round's counter only when new, then XADD of
 each next-round task whose parents are now all stored and that is not in the released set),
 ``complete_rounds`` (moves the round pointer over complete rounds, XADD of the selection task when
-it passes the last one), ``advance_round`` (compare-and-set of the round pointer + XADD; the
-sweep's resume uses it to enqueue round 0; nothing for a terminal job), ``finish_job``/``cancel_job`` (once; then a TTL of ``retention_s`` on every key
+it passes the last one), ``advance_round`` (compare-and-set of the round pointer + XADD; nothing
+for a terminal job), ``finish_job``/``cancel_job`` (once; then a TTL of ``retention_s`` on every key
 of the job), ``reclaim`` (XAUTOCLAIM + delivery counts from XPENDING; a task delivered too often
 is reported, not run), ``move_to_dead_letters`` (XACK + XDEL + RPUSH, once), ``heartbeat`` and
 ``release`` (XCLAIM ... JUSTID of the ids the consumer still owns). Keys a
@@ -44,6 +46,10 @@ Cancellation does not search the stream for the job's queued tasks (that would c
 whole queue): ``cancel_job`` only marks the job cancelled. Its queued tasks are still delivered;
 the engine returns at once for a task of a terminal job (no backend request) and the worker acks
 it. ``stats().queued`` counts them until then.
+
+Connections: one blocking pool (``max_connections``); with ``events_connections``, event reads
+(XREAD, which blocks) get a pool of their own, so however many event streams wait, the other
+commands keep theirs (the API's streams and waiting chat completions).
 
 Errors: a connection error or timeout (also Redis still loading its AOF after a restart) raises
 :class:`~mrsa.store.base.StoreUnavailable`, so a worker leaves its task pending and retries later.
@@ -68,7 +74,6 @@ import json
 import time
 from collections.abc import Iterator, Sequence
 from typing import Any, cast
-from urllib.parse import urlsplit, urlunsplit
 
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
@@ -87,6 +92,7 @@ from mrsa.store.base import (
     StoreUnavailable,
     TaskContext,
 )
+from mrsa.urls import redact
 
 GROUP = "workers"
 EVENTS_MAXLEN = 10_000
@@ -103,18 +109,6 @@ _PENDING_SCAN = 10_000
 _StreamReply = list[tuple[str, list[tuple[str, dict[str, str]]]]]
 
 
-def redact(url: str) -> str:
-    """``url`` without its password (for messages and logs)."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.hostname or ""
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
-    user = f"{parts.username}:***@" if parts.username else ":***@"
-    return urlunsplit((parts.scheme, user + host, parts.path, parts.query, parts.fragment))
-
-
 def _now() -> str:
     return repr(time.time())
 
@@ -124,10 +118,11 @@ def _opt_json(value: str | None) -> Any:
 
 
 class _Redis:
-    """The connection and key names shared by the store and the queue of one ``open_redis``."""
+    """The connections, key names and scripts of one :class:`RedisStore`."""
 
-    def __init__(self, client: aioredis.Redis, url: str, prefix: str) -> None:
+    def __init__(self, client: aioredis.Redis, events: aioredis.Redis, url: str, prefix: str) -> None:
         self.client = client
+        self.events_client = events  # event reads (blocking XREAD); ``client`` when not separate
         self.url = redact(url)
         self.p = prefix
         self.tasks = f"{prefix}:tasks"
@@ -251,12 +246,59 @@ def _job_from_fields(job_id: str, values: Sequence[str | None]) -> Job | None:
     )
 
 
-class RedisTaskQueue:
-    """Tasks on one Stream with one consumer group; see the module docstring."""
+class RedisStore:
+    """Job state in hashes, tasks on one Stream with one consumer group: see the module docstring.
+    Built by :func:`connect` (through :func:`mrsa.store.opening.open_store`)."""
 
-    def __init__(self, r: _Redis, max_deliveries: int = 5) -> None:
+    def __init__(self, r: _Redis, max_deliveries: int = 5, retention_s: int = 7 * 86400) -> None:
         self._r = r
         self.max_deliveries = max_deliveries
+        self.retention_s = retention_s
+
+    @property
+    def client(self) -> aioredis.Redis:
+        return self._r.client
+
+    # -- lifecycle --------------------------------------------------------------------------------
+
+    async def aclose(self) -> None:
+        """Close the connection pools."""
+        if self._r.events_client is not self._r.client:
+            await self._r.events_client.aclose()
+        await self._r.client.aclose()
+
+    async def ping(self) -> bool:
+        """Whether Redis answers (for readiness checks)."""
+        try:
+            with self._r.unavailable():
+                return bool(await self._r.client.ping())
+        except StoreUnavailable:
+            return False
+
+    async def forget_consumer(self, consumer: str) -> bool:
+        """Remove a stopped worker's entry from the consumer group (kept when it still holds tasks,
+        which stay reclaimable)."""
+        with self._r.unavailable():
+            return bool(await self._r.forget_consumer(keys=[self._r.tasks], args=[GROUP, consumer]))
+
+    async def dead_letters(self, limit: int = 1000) -> list[Delivery]:
+        with self._r.unavailable():
+            rows = await self._r.client.lrange(self._r.dead, 0, limit - 1)
+        out = []
+        for row in rows:
+            data = json.loads(row)
+            out.append(
+                Delivery(
+                    id=data["id"], task=Task.model_validate_json(data["task"]), deliveries=data["deliveries"]
+                )
+            )
+        return out
+
+    async def forget(self, job_id: str) -> None:
+        """Nothing to do at once: a finished job's keys expire after ``retention_s`` (a write now
+        could race a task still unwinding, which would re-create a key without its TTL)."""
+
+    # -- tasks ------------------------------------------------------------------------------------
 
     async def take(self, consumer: str, count: int, block_ms: int) -> list[Delivery]:
         if count <= 0:
@@ -347,54 +389,15 @@ class RedisTaskQueue:
         stale = len(replies[3]) if idle_ms is not None else 0
         return QueueStats(queued=max(0, length - pending), in_flight=pending, dead=dead, reclaimable=stale)
 
-    async def forget_consumer(self, consumer: str) -> bool:
-        """Remove a stopped worker's entry from the consumer group (kept when it still holds tasks,
-        which stay reclaimable). Workers call it on a clean exit so the group does not collect one
-        consumer per restart."""
-        with self._r.unavailable():
-            return bool(await self._r.forget_consumer(keys=[self._r.tasks], args=[GROUP, consumer]))
-
-    async def dead_letters(self, limit: int = 1000) -> list[Delivery]:
-        """The dead-letter list, oldest first (for inspection)."""
-        with self._r.unavailable():
-            rows = await self._r.client.lrange(self._r.dead, 0, limit - 1)
-        out = []
-        for row in rows:
-            data = json.loads(row)
-            out.append(
-                Delivery(
-                    id=data["id"], task=Task.model_validate_json(data["task"]), deliveries=data["deliveries"]
-                )
-            )
-        return out
-
-
-class RedisJobStore:
-    """Job state in hashes; enqueues on the :class:`RedisTaskQueue` of the same ``open_redis``."""
-
-    def __init__(self, r: _Redis, retention_s: int = 7 * 86400) -> None:
-        self._r = r
-        self.retention_s = retention_s
-
-    @property
-    def client(self) -> aioredis.Redis:
-        return self._r.client
-
-    async def aclose(self) -> None:
-        """Close the connection pool (shared with the queue)."""
-        await self._r.client.aclose()
-
-    async def ping(self) -> bool:
-        """Whether Redis answers (for readiness checks)."""
-        try:
-            with self._r.unavailable():
-                return bool(await self._r.client.ping())
-        except StoreUnavailable:
-            return False
-
     # -- jobs -------------------------------------------------------------------------------------
 
-    async def create_job(self, job: Job, tasks: Sequence[Task], max_active: int | None = None) -> None:
+    async def create_job(
+        self,
+        job: Job,
+        tasks: Sequence[Task],
+        max_active: int | None = None,
+        stored: Sequence[Candidate] = (),
+    ) -> None:
         fields: dict[str, str] = {
             "spec": job.spec.model_dump_json(),
             "owner": job.owner,
@@ -408,6 +411,9 @@ class RedisJobStore:
             "warnings": json.dumps(job.warnings),
         }
         flat = [x for kv in fields.items() for x in kv]
+        candidates: list[str | int] = []
+        for cand in stored:
+            candidates += [cand.round, cand.index, cand.model_dump_json()]
         with self._r.unavailable():
             created = await self._r.create(
                 keys=[
@@ -425,6 +431,8 @@ class RedisJobStore:
                     -1 if max_active is None else max_active,
                     len(fields),
                     *flat,
+                    len(stored),
+                    *candidates,
                     *(t.model_dump_json() for t in tasks),
                 ],
             )
@@ -666,7 +674,7 @@ class RedisJobStore:
         """Events after ``after``; blocks at most ``MAX_BLOCK_MS`` per call (callers loop)."""
         block = min(block_ms, MAX_BLOCK_MS) if block_ms > 0 else None
         with self._r.unavailable():
-            reply = await self._r.client.xread(
+            reply = await self._r.events_client.xread(
                 {self._r.events(job_id): after or "0-0"}, count=count, block=block
             )
         out: list[tuple[str, Event]] = []
@@ -676,26 +684,7 @@ class RedisJobStore:
         return out
 
 
-async def open_redis(
-    url: str,
-    *,
-    prefix: str = "mrsa",
-    max_deliveries: int = 5,
-    retention_s: int = 7 * 86400,
-    max_connections: int = MAX_CONNECTIONS,
-) -> tuple[RedisJobStore, RedisTaskQueue]:
-    """Connect to Redis at ``url`` and make sure the task stream and its consumer group exist.
-
-    Raises :class:`StoreUnavailable` when Redis cannot be reached. Close with ``store.aclose()``.
-    The client retries a failed command twice with a short backoff (a pooled connection that a
-    Redis restart broke is replaced transparently); longer outages surface as StoreUnavailable.
-
-    At most ``max_connections`` connections; a command that finds them all busy waits for one
-    (up to ``POOL_WAIT_S``). redis-py's default pool instead fails the 101st concurrent command,
-    and a worker with 256 tasks in flight issues more than that at once.
-    """
-    if max_deliveries < 1:
-        raise ValueError("max_deliveries must be ≥ 1")
+def _pool(url: str, max_connections: int) -> aioredis.Redis:
     pool = aioredis.BlockingConnectionPool.from_url(
         url,
         max_connections=max_connections,
@@ -705,13 +694,40 @@ async def open_redis(
         socket_connect_timeout=5.0,
         retry=Retry(ExponentialWithJitterBackoff(base=0.05, cap=0.5), retries=2),
     )
-    client = aioredis.Redis.from_pool(pool)
-    r = _Redis(client, url, prefix)
+    return aioredis.Redis.from_pool(pool)
+
+
+async def connect(
+    url: str,
+    *,
+    prefix: str = "mrsa",
+    max_deliveries: int = 5,
+    retention_s: int = 7 * 86400,
+    max_connections: int = MAX_CONNECTIONS,
+    events_connections: int | None = None,
+) -> RedisStore:
+    """Connect to Redis at ``url`` and make sure the task stream and its consumer group exist (one
+    attempt: :func:`mrsa.store.opening.open_store` retries and closes).
+
+    Raises :class:`StoreUnavailable` when Redis cannot be reached. The client retries a failed
+    command twice with a short backoff (a pooled connection that a Redis restart broke is replaced
+    transparently); longer outages surface as StoreUnavailable.
+
+    At most ``max_connections`` connections; a command that finds them all busy waits for one
+    (up to ``POOL_WAIT_S``). redis-py's default pool instead fails the 101st concurrent command,
+    and a worker with 256 tasks in flight issues more than that at once. ``events_connections``:
+    a second pool of that size for event reads (see the module docstring).
+    """
+    if max_deliveries < 1:
+        raise ValueError("max_deliveries must be ≥ 1")
+    client = _pool(url, max_connections)
+    events = client if events_connections is None else _pool(url, events_connections)
+    store = RedisStore(_Redis(client, events, url, prefix), max_deliveries, retention_s)
     try:
-        with r.unavailable():
-            await r.ensure_group()
-            await r.load_scripts()
+        with store._r.unavailable():
+            await store._r.ensure_group()
+            await store._r.load_scripts()
     except BaseException:
-        await client.aclose()
+        await store.aclose()
         raise
-    return RedisJobStore(r, retention_s=retention_s), RedisTaskQueue(r, max_deliveries=max_deliveries)
+    return store

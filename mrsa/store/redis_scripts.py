@@ -10,8 +10,11 @@ from __future__ import annotations
 _TERMINAL = "local function terminal(s) return s == 'succeeded' or s == 'failed' or s == 'cancelled' end\n"
 
 # KEYS: job, all jobs, owner jobs, owner active, tasks, status index (p:status:queued). ARGV: id,
-# created_at, active(0/1), max active (-1: no limit), nfields, field/value pairs..., task JSON...
+# created_at, active(0/1), max active (-1: no limit), nfields, field/value pairs..., ncandidates,
+# per stored candidate: round, index, Candidate JSON; then task JSON...
 # Returns 1, 0 (exists already) or -n when the owner already has n ≥ max active jobs in flight.
+# Stored candidates go to the round hashes (and their ``done:{round}`` counters) before any task is
+# enqueued: a resumed job's workers find them stored.
 CREATE = """
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 local limit = tonumber(ARGV[4])
@@ -29,7 +32,15 @@ if ARGV[3] == '1' then
   redis.call('SADD', KEYS[4], ARGV[1])
   redis.call('SADD', KEYS[6], ARGV[1])
 end
-for i = 6 + nf * 2, #ARGV do redis.call('XADD', KEYS[5], '*', 'task', ARGV[i]) end
+local at = 6 + nf * 2
+local nc = tonumber(ARGV[at])
+for i = 0, nc - 1 do
+  local r = ARGV[at + 1 + 3 * i]
+  if redis.call('HSETNX', KEYS[1] .. ':round:' .. r, ARGV[at + 2 + 3 * i], ARGV[at + 3 + 3 * i]) == 1 then
+    redis.call('HINCRBY', KEYS[1], 'done:' .. r, 1)
+  end
+end
+for i = at + 1 + nc * 3, #ARGV do redis.call('XADD', KEYS[5], '*', 'task', ARGV[i]) end
 return 1
 """
 

@@ -14,7 +14,8 @@ from mrsa.backends.http import HttpOptions
 from mrsa.backends.openai import OpenAICompatibleBackend
 from mrsa.domain import JobResult, JobSpec, JobStatus
 from mrsa.params import RSAParams
-from mrsa.store.redis import open_redis
+from mrsa.settings import Settings
+from mrsa.store.opening import open_store
 from tests.hostile.server import MODEL, HostileServer, completion, raw, reply
 from tests.plugins.redis_server import RedisServer
 from workers.inprocess import InProcessRunner
@@ -75,16 +76,13 @@ async def test_lone_surrogates_are_stored_as_replacement_characters(
     body = completion("PLACEHOLDER")
     text = json.dumps(body).encode()
     server.play(raw(text.replace(b'"PLACEHOLDER"', rb'"odd \ud800 text, \\boxed{4} \udc00"')))
-    store, queue = await open_redis(redis_server.url)
-    try:
-        async with InProcessRunner(hostile_backend, store, queue, capacity=2, options=options()) as runner:
+    async with open_store(redis_server.url, Settings()) as store:
+        async with InProcessRunner(hostile_backend, store, capacity=2, options=options()) as runner:
             result = await solve(runner, spec())
         assert result.status == JobStatus.succeeded, result.error
         assert result.answer == "4"
         stored = await store.get_candidates(result.job_id, 0)
         assert stored and all(c.content == "odd \ufffd text, \\boxed{4} \ufffd" for c in stored)
-    finally:
-        await store.aclose()
 
 
 async def test_the_jobs_model_is_sent_to_the_backend(

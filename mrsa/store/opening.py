@@ -1,0 +1,95 @@
+"""``open_store``: the one place that opens a :class:`~mrsa.store.base.Store`.
+
+Memory when there is no URL (``mrsa solve``, ``mrsa bench``), Redis otherwise (the API, the
+workers, and ``--redis`` runs); the key prefix, delivery limit and retention come from
+:class:`~mrsa.settings.Settings`. A Redis that does not answer yet (compose starts the API and the
+workers with it; Redis may still be loading its data) is retried for up to ``wait_s`` seconds,
+with jittered exponential backoff.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from collections.abc import AsyncIterator
+
+from mrsa.settings import Settings
+from mrsa.store.base import Store, StoreUnavailable
+from mrsa.store.memory import MemoryStore
+
+log = logging.getLogger("mrsa.store")
+
+FIRST_RETRY_S = 0.5
+LONGEST_RETRY_S = 10.0
+
+
+@contextlib.asynccontextmanager
+async def open_store(
+    url: str | None,
+    settings: Settings,
+    *,
+    max_connections: int | None = None,
+    events_connections: int | None = None,
+    wait_s: float = 0.0,
+    stop: asyncio.Event | None = None,
+) -> AsyncIterator[Store]:
+    """The store at ``url`` (memory when ``None``), closed when the block ends.
+
+    Redis only: ``max_connections`` caps the connection pool (default
+    :data:`mrsa.store.redis.MAX_CONNECTIONS`); ``events_connections`` gives event reads a pool of
+    that size of their own (the API: its streams block on them). ``wait_s``: how long to retry a
+    Redis that does not answer (0: fail at once, ``math.inf``: until ``stop`` is set); then, or when
+    ``stop`` is set first, the last :class:`StoreUnavailable` is raised."""
+    store: Store
+    if url is None:
+        store = MemoryStore(max_deliveries=settings.max_deliveries)
+    else:
+        store = await _connect(url, settings, max_connections, events_connections, wait_s, stop)
+    try:
+        yield store
+    finally:
+        await store.aclose()
+
+
+async def _connect(
+    url: str,
+    settings: Settings,
+    max_connections: int | None,
+    events_connections: int | None,
+    wait_s: float,
+    stop: asyncio.Event | None,
+) -> Store:
+    from mrsa.store import redis  # redis-py only where a Redis URL is given
+
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + wait_s
+    delay = FIRST_RETRY_S
+    warned = False
+    while True:
+        try:
+            return await redis.connect(
+                url,
+                prefix=settings.redis_prefix,
+                max_deliveries=settings.max_deliveries,
+                retention_s=settings.retention_s,
+                max_connections=max_connections or redis.MAX_CONNECTIONS,
+                events_connections=events_connections,
+            )
+        except StoreUnavailable as exc:
+            left = deadline - loop.time()
+            if left <= 0 or (stop is not None and stop.is_set()):
+                raise
+            if not warned:
+                log.warning("waiting for redis: %s", exc)
+                warned = True
+            pause = min(random.uniform(delay / 2, delay), left)
+            if stop is None:
+                await asyncio.sleep(pause)
+            else:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), pause)
+                if stop.is_set():
+                    raise
+            delay = min(delay * 2, LONGEST_RETRY_S)
