@@ -57,9 +57,7 @@ def normalise_finish_reason(value: Any) -> FinishReason:
         return "length"
     if value in ("abort", "cancelled"):
         return "abort"
-    if value in (None, "stop", "eos", "word", "stop_sequence", "eos_token", "tool_calls", "matched"):
-        return "stop"
-    return "stop"
+    return "stop"  # "stop", "eos", "stop_sequence", "tool_calls", None… and any reason we do not know
 
 
 class _ReplyMessage(BaseModel):
