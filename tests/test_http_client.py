@@ -248,6 +248,18 @@ async def test_no_retry_on_other_4xx(status: int) -> None:
     await client.aclose()
 
 
+@pytest.mark.parametrize(("status", "error"), [(400, BackendRequestError), (500, BackendServerError)])
+async def test_an_error_body_nested_too_deep_to_decode_is_classified_as_text(
+    status: int, error: type[Exception]
+) -> None:
+    """A hostile error reply is data: classified by its status, never a ``RecursionError``."""
+    script = Script(WireResponse(status, body=b"[" * 200_000 + b"]" * 200_000))
+    client = make_client(script, Sleeps(), max_retries=0)
+    with pytest.raises(error, match=rf"HTTP {status}.*\[\[\["):
+        await client.request_json("GET", "/x")
+    await client.aclose()
+
+
 async def test_body_that_is_not_json_is_retried_as_a_server_error() -> None:
     script = Script(WireResponse(200, body=b"<html>proxy page</html>"), WireResponse.of_json(200, [1]))
     client = make_client(script, Sleeps())
