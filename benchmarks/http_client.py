@@ -1,10 +1,10 @@
-"""Client CPU per request of mrsa's HTTP client at vLLM-sized concurrency: httpx (its own
-connection pool) against aiohttp, which ``HttpClient`` ships with.
+"""Client CPU per request of mrsa's HTTP client at vLLM-sized concurrency: a wire on httpx (its
+own connection pool) against aiohttp's, which ``HttpClient`` ships with (``AiohttpWire``).
 
 httpcore's pool does work proportional to (connections × queued requests) on every request event,
 so at 256 requests in flight it costs several milliseconds of CPU per request. This runs the same
 short generations from the simulator (so the client's cost dominates) through the vLLM backend
-client with each transport, alternating, and prints CPU ms per request side by side.
+client on each wire, alternating, and prints CPU ms per request side by side.
 
     .venv/bin/python -m benchmarks.http_client [--requests 1500] [--repeats 3] [--json]
 """
@@ -23,24 +23,49 @@ from benchmarks.simulator.process import running_simulator
 from mrsa.backends.base import GenerationRequest, Message
 from mrsa.backends.http import HttpOptions
 from mrsa.backends.openai import OpenAICompatibleBackend
+from mrsa.backends.wire import BodyTooLarge, Wire, WireError, WireRequest, WireResponse, WireTimeout
 
-Transport = Callable[[int], httpx.AsyncBaseTransport | None]
-TRANSPORTS: dict[str, Transport] = {
-    "httpx pool": lambda n: httpx.AsyncHTTPTransport(
-        limits=httpx.Limits(max_connections=n + 4, max_keepalive_connections=n)
-    ),
+
+class HttpxWire:
+    """The wire on httpx's own connection pool (what ``HttpClient`` used before aiohttp)."""
+
+    def __init__(self, connections: int) -> None:
+        limits = httpx.Limits(max_connections=connections + 4, max_keepalive_connections=connections)
+        self._client = httpx.AsyncClient(limits=limits)
+
+    async def send(self, request: WireRequest) -> WireResponse:
+        timeout = httpx.Timeout(request.read_timeout_s, connect=request.connect_timeout_s)
+        try:
+            reply = await self._client.request(
+                request.method, request.url, content=request.body, headers=request.headers, timeout=timeout
+            )
+        except httpx.TimeoutException as exc:
+            raise WireTimeout(type(exc).__name__) from exc
+        except httpx.TransportError as exc:
+            raise WireError(f"{type(exc).__name__}: {exc}") from exc
+        if len(reply.content) > request.max_body_bytes:
+            raise BodyTooLarge(len(reply.content))
+        return WireResponse(reply.status_code, reply.headers, reply.content)
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+
+Wires = Callable[[int], Wire | None]
+WIRES: dict[str, Wires] = {
+    "httpx pool": HttpxWire,
     "mrsa (aiohttp)": lambda n: None,  # HttpClient default
 }
 PROMPT = "Find the sum of all integer bases b > 9 for which 17_b divides 97_b. " * 8
 
 
-async def one_run(url: str, transport: Transport, requests: int, concurrency: int) -> dict[str, float]:
+async def one_run(url: str, wire: Wires, requests: int, concurrency: int) -> dict[str, float]:
     backend = OpenAICompatibleBackend(
         url,
         dialect="vllm",
         model="mrsa-sim",
         options=HttpOptions(concurrency=concurrency),
-        transport=transport(concurrency),
+        wire=wire(concurrency),
     )
 
     async def one(i: int) -> None:
@@ -62,8 +87,8 @@ async def main_async(args: argparse.Namespace) -> None:
     best: dict[str, dict[str, float]] = {}
     with running_simulator(flags) as url:
         for _ in range(args.repeats):  # alternate, so machine drift hits both
-            for name, transport in TRANSPORTS.items():
-                row = await one_run(url, transport, args.requests, args.concurrency)
+            for name, wire in WIRES.items():
+                row = await one_run(url, wire, args.requests, args.concurrency)
                 if name not in best or row["cpu_ms_per_request"] < best[name]["cpu_ms_per_request"]:
                     best[name] = row
     base = best["httpx pool"]["cpu_ms_per_request"]
@@ -92,7 +117,7 @@ def main() -> None:
     )
     parser.add_argument("--requests", type=int, default=1500)
     parser.add_argument("--concurrency", type=int, default=256)
-    parser.add_argument("--repeats", type=int, default=3, help="runs per transport (best kept)")
+    parser.add_argument("--repeats", type=int, default=3, help="runs per wire (best kept)")
     parser.add_argument("--json", action="store_true")
     asyncio.run(main_async(parser.parse_args()))
 

@@ -26,6 +26,7 @@ from mrsa.api.auth import owner_of
 from mrsa.api.deps import ApiConfig, ApiDeps, BackendHandle
 from mrsa.api.openai_schemas import ChatCompletionRequest
 from mrsa.backends.openai import OpenAICompatibleBackend
+from mrsa.backends.wire import MockWire, WireError, WireRequest, WireResponse
 from mrsa.domain import Event, JobSpec, JobStatus
 from mrsa.engine.service import JobService
 from mrsa.params import RSAParams
@@ -611,16 +612,14 @@ def fake_backend(tokenize: Any, models: dict[str, Any]) -> OpenAICompatibleBacke
     """A vLLM-dialect client on a transport answering ``/v1/models`` and ``/tokenize`` as given
     (failure injection: a server that lies)."""
 
-    def handle(request: httpx.Request) -> httpx.Response:
-        if request.url.path == "/v1/models":
-            return httpx.Response(200, json=models)
-        if request.url.path == "/tokenize":
-            return httpx.Response(200, json=tokenize)
-        return httpx.Response(404, json={"error": "no"})
+    def handle(request: WireRequest) -> WireResponse:
+        if request.path == "/v1/models":
+            return WireResponse.of_json(200, models)
+        if request.path == "/tokenize":
+            return WireResponse.of_json(200, tokenize)
+        return WireResponse.of_json(404, {"error": "no"})
 
-    return OpenAICompatibleBackend(
-        "http://backend.test", dialect="vllm", transport=httpx.MockTransport(handle)
-    )
+    return OpenAICompatibleBackend("http://backend.test", dialect="vllm", wire=MockWire(handle))
 
 
 MODELS_WITH_CONTEXT = {"data": [{"id": "m", "max_model_len": 4096}]}
@@ -676,14 +675,12 @@ async def test_with_a_model_id_the_context_lookup_is_best_effort_and_retried() -
     and the context is read once the server answers (a failed lookup is not cached)."""
     up = False
 
-    def handle(request: httpx.Request) -> httpx.Response:
+    def handle(request: WireRequest) -> WireResponse:
         if not up:
-            raise httpx.ConnectError("connection refused", request=request)
-        return httpx.Response(200, json={"data": [{"id": "m", "max_model_len": 2048}]})
+            raise WireError("ConnectError: connection refused")
+        return WireResponse.of_json(200, {"data": [{"id": "m", "max_model_len": 2048}]})
 
-    backend = OpenAICompatibleBackend(
-        "http://backend.test", dialect="vllm", model="m", transport=httpx.MockTransport(handle)
-    )
+    backend = OpenAICompatibleBackend("http://backend.test", dialect="vllm", model="m", wire=MockWire(handle))
     assert (await backend.info()).context_length is None
     up = True
     assert (await backend.info()).context_length == 2048

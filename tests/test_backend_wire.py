@@ -1,4 +1,4 @@
-"""Wire format of every backend dialect, against ``httpx.MockTransport`` servers.
+"""Wire format of every backend dialect, against :class:`~mrsa.backends.wire.MockWire` servers.
 
 Reply shapes follow the servers' own sources: vLLM's OpenAI server (``message.reasoning`` since
 0.10, ``reasoning_content`` before; per-choice ``token_ids`` with ``return_token_ids``;
@@ -26,7 +26,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
 from mrsa.backends.base import (
@@ -42,12 +41,13 @@ from mrsa.backends.factory import detect_kind, make_backend
 from mrsa.backends.http import HttpOptions
 from mrsa.backends.openai import Dialect, OpenAICompatibleBackend, normalise_finish_reason
 from mrsa.backends.triton import TritonBackend
+from mrsa.backends.wire import MockWire, WireRequest, WireResponse
 
 BASE = "http://mock-server:8000"
 RECORDED = Path(__file__).parent / "recorded" / "triton"
 NO_RETRY = HttpOptions(max_retries=0)
 
-Route = Callable[[httpx.Request], httpx.Response]
+Route = Callable[[WireRequest], WireResponse]
 
 
 class MockServer:
@@ -55,25 +55,25 @@ class MockServer:
 
     Unknown routes answer 404 like FastAPI (``{"detail": "Not Found"}``)."""
 
-    def __init__(self, routes: dict[tuple[str, str], Route | httpx.Response | Any] | None = None) -> None:
-        self.routes: dict[tuple[str, str], Route | httpx.Response | Any] = dict(routes or {})
+    def __init__(self, routes: dict[tuple[str, str], Route | WireResponse | Any] | None = None) -> None:
+        self.routes: dict[tuple[str, str], Route | WireResponse | Any] = dict(routes or {})
         self.calls: list[tuple[str, str, Any]] = []
 
-    def __call__(self, request: httpx.Request) -> httpx.Response:
-        body = json.loads(request.content) if request.content else None
-        self.calls.append((request.method, request.url.path, body))
-        route = self.routes.get((request.method, request.url.path))
+    def __call__(self, request: WireRequest) -> WireResponse:
+        body = request.json()
+        self.calls.append((request.method, request.path, body))
+        route = self.routes.get((request.method, request.path))
         if route is None:
-            return httpx.Response(404, json={"detail": "Not Found"})
-        if isinstance(route, httpx.Response):
+            return WireResponse.of_json(404, {"detail": "Not Found"})
+        if isinstance(route, WireResponse):
             return route
         if callable(route):
             return route(request)
-        return httpx.Response(200, json=route)
+        return WireResponse.of_json(200, route)
 
     @property
-    def transport(self) -> httpx.MockTransport:
-        return httpx.MockTransport(self)
+    def wire(self) -> MockWire:
+        return MockWire(self)
 
     def bodies(self, path: str) -> list[Any]:
         return [body for _, p, body in self.calls if p == path]
@@ -99,7 +99,7 @@ def chat_reply(
 def backend(server: MockServer, dialect: Dialect, **kwargs: Any) -> OpenAICompatibleBackend:
     kwargs.setdefault("model", "m")
     kwargs.setdefault("options", NO_RETRY)
-    return OpenAICompatibleBackend(BASE, dialect=dialect, transport=server.transport, **kwargs)
+    return OpenAICompatibleBackend(BASE, dialect=dialect, wire=server.wire, **kwargs)
 
 
 def request(**kwargs: Any) -> GenerationRequest:
@@ -268,10 +268,10 @@ async def test_vllm_discovers_model_and_context_then_reports_info_and_health() -
                 ],
             },
             ("GET", "/version"): {"version": "0.11.0"},
-            ("GET", "/health"): httpx.Response(200),  # vLLM answers its health check with an empty body
+            ("GET", "/health"): WireResponse(200),  # vLLM answers its health check with an empty body
         }
     )
-    b = OpenAICompatibleBackend(BASE, dialect="vllm", options=NO_RETRY, transport=server.transport)
+    b = OpenAICompatibleBackend(BASE, dialect="vllm", options=NO_RETRY, wire=server.wire)
     info = await b.info()
     assert info.kind == "vllm"
     assert info.model == "Zyphra/ZAYA1-8B"
@@ -279,7 +279,7 @@ async def test_vllm_discovers_model_and_context_then_reports_info_and_health() -
     assert info.version == "0.11.0"
     assert info.capacity == 256  # no concurrency was set explicitly: the vLLM default
     assert await b.health()
-    server.routes[("GET", "/health")] = httpx.Response(503, json={"error": "engine dead"})
+    server.routes[("GET", "/health")] = WireResponse.of_json(503, {"error": "engine dead"})
     assert not await b.health()
     await b.aclose()
 
@@ -308,7 +308,7 @@ def vllm_replay(*names: str) -> MockServer:
     for name in names:
         rec = vllm_recorded(name)
         key = (rec["request"]["method"], rec["request"]["path"])
-        routes[key] = httpx.Response(rec["status"], json=rec["body"])
+        routes[key] = WireResponse.of_json(rec["status"], rec["body"])
     return MockServer(routes)
 
 
@@ -367,8 +367,8 @@ async def test_vllm_recorded_n_and_prefill_replies() -> None:
 
 async def test_vllm_recorded_tokenize_detokenize_models_version() -> None:
     server = vllm_replay("tokenize", "detokenize", "models", "version")
-    server.routes[("GET", "/health")] = httpx.Response(200)  # recorded: 200 with an empty body
-    b = OpenAICompatibleBackend(BASE, dialect="vllm", options=NO_RETRY, transport=server.transport)
+    server.routes[("GET", "/health")] = WireResponse(200)  # recorded: 200 with an empty body
+    b = OpenAICompatibleBackend(BASE, dialect="vllm", options=NO_RETRY, wire=server.wire)
     info = await b.info()
     assert (info.model, info.context_length, info.version) == ("smollm2-135m-instruct", 4096, "0.32.0")
     assert await b.tokenize("12 × 13 = 156, ∑ αβ.") == vllm_recorded("tokenize")["body"]["tokens"]
@@ -553,12 +553,12 @@ async def test_llamacpp_props_give_context_and_slots() -> None:
 async def test_llamacpp_has_no_n_so_requests_are_fanned_out() -> None:
     counter = {"n": 0}
 
-    def answer(req: httpx.Request) -> httpx.Response:
+    def answer(req: WireRequest) -> WireResponse:
         counter["n"] += 1
-        seed = json.loads(req.content)["seed"]
-        return httpx.Response(
+        seed = req.json()["seed"]
+        return WireResponse.of_json(
             200,
-            json=chat_reply(
+            chat_reply(
                 {
                     "index": 0,
                     "message": {"role": "assistant", "content": f"seed {seed}", "reasoning_content": "r"},
@@ -603,9 +603,9 @@ async def test_llamacpp_prefill_is_a_trailing_assistant_message() -> None:
 def extras_tokenize(bos: list[int]) -> Route:
     """llama-cpp-python's /extras/tokenize: BOS (when the GGUF adds one) then the text's ids."""
 
-    def route(request: httpx.Request) -> httpx.Response:
-        text = json.loads(request.content)["input"]
-        return httpx.Response(200, json={"tokens": bos + ([1, 2, 3] if text else [])})
+    def route(request: WireRequest) -> WireResponse:
+        text = request.json()["input"]
+        return WireResponse.of_json(200, {"tokens": bos + ([1, 2, 3] if text else [])})
 
     return route
 
@@ -727,7 +727,7 @@ def tok_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def triton(server: MockServer, tokenizer: Path | None, **kwargs: Any) -> TritonBackend:
     kwargs.setdefault("model", "vllm_model")
     kwargs.setdefault("options", NO_RETRY)
-    return TritonBackend(BASE, tokenizer=tokenizer, transport=server.transport, **kwargs)
+    return TritonBackend(BASE, tokenizer=tokenizer, wire=server.wire, **kwargs)
 
 
 def generate_reply(text: Any, finish: Any = "stop", n_in: Any = 21, n_out: Any = 9) -> dict[str, Any]:
@@ -857,9 +857,9 @@ async def test_triton_prefill_is_appended_raw(tok_dir: Path) -> None:
 
 
 async def test_triton_n_is_fanned_out_with_consecutive_seeds(tok_dir: Path) -> None:
-    def answer(req: httpx.Request) -> httpx.Response:
-        seed = json.loads(json.loads(req.content)["sampling_parameters"])["seed"]
-        return httpx.Response(200, json=generate_reply(f"seed {seed}"))
+    def answer(req: WireRequest) -> WireResponse:
+        seed = json.loads(req.json()["sampling_parameters"])["seed"]
+        return WireResponse.of_json(200, generate_reply(f"seed {seed}"))
 
     server = MockServer({("POST", GENERATE): answer})
     b = triton(server, tok_dir)
@@ -905,9 +905,9 @@ def recorded(name: str) -> dict[str, Any]:
     return data
 
 
-def replay(name: str) -> httpx.Response:
+def replay(name: str) -> WireResponse:
     entry = recorded(name)
-    return httpx.Response(entry["status"], json=entry["reply"])
+    return WireResponse.of_json(entry["status"], entry["reply"])
 
 
 REAL_GENERATE = f"/v2/models/{BUNDLED_MODEL}/generate"
@@ -963,7 +963,7 @@ async def test_triton_recorded_busy_is_retried(tok_dir: Path) -> None:
     ],
 )
 async def test_triton_400_is_classified_by_its_words(tok_dir: Path, message: str, transient: bool) -> None:
-    server = MockServer({("POST", GENERATE): httpx.Response(400, json={"error": message})})
+    server = MockServer({("POST", GENERATE): WireResponse.of_json(400, {"error": message})})
     b = triton(server, tok_dir, options=HttpOptions(max_retries=2, backoff_s=0.0))
     with pytest.raises(BackendServerError if transient else BackendRequestError) as caught:
         await b.generate(request())
@@ -999,9 +999,7 @@ async def test_triton_info_from_recorded_metadata_and_config(tok_dir: Path) -> N
             ("POST", "/v2/repository/index"): replay("repository_index"),
         }
     )
-    b = TritonBackend(
-        BASE, tokenizer=tok_dir / "tokenizer.json", options=NO_RETRY, transport=server.transport
-    )
+    b = TritonBackend(BASE, tokenizer=tok_dir / "tokenizer.json", options=NO_RETRY, wire=server.wire)
     # the served config's context (8192) wins over the tokenizer's model_max_length (32768 here)
     info = await b.info()
     assert (info.model, info.version, info.context_length) == (BUNDLED_MODEL, "2.51.0", 8192)
@@ -1015,17 +1013,17 @@ async def test_triton_discovery_under_pytriton(tok_dir: Path) -> None:
         {
             ("POST", "/v2/repository/index"): replay("pytriton_index"),
             ("GET", "/v2/models/stats"): replay("pytriton_stats"),
-            ("GET", f"/v2/models/{BUNDLED_MODEL}/ready"): httpx.Response(200),
+            ("GET", f"/v2/models/{BUNDLED_MODEL}/ready"): WireResponse(200),
             ("POST", REAL_GENERATE): replay("generate_stop"),
         }
     )
-    b = TritonBackend(BASE, tokenizer=tok_dir, options=NO_RETRY, transport=server.transport)
+    b = TritonBackend(BASE, tokenizer=tok_dir, options=NO_RETRY, wire=server.wire)
     [result] = await b.generate(request())
     assert b.model == BUNDLED_MODEL and result.finish_reason == "stop"
     await b.aclose()
     # Another model under PyTriton cannot be listed: the error says what to pass.
     del server.routes[("GET", f"/v2/models/{BUNDLED_MODEL}/ready")]
-    b = TritonBackend(BASE, tokenizer=tok_dir, options=NO_RETRY, transport=server.transport)
+    b = TritonBackend(BASE, tokenizer=tok_dir, options=NO_RETRY, wire=server.wire)
     with pytest.raises(BackendRequestError, match=r"0 ready models.*--model"):
         await b.generate(request())
     await b.aclose()
@@ -1039,7 +1037,7 @@ async def test_triton_empty_index_falls_back_to_statistics(tok_dir: Path) -> Non
             ("POST", GENERATE): generate_reply("x"),
         }
     )
-    b = TritonBackend(BASE, tokenizer=tok_dir, options=NO_RETRY, transport=server.transport)
+    b = TritonBackend(BASE, tokenizer=tok_dir, options=NO_RETRY, wire=server.wire)
     await b.generate(request())
     assert b.model == "vllm_model"
     await b.aclose()
@@ -1050,14 +1048,14 @@ async def test_triton_http_errors(tok_dir: Path) -> None:
         "error": "Error generating stream: The decoder prompt (length 9000) is longer than the maximum model "
         "length of 8192. Make sure that `max_model_len` is no smaller than the number of text tokens."
     }
-    server = MockServer({("POST", GENERATE): httpx.Response(500, json=overflow)})
+    server = MockServer({("POST", GENERATE): WireResponse.of_json(500, overflow)})
     b = triton(server, tok_dir, options=HttpOptions(max_retries=3))
     with pytest.raises(ContextOverflowError, match="do not fit the model's context window"):
         await b.generate(request())
     assert len(server.bodies(GENERATE)) == 1  # final at once, whatever the status
 
-    server.routes[("POST", GENERATE)] = httpx.Response(
-        400, json={"error": "Request for unknown model: 'vllm_model' is not found"}
+    server.routes[("POST", GENERATE)] = WireResponse.of_json(
+        400, {"error": "Request for unknown model: 'vllm_model' is not found"}
     )
     with pytest.raises(BackendRequestError, match="unknown model"):
         await b.generate(request())
@@ -1139,8 +1137,8 @@ async def test_triton_info_and_health(tok_dir: Path) -> None:
         {
             ("GET", "/v2/models/vllm_model"): TRITON_META,
             ("GET", "/v2"): {"name": "triton", "version": "2.59.0", "extensions": ["model_repository"]},
-            ("GET", "/v2/health/ready"): httpx.Response(200),  # empty body, like Triton
-            ("GET", "/v2/models/vllm_model/ready"): httpx.Response(200),
+            ("GET", "/v2/health/ready"): WireResponse(200),  # empty body, like Triton
+            ("GET", "/v2/models/vllm_model/ready"): WireResponse(200),
         }
     )
     b = triton(server, tok_dir)
@@ -1153,15 +1151,15 @@ async def test_triton_info_and_health(tok_dir: Path) -> None:
     assert await b.health()
     paths = [p for _, p, _ in server.calls]
     assert "/v2/health/ready" in paths and "/v2/models/vllm_model/ready" in paths
-    server.routes[("GET", "/v2/models/vllm_model/ready")] = httpx.Response(400, json={"error": "not ready"})
+    server.routes[("GET", "/v2/models/vllm_model/ready")] = WireResponse.of_json(400, {"error": "not ready"})
     assert not await b.health()
-    server.routes[("GET", "/v2/health/ready")] = httpx.Response(503)
+    server.routes[("GET", "/v2/health/ready")] = WireResponse(503)
     assert not await b.health()
     await b.aclose()
 
 
 async def test_triton_default_capacity_is_large(tok_dir: Path) -> None:
-    b = TritonBackend(BASE, model="vllm_model", tokenizer=tok_dir, transport=MockServer().transport)
+    b = TritonBackend(BASE, model="vllm_model", tokenizer=tok_dir, wire=MockServer().wire)
     assert b.http.options.concurrency == 256
     await b.aclose()
 
@@ -1188,7 +1186,7 @@ async def test_triton_discovers_the_only_ready_model(tok_dir: Path) -> None:
     server = MockServer(
         {("POST", "/v2/repository/index"): index, ("POST", GENERATE): generate_reply("x"), ("GET", "/v2"): {}}
     )
-    b = TritonBackend(BASE, tokenizer=tok_dir, options=NO_RETRY, transport=server.transport)
+    b = TritonBackend(BASE, tokenizer=tok_dir, options=NO_RETRY, wire=server.wire)
     await b.generate(request())
     assert b.model == "vllm_model"
     assert server.bodies("/v2/repository/index") == [{"ready": True}]
@@ -1199,7 +1197,7 @@ async def test_triton_discovers_the_only_ready_model(tok_dir: Path) -> None:
         {"name": "a", "version": "1", "state": "READY"},
         {"name": "b", "version": "1", "state": "READY"},
     ]
-    b = TritonBackend(BASE, tokenizer=tok_dir, options=NO_RETRY, transport=server.transport)
+    b = TritonBackend(BASE, tokenizer=tok_dir, options=NO_RETRY, wire=server.wire)
     with pytest.raises(BackendRequestError, match=r"2 ready models \(a, b\).*--model"):
         await b.generate(request())
     await b.aclose()
@@ -1207,7 +1205,7 @@ async def test_triton_discovers_the_only_ready_model(tok_dir: Path) -> None:
 
 async def test_make_backend_builds_triton_with_its_tokenizer(tok_dir: Path) -> None:
     server = MockServer({("POST", GENERATE): generate_reply("ok")})
-    b = await make_backend(BASE, "triton", model="vllm_model", tokenizer=tok_dir, transport=server.transport)
+    b = await make_backend(BASE, "triton", model="vllm_model", tokenizer=tok_dir, wire=server.wire)
     assert isinstance(b, TritonBackend)
     [result] = await b.generate(request())
     assert result.content == "ok"
@@ -1219,7 +1217,7 @@ async def test_make_backend_builds_triton_with_its_tokenizer(tok_dir: Path) -> N
 
 def server_for(kind: str) -> MockServer:
     if kind == "triton":
-        return MockServer({("GET", "/v2/health/ready"): httpx.Response(200)})
+        return MockServer({("GET", "/v2/health/ready"): WireResponse(200)})
     if kind == "llamacpp":
         return MockServer({("GET", "/props"): LLAMACPP_PROPS, ("GET", "/health"): {"status": "ok"}})
     if kind == "llama-cpp-python":
@@ -1232,33 +1230,31 @@ def server_for(kind: str) -> MockServer:
             }
         )
     if kind == "vllm":
-        return MockServer(
-            {("GET", "/version"): {"version": "0.11.0"}, ("GET", "/health"): httpx.Response(200)}
-        )
+        return MockServer({("GET", "/version"): {"version": "0.11.0"}, ("GET", "/health"): WireResponse(200)})
     raise AssertionError(kind)
 
 
 @pytest.mark.parametrize("kind", ["triton", "llamacpp", "llama-cpp-python", "sglang", "vllm"])
 async def test_detect_kind(kind: str) -> None:
     server = server_for(kind)
-    assert await detect_kind(BASE, transport=server.transport) == kind
+    assert await detect_kind(BASE, wire=server.wire) == kind
     assert all(method in ("GET", "POST") for method, _, _ in server.calls)
 
 
 async def test_detect_kind_skips_a_props_endpoint_that_is_not_llama_server() -> None:
     server = MockServer({("GET", "/props"): {"something": "else"}, ("GET", "/version"): {"version": "1"}})
-    assert await detect_kind(BASE, transport=server.transport) == "vllm"
+    assert await detect_kind(BASE, wire=server.wire) == "vllm"
 
 
 async def test_detect_kind_defaults_to_the_common_openai_subset() -> None:
     server = MockServer()  # answers 404 to every probe
-    assert await detect_kind(BASE, transport=server.transport) == "vllm"
+    assert await detect_kind(BASE, wire=server.wire) == "vllm"
     assert len(server.calls) == 5  # every probe tried, once (no retries while probing)
 
 
 async def test_make_backend_auto_uses_the_detected_dialect() -> None:
     server = server_for("llamacpp")
-    b = await make_backend(BASE, "auto", model="m", transport=server.transport)
+    b = await make_backend(BASE, "auto", model="m", wire=server.wire)
     assert isinstance(b, OpenAICompatibleBackend)
     assert b.dialect == "llamacpp"
     await b.aclose()

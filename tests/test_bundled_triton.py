@@ -18,7 +18,7 @@ import pytest
 
 from mrsa.backends.bundled_triton import TritonServer, TritonUnavailable
 from mrsa.backends.embedded import model_path
-from mrsa.backends.triton import LocalTokenizer
+from mrsa.backends.triton_prompt import LocalTokenizer
 from tests.plugins.servers import ServerHandle
 
 STRINGS = [

@@ -1,7 +1,8 @@
 """``HttpClient``: retries and backoff, error classification, context overflow, concurrency limit.
 
-Every test talks to an ``httpx.MockTransport``; sleeping is replaced by a recorder, so backoff is
-asserted on the delays asked for, not on wall-clock time.
+Every test talks to a :class:`~mrsa.backends.wire.MockWire` under the client's own retry path;
+sleeping is replaced by a recorder, so backoff is asserted on the delays asked for, not on
+wall-clock time.
 """
 
 from __future__ import annotations
@@ -10,7 +11,6 @@ import asyncio
 from collections.abc import Callable
 from typing import Any
 
-import httpx
 import pytest
 
 from mrsa.backends.base import (
@@ -21,10 +21,11 @@ from mrsa.backends.base import (
     ReplyTooLargeError,
 )
 from mrsa.backends.http import BackendDeadlineExceeded, HttpClient, HttpOptions
+from mrsa.backends.wire import MockWire, WireError, WireRequest, WireResponse, WireTimeout
 
 BASE = "http://mock-server:8000"
 
-Handler = Callable[[httpx.Request], Any]
+Handler = Callable[[WireRequest], Any]
 
 
 class Sleeps:
@@ -38,27 +39,25 @@ class Sleeps:
 
 
 class Script:
-    """A transport handler answering from a list, one entry per call (the last one repeats).
+    """A wire handler answering from a list, one entry per call (the last one repeats).
 
-    An entry is a ``httpx.Response``, or an exception class raised with the request attached."""
+    An entry is a ``WireResponse``, or a wire failure raised for that request."""
 
-    def __init__(self, *answers: httpx.Response | type[Exception]) -> None:
+    def __init__(self, *answers: WireResponse | WireError) -> None:
         self.answers = list(answers)
-        self.requests: list[httpx.Request] = []
+        self.requests: list[WireRequest] = []
 
-    def __call__(self, request: httpx.Request) -> httpx.Response:
+    def __call__(self, request: WireRequest) -> WireResponse:
         self.requests.append(request)
         answer = self.answers[min(len(self.requests), len(self.answers)) - 1]
-        if isinstance(answer, type):
-            if issubclass(answer, httpx.RequestError):
-                raise answer("simulated", request=request)
-            raise answer("simulated")
+        if isinstance(answer, WireError):
+            raise answer
         return answer
 
 
 def make_client(handler: Handler, sleeps: Sleeps, **options: Any) -> HttpClient:
     opts = HttpOptions(**{"max_retries": 3, "backoff_s": 0.5, "backoff_cap_s": 20.0, **options})
-    return HttpClient(BASE, opts, backend_kind="test", transport=httpx.MockTransport(handler), sleep=sleeps)
+    return HttpClient(BASE, opts, backend_kind="test", wire=MockWire(handler), sleep=sleeps)
 
 
 @pytest.fixture
@@ -73,9 +72,9 @@ def upper_jitter(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.mark.parametrize("status", [500, 502, 503, 429])
 async def test_retries_on_5xx_and_429_with_doubling_backoff(status: int, upper_jitter: None) -> None:
     script = Script(
-        httpx.Response(status, json={"error": "busy"}),
-        httpx.Response(status, json={"error": "busy"}),
-        httpx.Response(200, json={"ok": True}),
+        WireResponse.of_json(status, {"error": "busy"}),
+        WireResponse.of_json(status, {"error": "busy"}),
+        WireResponse.of_json(200, {"ok": True}),
     )
     sleeps = Sleeps()
     client = make_client(script, sleeps)
@@ -83,12 +82,12 @@ async def test_retries_on_5xx_and_429_with_doubling_backoff(status: int, upper_j
     assert len(script.requests) == 3
     assert sleeps.delays == [0.5, 1.0]  # backoff_s * 2**attempt
     # the same body is sent on every attempt
-    assert {r.content for r in script.requests} == {b'{"x":1}'}
+    assert {r.body for r in script.requests} == {b'{"x":1}'}
     await client.aclose()
 
 
 async def test_backoff_is_capped(upper_jitter: None) -> None:
-    script = Script(httpx.Response(503, json={"error": "down"}))
+    script = Script(WireResponse.of_json(503, {"error": "down"}))
     sleeps = Sleeps()
     client = make_client(script, sleeps, max_retries=5, backoff_s=1.0, backoff_cap_s=3.0)
     with pytest.raises(BackendServerError):
@@ -98,7 +97,7 @@ async def test_backoff_is_capped(upper_jitter: None) -> None:
 
 
 async def test_jittered_backoff_stays_inside_its_window() -> None:
-    script = Script(httpx.Response(500, json={"error": "x"}))
+    script = Script(WireResponse.of_json(500, {"error": "x"}))
     sleeps = Sleeps()
     client = make_client(script, sleeps, max_retries=4, backoff_s=0.5)
     with pytest.raises(BackendServerError):
@@ -111,10 +110,10 @@ async def test_jittered_backoff_stays_inside_its_window() -> None:
 
 async def test_retry_after_header_is_honoured(upper_jitter: None) -> None:
     script = Script(
-        httpx.Response(429, headers={"Retry-After": "7"}, json={"error": "rate limited"}),
-        httpx.Response(503, headers={"Retry-After": "0.25"}, json={"error": "loading"}),
-        httpx.Response(503, json={"error": "loading"}),  # no header: backoff again
-        httpx.Response(200, json={"ok": 1}),
+        WireResponse.of_json(429, {"error": "rate limited"}, {"Retry-After": "7"}),
+        WireResponse.of_json(503, {"error": "loading"}, {"Retry-After": "0.25"}),
+        WireResponse.of_json(503, {"error": "loading"}),  # no header: backoff again
+        WireResponse.of_json(200, {"ok": 1}),
     )
     sleeps = Sleeps()
     client = make_client(script, sleeps)
@@ -125,9 +124,9 @@ async def test_retry_after_header_is_honoured(upper_jitter: None) -> None:
 
 async def test_retry_after_is_capped(upper_jitter: None) -> None:
     script = Script(
-        httpx.Response(503, headers={"Retry-After": "86400"}, json={"error": "loading"}),
-        httpx.Response(503, headers={"Retry-After": "inf"}, json={"error": "loading"}),
-        httpx.Response(200, json={"ok": 1}),
+        WireResponse.of_json(503, {"error": "loading"}, {"Retry-After": "86400"}),
+        WireResponse.of_json(503, {"error": "loading"}, {"Retry-After": "inf"}),
+        WireResponse.of_json(200, {"ok": 1}),
     )
     sleeps = Sleeps()
     client = make_client(script, sleeps, retry_after_cap_s=30.0)
@@ -136,10 +135,10 @@ async def test_retry_after_is_capped(upper_jitter: None) -> None:
     await client.aclose()
 
 
-async def test_the_total_deadline_bounds_an_attempt_on_the_test_transport_too() -> None:
-    async def slow(request: httpx.Request) -> httpx.Response:
+async def test_the_total_deadline_bounds_an_attempt_whatever_the_wire() -> None:
+    async def slow(request: WireRequest) -> WireResponse:
         await asyncio.sleep(30)
-        return httpx.Response(200, json={})
+        return WireResponse.of_json(200, {})
 
     client = make_client(slow, Sleeps(), max_retries=0, deadline_s=0.2)
     with pytest.raises(BackendDeadlineExceeded, match=r"0\.2s deadline"):
@@ -147,8 +146,8 @@ async def test_the_total_deadline_bounds_an_attempt_on_the_test_transport_too() 
     await client.aclose()
 
 
-async def test_a_body_over_the_limit_is_final_on_the_test_transport_too() -> None:
-    script = Script(httpx.Response(200, content=b"x" * 5000))
+async def test_a_body_over_the_limit_is_final() -> None:
+    script = Script(WireResponse(200, body=b"x" * 5000))
     client = make_client(script, Sleeps(), max_body_bytes=4096)
     with pytest.raises(ReplyTooLargeError, match="5000 bytes, over the limit of 4096"):
         await client.request_json("GET", "/x")
@@ -156,9 +155,13 @@ async def test_a_body_over_the_limit_is_final_on_the_test_transport_too() -> Non
     await client.aclose()
 
 
-@pytest.mark.parametrize("exc", [httpx.ConnectError, httpx.ReadTimeout, httpx.ConnectTimeout])
-async def test_retries_transport_errors_then_succeeds(exc: type[Exception], upper_jitter: None) -> None:
-    script = Script(exc, exc, httpx.Response(200, json={"tokens": [1, 2]}))
+@pytest.mark.parametrize(
+    "exc",
+    [WireError("ConnectError: simulated"), WireTimeout("ReadTimeout"), WireTimeout("ConnectTimeout")],
+    ids=["connect-error", "read-timeout", "connect-timeout"],
+)
+async def test_retries_transport_errors_then_succeeds(exc: WireError, upper_jitter: None) -> None:
+    script = Script(exc, exc, WireResponse.of_json(200, {"tokens": [1, 2]}))
     sleeps = Sleeps()
     client = make_client(script, sleeps)
     assert await client.request_json("POST", "/tokenize", {"prompt": "a"}) == {"tokens": [1, 2]}
@@ -168,7 +171,7 @@ async def test_retries_transport_errors_then_succeeds(exc: type[Exception], uppe
 
 
 async def test_connect_error_exhausted_names_url_and_attempts() -> None:
-    script = Script(httpx.ConnectError)
+    script = Script(WireError("ConnectError: simulated"))
     sleeps = Sleeps()
     client = make_client(script, sleeps, max_retries=2)
     with pytest.raises(BackendUnavailable) as info:
@@ -185,7 +188,7 @@ async def test_connect_error_exhausted_names_url_and_attempts() -> None:
 
 
 async def test_read_timeout_exhausted_says_timed_out() -> None:
-    script = Script(httpx.ReadTimeout)
+    script = Script(WireTimeout("ReadTimeout"))
     client = make_client(script, Sleeps(), max_retries=1)
     with pytest.raises(BackendUnavailable, match=r"timed out \(ReadTimeout\).*after 2 attempts"):
         await client.request_json("POST", "/v1/completions", {})
@@ -193,7 +196,7 @@ async def test_read_timeout_exhausted_says_timed_out() -> None:
 
 
 async def test_server_error_exhausted_names_url_status_text_and_attempts() -> None:
-    script = Script(httpx.Response(503, json={"error": {"message": "engine is loading"}}))
+    script = Script(WireResponse.of_json(503, {"error": {"message": "engine is loading"}}))
     client = make_client(script, Sleeps(), max_retries=2)
     with pytest.raises(BackendServerError) as info:
         await client.request_json("POST", "/v1/chat/completions", {})
@@ -207,7 +210,7 @@ async def test_server_error_exhausted_names_url_status_text_and_attempts() -> No
 
 
 async def test_per_call_retries_override_the_options() -> None:
-    script = Script(httpx.Response(500, json={"error": "x"}))
+    script = Script(WireResponse.of_json(500, {"error": "x"}))
     sleeps = Sleeps()
     client = make_client(script, sleeps, max_retries=5)
     with pytest.raises(BackendServerError) as info:
@@ -219,7 +222,7 @@ async def test_per_call_retries_override_the_options() -> None:
 
 
 async def test_no_retry_on_400() -> None:
-    script = Script(httpx.Response(400, json={"error": {"message": "temperature must be non-negative"}}))
+    script = Script(WireResponse.of_json(400, {"error": {"message": "temperature must be non-negative"}}))
     sleeps = Sleeps()
     client = make_client(script, sleeps)
     with pytest.raises(BackendRequestError) as info:
@@ -235,7 +238,7 @@ async def test_no_retry_on_400() -> None:
 
 @pytest.mark.parametrize("status", [401, 404, 422])
 async def test_no_retry_on_other_4xx(status: int) -> None:
-    script = Script(httpx.Response(status, json={"detail": "Not Found"}))
+    script = Script(WireResponse.of_json(status, {"detail": "Not Found"}))
     sleeps = Sleeps()
     client = make_client(script, sleeps)
     with pytest.raises(BackendRequestError, match="Not Found"):
@@ -245,8 +248,20 @@ async def test_no_retry_on_other_4xx(status: int) -> None:
     await client.aclose()
 
 
+@pytest.mark.parametrize(("status", "error"), [(400, BackendRequestError), (500, BackendServerError)])
+async def test_an_error_body_nested_too_deep_to_decode_is_classified_as_text(
+    status: int, error: type[Exception]
+) -> None:
+    """A hostile error reply is data: classified by its status, never a ``RecursionError``."""
+    script = Script(WireResponse(status, body=b"[" * 200_000 + b"]" * 200_000))
+    client = make_client(script, Sleeps(), max_retries=0)
+    with pytest.raises(error, match=rf"HTTP {status}.*\[\[\["):
+        await client.request_json("GET", "/x")
+    await client.aclose()
+
+
 async def test_body_that_is_not_json_is_retried_as_a_server_error() -> None:
-    script = Script(httpx.Response(200, text="<html>proxy page</html>"), httpx.Response(200, json=[1]))
+    script = Script(WireResponse(200, body=b"<html>proxy page</html>"), WireResponse.of_json(200, [1]))
     client = make_client(script, Sleeps())
     assert await client.request_json("GET", "/x") == [1]
     assert len(script.requests) == 2
@@ -255,7 +270,7 @@ async def test_body_that_is_not_json_is_retried_as_a_server_error() -> None:
 
 async def test_empty_success_body_is_none_not_an_error() -> None:
     # vLLM's /health and Triton's /v2/health/ready answer 200 with an empty body.
-    script = Script(httpx.Response(200))
+    script = Script(WireResponse(200))
     client = make_client(script, Sleeps())
     assert await client.request_json("GET", "/health") is None
     assert len(script.requests) == 1
@@ -339,7 +354,7 @@ TRITON_VLLM = {  # the vLLM engine's own check, reported by Triton's Python back
     ],
 )
 async def test_context_overflow_is_final_and_explained(status: int, body: dict[str, Any], words: str) -> None:
-    script = Script(httpx.Response(status, json=body))
+    script = Script(WireResponse.of_json(status, body))
     sleeps = Sleeps()
     client = make_client(script, sleeps)
     with pytest.raises(ContextOverflowError) as info:
@@ -364,14 +379,14 @@ async def test_concurrency_limit_is_respected() -> None:
     peak = 0
     served = 0
 
-    async def handler(request: httpx.Request) -> httpx.Response:
+    async def handler(request: WireRequest) -> WireResponse:
         nonlocal in_flight, peak, served
         in_flight += 1
         peak = max(peak, in_flight)
         await asyncio.sleep(0.01)
         in_flight -= 1
         served += 1
-        return httpx.Response(200, json={"n": served})
+        return WireResponse.of_json(200, {"n": served})
 
     client = make_client(handler, Sleeps(), concurrency=3)
     results = await asyncio.gather(*(client.request_json("GET", f"/r/{i}") for i in range(12)))
@@ -385,13 +400,13 @@ async def test_set_concurrency_resizes_the_limit() -> None:
     in_flight = 0
     peak = 0
 
-    async def handler(request: httpx.Request) -> httpx.Response:
+    async def handler(request: WireRequest) -> WireResponse:
         nonlocal in_flight, peak
         in_flight += 1
         peak = max(peak, in_flight)
         await asyncio.sleep(0.01)
         in_flight -= 1
-        return httpx.Response(200, json={})
+        return WireResponse.of_json(200, {})
 
     client = make_client(handler, Sleeps(), concurrency=8)
     client.set_concurrency(1)
@@ -408,16 +423,16 @@ async def test_retry_releases_its_slot_while_backing_off() -> None:
     peak = 0
     gate = asyncio.Event()
 
-    async def handler(request: httpx.Request) -> httpx.Response:
+    async def handler(request: WireRequest) -> WireResponse:
         nonlocal in_flight, peak
-        path = request.url.path
+        path = request.path
         calls[path] = calls.get(path, 0) + 1
         in_flight += 1
         peak = max(peak, in_flight)
         try:
             if path == "/flaky" and calls[path] == 1:
-                return httpx.Response(503, json={"error": "x"})
-            return httpx.Response(200, json={"path": path})
+                return WireResponse.of_json(503, {"error": "x"})
+            return WireResponse.of_json(200, {"path": path})
         finally:
             in_flight -= 1
 
@@ -425,7 +440,7 @@ async def test_retry_releases_its_slot_while_backing_off() -> None:
         await gate.wait()  # the flaky request backs off until the other one has been served
 
     opts = HttpOptions(max_retries=2, concurrency=1)
-    client = HttpClient(BASE, opts, transport=httpx.MockTransport(handler), sleep=sleep)
+    client = HttpClient(BASE, opts, wire=MockWire(handler), sleep=sleep)
     flaky = asyncio.create_task(client.request_json("GET", "/flaky"))
     await asyncio.sleep(0.01)
     # would dead-lock (and time out here) if the backing-off request still held the only slot
@@ -438,7 +453,7 @@ async def test_retry_releases_its_slot_while_backing_off() -> None:
 
 
 async def test_api_key_is_sent_as_bearer_token() -> None:
-    script = Script(httpx.Response(200, json={}))
+    script = Script(WireResponse.of_json(200, {}))
     client = make_client(script, Sleeps(), api_key="sk-test")
     await client.request_json("GET", "/v1/models")
     assert script.requests[0].headers["authorization"] == "Bearer sk-test"

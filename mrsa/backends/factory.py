@@ -7,24 +7,21 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Literal, cast
 
-import httpx
-
 from mrsa.backends.base import Backend, BackendError, BackendUnavailable
 from mrsa.backends.embedded import CONTEXT_LENGTH, MODEL_ALIAS, EmbeddedServer
 from mrsa.backends.http import HttpClient, HttpOptions, backend_base_url
 from mrsa.backends.openai import DIALECTS, Dialect, OpenAICompatibleBackend
 from mrsa.backends.tracing import TracingBackend
+from mrsa.backends.wire import Wire
 
 BackendKind = Literal["auto", "vllm", "sglang", "llamacpp", "llama-cpp-python", "triton"]
 BACKEND_KINDS: tuple[str, ...] = ("auto", *DIALECTS, "triton")
 
 
-async def detect_kind(
-    url: str, options: HttpOptions | None = None, *, transport: httpx.AsyncBaseTransport | None = None
-) -> str:
+async def detect_kind(url: str, options: HttpOptions | None = None, *, wire: Wire | None = None) -> str:
     """Probe ``url`` for its server type. Raises :class:`BackendUnavailable` naming the URL."""
     opts = (options or HttpOptions()).model_copy(update={"max_retries": 0})
-    client = HttpClient(url, opts, backend_kind="probe", transport=transport)
+    client = HttpClient(url, opts, backend_kind="probe", wire=wire)
     try:
         probes: list[tuple[str, str, dict[str, str] | None, str]] = [
             ("GET", "/v2/health/ready", None, "triton"),
@@ -56,7 +53,7 @@ async def make_backend(
     options: HttpOptions | None = None,
     context_length: int | None = None,
     tokenizer: Path | None = None,
-    transport: httpx.AsyncBaseTransport | None = None,
+    wire: Wire | None = None,
 ) -> Backend:
     """A backend client for ``url`` (its root, with or without ``/v1``); ``kind='auto'`` probes
     the server first."""
@@ -64,7 +61,7 @@ async def make_backend(
         raise ValueError(f"backend kind: unknown {kind!r}; choose one of {', '.join(BACKEND_KINDS)}")
     url = backend_base_url(url)
     if kind == "auto":
-        kind = await detect_kind(url, options, transport=transport)
+        kind = await detect_kind(url, options, wire=wire)
     if kind == "triton":
         from mrsa.backends.triton import TritonBackend
 
@@ -73,7 +70,7 @@ async def make_backend(
             model=model,
             tokenizer=tokenizer,
             options=options,
-            transport=transport,
+            wire=wire,
             context_length=context_length,
         )
     return OpenAICompatibleBackend(
@@ -82,7 +79,7 @@ async def make_backend(
         model=model,
         options=options,
         context_length=context_length,
-        transport=transport,
+        wire=wire,
     )
 
 

@@ -1,30 +1,29 @@
-"""HTTP machinery shared by every backend client: one aiohttp session, a concurrency limit sized to
-the server, an ``asyncio-throttle`` rate limit, and retries with backoff and jitter.
+"""HTTP machinery shared by every backend client, on top of a :class:`~mrsa.backends.wire.Wire`:
+a concurrency limit sized to the server, an ``asyncio-throttle`` rate limit, and retries with
+backoff and jitter.
 
 Retried: connection errors, timeouts, 429 and 5xx (``Retry-After`` respected, up to a cap), and
 malformed 2xx replies. Final: other 4xx, turned into :class:`BackendRequestError` (or
-:class:`ContextOverflowError`, explained in words), and bodies over the size limit.
+:class:`ContextOverflowError`, explained in words), and bodies over the size limit. Errors are
+classified on the plain status and body bytes, by :func:`classify_status` or a server's own
+classifier (Triton's).
 
-Every attempt is bounded twice: a read timeout (the server is silent too long) and a total deadline
-(a server that trickles bytes never trips the read timeout). Reply text is decoded safely: invalid
-UTF-8 and lone surrogates (``"\\ud800"`` escapes) become U+FFFD, so they can be stored as JSON.
+Every attempt is bounded twice: a read timeout (the server is silent too long; the wire enforces
+it) and a total deadline (a server that trickles bytes never trips the read timeout; enforced here,
+whichever wire sends). Reply text is decoded safely: invalid UTF-8 and lone surrogates
+(``"\\ud800"`` escapes) become U+FFFD, so they can be stored as JSON.
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
 import json
 import random
 import re
-import ssl
 import time
-from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
 from typing import Any
 
-import aiohttp
-import httpx
 from asyncio_throttle.throttler import Throttler
 from pydantic import BaseModel, Field
 
@@ -39,6 +38,15 @@ from mrsa.backends.base import (
     MalformedReplyError,
     ReplyTooLargeError,
 )
+from mrsa.backends.wire import (
+    AiohttpWire,
+    BodyTooLarge,
+    Wire,
+    WireError,
+    WireRequest,
+    WireResponse,
+    WireTimeout,
+)
 
 _CONTEXT_PATTERNS = re.compile(
     r"context (length|window|size)|maximum context|exceed(s|ed)? (the )?(available )?context|"
@@ -46,6 +54,20 @@ _CONTEXT_PATTERNS = re.compile(
     r"greater than max_model_len",  # vLLM: max_tokens alone over the context
     re.IGNORECASE,
 )
+
+
+def context_overflow(message: str, url: str, status: int | None = None) -> ContextOverflowError | None:
+    """The error for a server's ``message`` when it says the request does not fit the model's
+    context window (in the words of vLLM, SGLang, llama.cpp, llama-cpp-python or Triton), else
+    None; ``status`` None when the message came inside an HTTP 200."""
+    if not _CONTEXT_PATTERNS.search(message):
+        return None
+    where = f"HTTP {status}: " if status is not None else ""
+    return ContextOverflowError(
+        f"{url}: the prompt plus the requested tokens do not fit the model's context window "
+        f"({where}{message}). Lower budget/chunk, tail or subset, or serve a longer context.",
+        url=url,
+    )
 
 
 DEADLINE_FACTOR = 6.0
@@ -130,39 +152,40 @@ def with_default_concurrency(options: HttpOptions | None, default: int) -> HttpO
     return options.model_copy(update={"concurrency": default})
 
 
-def _error_text(response: httpx.Response) -> str:
+def error_text(body: bytes) -> str:
+    """The message of an error reply (its ``error``/``detail``/``message``, else the body's text),
+    at most 500 characters."""
     try:
-        body = response.json()
-    except ValueError:
-        return response.text[:500]
-    if isinstance(body, dict):
-        err = body.get("error", body.get("detail", body.get("message", body)))
+        data = json.loads(body)
+    except (ValueError, RecursionError):  # not JSON, not UTF-8, or nested too deep
+        return body.decode("utf-8", "replace")[:500]
+    if isinstance(data, dict):
+        err = data.get("error", data.get("detail", data.get("message", data)))
         if isinstance(err, dict):
             err = err.get("message", err)
         return str(err)[:500]
-    return str(body)[:500]
+    return str(data)[:500]
 
 
 _BUSY_STATUSES = frozenset({429, 502, 503, 504})
 """Overloaded, loading or restarting (or the proxy in front says so): an outage, not a bad request."""
 
+Classifier = Callable[[int, bytes, str], BackendError]
+"""Reads a non-2xx reply (status, body, URL) as the right error type."""
 
-def classify_status(response: httpx.Response, url: str) -> BackendError:
-    """Turn a non-2xx response into the right error type."""
-    text = _error_text(response)
-    code = response.status_code
+
+def classify_status(status: int, body: bytes, url: str) -> BackendError:
+    """A non-2xx reply of an OpenAI-compatible server as the right error type."""
+    text = error_text(body)
     # A context overflow is final whatever the status: Triton's vLLM backend reports it as HTTP 500.
-    if code in _BUSY_STATUSES and not _CONTEXT_PATTERNS.search(text):
-        return BackendBusy(f"{url} answered HTTP {code}: {text}", url=url)
-    if code >= 500 and not _CONTEXT_PATTERNS.search(text):
-        return BackendServerError(f"{url} answered HTTP {code}: {text}", url=url)
-    if _CONTEXT_PATTERNS.search(text):
-        return ContextOverflowError(
-            f"{url}: the prompt plus the requested tokens do not fit the model's context window "
-            f"(HTTP {code}: {text}). Lower budget/chunk, tail or subset, or serve a longer context.",
-            url=url,
-        )
-    return BackendRequestError(f"{url} rejected the request (HTTP {code}): {text}", url=url)
+    overflow = context_overflow(text, url, status)
+    if overflow is not None:
+        return overflow
+    if status in _BUSY_STATUSES:
+        return BackendBusy(f"{url} answered HTTP {status}: {text}", url=url)
+    if status >= 500:
+        return BackendServerError(f"{url} answered HTTP {status}: {text}", url=url)
+    return BackendRequestError(f"{url} rejected the request (HTTP {status}): {text}", url=url)
 
 
 def _retry_after(value: str | None) -> float | None:
@@ -175,20 +198,10 @@ def _retry_after(value: str | None) -> float | None:
         return None
 
 
-def _unavailable(
-    url: str, exc: Exception, *, timed_out: bool, deadline_s: float | None = None
-) -> BackendUnavailable:
-    """A wire failure in the same words whichever client (aiohttp, or httpx in tests) hit it;
-    ``deadline_s`` when the attempt's total deadline (not the read timeout) ran out."""
-    if deadline_s is not None:
-        return BackendDeadlineExceeded(
-            f"{url}: no complete reply within the {deadline_s:g}s deadline of one request "
-            "(the server is sending too slowly)",
-            url=url,
-        )
-    if timed_out:
-        return BackendUnavailable(f"{url}: timed out ({type(exc).__name__})", url=url)
-    return BackendUnavailable(f"{url}: cannot connect ({type(exc).__name__}: {exc})", url=url)
+def _unavailable(url: str, exc: WireError) -> BackendUnavailable:
+    if isinstance(exc, WireTimeout):
+        return BackendUnavailable(f"{url}: timed out ({exc})", url=url)
+    return BackendUnavailable(f"{url}: cannot connect ({exc})", url=url)
 
 
 _LONE_SURROGATE = re.compile("[\ud800-\udfff]")
@@ -227,34 +240,13 @@ def _too_large(url: str, limit: int, size: int | None = None) -> ReplyTooLargeEr
     )
 
 
-@dataclass(frozen=True)
-class _Reply:
-    """An HTTP reply, whichever client fetched it."""
-
-    status: int
-    headers: Mapping[str, str]
-    body: bytes
-
-    def as_response(self) -> httpx.Response:
-        """For error classification, which reads the body as httpx does."""
-        return httpx.Response(self.status, headers=dict(self.headers), content=self.body)
-
-
-@functools.cache
-def _tls_context() -> ssl.SSLContext:
-    """One verifying TLS context (certifi's CAs, or SSL_CERT_FILE/DIR) for every client of the
-    process: building one loads the CA bundle, ~30 ms of CPU."""
-    return httpx.create_ssl_context()
-
-
 class HttpClient:
     """A pooled, limited, retrying JSON client for one server base URL.
 
-    Requests go out on aiohttp: httpx's own connection pool does work proportional to
-    (connections × queued requests) on every request event, which at vLLM's 256 requests in flight
-    cost ~10 ms of client CPU per request, and httpx's request layer ~0.5 ms more than aiohttp's
-    on any transport (``benchmarks/http_client.py``, docs/performance.md). Tests inject an httpx
-    ``transport`` (a mock): those requests go through httpx, with the same retries and errors."""
+    Every attempt goes out on one :class:`~mrsa.backends.wire.Wire`: an
+    :class:`~mrsa.backends.wire.AiohttpWire` unless one is given (tests give a
+    :class:`~mrsa.backends.wire.MockWire`), so retries, deadlines and error classification are the
+    same code whatever sends. The client closes its wire."""
 
     def __init__(
         self,
@@ -262,17 +254,17 @@ class HttpClient:
         options: HttpOptions | None = None,
         *,
         backend_kind: str = "openai",
-        transport: httpx.AsyncBaseTransport | None = None,
+        wire: Wire | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
-        classify: Callable[[httpx.Response, str], BackendError] = classify_status,
+        classify: Classifier = classify_status,
     ) -> None:
         self.base_url = backend_base_url(base_url)
         self.options = options or HttpOptions()
         self.backend_kind = backend_kind
-        self._headers = {"Authorization": f"Bearer {self.options.api_key}"} if self.options.api_key else {}
-        self._transport = transport
-        self._httpx: httpx.AsyncClient | None = None  # only with an injected transport
-        self._session: aiohttp.ClientSession | None = None  # built at the first request, in the loop
+        auth = {"authorization": f"Bearer {self.options.api_key}"} if self.options.api_key else {}
+        self._headers = auth
+        self._json_headers = {**auth, "content-type": "application/json"}
+        self._wire = wire  # None: an AiohttpWire, built at the first request (sized by then)
         self._limit = asyncio.Semaphore(self.options.concurrency)
         self._throttle = Throttler(rate_limit=max(1, int(self.options.rate_per_s)), period=1.0)
         self._sleep = sleep
@@ -283,6 +275,12 @@ class HttpClient:
         self.options = self.options.model_copy(update={"concurrency": value})
         self._limit = asyncio.Semaphore(value)
 
+    def _the_wire(self) -> Wire:
+        if self._wire is None:
+            tls = self.base_url.startswith("https:")
+            self._wire = AiohttpWire(self.options.concurrency + 4, tls=tls)
+        return self._wire
+
     async def _send(
         self,
         method: str,
@@ -290,63 +288,35 @@ class HttpClient:
         body: dict[str, Any] | None,
         timeout_s: float,
         deadline_s: float | None = None,
-    ) -> _Reply:
+    ) -> WireResponse:
         """One HTTP exchange, bounded by the read timeout and the total deadline; raises
         :class:`BackendUnavailable` for wire failures, :class:`ReplyTooLargeError` for a body over
         the limit."""
         url = f"{self.base_url}{path}"
         deadline = deadline_s if deadline_s is not None else self.options.deadline_for(timeout_s)
         limit = self.options.max_body_bytes
-        started = time.monotonic()
-
-        def ran_out() -> float | None:
-            """The deadline when it is what stopped the attempt (else the read timeout did)."""
-            return deadline if time.monotonic() - started >= deadline * 0.99 else None
-
-        if self._transport is not None:
-            if self._httpx is None:
-                self._httpx = httpx.AsyncClient(
-                    base_url=self.base_url, headers=self._headers, transport=self._transport
-                )
-            try:
-                async with asyncio.timeout(deadline):
-                    response = await self._httpx.request(
-                        method,
-                        path,
-                        json=body,
-                        timeout=httpx.Timeout(timeout_s, connect=self.options.connect_timeout_s),
-                    )
-            except (TimeoutError, httpx.TimeoutException) as exc:
-                raise _unavailable(url, exc, timed_out=True, deadline_s=ran_out()) from exc
-            except httpx.TransportError as exc:
-                raise _unavailable(url, exc, timed_out=False) from exc
-            if len(response.content) > limit:
-                raise _too_large(url, limit, len(response.content))
-            return _Reply(response.status_code, response.headers, response.content)
-        if self._session is None:
-            tls = _tls_context() if self.base_url.startswith("https:") else False
-            self._session = aiohttp.ClientSession(
-                headers=self._headers,
-                connector=aiohttp.TCPConnector(limit=self.options.concurrency + 4, ssl=tls),
-            )
-        timeout = aiohttp.ClientTimeout(
-            total=deadline, sock_connect=self.options.connect_timeout_s, sock_read=timeout_s
+        request = WireRequest(
+            method,
+            url,
+            self._headers if body is None else self._json_headers,
+            None if body is None else json.dumps(body, separators=(",", ":")).encode(),
+            read_timeout_s=timeout_s,
+            connect_timeout_s=self.options.connect_timeout_s,
+            max_body_bytes=limit,
         )
         try:
-            async with self._session.request(method, url, json=body, timeout=timeout) as reply:
-                declared = reply.content_length
-                if declared is not None and declared > limit:
-                    raise _too_large(url, limit, declared)
-                data = bytearray()
-                while chunk := await reply.content.readany():
-                    data += chunk
-                    if len(data) > limit:
-                        raise _too_large(url, limit)
-                return _Reply(reply.status, reply.headers, bytes(data))
-        except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
-            raise _unavailable(url, exc, timed_out=True, deadline_s=ran_out()) from exc
-        except aiohttp.ClientError as exc:
-            raise _unavailable(url, exc, timed_out=False) from exc
+            async with asyncio.timeout(deadline):
+                return await self._the_wire().send(request)
+        except TimeoutError as exc:  # the deadline (the wire reports its own timeouts as WireTimeout)
+            raise BackendDeadlineExceeded(
+                f"{url}: no complete reply within the {deadline:g}s deadline of one request "
+                "(the server is sending too slowly)",
+                url=url,
+            ) from exc
+        except WireError as exc:
+            raise _unavailable(url, exc) from exc
+        except BodyTooLarge as exc:
+            raise _too_large(url, limit, exc.size) from exc
 
     async def request_json(
         self,
@@ -370,7 +340,7 @@ class HttpClient:
         label = endpoint or path
         last: BackendError | None = None
         for attempt in range(attempts):
-            reply: _Reply | None = None
+            reply: WireResponse | None = None
             try:
                 async with self._limit, self._throttle:
                     started = time.perf_counter()
@@ -393,7 +363,7 @@ class HttpClient:
                             raise
                         last = exc
                 else:
-                    last = self._classify(reply.as_response(), url)
+                    last = self._classify(reply.status, reply.body, url)
                     if not last.retryable:
                         metrics.BACKEND_ERRORS.labels(self.backend_kind, last.kind).inc()
                         raise last
@@ -418,7 +388,5 @@ class HttpClient:
         raise last
 
     async def aclose(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-        if self._httpx is not None:
-            await self._httpx.aclose()
+        if self._wire is not None:
+            await self._wire.aclose()

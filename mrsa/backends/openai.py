@@ -27,7 +27,6 @@ import asyncio
 from collections.abc import Callable
 from typing import Any, Literal
 
-import httpx
 from pydantic import BaseModel, Field, NonNegativeInt, ValidationError, field_validator
 
 from mrsa.backends.base import (
@@ -39,6 +38,7 @@ from mrsa.backends.base import (
     MalformedReplyError,
 )
 from mrsa.backends.http import HttpClient, HttpOptions, backend_base_url, with_default_concurrency
+from mrsa.backends.wire import Wire
 from mrsa.domain import FinishReason
 
 Dialect = Literal["vllm", "sglang", "llamacpp", "llama-cpp-python"]
@@ -57,9 +57,7 @@ def normalise_finish_reason(value: Any) -> FinishReason:
         return "length"
     if value in ("abort", "cancelled"):
         return "abort"
-    if value in (None, "stop", "eos", "word", "stop_sequence", "eos_token", "tool_calls", "matched"):
-        return "stop"
-    return "stop"
+    return "stop"  # "stop", "eos", "stop_sequence", "tool_calls", None… and any reason we do not know
 
 
 class _ReplyMessage(BaseModel):
@@ -199,7 +197,7 @@ class OpenAICompatibleBackend:
         model: str | None = None,
         options: HttpOptions | None = None,
         context_length: int | None = None,
-        transport: httpx.AsyncBaseTransport | None = None,
+        wire: Wire | None = None,
         enable_priority: bool = False,
     ) -> None:
         self._url = backend_base_url(url)
@@ -208,7 +206,7 @@ class OpenAICompatibleBackend:
         self.context_length = context_length
         self.enable_priority = enable_priority
         opts = with_default_concurrency(options, _DEFAULT_CAPACITY[dialect])
-        self.http = HttpClient(self._url, opts, backend_kind=dialect, transport=transport)
+        self.http = HttpClient(self._url, opts, backend_kind=dialect, wire=wire)
         self._info: BackendInfo | None = None
         self._special_prefix: list[int] | None = None
 

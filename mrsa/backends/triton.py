@@ -23,29 +23,23 @@ a transient condition (out of memory, busy, timeout, "try again", unavailable, a
 retried, anything else is a final error quoting the server.
 
 Triton has no tokenizer endpoint and ``text_input`` is raw text, so this client needs the served
-model's tokenizer locally (``--tokenizer``: ``tokenizer.json``, or the folder holding it and
-``tokenizer_config.json``; for the bundled model, served by ``mrsa backend --kind triton``, the one
-built from its GGUF is found by the model's name). The chat template from there renders the messages
-(``add_generation_prompt=True``); an assistant prefill is appended raw, so prefill is supported.
-The server has no ``n``: ``n > 1`` is fanned out as separate requests with consecutive seeds.
-
-``tokenizers`` and ``jinja2`` come with the optional extra ``triton`` and are imported lazily.
+model's tokenizer locally (:mod:`mrsa.backends.triton_prompt`; ``--tokenizer``: ``tokenizer.json``,
+or the folder holding it and ``tokenizer_config.json``; for the bundled model, served by
+``mrsa backend --kind triton``, the one built from its GGUF is found by the model's name). The chat
+template from there renders the messages (``add_generation_prompt=True``); an assistant prefill is
+appended raw, so prefill is supported. The server has no ``n``: ``n > 1`` is fanned out as separate
+requests with consecutive seeds.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime as _dt
-import importlib
 import json
 import re
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 from urllib.parse import quote
-
-import httpx
 
 from mrsa.backends.base import (
     THINK_CLOSE,
@@ -53,24 +47,17 @@ from mrsa.backends.base import (
     BackendInfo,
     BackendRequestError,
     BackendServerError,
-    ContextOverflowError,
     GenerationRequest,
     GenerationResult,
 )
 from mrsa.backends.bundled_triton import BUNDLED_MODEL, ensure_tokenizer, to_stderr
-from mrsa.backends.http import (
-    _CONTEXT_PATTERNS,
-    HttpClient,
-    HttpOptions,
-    _error_text,
-    with_default_concurrency,
-)
+from mrsa.backends.http import HttpClient, HttpOptions, context_overflow, error_text, with_default_concurrency
 from mrsa.backends.openai import normalise_finish_reason
+from mrsa.backends.triton_prompt import LocalTokenizer
+from mrsa.backends.wire import Wire
 from mrsa.domain import FinishReason
 
 _DEFAULT_CAPACITY = 256
-# A ``model_max_length`` above this is the transformers "no limit" sentinel, not a context size.
-_MAX_PLAUSIBLE_CONTEXT = 1 << 24
 # A condition that passes: answered differently if the same request is sent again later.
 _TRANSIENT_PATTERNS = re.compile(
     r"out of memory|\bOOM\b|busy|try again|retry|timed? ?out|timeout|deadline|temporar|unavailable|"
@@ -84,25 +71,6 @@ _REQUEST_PATTERNS = re.compile(
     r"\bexpected|missing|parse|bad request|no such|wrong type",
     re.IGNORECASE,
 )
-
-
-def _import(name: str) -> ModuleType:
-    try:
-        return importlib.import_module(name)
-    except ImportError as exc:
-        raise BackendRequestError(
-            f"the Triton backend needs the Python package {name!r} to tokenize and render the chat "
-            f"template locally: pip install 'mrsa[triton]'"
-        ) from exc
-
-
-def _token_text(value: Any) -> str | None:
-    """A special token from ``tokenizer_config.json``: a string or an ``AddedToken`` object."""
-    if isinstance(value, str):
-        return value
-    if isinstance(value, dict) and isinstance(value.get("content"), str):
-        return str(value["content"])
-    return None
 
 
 def _first(value: Any) -> Any:
@@ -127,13 +95,10 @@ def _as_int(value: Any) -> int | None:
 
 def triton_error(message: str, url: str, status: int | None = None) -> BackendError:
     """An error reply of Triton (``status`` None: inside an HTTP 200), classified by its words."""
+    overflow = context_overflow(message, url, status)
+    if overflow is not None:
+        return overflow
     where = f"HTTP {status}: " if status is not None else ""
-    if _CONTEXT_PATTERNS.search(message):
-        return ContextOverflowError(
-            f"{url}: the prompt plus the requested tokens do not fit the model's context window "
-            f"({where}{message}). Lower budget/chunk, tail or subset, or serve a longer context.",
-            url=url,
-        )
     if status == 429 or _TRANSIENT_PATTERNS.search(message):
         return BackendServerError(f"{url} reported a transient error ({where}{message})", url=url)
     if status == 404 or _REQUEST_PATTERNS.search(message) or (status is not None and status < 500):
@@ -141,150 +106,9 @@ def triton_error(message: str, url: str, status: int | None = None) -> BackendEr
     return BackendServerError(f"{url} reported an error ({where}{message})", url=url)
 
 
-def classify_triton(response: httpx.Response, url: str) -> BackendError:
+def classify_triton(status: int, body: bytes, url: str) -> BackendError:
     """:class:`HttpClient`'s error reading for Triton (see the module docstring)."""
-    return triton_error(_error_text(response), url, response.status_code)
-
-
-class LocalTokenizer:
-    """The served model's tokenizer and chat template, loaded from disk.
-
-    ``path`` is ``tokenizer.json`` or a folder holding it. The chat template is read from
-    ``tokenizer_config.json`` (``chat_template``; a list of named templates picks ``default``) or,
-    for newer models, ``chat_template.jinja`` next to it.
-    """
-
-    def __init__(self, path: Path) -> None:
-        tokenizers = _import("tokenizers")
-        file = path / "tokenizer.json" if path.is_dir() else path
-        if not file.is_file():
-            raise BackendRequestError(
-                f"--tokenizer {path}: no tokenizer.json there (give the file or the model folder holding it)"
-            )
-        self.path = file
-        try:
-            self._tok: Any = tokenizers.Tokenizer.from_file(str(file))
-        except Exception as exc:  # tokenizers raises a bare Exception on malformed files
-            raise BackendRequestError(f"--tokenizer {file}: cannot load it: {exc}") from exc
-        folder = file.parent
-        config: dict[str, Any] = {}
-        config_file = folder / "tokenizer_config.json"
-        if config_file.is_file():
-            try:
-                loaded = json.loads(config_file.read_text(encoding="utf-8"))
-            except ValueError as exc:
-                raise BackendRequestError(f"{config_file}: not valid JSON: {exc}") from exc
-            if isinstance(loaded, dict):
-                config = loaded
-        self.chat_template = self._find_template(config, folder)
-        self.special_tokens: dict[str, str] = {}
-        for name in ("bos_token", "eos_token", "unk_token", "pad_token"):
-            text = _token_text(config.get(name))
-            if text is not None:
-                self.special_tokens[name] = text
-        length = config.get("model_max_length")
-        self.model_max_length = (
-            int(length) if isinstance(length, int | float) and 0 < length <= _MAX_PLAUSIBLE_CONTEXT else None
-        )
-        self._template: Any = None
-        self._adds_bos = self._check_adds_bos()
-
-    @staticmethod
-    def _find_template(config: dict[str, Any], folder: Path) -> str | None:
-        template = config.get("chat_template")
-        if isinstance(template, list):
-            named = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}
-            template = named.get("default") or next(iter(named.values()), None)
-        if isinstance(template, str):
-            return template
-        jinja_file = folder / "chat_template.jinja"
-        if jinja_file.is_file():
-            return jinja_file.read_text(encoding="utf-8")
-        json_file = folder / "chat_template.json"
-        if json_file.is_file():
-            try:
-                data = json.loads(json_file.read_text(encoding="utf-8"))
-            except ValueError:
-                return None
-            if isinstance(data, dict) and isinstance(data.get("chat_template"), str):
-                return str(data["chat_template"])
-        return None
-
-    def _check_adds_bos(self) -> bool:
-        """Whether the server's tokenizer (vLLM encodes ``text_input`` with special tokens) puts the
-        BOS token in front by itself, in which case a BOS rendered by the template is doubled."""
-        bos = self.special_tokens.get("bos_token")
-        if bos is None:
-            return False
-        bos_id = self._tok.token_to_id(bos)
-        if bos_id is None:
-            return False
-        ids: list[int] = self._tok.encode("a", add_special_tokens=True).ids
-        return bool(ids) and ids[0] == bos_id
-
-    def encode(self, text: str) -> list[int]:
-        """Token ids without special tokens."""
-        ids: list[int] = self._tok.encode(text, add_special_tokens=False).ids
-        return ids
-
-    def count_prompt(self, text: str) -> int:
-        """Tokens the server sees for ``text_input`` (it adds special tokens)."""
-        return len(self._tok.encode(text, add_special_tokens=True).ids)
-
-    def decode(self, ids: list[int]) -> str:
-        text: str = self._tok.decode(ids, skip_special_tokens=False)
-        return text
-
-    def render(self, messages: list[dict[str, str]], prefill: str | None) -> str:
-        """The prompt text: the chat template with ``add_generation_prompt=True``, then the prefill."""
-        if self.chat_template is None:
-            raise BackendRequestError(
-                f"{self.path.parent}: no chat template (neither 'chat_template' in tokenizer_config.json "
-                f"nor chat_template.jinja); Triton's generate endpoint takes raw text, so one is needed"
-            )
-        jinja2 = _import("jinja2")
-        if self._template is None:
-            self._template = _compile_template(jinja2, self.chat_template)
-        try:
-            text: str = self._template.render(
-                messages=messages,
-                add_generation_prompt=True,
-                tools=None,
-                documents=None,
-                **self.special_tokens,
-            )
-        except jinja2.TemplateError as exc:
-            raise BackendRequestError(f"chat template of {self.path.parent} failed: {exc}") from exc
-        bos = self.special_tokens.get("bos_token")
-        if bos and self._adds_bos and text.startswith(bos):
-            text = text[len(bos) :]
-        return text + (prefill or "")
-
-
-def _compile_template(jinja2: ModuleType, source: str) -> Any:
-    """Compile a Hugging Face chat template the way ``transformers`` does (sandboxed, trimmed)."""
-    sandbox = importlib.import_module("jinja2.sandbox")
-    ext = importlib.import_module("jinja2.ext")
-
-    def raise_exception(message: str) -> None:
-        raise jinja2.TemplateError(message)
-
-    def tojson(value: Any, ensure_ascii: bool = False, indent: int | None = None, **_: Any) -> str:
-        return json.dumps(value, ensure_ascii=ensure_ascii, indent=indent)
-
-    def strftime_now(fmt: str) -> str:
-        return _dt.datetime.now().strftime(fmt)
-
-    env = sandbox.ImmutableSandboxedEnvironment(
-        trim_blocks=True, lstrip_blocks=True, extensions=[ext.loopcontrols]
-    )
-    env.filters["tojson"] = tojson
-    env.globals["raise_exception"] = raise_exception
-    env.globals["strftime_now"] = strftime_now
-    try:
-        return env.from_string(source)
-    except jinja2.TemplateError as exc:
-        raise BackendRequestError(f"the chat template does not compile: {exc}") from exc
+    return triton_error(error_text(body), url, status)
 
 
 def _split_reasoning(text: str, finish: FinishReason) -> tuple[str | None, str]:
@@ -306,7 +130,7 @@ class TritonBackend:
         model: str | None = None,
         tokenizer: Path | None = None,
         options: HttpOptions | None = None,
-        transport: httpx.AsyncBaseTransport | None = None,
+        wire: Wire | None = None,
         context_length: int | None = None,
     ) -> None:
         self._url = url.rstrip("/")
@@ -315,9 +139,7 @@ class TritonBackend:
         self._looked_for_bundled = tokenizer is not None
         self.context_length = context_length  # else the model config's, else the tokenizer's (info)
         opts = with_default_concurrency(options, _DEFAULT_CAPACITY)
-        self.http = HttpClient(
-            self._url, opts, backend_kind="triton", transport=transport, classify=classify_triton
-        )
+        self.http = HttpClient(self._url, opts, backend_kind="triton", wire=wire, classify=classify_triton)
         self._info: BackendInfo | None = None
 
     @property
