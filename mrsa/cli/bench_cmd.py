@@ -103,8 +103,8 @@ def _manifest(
 ) -> Manifest:
     import importlib.metadata
 
-    from evals.grading import FLOAT_ROUNDING
     from evals.rundir import Manifest, dataset_entry
+    from mrsa.engine.equivalence import FLOAT_ROUNDING
 
     return Manifest(
         seeds=seeds,
@@ -113,6 +113,7 @@ def _manifest(
         grading={
             "timeout_s": grade_timeout,
             "float_rounding": FLOAT_ROUNDING,
+            "max_chars": get_settings().equivalence_max_chars,
             "math_verify": importlib.metadata.version("math-verify"),
         },
     )
