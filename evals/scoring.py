@@ -1,5 +1,6 @@
 """From a run folder's records to graded outcomes per (configuration, dataset): completeness,
-and the majority vote of every round (run in the grading pool under its deadline)."""
+and the majority vote of every round (clustered as the engine does, in the grading pool under its
+limit)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from collections.abc import Sequence
 
 from pydantic import BaseModel
 
-from evals.grading import Grader, GraderTimeout
+from evals.grading import Grader
 from evals.metrics import RoundOutcome, RunOutcome
 from evals.records import CandidateRecord, RecordKey, UnitKey
 from evals.rundir import Manifest
@@ -29,10 +30,7 @@ def _majority(grader: Grader | None, boxed: Sequence[str | None], finished: Sequ
     classes = {normalise_answer(a) for a in boxed if a is not None}
     if len(classes) <= 1 or grader is None:  # nothing for math-verify to decide
         return majority_choice_plain(boxed, finished)
-    try:
-        return grader.call(majority_choice, list(boxed), list(finished))
-    except GraderTimeout:
-        return majority_choice_plain(boxed, finished)
+    return majority_choice(boxed, finished, grader.cluster)
 
 
 def round_outcome(records: Sequence[CandidateRecord], grader: Grader | None) -> RoundOutcome:

@@ -20,7 +20,7 @@ from pydantic import BaseModel, Field
 
 from evals.configs import SweepConfig
 from evals.datasets import Dataset
-from evals.grading import FLOAT_ROUNDING, Grader
+from evals.grading import Grader
 from evals.rundir import (
     BackendEntry,
     Manifest,
@@ -34,6 +34,7 @@ from evals.rundir import (
 from evals.sweep import SweepStats, Unit, check_contexts, run_sweep
 from mrsa.backends.factory import open_backend
 from mrsa.backends.http import HttpOptions
+from mrsa.engine.equivalence import FLOAT_ROUNDING
 from mrsa.settings import Settings
 from mrsa.store.opening import open_store
 from mrsa.urls import redact
@@ -61,8 +62,10 @@ def plan_manifest(
     seeds: list[int],
     limit: int | None,
     grade_timeout_s: float,
+    max_chars: int,
 ) -> Manifest:
-    """The manifest this sweep asks for (merged into a run folder's own when it resumes)."""
+    """The manifest this sweep asks for (merged into a run folder's own when it resumes);
+    ``max_chars``: the size cap of a symbolically compared answer (``MRSA_EQUIVALENCE_MAX_CHARS``)."""
     return Manifest(
         seeds=seeds,
         configs=configs,
@@ -70,6 +73,7 @@ def plan_manifest(
         grading={
             "timeout_s": grade_timeout_s,
             "float_rounding": FLOAT_ROUNDING,
+            "max_chars": max_chars,
             "math_verify": importlib.metadata.version("math-verify"),
         },
     )

@@ -14,6 +14,10 @@ from collections.abc import Iterator
 import pytest
 
 from evals.grading import Grader, boxed_answer, grade_answer, grade_text
+from evals.records import CandidateRecord
+from evals.scoring import round_outcome
+from evals.voting import majority_choice
+from mrsa.engine.equivalence import cluster, equivalent
 
 SET10 = r"\frac{-1+\sqrt{17}}{2}, \frac{-1-\sqrt{17}}{2}"
 HUGE = r"2^{25} \cdot 26!"
@@ -187,3 +191,64 @@ def test_cli_grade_json() -> None:
     assert data["answer"] == r"\frac{-1-\sqrt{17}}{2}, \frac{-1+\sqrt{17}}{2}"
     timed = _grade_cli("--json", "--timeout", "2", "1", "9^{9^{9}}")
     assert timed.returncode == 0 and json.loads(timed.stdout)["reason"] == "timeout"
+
+
+# -- one rule for "same answer": votes and grades agree (issue 11, item 6) -------------------------
+
+
+@pytest.mark.parametrize(("gold", "pred", "expected"), PAIRS)
+def test_voting_clusters_by_the_grading_rule(gold: str, pred: str, expected: bool) -> None:
+    # Before: voting had its own math-verify rule: 0.001736 voted with 1/576 (6 decimal places)
+    # although it grades wrong, and 3\,375 did not vote with 3375 although it grades correct.
+    assert equivalent(gold, pred) == expected == grade_answer(gold, pred).correct
+
+
+def test_a_majority_class_holds_only_answers_that_grade_alike() -> None:
+    answers = [r"\frac{1}{576}", "0.001736", r"3\,375", "3375", r"\dfrac{1}{576}"]
+    assert cluster(answers) == [[0, 4], [1], [2, 3]]
+
+
+def test_an_oversized_answer_is_graded_as_text_without_math_verify() -> None:
+    # As in the engine's votes: a 200 KB boxed sum is never parsed (it cost a grading worker a
+    # whole deadline, then a pool restart, and was graded "timeout").
+    big = "+".join(["1"] * 100_000)
+    with Grader(workers=1, timeout_s=3.0) as grader:
+        started = time.monotonic()
+        wrong, same = grader.grade_many([("100000", big), (big, big + " ")])
+        assert time.monotonic() - started < 3.0
+        assert grader.recycled == 0
+    assert (wrong.reason, wrong.correct) == ("wrong", False)
+    assert wrong.detail is not None and "compared as text" in wrong.detail
+    assert same.reason == "correct"
+    assert grade_answer("100000", big).reason == "wrong"
+
+
+POISON = "9^{9^{9}}"
+
+
+@pytest.mark.timeout(240)
+def test_maj_at_n_sets_a_runaway_answer_apart_as_the_engine_does() -> None:
+    # Before: a runaway answer timed the whole vote out and maj@N fell back to string classes,
+    # so "7" (2 votes) beat 42 = 42.0 = 84/2 (3 votes), unlike `mrsa solve --selection majority`.
+    boxed = ["7", "7", POISON, "42", "42.0", r"\frac{84}{2}"]
+    records = [
+        CandidateRecord(
+            config="c",
+            dataset="d",
+            problem="p",
+            seed=0,
+            round=0,
+            index=i,
+            parents=[],
+            boxed=answer,
+            correct=i >= 3,
+            reason="correct" if i >= 3 else "wrong",
+            finish_reason="stop",
+            decode_tokens=1,
+            prompt_tokens=1,
+        )
+        for i, answer in enumerate(boxed)
+    ]
+    with Grader(workers=1, timeout_s=3.0) as grader:
+        assert majority_choice(boxed, [True] * len(boxed), grader.cluster) == 3
+        assert round_outcome(records, grader).majority_correct

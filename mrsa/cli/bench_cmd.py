@@ -204,7 +204,9 @@ def bench(
         fail(f"out: {out} is a file", EXIT_USAGE)
     if out.is_dir() and any(out.iterdir()) and not run.exists():
         fail(f"out: {out} is not empty and holds no manifest.json (not a run folder)", EXIT_USAGE)
-    plan = plan_manifest(configs, datasets, seed_list, limit, grade_timeout)
+    plan = plan_manifest(
+        configs, datasets, seed_list, limit, grade_timeout, get_settings().equivalence_max_chars
+    )
     if run.exists():
         try:
             merge(run.load_manifest(), plan)  # fail before starting any server

@@ -17,7 +17,10 @@ from mrsa.cli.common import EXIT_USAGE, fail, out_console
 def report(
     run_dir: Annotated[Path, typer.Argument(help="A run folder written by mrsa bench.")],
     grade_timeout: Annotated[
-        float, typer.Option(help="Time limit of one majority vote's answer clustering, seconds.")
+        float,
+        typer.Option(
+            help="Time limit of one math-verify call when clustering a round's answers for maj@N, seconds."
+        ),
     ] = 10.0,
     json_out: Annotated[bool, typer.Option("--json", help="Print the metrics as JSON on stdout.")] = False,
 ) -> None:

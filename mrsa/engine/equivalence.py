@@ -1,28 +1,46 @@
-"""Answer equivalence with ``math-verify``, used to cluster votes, under a wall-clock limit.
+"""The one rule for "same answer", with ``math-verify``, and where it runs: under a wall-clock limit.
+
+Two callers ask the same question. Majority voting asks it of two candidates (is this answer in the
+class of that one?), grading of a gold answer and a candidate (is this answer correct?). They use
+one function, :func:`compare` (gold, or the class's first answer, first: math-verify's comparison is
+asymmetric), so a round's majority class and its graded-correct answers never disagree:
+
+* answers with the same normal form (:func:`mrsa.engine.answers.normalise_answer`) are equal, without
+  math-verify;
+* answers longer than ``max_chars`` are never parsed symbolically: they are compared as normal forms
+  only (a 4 KB sum takes math-verify most of a second; the longest gold answer of the shipped and
+  extra sets has 47 characters);
+* otherwise both are parsed as if boxed and verified, with:
+
+  - thousands separators removed (``3\\,375``, ``1{,}000``: latex2sympy reads ``1\\,000`` as the
+    product 1·0) and one ``\\pm`` expanded into the two-value set math-verify can read;
+  - no string fallback (``fallback_mode="no_fallback"``): an answer that is not mathematics does
+    not parse. math-verify's fallback would compare the raw strings, which the normal forms
+    already did, so it adds nothing to a vote, and grading must tell ``parse_error`` from ``wrong``;
+  - decimals equal only to 10 places (:data:`FLOAT_ROUNDING`): ``0.5`` = ``1/2``, but ``0.001736``
+    is not ``1/576``, neither as the answer to a problem nor as a vote for the exact one
+    (math-verify's default of 6 places would accept it).
 
 Model answers are hostile input: ``9^{9^{9}}`` beside ``42`` makes sympy build a 370-million-digit
-integer, and a 4 KB sum takes math-verify most of a second to parse. math-verify's own timeouts use
-``signal.alarm``, which only works on the main thread and cannot interrupt a long C call, so they
-are disabled here (``parsing_timeout=None``, ``timeout_seconds=None``) and the limit is enforced
-from outside: :class:`Equivalence` runs the symbolic comparisons in a killable process pool
-(:class:`mrsa.engine.pool.DeadlinePool`, as grading does), never on the caller's thread or event
-loop. Its outcome is always defined (:meth:`Equivalence.cluster`):
+integer. math-verify's own timeouts use ``signal.alarm``, which only works on the main thread and
+cannot interrupt a long C call, so they are disabled here (``parsing_timeout=None``,
+``timeout_seconds=None``) and the limit is enforced from outside: :class:`Equivalence` runs the
+comparisons in a killable process pool (:class:`mrsa.engine.pool.DeadlinePool`), never on the
+caller's thread or event loop. It serves both callers: :meth:`Equivalence.cluster` for the engine's
+votes and evaluation's maj@N, :meth:`Equivalence.compare_many` for grading (:mod:`evals.grading`).
+Its outcome is always defined: a comparison past the limit is ``None`` (grading's ``timeout``), and
+in clustering the answers that make math-verify run away each stand as their own class (counted in
+:attr:`Clustering.timeouts`).
 
-* answers with the same normal form (:func:`mrsa.engine.answers.normalise_answer`) are one class,
-  without math-verify;
-* answers longer than ``max_chars`` are never parsed symbolically: they are compared as normal forms
-  only (counted in :attr:`Clustering.oversized`);
-* when a comparison overruns the limit, the answers that make math-verify run away are found by
-  probing each one alone, and each stands as its own class (counted in :attr:`Clustering.timeouts`).
-
-The pure functions (:func:`equivalent`, :func:`cluster`) run in whatever process calls them: the
-pool's workers, or a grading worker that is itself under a deadline (:mod:`evals.voting`).
+The pure functions (:func:`compare`, :func:`equivalent`, :func:`cluster`) run in whatever process
+calls them, without a limit: the pool's workers, or tests.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import threading
 import time
 from collections.abc import Sequence
@@ -40,6 +58,8 @@ from mrsa.settings import EQUIVALENCE_MAX_CHARS, EQUIVALENCE_TIMEOUT_S, EQUIVALE
 log = logging.getLogger(__name__)
 
 _CONFIG = [LatexExtractionConfig(boxed_match_priority=0)]
+# Decimal places to which a decimal must agree with an exact value (math-verify's default is 6).
+FLOAT_ROUNDING = 10
 
 # Defaults of the settings ``MRSA_EQUIVALENCE_TIMEOUT_S`` / ``_MAX_CHARS`` / ``_WORKERS``.
 DEFAULT_TIMEOUT_S = EQUIVALENCE_TIMEOUT_S
@@ -75,34 +95,95 @@ def quiet_math_verify() -> None:
 quiet_math_verify()
 
 
+# Thin spaces and braced commas used as thousands separators (``3\,375``, ``1{,}000``).
+_DIGIT_GROUP = re.compile(r"(?<=\d)(?:\\[,;:!]|\\ |\{,\}|~)(?=\d{3}(?!\d))")
+
+
+def _expand_pm(answer: str) -> str:
+    """``\\frac{-1\\pm\\sqrt{17}}{2}`` → the two-value list math-verify reads as a set (it cannot
+    parse a ``\\pm`` inside an expression). Only for one ``\\pm`` in an answer without commas."""
+    if answer.count("\\pm") != 1 or "\\mp" in answer or "," in answer:
+        return answer
+    plus, minus = answer.replace("\\pm", "+"), answer.replace("\\pm", "-")
+    return f"{plus}, {minus}"
+
+
 @lru_cache(maxsize=4096)
-def parse_answer(answer: str) -> tuple[Any, ...]:
-    """math-verify's parse of an answer (wrapped in ``\\boxed{}`` so the whole string is taken)."""
+def _parse(answer: str) -> tuple[tuple[Any, ...], str | None]:
+    """math-verify's parse of an answer as if boxed (so the whole string is taken), and why it
+    failed when it raised (math-verify raises many kinds on malformed LaTeX)."""
+    answer = _expand_pm(_DIGIT_GROUP.sub("", answer))
     try:
-        return tuple(parse(f"\\boxed{{{answer}}}", extraction_config=_CONFIG, parsing_timeout=None))
-    except Exception:  # math-verify raises many kinds on malformed LaTeX; treat as unparseable
-        return ()
+        parsed = parse(
+            f"\\boxed{{{answer}}}",
+            extraction_config=_CONFIG,
+            fallback_mode="no_fallback",
+            parsing_timeout=None,
+        )
+    except Exception as exc:
+        return (), str(exc)[:200] or type(exc).__name__
+    return tuple(parsed), None
 
 
-def equivalent(gold: str, prediction: str, max_chars: int = MAX_SYMBOLIC_CHARS) -> bool:
-    """True when ``prediction`` is mathematically equal to ``gold`` (gold first, as math-verify
-    wants). Answers longer than ``max_chars`` are compared by normal form only."""
-    if normalise_answer(gold) == normalise_answer(prediction):
-        return True
-    if len(gold) > max_chars or len(prediction) > max_chars:
-        return False
-    g, p = parse_answer(gold), parse_answer(prediction)
-    if not g or not p:
-        return False
+@dataclass(frozen=True)
+class Comparison:
+    """The verdict of :func:`compare`: ``equal``, and when not, whether it is because math-verify
+    could not read one side (``unparsed`` says which and why) or because one side is longer than
+    the symbolic cap (``oversized``: compared as normal forms only)."""
+
+    equal: bool
+    unparsed: str | None = None
+    oversized: bool = False
+
+
+def symbolic(gold: str, candidate: str) -> Comparison:
+    """math-verify's verdict alone (no normal-form shortcut, no size cap), gold first."""
+    parsed_gold, error = _parse(gold)
+    if not parsed_gold:
+        return Comparison(False, unparsed=f"gold: {error}" if error else "gold did not parse")
+    parsed, error = _parse(candidate)
+    if not parsed:
+        return Comparison(False, unparsed=error or "answer did not parse")
     try:
-        return bool(verify(list(g), list(p), timeout_seconds=None))
-    except Exception:
-        return False
+        ok = verify(list(parsed_gold), list(parsed), float_rounding=FLOAT_ROUNDING, timeout_seconds=None)
+    except Exception as exc:
+        return Comparison(False, unparsed=str(exc)[:200] or type(exc).__name__)
+    return Comparison(bool(ok))
+
+
+def _without_math_verify(gold: str, candidate: str, max_chars: int) -> Comparison | None:
+    """The verdict when the normal forms decide it (the same, or one side over the size cap)."""
+    if normalise_answer(gold) == normalise_answer(candidate):
+        return Comparison(True)
+    if len(gold) > max_chars or len(candidate) > max_chars:
+        return Comparison(False, oversized=True)
+    return None
+
+
+def compare(gold: str, candidate: str, max_chars: int = MAX_SYMBOLIC_CHARS) -> Comparison:
+    """Whether ``candidate`` is the same answer as ``gold`` (the module's rule), in this process and
+    without a time limit: callers run it under one (:class:`Equivalence`)."""
+    quick = _without_math_verify(gold, candidate, max_chars)
+    return quick if quick is not None else symbolic(gold, candidate)
+
+
+def equivalent(gold: str, candidate: str, max_chars: int = MAX_SYMBOLIC_CHARS) -> bool:
+    """:func:`compare`'s verdict as a bool."""
+    return compare(gold, candidate, max_chars).equal
+
+
+def normal_form_classes(answers: Sequence[str]) -> list[list[int]]:
+    """Indices of ``answers`` grouped by identical normal form, in first-seen order."""
+    by_norm: dict[str, list[int]] = {}
+    for i, answer in enumerate(answers):
+        by_norm.setdefault(normalise_answer(answer), []).append(i)
+    return list(by_norm.values())
 
 
 def cluster(answers: Sequence[str], max_chars: int = MAX_SYMBOLIC_CHARS) -> list[list[int]]:
-    """Group indices of ``answers`` into classes of equivalent answers (first-seen order), in this
-    process and without a time limit: callers run it under one (:class:`Equivalence`)."""
+    """Group indices of ``answers`` into classes of equivalent answers (first-seen order; each
+    class's first answer is the gold of the comparisons), in this process and without a time
+    limit: callers run it under one (:class:`Equivalence`)."""
     reps: list[str] = []
     groups: list[list[int]] = []
     by_norm: dict[str, int] = {}
@@ -123,16 +204,10 @@ def cluster(answers: Sequence[str], max_chars: int = MAX_SYMBOLIC_CHARS) -> list
     return groups
 
 
-_ZERO = "0"
-
-
 def probe(answer: str) -> bool:
     """Parse ``answer`` and compare it with a number, as clustering would (that comparison is
     where sympy evaluates it): an answer for which this overruns the limit is a runaway."""
-    try:
-        return bool(verify(list(parse_answer(_ZERO)), list(parse_answer(answer)), timeout_seconds=None))
-    except Exception:
-        return False
+    return symbolic("0", answer).equal
 
 
 def _warm_up() -> None:
@@ -153,7 +228,8 @@ class Clustering:
 
 
 class Equivalence:
-    """Clusters answers with math-verify in a :class:`DeadlinePool`, each call under ``timeout_s``.
+    """Runs :func:`compare` in a :class:`DeadlinePool`, each call under ``timeout_s``: clusters a
+    round's answers (:meth:`cluster`) or compares (gold, candidate) pairs (:meth:`compare_many`).
 
     A round with no runaway answer costs one pool call (none when its answers have at most one
     normal form). When that call overruns, each distinct answer is probed alone (most-voted first,
@@ -168,15 +244,26 @@ class Equivalence:
         timeout_s: float = DEFAULT_TIMEOUT_S,
         max_chars: int = MAX_SYMBOLIC_CHARS,
         workers: int = DEFAULT_WORKERS,
+        *,
+        name: str = "equivalence",
     ) -> None:
         self.timeout_s = timeout_s
         self.max_chars = max_chars
-        self.pool = DeadlinePool(
-            workers, timeout_s, initializer=_warm_up, preload=MATH_PRELOAD, name="equivalence"
-        )
+        self.pool = DeadlinePool(workers, timeout_s, initializer=_warm_up, preload=MATH_PRELOAD, name=name)
 
     def close(self) -> None:
         self.pool.close()
+
+    def compare_many(self, pairs: Sequence[tuple[str, str]]) -> list[Comparison | None]:
+        """:func:`compare` on each ``(gold, candidate)`` pair, each under the limit (blocking):
+        ``None`` for a pair past it. Pairs that need no math-verify (the same normal form, or
+        over the size cap) are decided here; a pool that cannot run raises."""
+        out = [_without_math_verify(gold, candidate, self.max_chars) for gold, candidate in pairs]
+        pending = [i for i, quick in enumerate(out) if quick is None]
+        calls: list[Call] = [(compare, (*pairs[i], self.max_chars)) for i in pending]
+        for i, done in zip(pending, self.pool.run_many(calls), strict=True):
+            out[i] = None if done is None else done[0]
+        return out
 
     def cluster(self, answers: Sequence[str]) -> Clustering:
         """Classes of ``answers`` (blocking: call it from a thread, or use :meth:`acluster`)."""
@@ -198,10 +285,7 @@ class Equivalence:
 
     def _classes(self, answers: Sequence[str]) -> tuple[list[list[int]], list[int], int]:
         """Normal-form classes (first-seen order), the ones small enough to parse, how many not."""
-        by_norm: dict[str, list[int]] = {}
-        for i, answer in enumerate(answers):
-            by_norm.setdefault(normalise_answer(answer), []).append(i)
-        members = list(by_norm.values())
+        members = normal_form_classes(answers)
         eligible = [j for j, m in enumerate(members) if len(answers[m[0]]) <= self.max_chars]
         return members, eligible, len(members) - len(eligible)
 

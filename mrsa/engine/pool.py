@@ -4,8 +4,8 @@ sympy can spend minutes (and gigabytes) in C code on an answer like ``9^{9^{9}}`
 process can interrupt it: math-verify's own timeouts use ``signal.alarm``, which only works on a
 main thread and not inside a long C call. So the limit is enforced from outside: calls run in
 worker processes, and a worker that overruns its deadline is killed and the pool recycled. One
-hostile call costs one timeout, never a hung caller. Used by answer clustering
-(:mod:`mrsa.engine.equivalence`) and by grading (:mod:`evals.grading`).
+hostile call costs one timeout, never a hung caller. Used by :class:`mrsa.engine.equivalence.Equivalence`,
+which serves both answer clustering and grading (:mod:`evals.grading`).
 """
 
 from __future__ import annotations
@@ -23,19 +23,14 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
-from typing import Any, TypeVar
+from typing import Any
 
 # Address-space cap of a pool worker: a runaway expansion fails fast instead of swapping.
 WORKER_MEMORY_BYTES = 4 << 30
 # How long a fresh pool may take to start every worker (imports, warm-up) before it is an error.
 START_TIMEOUT_S = 300.0
 
-T = TypeVar("T")
 Call = tuple[Callable[..., Any], tuple[Any, ...]]
-
-
-class PoolTimeout(Exception):
-    """A call overran its deadline (its worker was killed)."""
 
 
 def _ping() -> bool:
@@ -193,11 +188,3 @@ class DeadlinePool:
         call is raised here."""
         with self._lock:
             return self._run_batches(calls, self.timeout_s if timeout_s is None else timeout_s)
-
-    def call(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run a picklable function in the pool under the deadline; raises :class:`PoolTimeout`."""
-        [result] = self.run_many([(fn, args)])
-        if result is None:
-            raise PoolTimeout(f"{getattr(fn, '__name__', fn)} took longer than {self.timeout_s:g}s")
-        value: T = result[0]
-        return value

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from mrsa.domain import Candidate, Vote
 from mrsa.engine.equivalence import Clustering, Equivalence, cluster
+
+# Classes of equivalent answers: indices into the answers, first-seen order.
+Classes = Callable[[Sequence[str]], list[list[int]]]
 
 
 def _votes(voters: Sequence[Candidate], groups: list[list[int]]) -> list[Vote]:
@@ -31,14 +34,14 @@ def _voters(candidates: Sequence[Candidate]) -> tuple[list[Candidate], list[str]
     return voters, [c.answer for c in voters if c.answer is not None]
 
 
-def tally(candidates: Sequence[Candidate]) -> list[Vote]:
+def tally(candidates: Sequence[Candidate], classes: Classes = cluster) -> list[Vote]:
     """Votes per equivalence class of answers, most votes first (finished votes break ties, then
     first appearance). Candidates without an answer do not vote.
 
-    Clusters in this process without a time limit: for callers already under one (a grading
-    worker). The engine uses :func:`tally_bounded`."""
+    ``classes`` groups the answers; the default clusters in this process without a time limit,
+    for callers already under one. The engine uses :func:`tally_bounded`."""
     voters, answers = _voters(candidates)
-    return _votes(voters, cluster(answers))
+    return _votes(voters, classes(answers))
 
 
 async def tally_bounded(
