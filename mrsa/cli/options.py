@@ -42,12 +42,15 @@ FileOpt = Annotated[Path | None, typer.Option("--file", "-f", help="Read the pro
 def _flag(field: FieldInfo) -> Any:
     """The typer annotation of one knob's flag: its type or None (unset keeps the preset's value) and
     the field's description as help. Values are checked by ``RSAParams`` (as for the REST API), so
-    a bad one exits 2 with the field named; a choice of values shows them as the metavar."""
+    a bad one exits 2 with the field named; a choice of values is listed after the description."""
     kind = field.annotation
     if typing.get_origin(kind) in (typing.Union, types.UnionType):
         [kind] = [k for k in typing.get_args(kind) if k is not types.NoneType]  # int | None -> int
     choices = typing.get_args(kind) if typing.get_origin(kind) is Literal else ()
-    option = typer.Option(help=field.description, metavar=f"<{'|'.join(choices)}>" if choices else None)
+    help_text = field.description or ""
+    if choices:
+        help_text += f" One of: {', '.join(choices)}."
+    option = typer.Option(help=help_text.strip() or None)
     return Annotated[cast(Any, str if choices else kind) | None, option]
 
 
