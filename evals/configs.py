@@ -15,15 +15,18 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from mrsa.engine.prompts import UnknownPromptSetError, check_prompt_set
-from mrsa.params import RSAParams, UnknownPresetError, describe_validation_error, resolve_params
-
-SAMPLING_KEYS = ("temperature", "top_p", "top_k")
-# Knobs a grid may vary. ``seed`` comes from --seeds; ``selection`` is fixed to ``population``
-# (a sweep keeps every candidate and scores majority voting itself, as maj@N).
-GRID_KEYS: tuple[str, ...] = (
-    *(k for k in RSAParams.model_fields if k not in ("seed", "selection", "sampling")),
-    *SAMPLING_KEYS,
+from mrsa.params import (
+    RSAParams,
+    UnknownPresetError,
+    describe_validation_error,
+    knobs,
+    nest_overrides,
+    resolve_params,
 )
+
+# Knobs a grid may vary (flat, as the CLI's flags). ``seed`` comes from --seeds; ``selection`` is
+# fixed to ``population`` (a sweep keeps every candidate and scores majority voting itself, as maj@N).
+GRID_KEYS: tuple[str, ...] = tuple(k for k in knobs(RSAParams) if k not in ("seed", "selection"))
 _INT = re.compile(r"^[-+]?\d+$")
 _FLOAT = re.compile(r"^[-+]?(\d+\.\d*|\.\d+|\d+)([eE][-+]?\d+)?$")
 
@@ -82,11 +85,7 @@ def config_id(preset: str, point: dict[str, Any]) -> str:
 
 
 def _resolve(preset: str, point: dict[str, Any]) -> RSAParams:
-    flat = dict(point)
-    sampling = {k: flat.pop(k) for k in SAMPLING_KEYS if k in flat}
-    overrides: dict[str, Any] = {**flat, "selection": "population", "seed": 0}
-    if sampling:
-        overrides["sampling"] = sampling
+    overrides = {**nest_overrides(point, RSAParams), "selection": "population", "seed": 0}
     # resolve_params ignores None overrides; an explicit "chunk=none" means off.
     params = resolve_params(preset, overrides)
     if "chunk" in point and point["chunk"] is None:

@@ -1,14 +1,21 @@
 """The validated knobs of Markovian RSA: sampling, algorithm parameters and named presets.
 
-Everything a user can set is a pydantic model with a description, so the CLI's ``--help``, the
-REST API's OpenAPI schema and the error messages all come from this one place.
+Everything a user can set is a field of :class:`RSAParams` (or of a group in it, such as
+``sampling``) with a description and limits. The other surfaces are derived from those fields, so a new
+knob is one edit here: the CLI's flags (:func:`mrsa.cli.options.rsa_flags`), the REST API's overrides
+(:data:`mrsa.api.schemas.ParamOverrides`) and the chat request's extra fields
+(:data:`mrsa.api.openai_schemas.ChatCompletionRequest`). The flat surfaces (flags, chat fields) name
+a group's fields on their own (``--temperature``); :func:`knobs` and :func:`nest_overrides` are the one
+place that flattens and nests them.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic.fields import FieldInfo
 
 TailSource = Literal["trace", "reasoning", "answer_or_tail"]
 Selection = Literal["majority", "aggregate", "population"]
@@ -106,6 +113,42 @@ class RSAParams(BaseModel):
     def request_tokens(self) -> int:
         """The most decode tokens one request may hold in its context (chunk, else budget)."""
         return self.chunk if self.chunk is not None else self.budget
+
+
+def group_model(field: FieldInfo) -> type[BaseModel] | None:
+    """The model of a field that groups knobs (``sampling``), else None."""
+    kind = field.annotation
+    return kind if isinstance(kind, type) and issubclass(kind, BaseModel) else None
+
+
+def knobs(model: type[BaseModel]) -> dict[str, FieldInfo]:
+    """Every knob of ``model`` by its flat name, in field order, with a group's fields in the group's
+    place (``sampling`` becomes ``temperature``, ``top_p``, ``top_k``)."""
+    out: dict[str, FieldInfo] = {}
+    for name, field in model.model_fields.items():
+        group = group_model(field)
+        leaves = group.model_fields if group is not None else {name: field}
+        for flat, leaf in leaves.items():
+            if flat in out:
+                raise TypeError(f"{model.__name__}: knob {flat!r} is defined twice")
+            out[flat] = leaf
+    return out
+
+
+def nest_overrides(flat: Mapping[str, Any], model: type[BaseModel]) -> dict[str, Any]:
+    """Flat knob values (as :func:`knobs` names them) as overrides of ``model``'s fields for
+    :func:`resolve_params`: a group's values under the group's name. Unset (None) values are left out."""
+    out: dict[str, Any] = {}
+    for name, field in model.model_fields.items():
+        group = group_model(field)
+        if group is None:
+            if flat.get(name) is not None:
+                out[name] = flat[name]
+            continue
+        values = {k: flat[k] for k in group.model_fields if flat.get(k) is not None}
+        if values:
+            out[name] = values
+    return out
 
 
 PRESETS: dict[str, dict[str, Any]] = {

@@ -5,18 +5,22 @@ Unknown top-level fields are accepted and ignored, as OpenAI-compatible servers 
 send fields this server has no use for (``user``, ``logprobs``…) work unchanged — but not silently:
 like vLLM, the server logs them, and names them in the ``X-Mrsa-Ignored-Fields`` response header and
 in ``mrsa.ignored_fields`` (a misspelt RSA parameter such as ``populaton`` shows up there).
+
+The RSA fields are :class:`~mrsa.params.RSAParams`' knobs, flat (:func:`mrsa.params.knobs`: the
+sampling group's ``temperature``, ``top_p`` and ``top_k`` are OpenAI's own fields), each optional with
+the same description and bounds (:func:`chat_request_model`).
 """
 
 from __future__ import annotations
 
 import time
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from mrsa.api.schemas import PRESET_DESCRIPTION, optional_field
 from mrsa.domain import Vote
-from mrsa.params import PRESETS, RSAParams, SamplingParams, Selection, TailSource
+from mrsa.params import PRESETS, RSAParams, knobs, nest_overrides
 
 
 class ContentPart(BaseModel):
@@ -48,23 +52,7 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
-RSA_FIELDS = (
-    "population",
-    "subset",
-    "rounds",
-    "budget",
-    "tail",
-    "chunk",
-    "carryover",
-    "tail_source",
-    "selection",
-    "aggregate_temperature",
-    "seed",
-    "prompts",
-)
-
-
-class ChatCompletionRequest(BaseModel):
+class ChatRequestBase(BaseModel):
     """A chat completion answered by Markovian RSA on the last user message. Unknown top-level
     fields are ignored and named in the ``X-Mrsa-Ignored-Fields`` header and ``mrsa.ignored_fields``."""
 
@@ -88,31 +76,18 @@ class ChatCompletionRequest(BaseModel):
     stream: bool = Field(False, description="Server-sent chunks, with keep-alive comments while RSA runs.")
     stream_options: StreamOptions | None = None
     n: int | None = Field(None, ge=1, le=1, description="Only 1 is supported.")
-    temperature: float | None = optional_field(SamplingParams, "temperature")
-    top_p: float | None = optional_field(SamplingParams, "top_p")
-    top_k: int | None = optional_field(SamplingParams, "top_k")
     max_tokens: int | None = Field(
         None, ge=1, le=1_048_576, description="Taken as `budget` (β) when `budget` is not given."
     )
     max_completion_tokens: int | None = Field(
         None, ge=1, le=1_048_576, description="Same as max_tokens (the newer name)."
     )
-    # Markovian RSA parameters (extra body fields).
+    # Markovian RSA parameters (extra body fields): the preset here, the knobs of ``params_model``
+    # added by chat_request_model.
+    params_model: ClassVar[type[BaseModel]] = RSAParams
     preset: str | None = Field(
         None, description=PRESET_DESCRIPTION, json_schema_extra={"enum": [*PRESETS, None]}
     )
-    population: int | None = optional_field(RSAParams, "population")
-    subset: int | None = optional_field(RSAParams, "subset")
-    rounds: int | None = optional_field(RSAParams, "rounds")
-    budget: int | None = optional_field(RSAParams, "budget")
-    tail: int | None = optional_field(RSAParams, "tail")
-    chunk: int | None = optional_field(RSAParams, "chunk")
-    carryover: int | None = optional_field(RSAParams, "carryover")
-    tail_source: TailSource | None = optional_field(RSAParams, "tail_source")
-    selection: Selection | None = optional_field(RSAParams, "selection")
-    aggregate_temperature: float | None = optional_field(RSAParams, "aggregate_temperature")
-    seed: int | None = optional_field(RSAParams, "seed")
-    prompts: str | None = optional_field(RSAParams, "prompts")
 
     def problem(self) -> str:
         """The last user message's text ('' when there is none)."""
@@ -127,16 +102,28 @@ class ChatCompletionRequest(BaseModel):
 
     def overrides(self) -> dict[str, Any]:
         """RSA parameter overrides for :func:`mrsa.params.resolve_params`."""
-        out: dict[str, Any] = {k: getattr(self, k) for k in RSA_FIELDS if getattr(self, k) is not None}
-        sampling = {
-            k: getattr(self, k) for k in ("temperature", "top_p", "top_k") if getattr(self, k) is not None
-        }
-        if sampling:
-            out["sampling"] = sampling
+        model = self.params_model
+        out = nest_overrides({k: getattr(self, k) for k in knobs(model)}, model)
         max_tokens = self.max_completion_tokens or self.max_tokens
         if max_tokens is not None and "budget" not in out:
             out["budget"] = max_tokens
         return out
+
+
+def chat_request_model(params: type[BaseModel]) -> type[ChatRequestBase]:
+    """:class:`ChatRequestBase` with every knob of ``params`` as an optional extra body field."""
+    fields: dict[str, Any] = {name: optional_field(field) for name, field in knobs(params).items()}
+    request = create_model(
+        "ChatCompletionRequest", __base__=ChatRequestBase, __doc__=ChatRequestBase.__doc__, **fields
+    )
+    request.params_model = params
+    return request
+
+
+if TYPE_CHECKING:  # a model built at run time is no type to mypy: it checks the base's methods
+    ChatCompletionRequest = ChatRequestBase
+else:
+    ChatCompletionRequest = chat_request_model(RSAParams)
 
 
 class AssistantMessage(BaseModel):

@@ -1,65 +1,69 @@
 """The REST API's request and response models (its wire contract next to :mod:`mrsa.domain`).
 
-Parameter overrides mirror :class:`~mrsa.params.RSAParams` field by field: every field is optional
-and carries the same description and bounds (copied from ``RSAParams``, so the OpenAPI schema shows
-them), and a preset fills in the rest. Cross-field rules (K ≤ N, τ ≤ β, chunk/carry-over) are
-checked once the preset and the overrides are merged, by ``RSAParams`` itself.
+Parameter overrides are derived from :class:`~mrsa.params.RSAParams` field by field
+(:func:`overrides_model`): every field is optional and carries the same description and bounds (so
+the OpenAPI schema shows them), and a preset fills in the rest. Cross-field rules (K ≤ N, τ ≤ β,
+chunk/carry-over) are checked once the preset and the overrides are merged, by ``RSAParams`` itself.
 """
 
 from __future__ import annotations
 
 import copy
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator
+from pydantic.fields import FieldInfo
 
 from mrsa.domain import JobStatus
-from mrsa.params import DEFAULT_PRESET, PRESETS, RSAParams, SamplingParams, Selection, TailSource
+from mrsa.params import DEFAULT_PRESET, PRESETS, RSAParams, group_model
 
 PROBLEM_PREVIEW_CHARS = 160
 
 
-def optional_field(model: type[BaseModel], name: str) -> Any:
-    """``model``'s field ``name`` as an optional override: same description and bounds, default None."""
-    field = copy.copy(model.model_fields[name])
-    field.default = None
-    field.default_factory = None
-    return field
+def optional_field(field: FieldInfo) -> tuple[Any, FieldInfo]:
+    """``field`` as an optional override, as a ``create_model`` definition: its type or None, the
+    same description and bounds, default None."""
+    override = copy.copy(field)
+    override.default = None
+    override.default_factory = None
+    return cast(Any, field.annotation) | None, override
 
 
-class SamplingOverrides(BaseModel):
-    """Sampling settings to change (unset fields keep the preset's value)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    temperature: float | None = optional_field(SamplingParams, "temperature")
-    top_p: float | None = optional_field(SamplingParams, "top_p")
-    top_k: int | None = optional_field(SamplingParams, "top_k")
-
-
-class ParamOverrides(BaseModel):
-    """Markovian RSA parameters to change on top of the preset (unset fields keep the preset's value)."""
+class Overrides(BaseModel):
+    """Fields to change on top of a preset; :func:`overrides_model` derives the fields."""
 
     model_config = ConfigDict(extra="forbid")
-
-    population: int | None = optional_field(RSAParams, "population")
-    subset: int | None = optional_field(RSAParams, "subset")
-    rounds: int | None = optional_field(RSAParams, "rounds")
-    budget: int | None = optional_field(RSAParams, "budget")
-    tail: int | None = optional_field(RSAParams, "tail")
-    chunk: int | None = optional_field(RSAParams, "chunk")
-    carryover: int | None = optional_field(RSAParams, "carryover")
-    tail_source: TailSource | None = optional_field(RSAParams, "tail_source")
-    selection: Selection | None = optional_field(RSAParams, "selection")
-    aggregate_temperature: float | None = optional_field(RSAParams, "aggregate_temperature")
-    sampling: SamplingOverrides | None = Field(None, description="Sampling settings to change.")
-    seed: int | None = optional_field(RSAParams, "seed")
-    prompts: str | None = optional_field(RSAParams, "prompts")
 
     def as_dict(self) -> dict[str, Any]:
         """The overrides that are set, for :func:`mrsa.params.resolve_params`."""
         return self.model_dump(exclude_none=True)
 
+
+def overrides_model(model: type[BaseModel], name: str, doc: str) -> type[Overrides]:
+    """A model of ``model``'s fields, each optional (:func:`optional_field`); a group of fields
+    (``sampling``) becomes a nested overrides model of its own, named after the group."""
+    fields: dict[str, Any] = {}
+    for field_name, field in model.model_fields.items():
+        group = group_model(field)
+        if group is None:
+            fields[field_name] = optional_field(field)
+            continue
+        title = field_name.capitalize()
+        nested = overrides_model(
+            group, f"{title}Overrides", f"{title} settings to change (unset fields keep the preset's value)."
+        )
+        fields[field_name] = (nested | None, Field(None, description=f"{title} settings to change."))
+    return create_model(name, __base__=Overrides, __doc__=doc, **fields)
+
+
+if TYPE_CHECKING:  # a model built at run time is no type to mypy: it checks the base's methods
+    ParamOverrides = Overrides
+else:
+    ParamOverrides = overrides_model(
+        RSAParams,
+        "ParamOverrides",
+        "Markovian RSA parameters to change on top of the preset (unset fields keep the preset's value).",
+    )
 
 PRESET_DESCRIPTION = (
     f"Named parameter set the overrides apply to: {', '.join(PRESETS)} (default {DEFAULT_PRESET})."

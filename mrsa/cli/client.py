@@ -22,28 +22,13 @@ from mrsa.api.schemas import JobView
 from mrsa.cli.api_client import ApiClient, ApiClientError
 from mrsa.cli.common import EXIT_FAILURE, EXIT_USAGE, err_console, fail, out_console, print_json
 from mrsa.cli.options import (
-    AggregateTemperatureOpt,
-    BudgetOpt,
-    CarryoverOpt,
-    ChunkOpt,
     FileOpt,
-    PopulationOpt,
     ProblemArg,
-    PromptsOpt,
-    RoundsOpt,
-    SeedOpt,
-    SelectionOpt,
-    SubsetOpt,
-    TailOpt,
-    TailSourceOpt,
-    TemperatureOpt,
-    TopKOpt,
-    TopPOpt,
-    rsa_overrides,
+    rsa_flags,
 )
 from mrsa.cli.solve import Progress, build_params, read_problem, render_result
 from mrsa.domain import JobStatus
-from mrsa.params import DEFAULT_PRESET, PRESETS
+from mrsa.params import DEFAULT_PRESET, PRESETS, RSAParams
 from mrsa.settings import get_settings
 
 ApiOpt = Annotated[
@@ -110,25 +95,13 @@ def print_status(job: JobView) -> None:
         say(f"[bold red]{job.status.value}:[/] {job.error}", soft_wrap=True)
 
 
+@rsa_flags(RSAParams)
 def submit(
     problem: ProblemArg = None,
     file: FileOpt = None,
     preset: Annotated[str | None, typer.Option(help=PRESET_HELP)] = None,
-    population: PopulationOpt = None,
-    subset: SubsetOpt = None,
-    rounds: RoundsOpt = None,
-    budget: BudgetOpt = None,
-    tail: TailOpt = None,
-    chunk: ChunkOpt = None,
-    carryover: CarryoverOpt = None,
-    tail_source: TailSourceOpt = None,
-    selection: SelectionOpt = None,
-    aggregate_temperature: AggregateTemperatureOpt = None,
-    temperature: TemperatureOpt = None,
-    top_p: TopPOpt = None,
-    top_k: TopKOpt = None,
-    seed: SeedOpt = None,
-    prompts: PromptsOpt = None,
+    *,
+    overrides: dict[str, Any],
     model: Annotated[str | None, typer.Option(help="Model id recorded on the job.")] = None,
     idempotency_key: Annotated[
         str | None, typer.Option(help="Resubmitting with the same key returns the same job.")
@@ -138,9 +111,8 @@ def submit(
     json_out: JsonOpt = False,
 ) -> None:
     """Submit a job to the API (same parameters as solve; default preset zaya1) and print its id."""
-    overrides = rsa_overrides(locals())  # first: locals() is only the arguments here
     text = read_problem(problem, file)
-    build_params(preset, False, overrides)  # refuse bad input locally; nests the sampling flags
+    build_params(preset, False, overrides)  # refuse bad input locally
     body = _clean({"problem": text, "preset": preset, "params": overrides, "model": model})
     with api_client(api, api_key) as client:
         sent = client.submit(body, idempotency_key)

@@ -1,25 +1,35 @@
 """Command-line flags shared by several commands, and the backend connection settings they build.
 
 One definition per flag keeps names, defaults and help texts from drifting apart between ``solve``,
-``submit``, ``bench``, ``serve`` and ``worker``. Help texts name environment variables in
+``submit``, ``bench``, ``serve`` and ``worker``; the Markovian RSA flags are not written here at all
+but derived from :class:`~mrsa.params.RSAParams`' fields (:func:`rsa_flags`). Help texts name environment variables in
 parentheses: typer renders help as rich markup, where ``[env …]`` would be taken for a style tag
 and vanish.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import functools
+import inspect
+import types
+import typing
+from collections.abc import Callable
+from inspect import Parameter
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal, TypeVar, cast
 
 import typer
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
+from pydantic.fields import FieldInfo
 
 from mrsa.backends.factory import BACKEND_KINDS
 from mrsa.backends.http import HttpOptions
 from mrsa.cli.common import EXIT_USAGE, fail
-from mrsa.params import describe_validation_error
+from mrsa.params import describe_validation_error, knobs, nest_overrides
 from mrsa.settings import Settings
+
+R = TypeVar("R")
+KEYWORD_ONLY = Parameter.KEYWORD_ONLY
 
 # -- the problem (solve, submit) -------------------------------------------------------------------
 
@@ -28,45 +38,53 @@ FileOpt = Annotated[Path | None, typer.Option("--file", "-f", help="Read the pro
 
 # -- Markovian RSA parameters (solve, submit) ------------------------------------------------------
 
-PopulationOpt = Annotated[int | None, typer.Option(help="N: candidates per round.")]
-SubsetOpt = Annotated[int | None, typer.Option(help="K: tails per aggregation prompt.")]
-RoundsOpt = Annotated[int | None, typer.Option(help="T: aggregation rounds after round 0.")]
-BudgetOpt = Annotated[int | None, typer.Option(help="β: max decode tokens of one candidate.")]
-TailOpt = Annotated[int | None, typer.Option(help="τ: model tokens carried forward per candidate.")]
-ChunkOpt = Annotated[int | None, typer.Option(help="Delethink chunk size in tokens (off by default).")]
-CarryoverOpt = Annotated[int | None, typer.Option(help="Tokens a chunked candidate continues from.")]
-TailSourceOpt = Annotated[str | None, typer.Option(help="trace, reasoning or answer_or_tail.")]
-SelectionOpt = Annotated[str | None, typer.Option(help="majority, aggregate or population.")]
-AggregateTemperatureOpt = Annotated[float | None, typer.Option(help="Temperature of the final aggregation.")]
-TemperatureOpt = Annotated[float | None, typer.Option(help="Sampling temperature.")]
-TopPOpt = Annotated[float | None, typer.Option(help="Nucleus sampling mass.")]
-TopKOpt = Annotated[int | None, typer.Option(help="Top-k (-1 = off).")]
-SeedOpt = Annotated[int | None, typer.Option(help="Job seed (all random choices derive from it).")]
-PromptsOpt = Annotated[str | None, typer.Option(help="Prompt template set under prompts/.")]
 
-RSA_FLAGS = (
-    "population",
-    "subset",
-    "rounds",
-    "budget",
-    "tail",
-    "chunk",
-    "carryover",
-    "tail_source",
-    "selection",
-    "aggregate_temperature",
-    "temperature",
-    "top_p",
-    "top_k",
-    "seed",
-    "prompts",
-)
-"""The parameter names of the flags above, as :func:`mrsa.params.resolve_params` overrides."""
+def _flag(field: FieldInfo) -> Any:
+    """The typer annotation of one knob's flag: its type or None (unset keeps the preset's value) and
+    the field's description as help. Values are checked by ``RSAParams`` (as for the REST API), so
+    a bad one exits 2 with the field named; a choice of values is listed after the description."""
+    kind = field.annotation
+    if typing.get_origin(kind) in (typing.Union, types.UnionType):
+        [kind] = [k for k in typing.get_args(kind) if k is not types.NoneType]  # int | None -> int
+    choices = typing.get_args(kind) if typing.get_origin(kind) is Literal else ()
+    help_text = field.description or ""
+    if choices:
+        help_text += f" One of: {', '.join(choices)}."
+    option = typer.Option(help=help_text.strip() or None)
+    return Annotated[cast(Any, str if choices else kind) | None, option]
 
 
-def rsa_overrides(flags: Mapping[str, Any]) -> dict[str, Any]:
-    """The RSA parameter flags among a command's arguments (``locals()``), unset ones as None."""
-    return {name: flags[name] for name in RSA_FLAGS}
+def rsa_flags(params: type[BaseModel]) -> Callable[[Callable[..., R]], Callable[..., R]]:
+    """Give a command one option per knob of ``params`` (:func:`mrsa.params.knobs`: ``--population``,
+    ``--temperature``…) in place of its keyword-only ``overrides`` parameter, which then receives the
+    flags given, nested for :func:`mrsa.params.resolve_params` (unset ones left out).
+
+    typer reads a command's ``inspect.signature``, so the wrapper carries the rewritten one.
+    """
+    flags = {name: _flag(field) for name, field in knobs(params).items()}
+
+    def decorate(command: Callable[..., R]) -> Callable[..., R]:
+        signature = inspect.signature(command, eval_str=True)  # typer needs types, not strings
+        given = list(signature.parameters.values())
+        at = next((i for i, p in enumerate(given) if p.name == "overrides" and p.kind is KEYWORD_ONLY), None)
+        if at is None:
+            raise TypeError(f"{command.__name__}: rsa_flags needs a keyword-only parameter 'overrides'")
+        added = [Parameter(name, KEYWORD_ONLY, default=None, annotation=a) for name, a in flags.items()]
+        parameters = [*given[:at], *added, *given[at + 1 :]]
+
+        @functools.wraps(command)
+        def with_flags(*args: Any, **kwargs: Any) -> R:
+            values = {name: kwargs.pop(name, None) for name in flags}
+            return command(*args, overrides=nest_overrides(values, params), **kwargs)
+
+        with_flags.__signature__ = signature.replace(parameters=parameters)  # type: ignore[attr-defined]
+        with_flags.__annotations__ = {
+            **{p.name: p.annotation for p in parameters},
+            "return": signature.return_annotation,
+        }
+        return with_flags
+
+    return decorate
 
 
 # -- the backend (solve, bench, serve, worker) -----------------------------------------------------

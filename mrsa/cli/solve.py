@@ -20,33 +20,18 @@ from mrsa.backends.factory import open_backend
 from mrsa.backends.http import HttpOptions
 from mrsa.cli.common import EXIT_USAGE, err_console, fail, out_console, print_json
 from mrsa.cli.options import (
-    AggregateTemperatureOpt,
     BackendKindOpt,
     BackendOpt,
-    BudgetOpt,
-    CarryoverOpt,
-    ChunkOpt,
     ConcurrencyOpt,
     FileOpt,
-    PopulationOpt,
     ProblemArg,
-    PromptsOpt,
     QuietOpt,
     RetriesOpt,
-    RoundsOpt,
-    SeedOpt,
-    SelectionOpt,
-    SubsetOpt,
-    TailOpt,
-    TailSourceOpt,
-    TemperatureOpt,
     TimeoutOpt,
     TokenizerOpt,
-    TopKOpt,
-    TopPOpt,
     check_backend_kind,
     http_options,
-    rsa_overrides,
+    rsa_flags,
 )
 from mrsa.domain import Event, JobResult, JobSpec, JobStatus
 from mrsa.engine.limits import ContextBudgetError, check_context
@@ -63,9 +48,6 @@ PRESET_HELP = (
 
 def build_params(preset: str | None, embedded: bool, overrides: dict[str, Any]) -> RSAParams:
     """Resolve preset + flags, exiting 2 with a one-line message naming the field on bad input."""
-    sampling = {k: overrides.pop(k) for k in ("temperature", "top_p", "top_k") if k in overrides}
-    if any(v is not None for v in sampling.values()):
-        overrides["sampling"] = sampling
     try:
         params = resolve_params(preset or ("smoke" if embedded else None), overrides)
         check_prompt_set(params.prompts)
@@ -224,25 +206,13 @@ async def _solve(
             return await runner.solve(spec, log_line)
 
 
+@rsa_flags(RSAParams)
 def solve(
     problem: ProblemArg = None,
     file: FileOpt = None,
     preset: Annotated[str | None, typer.Option(help=PRESET_HELP)] = None,
-    population: PopulationOpt = None,
-    subset: SubsetOpt = None,
-    rounds: RoundsOpt = None,
-    budget: BudgetOpt = None,
-    tail: TailOpt = None,
-    chunk: ChunkOpt = None,
-    carryover: CarryoverOpt = None,
-    tail_source: TailSourceOpt = None,
-    selection: SelectionOpt = None,
-    aggregate_temperature: AggregateTemperatureOpt = None,
-    temperature: TemperatureOpt = None,
-    top_p: TopPOpt = None,
-    top_k: TopKOpt = None,
-    seed: SeedOpt = None,
-    prompts: PromptsOpt = None,
+    *,
+    overrides: dict[str, Any],
     backend: BackendOpt = None,
     backend_kind: BackendKindOpt = None,
     model: Annotated[
@@ -269,7 +239,6 @@ def solve(
     ] = None,
 ) -> None:
     """Solve one problem with Markovian RSA and print the answer with per-round stats."""
-    overrides = rsa_overrides(locals())  # first: locals() is only the arguments here
     settings = get_settings()
     backend_url = backend or settings.backend_url
     text = read_problem(problem, file)
