@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 from mrsa.backends.base import BackendError
 from mrsa.backends.http import HttpOptions, with_default_concurrency
 from mrsa.cli import app, bench_cmd
-from mrsa.cli.options import http_options
+from mrsa.cli.common import settings_from_flags
 from mrsa.settings import Settings, get_settings
 
 solve_cmd = importlib.import_module("mrsa.cli.solve")  # mrsa.cli.solve is also the command function
@@ -68,18 +68,26 @@ def bench(tmp_path: Path, *extra: str) -> list[str]:
     ]
 
 
-def test_http_options_leave_concurrency_to_the_server_unless_given() -> None:
-    unset = http_options(None, None, None, Settings())
+def http_options(timeout: float | None, retries: int | None, concurrency: int | None) -> HttpOptions:
+    """The backend options a command builds from these flags over the environment."""
+    flags = {"backend_timeout_s": timeout, "backend_retries": retries, "backend_concurrency": concurrency}
+    return settings_from_flags(Settings, flags).http_options()
+
+
+def test_http_options_leave_concurrency_to_the_server_unless_given(monkeypatch: pytest.MonkeyPatch) -> None:
+    unset = http_options(None, None, None)
     assert "concurrency" not in unset.model_fields_set
     assert with_default_concurrency(unset, SERVER_CAPACITY).concurrency == SERVER_CAPACITY
-    flag = http_options(None, None, 3, Settings())
+    flag = http_options(None, None, 3)
     assert "concurrency" in flag.model_fields_set and flag.concurrency == 3
-    env = http_options(None, None, None, Settings(backend_concurrency=5))
+    monkeypatch.setenv("MRSA_BACKEND_CONCURRENCY", "5")
+    env = http_options(None, None, None)
     assert with_default_concurrency(env, SERVER_CAPACITY).concurrency == 5
-    tuned = http_options(7.5, 0, None, Settings())
+    monkeypatch.delenv("MRSA_BACKEND_CONCURRENCY")
+    tuned = http_options(7.5, 0, None)
     assert (tuned.timeout_s, tuned.max_retries) == (7.5, 0)
     with pytest.raises(typer.Exit) as exc:
-        http_options(None, None, 0, Settings())
+        http_options(None, None, 0)
     assert exc.value.exit_code == 2
 
 

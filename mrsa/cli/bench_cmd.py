@@ -21,7 +21,7 @@ from mrsa.backends.base import BackendError
 from mrsa.backends.embedded import EmbeddedUnavailable
 from mrsa.backends.factory import open_backend
 from mrsa.backends.http import HttpOptions
-from mrsa.cli.common import EXIT_USAGE, err_console, fail, out_console, print_json
+from mrsa.cli.common import EXIT_USAGE, err_console, fail, out_console, print_json, settings_from_flags
 from mrsa.cli.options import (
     BackendKindOpt,
     BackendOpt,
@@ -30,12 +30,10 @@ from mrsa.cli.options import (
     RetriesOpt,
     TimeoutOpt,
     TokenizerOpt,
-    check_backend_kind,
-    http_options,
 )
 from mrsa.engine.limits import ContextBudgetError
 from mrsa.params import PRESETS
-from mrsa.settings import get_settings
+from mrsa.settings import Settings, get_settings
 from mrsa.store.base import JobStore, StoreUnavailable, TaskQueue
 
 if TYPE_CHECKING:
@@ -305,9 +303,20 @@ def bench(
     from evals.sweep import SweepStats, plan_units
 
     logging.getLogger("math_verify").setLevel(logging.ERROR)  # its signal timeouts are off on purpose
-    settings = get_settings()
-    backend_url = backend or settings.backend_url
-    kind = check_backend_kind(backend_kind or settings.backend_kind)
+    settings = settings_from_flags(
+        Settings,
+        {
+            "backend_url": backend,
+            "backend_kind": backend_kind,
+            "model": model,
+            "tokenizer": tokenizer,
+            "redis_url": redis,
+            "backend_timeout_s": timeout,
+            "backend_retries": retries,
+            "backend_concurrency": concurrency,
+        },
+    )
+    backend_url, kind = settings.backend_url, settings.backend_kind
     for name, value in (("concurrency", concurrency), ("jobs", jobs), ("limit", limit)):
         if value is not None and value < 1:
             fail(f"{name}: must be ≥ 1", EXIT_USAGE)
@@ -324,7 +333,7 @@ def bench(
         configs = build_configs(preset or ["smoke" if backend_url is None else "zaya1"], grid)
     except ConfigError as exc:
         fail(str(exc), EXIT_USAGE)
-    options = http_options(timeout, retries, concurrency, settings)  # unset: the server's capacity
+    options = settings.http_options()  # concurrency unset: the server's capacity
 
     run = RunDir(out)
     if out.exists() and not out.is_dir():
@@ -357,7 +366,7 @@ def bench(
                     golds,
                     backend_url,
                     kind,
-                    model or settings.model,
+                    settings.model,
                     options,
                     concurrency,
                     jobs,
@@ -367,8 +376,8 @@ def bench(
                     show_progress=not quiet,
                     interval_s=progress_every,
                     trace_dir=trace,
-                    redis_url=redis or settings.redis_url,
-                    tokenizer=tokenizer or settings.tokenizer,
+                    redis_url=settings.redis_url,
+                    tokenizer=settings.tokenizer,
                 )
             )
     except KeyboardInterrupt:
