@@ -16,7 +16,7 @@ from workers.service import run
 USAGE = """usage: python -m workers
 
 Runs one mrsa worker configured by MRSA_* environment variables (MRSA_REDIS_URL is required).
-`mrsa worker --help` lists every setting with its variable; `mrsa worker` also takes them as flags.
+`mrsa worker --help` lists its settings with their variables; `mrsa worker` also takes them as flags.
 """
 
 
@@ -33,9 +33,6 @@ def main(argv: list[str]) -> int:
         return 2
     try:
         run(settings)
-    except ValueError as exc:  # an unknown MRSA_BACKEND_KIND, refused when the backend is opened
-        print(f"python -m workers: error: {exc}", file=sys.stderr)
-        return 2
     except (BackendError, EmbeddedUnavailable) as exc:
         print(f"python -m workers: error: {exc}", file=sys.stderr)
         return 1
