@@ -4,7 +4,7 @@
     .venv/bin/python -m benchmarks.soak --jobs 40 --json     # a quick run, one JSON object
 
 Everything runs as separate processes on loopback: a real ``redis-server`` (AOF), ``mrsa serve``,
-two ``python -m workers`` and the inference-server simulator (``benchmarks/simulator``). The jobs
+two ``mrsa worker`` and the inference-server simulator (``benchmarks/simulator``). The jobs
 are submitted through the REST API at once; while they drain, one worker is SIGKILLed (a
 replacement starts) once ``--kill-after`` of them are finished, and Redis is stopped and started
 again on its AOF once ``--redis-restart-after`` are. Every API request's latency is recorded,
@@ -211,7 +211,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 api = f"http://127.0.0.1:{port}"
                 api_proc.wait_until("mrsa serve ready", lambda: http_ok(f"{api}/readyz"), 60)
                 worker_args = [
-                    "-m", "workers", "--redis", redis.url, "--backend", sim, "--backend-kind", "vllm",
+                    "-m", "mrsa", "worker", "--redis", redis.url, "--backend", sim, "--backend-kind", "vllm",
                     "--model", "mrsa-sim", "--concurrency", str(args.tasks_per_worker),
                     "--reclaim-idle", str(args.reclaim_idle), "--heartbeat", str(args.reclaim_idle / 5),
                 ]  # fmt: skip

@@ -1,12 +1,22 @@
-"""Environment configuration (``MRSA_*``), in one place. Every value can be overridden by a flag."""
+"""Environment configuration (``MRSA_*``), in one place.
+
+One pydantic-settings model: every knob is defined once here, read from the environment over its
+default, and a command's flags are laid on top by constructing the model with them (init arguments
+beat the environment). ``mrsa worker`` and ``python -m workers`` both run on :class:`WorkerSettings`.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from functools import lru_cache
 from pathlib import Path
+from typing import Self
 
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from mrsa.backends.factory import BACKEND_KINDS
+from mrsa.backends.http import HttpOptions
 
 # Answer clustering under a limit (mrsa.engine.equivalence): defaults shared with its pure functions.
 EQUIVALENCE_TIMEOUT_S = 5.0
@@ -18,14 +28,14 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="MRSA_", extra="ignore")
 
     backend_url: str | None = Field(None, description="Inference server URL; unset = the embedded CPU model.")
-    backend_kind: str = Field("auto", description="auto, vllm, sglang, llamacpp, llama-cpp-python or triton.")
+    backend_kind: str = Field("auto", description=f"Server type: {', '.join(BACKEND_KINDS)}.")
     model: str | None = Field(None, description="Model id sent to the inference server.")
     tokenizer: Path | None = Field(
         None,
         description="Triton: the served model's tokenizer.json or its folder (the bundled model's is found by name).",
     )
     backend_concurrency: int | None = Field(
-        None, ge=1, description="Requests in flight per worker (default: the server's capacity)."
+        None, ge=1, le=4096, description="Requests in flight per worker (default: the server's capacity)."
     )
     backend_timeout_s: float = Field(600.0, gt=0, description="Read timeout of one backend request.")
     backend_retries: int = Field(4, ge=0, le=20)
@@ -42,6 +52,11 @@ class Settings(BaseSettings):
     )
     backend_max_body_bytes: int = Field(
         64 * 2**20, ge=1024, description="Largest backend reply body read, bytes; bigger is an error."
+    )
+    backend_priority: bool = Field(
+        False,
+        description="Send each generation's priority to a vLLM server (-round: later rounds first); the "
+        "server must run with --scheduling-policy priority, or it rejects such requests.",
     )
     redis_url: str | None = Field(None, description="Redis URL of the job store and task queue.")
     redis_prefix: str = Field(
@@ -113,8 +128,61 @@ class Settings(BaseSettings):
         variable) means unset: ask the server, find the tokenizer by the model's name."""
         return None if isinstance(value, str) and not value.strip() else value
 
+    @field_validator("backend_kind")
+    @classmethod
+    def _known_kind(cls, kind: str) -> str:
+        if kind not in BACKEND_KINDS:
+            raise ValueError(f"unknown {kind!r}; choose one of {', '.join(BACKEND_KINDS)}")
+        return kind
+
     def api_key_list(self) -> list[str]:
         return [k.strip() for k in self.api_keys.split(",") if k.strip()]
+
+    def http_options(self) -> HttpOptions:
+        """The backend client's connection settings. ``concurrency`` stays unset (out of
+        ``model_fields_set``) unless ``backend_concurrency`` is given, so the client sizes it to the
+        server's own capacity (:func:`mrsa.backends.http.with_default_concurrency`)."""
+        return HttpOptions(
+            timeout_s=self.backend_timeout_s,
+            max_retries=self.backend_retries,
+            deadline_s=self.backend_deadline_s,
+            min_tokens_per_s=self.backend_min_tokens_per_s,
+            retry_after_cap_s=self.backend_retry_after_cap_s,
+            max_body_bytes=self.backend_max_body_bytes,
+            **({"concurrency": self.backend_concurrency} if self.backend_concurrency else {}),
+        )
+
+
+class WorkerSettings(Settings):
+    """What a worker process runs with: the same knobs, plus the checks a worker needs before it
+    starts (a Redis URL; heartbeats more often than the reclaim timeout)."""
+
+    @model_validator(mode="after")
+    def _check_worker(self) -> Self:
+        if not self.redis_url:
+            raise ValueError("redis: give --redis URL or set MRSA_REDIS_URL")
+        if self.worker_heartbeat_s >= self.worker_reclaim_idle_s:
+            raise ValueError("heartbeat: must be shorter than --reclaim-idle, or live tasks get reclaimed")
+        return self
+
+
+def env_name(field: str) -> str:
+    """The environment variable of a :class:`Settings` field."""
+    return f"{Settings.model_config.get('env_prefix', '')}{field}".upper()
+
+
+def describe_settings_error(exc: ValidationError, flags: Mapping[str, str] | None = None) -> str:
+    """One line per bad value, each named the way the user gave it: by its flag when ``flags``
+    (field → flag name) has it, else by its environment variable."""
+    parts = []
+    for err in exc.errors():
+        msg = str(err["msg"]).removeprefix("Value error, ")
+        if not err["loc"]:  # a check across fields names its values itself
+            parts.append(msg)
+            continue
+        field = str(err["loc"][0])
+        parts.append(f"{(flags or {}).get(field) or env_name(field)}: {msg}")
+    return "; ".join(parts)
 
 
 @lru_cache(maxsize=1)

@@ -1,4 +1,4 @@
-"""The service end to end, as separate processes: ``mrsa serve`` (uvicorn), ``python -m workers``
+"""The service end to end, as separate processes: ``mrsa serve`` (uvicorn), ``mrsa worker``
 processes, a real ``redis-server`` and the real embedded model, driven through the CLI client."""
 
 from __future__ import annotations
@@ -57,7 +57,9 @@ class Service:
         raise AssertionError(f"job {job_id} did not finish in {within:.0f}s: {job}")
 
     def start_worker(self, name: str, backend: str, *extra: str) -> Child:
-        worker = self.start(name, ["-m", "workers", "--redis", self.redis_url, "--backend", backend, *extra])
+        worker = self.start(
+            name, ["-m", "mrsa", "worker", "--redis", self.redis_url, "--backend", backend, *extra]
+        )
         worker.wait_for_log(" ready: ", 60)
         return worker
 

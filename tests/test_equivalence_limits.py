@@ -399,7 +399,7 @@ def test_a_worker_given_a_runaway_answer_finishes_the_job_and_keeps_serving(
         wait_for("mrsa serve ready", lambda: api_ready(api_url), 60, api)
         worker = start(
             "worker",
-            ["-m", "workers", "--redis", redis_server.url, "--backend", sim, *WORKER_FLAGS],
+            ["-m", "mrsa", "worker", "--redis", redis_server.url, "--backend", sim, *WORKER_FLAGS],
         )
         wait_for("worker ready", lambda: " ready: " in worker.log, 60, worker)
         headers = {"Authorization": f"Bearer {KEY}"}

@@ -1,4 +1,4 @@
-"""Worker processes (``python -m workers``) on a real ``redis-server`` and the real embedded model:
+"""Worker processes (``mrsa worker``) on a real ``redis-server`` and the real embedded model:
 load sharing, SIGKILL and reclaim, SIGTERM, a Redis restart mid-job, and backend faults injected
 by :mod:`tests.faultproxy`.
 
@@ -55,7 +55,7 @@ def tiny_params(population: int = 2, budget: int = 24) -> Any:
 
 @dataclass
 class WorkerProc:
-    """One ``python -m workers`` child process."""
+    """One ``mrsa worker`` child process."""
 
     name: str
     proc: subprocess.Popen[bytes]
@@ -102,7 +102,8 @@ class Cluster:
         cmd = [
             sys.executable,
             "-m",
-            "workers",
+            "mrsa",
+            "worker",
             "--redis",
             self.redis_url,
             "--backend",
@@ -452,7 +453,7 @@ async def test_a_task_that_keeps_killing_workers_is_dead_lettered_and_fails_its_
 async def test_three_five_minute_candidates_on_two_workers(cluster: Cluster, redis_store: RedisStore) -> None:
     """Issue 9's "done when", at 1/60 of the time scale: a job of three candidates that each run
     "five minutes" (5 s on the simulator, i.e. five reclaim-idle periods of 1 s; the defaults are
-    60 s and 10 s heartbeats) on two ``python -m workers`` with four tasks each succeeds with one
+    60 s and 10 s heartbeats) on two ``mrsa worker`` with four tasks each succeeds with one
     backend request per candidate, and nothing is reclaimed."""
     from benchmarks.simulator.process import running_simulator
 

@@ -1,13 +1,46 @@
-"""``python -m workers``: the same as ``mrsa worker`` (see ``--help``)."""
+"""``python -m workers``: one worker, configured by the environment alone (``MRSA_*``; the
+variables are the fields of :class:`mrsa.settings.Settings`). ``mrsa worker`` is the same worker
+with flags on top of the environment; this entry point needs no part of the CLI."""
 
 from __future__ import annotations
 
-import typer
+import sys
 
-from mrsa.cli.worker_cmd import worker
+from pydantic import ValidationError
 
-app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
-app.command()(worker)
+from mrsa.backends.base import BackendError
+from mrsa.backends.embedded import EmbeddedUnavailable
+from mrsa.settings import WorkerSettings, describe_settings_error
+from workers.service import run
+
+USAGE = """usage: python -m workers
+
+Runs one mrsa worker configured by MRSA_* environment variables (MRSA_REDIS_URL is required).
+`mrsa worker --help` lists its settings with their variables; `mrsa worker` also takes them as flags.
+"""
+
+
+def main(argv: list[str]) -> int:
+    """The exit code: 0 after a clean stop, 2 for a bad setting or argument, 1 for a failure."""
+    if argv:
+        help_asked = argv in (["--help"], ["-h"])
+        print(USAGE if help_asked else f"python -m workers takes no arguments\n\n{USAGE}", file=sys.stderr)
+        return 0 if help_asked else 2
+    try:
+        settings = WorkerSettings()
+    except ValidationError as exc:
+        print(f"python -m workers: error: {describe_settings_error(exc)}", file=sys.stderr)
+        return 2
+    try:
+        run(settings)
+    except (BackendError, EmbeddedUnavailable) as exc:
+        print(f"python -m workers: error: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:  # e.g. the metrics port is taken
+        print(f"python -m workers: error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
 
 if __name__ == "__main__":
-    app(prog_name="python -m workers")
+    sys.exit(main(sys.argv[1:]))

@@ -1,7 +1,8 @@
 """The worker process: connect to Redis and the backend (waiting for both to come up), size the
 task loop to the backend's capacity, serve Prometheus metrics, and stop gracefully on a signal.
 
-``mrsa worker`` and ``python -m workers`` both end up in :func:`serve`.
+``mrsa worker`` (the environment with flags on top) and ``python -m workers`` (the environment
+alone) both build a :class:`~mrsa.settings.WorkerSettings` and hand it to :func:`run`.
 """
 
 from __future__ import annotations
@@ -14,44 +15,18 @@ import random
 import signal
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass, field
-from pathlib import Path
 
 from mrsa.backends.base import Backend, BackendError, BackendInfo
 from mrsa.backends.factory import open_backend
-from mrsa.backends.http import HttpOptions
 from mrsa.engine.runner import TaskRunner
 from mrsa.engine.service import JobService
-from mrsa.settings import get_settings
+from mrsa.settings import WorkerSettings
 from mrsa.store.base import Store, StoreUnavailable
 from mrsa.store.opening import open_store
 from mrsa.urls import redact
 from workers.loop import Worker, WorkerOptions, consumer_name
 
 log = logging.getLogger("mrsa.worker")
-
-
-@dataclass
-class WorkerConfig:
-    """Everything ``mrsa worker`` can be told (flags or ``MRSA_*``)."""
-
-    redis_url: str
-    backend_url: str | None = None
-    backend_kind: str = "auto"
-    model: str | None = None
-    tokenizer: Path | None = None  # Triton: the served model's tokenizer
-    concurrency: int | None = None
-    consumer: str | None = None
-    reclaim_idle_s: float = 60.0
-    heartbeat_s: float = 10.0
-    shutdown_grace_s: float = 30.0
-    backend_hold_s: float = 600.0
-    metrics_port: int = 0
-    metrics_host: str = "0.0.0.0"
-    prefix: str = "mrsa"
-    max_deliveries: int = 5
-    retention_s: int = 7 * 86400
-    http: HttpOptions = field(default_factory=HttpOptions)
 
 
 def configure_logging(consumer: str, level: int = logging.INFO) -> None:
@@ -71,22 +46,15 @@ async def _wait(stop: asyncio.Event, seconds: float) -> None:
         await asyncio.wait_for(stop.wait(), seconds)
 
 
-def connect_redis(config: WorkerConfig, stop: asyncio.Event) -> AbstractAsyncContextManager[Store]:
+def connect_redis(settings: WorkerSettings, stop: asyncio.Event) -> AbstractAsyncContextManager[Store]:
     """The store, retrying with backoff until Redis answers; raises StoreUnavailable if ``stop``
     is set first."""
-    settings = get_settings().model_copy(
-        update={
-            "redis_prefix": config.prefix,
-            "max_deliveries": config.max_deliveries,
-            "retention_s": config.retention_s,
-        }
-    )
-    return open_store(config.redis_url, settings, wait_s=math.inf, stop=stop)
+    return open_store(settings.redis_url, settings, wait_s=math.inf, stop=stop)
 
 
 @contextlib.asynccontextmanager
 async def connect_backend(
-    config: WorkerConfig, stop: asyncio.Event
+    settings: WorkerSettings, stop: asyncio.Event
 ) -> AsyncIterator[tuple[Backend, BackendInfo] | None]:
     """The backend (the embedded model when no URL is set), retrying while the server is not up
     yet (a vLLM server takes minutes to load); yields ``None`` if stopped first."""
@@ -97,11 +65,12 @@ async def connect_backend(
             try:
                 backend = await stack.enter_async_context(
                     open_backend(
-                        config.backend_url,
-                        config.backend_kind,
-                        model=config.model,
-                        options=config.http,
-                        tokenizer=config.tokenizer,
+                        settings.backend_url,
+                        settings.backend_kind,
+                        model=settings.model,
+                        options=settings.http_options(),
+                        tokenizer=settings.tokenizer,
+                        priority=settings.backend_priority,
                     )
                 )
                 info = await backend.info()
@@ -128,11 +97,24 @@ def start_metrics_server(port: int, host: str) -> None:
         log.info("metrics on http://%s:%d/metrics", host, port)
 
 
-async def serve(config: WorkerConfig, stop: asyncio.Event | None = None) -> Worker | None:
+def run(settings: WorkerSettings, verbose: bool = False) -> None:
+    """The worker process: log as its consumer, serve until a signal (``mrsa worker`` and
+    ``python -m workers``). Raises what :func:`serve` raises (a backend that refuses for good, a
+    metrics port that is taken)."""
+    configure_logging(_consumer(settings), logging.DEBUG if verbose else logging.INFO)
+    asyncio.run(serve(settings))
+
+
+def _consumer(settings: WorkerSettings) -> str:
+    """The worker's consumer name in the task queue's group: the configured one or hostname-pid."""
+    return settings.worker_consumer or consumer_name()
+
+
+async def serve(settings: WorkerSettings, stop: asyncio.Event | None = None) -> Worker | None:
     """Run one worker until ``stop`` is set or SIGTERM/SIGINT arrives; returns the worker (for its
     counters) or ``None`` when stopped before it could start."""
     stop = stop or asyncio.Event()
-    consumer = config.consumer or consumer_name()
+    consumer = _consumer(settings)
     loop = asyncio.get_running_loop()
     worker: Worker | None = None
 
@@ -148,31 +130,31 @@ async def serve(config: WorkerConfig, stop: asyncio.Event | None = None) -> Work
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal, sig)
     try:
-        start_metrics_server(config.metrics_port, config.metrics_host)
+        start_metrics_server(settings.worker_metrics_port, settings.worker_metrics_host)
         async with contextlib.AsyncExitStack() as stack:
             try:
-                store = await stack.enter_async_context(connect_redis(config, stop))
+                store = await stack.enter_async_context(connect_redis(settings, stop))
             except StoreUnavailable:
                 if stop.is_set():
                     return None
                 raise
-            async with connect_backend(config, stop) as connected:
+            async with connect_backend(settings, stop) as connected:
                 if connected is None:
                     return None
                 backend, info = connected
-                capacity = config.concurrency or info.capacity
+                capacity = settings.backend_concurrency or info.capacity
                 options = WorkerOptions(
                     capacity=capacity,
-                    reclaim_idle_ms=int(config.reclaim_idle_s * 1000),
-                    heartbeat_s=config.heartbeat_s,
-                    shutdown_grace_s=config.shutdown_grace_s,
-                    backend_hold_s=config.backend_hold_s,
+                    reclaim_idle_ms=int(settings.worker_reclaim_idle_s * 1000),
+                    heartbeat_s=settings.worker_heartbeat_s,
+                    shutdown_grace_s=settings.worker_shutdown_grace_s,
+                    backend_hold_s=settings.worker_backend_hold_s,
                 )
                 worker = Worker(TaskRunner(JobService(store), backend), store, options, consumer=consumer)
                 log.info(
                     "worker %s ready: redis %s, backend %s (%s, model %s), %d task(s) at a time",
                     consumer,
-                    redact(config.redis_url),
+                    redact(settings.redis_url or ""),  # set: WorkerSettings requires it
                     info.url,
                     info.kind,
                     info.model,

@@ -267,6 +267,7 @@ class Stats:
     last_finish: float | None = None
     max_waiting: int = 0
     http_requests: dict[str, int] = field(default_factory=dict)  # per endpoint
+    priorities: dict[str, int] = field(default_factory=dict)  # generation requests per priority sent
 
     def as_dict(self, config: SimConfig) -> dict[str, object]:
         window = (
@@ -289,6 +290,7 @@ class Stats:
             "work_at_full_batch_s": work_s,
             "max_waiting": self.max_waiting,
             "http_requests": dict(self.http_requests),
+            "priorities": dict(self.priorities),
             "max_num_seqs": config.max_num_seqs,
             "step_s_batch_1": config.step_s(1),
             "step_s_full": config.step_s(config.max_num_seqs),

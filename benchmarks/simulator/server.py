@@ -110,6 +110,9 @@ def create_app(config: SimConfig) -> FastAPI:
         priority = body.get("priority", 0) or 0
         if priority and not config.enable_priority:
             return _error(400, f"Got priority {priority} but Priority scheduling is not enabled.")
+        seen = scheduler().stats.priorities  # what clients sent ("none": no field), for their tests
+        key = str(body["priority"]) if "priority" in body else "none"
+        seen[key] = seen.get(key, 0) + 1
         if body.get("stream"):
             return _error(400, "the simulator does not stream")
         n = int(body.get("n") or 1)

@@ -54,9 +54,11 @@ async def make_backend(
     context_length: int | None = None,
     tokenizer: Path | None = None,
     wire: Wire | None = None,
+    priority: bool = False,
 ) -> Backend:
     """A backend client for ``url`` (its root, with or without ``/v1``); ``kind='auto'`` probes
-    the server first."""
+    the server first. ``priority``: send each request's priority (vLLM, started with
+    ``--scheduling-policy priority``; other servers are sent none)."""
     if kind not in BACKEND_KINDS:
         raise ValueError(f"backend kind: unknown {kind!r}; choose one of {', '.join(BACKEND_KINDS)}")
     url = backend_base_url(url)
@@ -80,6 +82,7 @@ async def make_backend(
         options=options,
         context_length=context_length,
         wire=wire,
+        enable_priority=priority,
     )
 
 
@@ -92,6 +95,7 @@ async def open_backend(
     options: HttpOptions | None = None,
     trace_dir: Path | None = None,
     tokenizer: Path | None = None,
+    priority: bool = False,
 ) -> AsyncIterator[Backend]:
     """A ready backend for the duration of the block: ``url`` if given, else the embedded model
     (started here, stopped on exit — also on errors and Ctrl-C)."""
@@ -109,7 +113,9 @@ async def open_backend(
                 context_length=CONTEXT_LENGTH,
             )
         else:
-            backend = await make_backend(url, kind, model=model, options=options, tokenizer=tokenizer)
+            backend = await make_backend(
+                url, kind, model=model, options=options, tokenizer=tokenizer, priority=priority
+            )
         if trace_dir is not None:
             backend = TracingBackend(backend, trace_dir)
         try:

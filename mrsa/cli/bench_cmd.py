@@ -17,7 +17,7 @@ from rich.table import Table
 
 from mrsa.backends.base import BackendError
 from mrsa.backends.embedded import EmbeddedUnavailable
-from mrsa.cli.common import EXIT_USAGE, err_console, fail, out_console, print_json
+from mrsa.cli.common import EXIT_USAGE, err_console, fail, out_console, print_json, settings_from_flags
 from mrsa.cli.options import (
     BackendKindOpt,
     BackendOpt,
@@ -26,12 +26,10 @@ from mrsa.cli.options import (
     RetriesOpt,
     TimeoutOpt,
     TokenizerOpt,
-    check_backend_kind,
-    http_options,
 )
 from mrsa.engine.limits import ContextBudgetError
 from mrsa.params import PRESETS
-from mrsa.settings import get_settings
+from mrsa.settings import Settings
 from mrsa.store.base import StoreUnavailable
 
 if TYPE_CHECKING:
@@ -178,9 +176,20 @@ def bench(
     from evals.sweep import SweepStats, plan_units
 
     logging.getLogger("math_verify").setLevel(logging.ERROR)  # its signal timeouts are off on purpose
-    settings = get_settings()
-    backend_url = backend or settings.backend_url
-    kind = check_backend_kind(backend_kind or settings.backend_kind)
+    settings = settings_from_flags(
+        Settings,
+        {
+            "backend_url": backend,
+            "backend_kind": backend_kind,
+            "model": model,
+            "tokenizer": tokenizer,
+            "redis_url": redis,
+            "backend_timeout_s": timeout,
+            "backend_retries": retries,
+            "backend_concurrency": concurrency,
+        },
+    )
+    backend_url, kind = settings.backend_url, settings.backend_kind
     for name, value in (("concurrency", concurrency), ("jobs", jobs), ("limit", limit)):
         if value is not None and value < 1:
             fail(f"{name}: must be ≥ 1", EXIT_USAGE)
@@ -197,16 +206,14 @@ def bench(
         configs = build_configs(preset or ["smoke" if backend_url is None else "zaya1"], grid)
     except ConfigError as exc:
         fail(str(exc), EXIT_USAGE)
-    options = http_options(timeout, retries, concurrency, settings)  # unset: the server's capacity
+    options = settings.http_options()  # concurrency unset: the server's capacity
 
     run = RunDir(out)
     if out.exists() and not out.is_dir():
         fail(f"out: {out} is a file", EXIT_USAGE)
     if out.is_dir() and any(out.iterdir()) and not run.exists():
         fail(f"out: {out} is not empty and holds no manifest.json (not a run folder)", EXIT_USAGE)
-    plan = plan_manifest(
-        configs, datasets, seed_list, limit, grade_timeout, get_settings().equivalence_max_chars
-    )
+    plan = plan_manifest(configs, datasets, seed_list, limit, grade_timeout, settings.equivalence_max_chars)
     if run.exists():
         try:
             merge(run.load_manifest(), plan)  # fail before starting any server
@@ -221,11 +228,11 @@ def bench(
     session = SessionOptions(
         backend_url=backend_url,
         backend_kind=kind,
-        model=model or settings.model,
-        tokenizer=tokenizer or settings.tokenizer,
+        model=settings.model,
+        tokenizer=settings.tokenizer,
         http=options,
         trace_dir=trace,
-        redis_url=redis or settings.redis_url,
+        redis_url=settings.redis_url,
         concurrency=concurrency,
         jobs=jobs,
         grade_timeout_s=grade_timeout,

@@ -1,8 +1,10 @@
-"""Command-line flags shared by several commands, and the backend connection settings they build.
+"""Command-line flags shared by several commands.
 
 One definition per flag keeps names, defaults and help texts from drifting apart between ``solve``,
-``submit``, ``bench``, ``serve`` and ``worker``; the Markovian RSA flags are not written here at all
-but derived from :class:`~mrsa.params.RSAParams`' fields (:func:`rsa_flags`). Help texts name environment variables in
+``submit``, ``bench``, ``serve`` and ``worker``. The Markovian RSA flags are not written here at
+all but derived from :class:`~mrsa.params.RSAParams`' fields (:func:`rsa_flags`); the backend flags
+that set a :class:`~mrsa.settings.Settings` field spell their flag, so a command may name its
+parameter after the field (see :func:`mrsa.cli.common.settings_from_flags`). Help texts name environment variables in
 parentheses: typer renders help as rich markup, where ``[env …]`` would be taken for a style tag
 and vanish.
 """
@@ -19,14 +21,11 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar, cast
 
 import typer
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
 from mrsa.backends.factory import BACKEND_KINDS
-from mrsa.backends.http import HttpOptions
-from mrsa.cli.common import EXIT_USAGE, fail
-from mrsa.params import describe_validation_error, knobs, nest_overrides
-from mrsa.settings import Settings
+from mrsa.params import knobs, nest_overrides
 
 R = TypeVar("R")
 KEYWORD_ONLY = Parameter.KEYWORD_ONLY
@@ -103,43 +102,20 @@ TokenizerOpt = Annotated[
         "the bundled model's is found by its name."
     ),
 ]
-ConcurrencyOpt = Annotated[int | None, typer.Option(help="Requests in flight (default: server capacity).")]
-TimeoutOpt = Annotated[float | None, typer.Option(help="Backend read timeout, seconds.")]
-RetriesOpt = Annotated[int | None, typer.Option(help="Backend retries on 429/5xx/timeouts.")]
+ConcurrencyOpt = Annotated[
+    int | None, typer.Option("--concurrency", help="Requests in flight (default: server capacity).")
+]
+TimeoutOpt = Annotated[float | None, typer.Option("--timeout", help="Backend read timeout, seconds.")]
+RetriesOpt = Annotated[int | None, typer.Option("--retries", help="Backend retries on 429/5xx/timeouts.")]
+PriorityOpt = Annotated[
+    bool | None,
+    typer.Option(
+        "--priority",
+        help="Send each request's priority, later rounds first (env MRSA_BACKEND_PRIORITY): vLLM only, "
+        "started with --scheduling-policy priority (it rejects prioritised requests otherwise).",
+    ),
+]
 RedisOpt = Annotated[
     str | None, typer.Option("--redis", help="Redis URL of the job store and queue (env MRSA_REDIS_URL).")
 ]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")]
-
-
-def check_backend_kind(kind: str) -> str:
-    """``kind`` if it names a backend type; otherwise exit 2 naming the choices."""
-    if kind not in BACKEND_KINDS:
-        fail(f"backend-kind: unknown {kind!r}; choose one of {', '.join(BACKEND_KINDS)}", EXIT_USAGE)
-    return kind
-
-
-def http_options(
-    timeout: float | None, retries: int | None, concurrency: int | None, settings: Settings
-) -> HttpOptions:
-    """Backend connection settings from the flags, falling back to ``settings`` (``MRSA_*``).
-
-    ``concurrency`` stays unset (out of ``model_fields_set``) unless the flag or
-    ``MRSA_BACKEND_CONCURRENCY`` gives one, so the backend client sizes it to the server's own
-    capacity (:func:`mrsa.backends.http.with_default_concurrency`). Bad values exit 2.
-    """
-    if concurrency is not None and concurrency < 1:
-        fail("concurrency: must be ≥ 1", EXIT_USAGE)
-    chosen = concurrency or settings.backend_concurrency
-    try:
-        return HttpOptions(
-            timeout_s=timeout or settings.backend_timeout_s,
-            max_retries=settings.backend_retries if retries is None else retries,
-            deadline_s=settings.backend_deadline_s,
-            min_tokens_per_s=settings.backend_min_tokens_per_s,
-            retry_after_cap_s=settings.backend_retry_after_cap_s,
-            max_body_bytes=settings.backend_max_body_bytes,
-            **({"concurrency": chosen} if chosen else {}),
-        )
-    except ValidationError as exc:
-        fail(describe_validation_error(exc), EXIT_USAGE)

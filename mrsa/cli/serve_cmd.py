@@ -8,9 +8,9 @@ from typing import Annotated
 
 import typer
 
-from mrsa.cli.common import EXIT_USAGE, fail
-from mrsa.cli.options import BackendKindOpt, RedisOpt, check_backend_kind
-from mrsa.settings import get_settings
+from mrsa.cli.common import EXIT_USAGE, fail, settings_from_flags
+from mrsa.cli.options import BackendKindOpt, RedisOpt
+from mrsa.settings import Settings
 
 log = logging.getLogger("mrsa.api")
 
@@ -44,10 +44,11 @@ def check_auth(host: str, keys: list[str], allow_no_auth: bool) -> None:
 
 
 def serve(
+    ctx: typer.Context,
     host: Annotated[str, typer.Option(help="Interface to bind (0.0.0.0 in a container).")] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=0, max=65535, help="Port to listen on.")] = 8000,
-    redis: RedisOpt = None,
-    backend: Annotated[
+    redis_url: RedisOpt = None,
+    backend_url: Annotated[
         str | None,
         typer.Option(
             "--backend",
@@ -56,9 +57,10 @@ def serve(
         ),
     ] = None,
     backend_kind: BackendKindOpt = None,
-    context_length: Annotated[
+    backend_context_length: Annotated[
         int | None,
         typer.Option(
+            "--context-length",
             min=1,
             help="The backend's context in tokens when the server does not report it "
             "(env MRSA_BACKEND_CONTEXT_LENGTH; vLLM and `mrsa backend` report theirs).",
@@ -68,21 +70,28 @@ def serve(
         str | None,
         typer.Option(help="Comma-separated bearer API keys (env MRSA_API_KEYS); empty = no auth."),
     ] = None,
-    max_active_jobs: Annotated[
-        int | None, typer.Option(min=1, help="Queued + running jobs per key (env MRSA_API_MAX_ACTIVE_JOBS).")
-    ] = None,
-    max_problem_bytes: Annotated[
+    api_max_active_jobs: Annotated[
         int | None,
-        typer.Option(min=1, help="Largest problem accepted, bytes (env MRSA_API_MAX_PROBLEM_BYTES)."),
+        typer.Option(
+            "--max-active-jobs", min=1, help="Queued + running jobs per key (env MRSA_API_MAX_ACTIVE_JOBS)."
+        ),
+    ] = None,
+    api_max_problem_bytes: Annotated[
+        int | None,
+        typer.Option(
+            "--max-problem-bytes",
+            min=1,
+            help="Largest problem accepted, bytes (env MRSA_API_MAX_PROBLEM_BYTES).",
+        ),
     ] = None,
     allow_no_auth: Annotated[
-        bool,
+        bool | None,
         typer.Option(
             "--allow-no-auth",
             help="Listen on a non-loopback --host without API keys (env MRSA_ALLOW_NO_AUTH): anyone "
             "who can reach the port may submit jobs and read every job.",
         ),
-    ] = False,
+    ] = None,
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
 ) -> None:
     """Serve the REST API (OpenAPI docs at /docs) until Ctrl-C or SIGTERM."""
@@ -90,24 +99,14 @@ def serve(
 
     from mrsa.api.app import create_app
 
-    updates = {
-        "redis_url": redis,
-        "backend_url": backend,
-        "backend_kind": backend_kind,
-        "backend_context_length": context_length,
-        "api_keys": api_keys,
-        "api_max_active_jobs": max_active_jobs,
-        "api_max_problem_bytes": max_problem_bytes,
-    }
-    settings = get_settings().model_copy(update={k: v for k, v in updates.items() if v is not None})
+    settings = settings_from_flags(Settings, ctx.params, ctx)
     if not settings.redis_url:
         fail("redis: the API needs Redis: pass --redis URL or set MRSA_REDIS_URL", EXIT_USAGE)
-    check_backend_kind(settings.backend_kind)
     level = log_level.upper()
     if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         fail(f"log-level: unknown {log_level!r}; choose debug, info, warning or error", EXIT_USAGE)
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    check_auth(host, settings.api_key_list(), allow_no_auth or settings.allow_no_auth)
+    check_auth(host, settings.api_key_list(), settings.allow_no_auth)
     app = create_app(settings)
     # uvicorn reports a failed startup (e.g. Redis unreachable after the retry window) and exits 3.
     uvicorn.run(app, host=host, port=port, log_level=log_level.lower(), proxy_headers=True)

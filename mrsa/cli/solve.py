@@ -18,26 +18,25 @@ from mrsa.backends.base import BackendError
 from mrsa.backends.embedded import EmbeddedUnavailable
 from mrsa.backends.factory import open_backend
 from mrsa.backends.http import HttpOptions
-from mrsa.cli.common import EXIT_USAGE, err_console, fail, out_console, print_json
+from mrsa.cli.common import EXIT_USAGE, err_console, fail, out_console, print_json, settings_from_flags
 from mrsa.cli.options import (
     BackendKindOpt,
     BackendOpt,
     ConcurrencyOpt,
     FileOpt,
+    PriorityOpt,
     ProblemArg,
     QuietOpt,
     RetriesOpt,
     TimeoutOpt,
     TokenizerOpt,
-    check_backend_kind,
-    http_options,
     rsa_flags,
 )
 from mrsa.domain import Event, JobResult, JobSpec, JobStatus
 from mrsa.engine.limits import ContextBudgetError, check_context
 from mrsa.engine.prompts import UnknownPromptSetError, check_prompt_set
 from mrsa.params import PRESETS, RSAParams, UnknownPresetError, describe_validation_error, resolve_params
-from mrsa.settings import get_settings
+from mrsa.settings import Settings, get_settings
 from mrsa.store.base import StoreUnavailable
 from mrsa.store.opening import open_store
 
@@ -162,6 +161,7 @@ async def _solve(
     tokenizer: Path | None,
     show_progress: bool,
     redis_url: str | None = None,
+    priority: bool = False,
 ) -> JobResult:
     from workers.inprocess import InProcessRunner
 
@@ -176,6 +176,7 @@ async def _solve(
                 options=options,
                 trace_dir=trace_dir,
                 tokenizer=tokenizer,
+                priority=priority,
             )
         )
         info = await backend.info()
@@ -208,19 +209,21 @@ async def _solve(
 
 @rsa_flags(RSAParams)
 def solve(
+    ctx: typer.Context,
     problem: ProblemArg = None,
     file: FileOpt = None,
     preset: Annotated[str | None, typer.Option(help=PRESET_HELP)] = None,
     *,
     overrides: dict[str, Any],
-    backend: BackendOpt = None,
+    backend_url: BackendOpt = None,
     backend_kind: BackendKindOpt = None,
     model: Annotated[
         str | None, typer.Option(help="Model id (env MRSA_MODEL); default: the server's first.")
     ] = None,
-    concurrency: ConcurrencyOpt = None,
-    timeout: TimeoutOpt = None,
-    retries: RetriesOpt = None,
+    backend_concurrency: ConcurrencyOpt = None,
+    backend_timeout_s: TimeoutOpt = None,
+    backend_retries: RetriesOpt = None,
+    backend_priority: PriorityOpt = None,
     json_out: Annotated[
         bool, typer.Option("--json", help="Print one JSON object (the result) on stdout.")
     ] = False,
@@ -229,7 +232,7 @@ def solve(
     ] = None,
     quiet: QuietOpt = False,
     tokenizer: TokenizerOpt = None,
-    redis: Annotated[
+    redis_url: Annotated[
         str | None,
         typer.Option(
             "--redis",
@@ -239,25 +242,23 @@ def solve(
     ] = None,
 ) -> None:
     """Solve one problem with Markovian RSA and print the answer with per-round stats."""
-    settings = get_settings()
-    backend_url = backend or settings.backend_url
+    settings = settings_from_flags(Settings, ctx.params, ctx)  # the backend flags, over MRSA_*
     text = read_problem(problem, file)
-    params = build_params(preset, backend_url is None, overrides)
-    kind = check_backend_kind(backend_kind or settings.backend_kind)
-    options = http_options(timeout, retries, concurrency, settings)
-    spec = JobSpec(problem=text, params=params, model=model or settings.model)
+    params = build_params(preset, settings.backend_url is None, overrides)
+    spec = JobSpec(problem=text, params=params, model=settings.model)
     try:
         result = asyncio.run(
             _solve(
                 spec,
-                backend_url,
-                kind,
-                options,
-                concurrency,
+                settings.backend_url,
+                settings.backend_kind,
+                settings.http_options(),
+                settings.backend_concurrency,
                 trace,
-                tokenizer or settings.tokenizer,
+                settings.tokenizer,
                 show_progress=not (quiet or json_out),
-                redis_url=redis or settings.redis_url,
+                redis_url=settings.redis_url,
+                priority=settings.backend_priority,
             )
         )
     except KeyboardInterrupt:
