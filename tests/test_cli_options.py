@@ -21,10 +21,11 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
+import evals.session
 import workers.service
 from mrsa.backends.base import BackendError
 from mrsa.backends.http import HttpOptions, with_default_concurrency
-from mrsa.cli import app, bench_cmd
+from mrsa.cli import app
 from mrsa.cli.common import settings_from_flags
 from mrsa.settings import Settings, WorkerSettings, get_settings
 from workers.__main__ import main as python_m_workers
@@ -57,14 +58,18 @@ def served(monkeypatch: pytest.MonkeyPatch) -> list[WorkerSettings]:
     return seen
 
 
-def capture_options(monkeypatch: pytest.MonkeyPatch, module: Any, name: str) -> list[HttpOptions]:
-    """Replace ``module.name`` (the command's async run) with one that records its ``options`` and
-    fails like an unreachable backend, so the command stops right after building them."""
+def capture_options(
+    monkeypatch: pytest.MonkeyPatch, module: Any, name: str, pick: Callable[[Any], HttpOptions] = lambda o: o
+) -> list[HttpOptions]:
+    """Replace ``module.name`` (the command's async run) with one that records its ``options``
+    argument (or ``pick`` of its ``session``) and fails like an unreachable backend, so the command
+    stops right after building them."""
     real: Callable[..., Coroutine[Any, Any, Any]] = getattr(module, name)
     seen: list[HttpOptions] = []
 
     async def fake(*args: Any, **kwargs: Any) -> Any:
-        seen.append(inspect.signature(real).bind(*args, **kwargs).arguments["options"])
+        arguments = inspect.signature(real).bind(*args, **kwargs).arguments
+        seen.append(pick(arguments["options"] if "options" in arguments else arguments["session"]))
         raise BackendError("stopped by the test")
 
     monkeypatch.setattr(module, name, fake)
@@ -116,7 +121,7 @@ def test_http_options_leave_concurrency_to_the_server_unless_given(monkeypatch: 
 def test_bench_leaves_concurrency_to_the_server_by_default(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    seen = capture_options(monkeypatch, bench_cmd, "_bench")
+    seen = capture_options(monkeypatch, evals.session, "run_session", lambda session: session.http)
     result = CliRunner().invoke(app, bench(tmp_path, "--quiet"))
     assert result.exit_code == 1 and "stopped by the test" in result.output, result.output
     [options] = seen
@@ -127,7 +132,7 @@ def test_bench_leaves_concurrency_to_the_server_by_default(
 def test_bench_concurrency_from_the_flag_or_the_environment(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    seen = capture_options(monkeypatch, bench_cmd, "_bench")
+    seen = capture_options(monkeypatch, evals.session, "run_session", lambda session: session.http)
     assert CliRunner().invoke(app, bench(tmp_path / "flag", "--quiet", "--concurrency", "3")).exit_code == 1
     monkeypatch.setenv("MRSA_BACKEND_CONCURRENCY", "5")
     get_settings.cache_clear()
