@@ -6,19 +6,15 @@ stopped and started again on the same port."""
 from __future__ import annotations
 
 import asyncio
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 
-from benchmarks.simulator.process import ROOT
+from benchmarks.simulator.process import SimulatorProcess
 from mrsa.backends.http import HttpOptions
 from mrsa.backends.openai import OpenAICompatibleBackend
-from mrsa.backends.server_process import free_port
 from mrsa.domain import JobSpec, JobStatus
 from mrsa.params import RSAParams
 from workers.inprocess import InProcessRunner
@@ -30,46 +26,10 @@ FLAGS = ["--max-num-seqs=4", "--step-base-ms=0.2", "--median-tokens=40", "--max-
 CLIENT = HttpOptions(max_retries=2, backoff_s=0.05, backoff_cap_s=0.1, connect_timeout_s=2.0)
 
 
-class Simulator:
-    """``python -m benchmarks.simulator`` on a fixed loopback port, stoppable and restartable."""
-
-    def __init__(self, log: Path) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = log
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self, timeout_s: float = 60.0) -> None:
-        cmd = [sys.executable, "-m", "benchmarks.simulator", "--port", str(self.port), *FLAGS]
-        with self.log.open("ab") as out:
-            self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + timeout_s
-        while True:
-            try:
-                if httpx.get(f"{self.url}/health", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                tail = self.log.read_text(errors="replace")[-2000:]
-                raise RuntimeError(f"the simulator did not start (exit code {self.proc.poll()}):\n{tail}")
-            time.sleep(0.1)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
-        self.proc = None
-
-
 @pytest.fixture
-def simulator(tmp_path: Path) -> Iterator[Simulator]:
-    sim = Simulator(tmp_path / "simulator.log")
-    sim.start()
+def simulator(tmp_path: Path) -> Iterator[SimulatorProcess]:
+    sim = SimulatorProcess(FLAGS, tmp_path / "simulator.log")
+    sim.start(timeout_s=60.0)
     try:
         yield sim
     finally:
@@ -94,7 +54,7 @@ def options(hold_s: float) -> WorkerOptions:
 
 
 async def test_a_backend_restart_longer_than_the_retry_window_costs_time_not_the_job(
-    simulator: Simulator,
+    simulator: SimulatorProcess,
 ) -> None:
     backend = OpenAICompatibleBackend(simulator.url, dialect="vllm", options=CLIENT)
     try:
@@ -120,7 +80,9 @@ async def test_a_backend_restart_longer_than_the_retry_window_costs_time_not_the
         await backend.aclose()
 
 
-async def test_a_backend_out_for_longer_than_the_hold_fails_the_job_saying_so(simulator: Simulator) -> None:
+async def test_a_backend_out_for_longer_than_the_hold_fails_the_job_saying_so(
+    simulator: SimulatorProcess,
+) -> None:
     backend = OpenAICompatibleBackend(simulator.url, dialect="vllm", options=CLIENT)
     try:
         await backend.info()
