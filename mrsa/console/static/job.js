@@ -28,6 +28,7 @@ export class JobPage {
 
   close() {
     this.abort.abort();
+    if (this.lineage) this.lineage.close();
     clearInterval(this.ticker);
     clearTimeout(this.refreshTimer);
   }
