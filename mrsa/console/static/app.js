@@ -63,6 +63,7 @@ function parse(hash) {
 }
 
 function route() {
+  if (!location.hash) history.replaceState(null, "", "#/jobs"); // the default page, addressable
   const target = parse(location.hash);
   for (const link of document.querySelectorAll("[data-nav]")) {
     link.classList.toggle("active", link.dataset.nav === (target.name === "job" ? "jobs" : target.name));

@@ -197,7 +197,6 @@ export class JobPage {
         parents: event.parents || (this.lineage.get(event.round, event.index) || {}).parents || [],
       });
       this.markDirty(event.round);
-      if (this.target.candidate && this.target.candidate.round === event.round - 1) this.update(this.target);
     } else if (event.type === "round") {
       this.markDirty(event.round - 1);
     } else if (event.type === "status" && event.status) {
