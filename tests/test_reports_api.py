@@ -51,6 +51,8 @@ def reports_dir(tmp_path: Path) -> Path:
     run = make_run(root, "sweep-a")
     make_run(root, "sweep-b", report=False)
     (root / "not-a-run").mkdir()  # no manifest.json: not listed
+    (root / "broken").mkdir()
+    (root / "broken" / "manifest.json").write_text("{", encoding="utf-8")  # listed, with the reason
     (run / "nested").mkdir()
     (run / "nested" / "x.md").write_text("nested", encoding="utf-8")
     os.symlink(outside / "secret.txt", run / "leak.txt")  # a link out of the folder
@@ -82,7 +84,8 @@ async def test_listing_shows_the_run_folders_only(api: httpx.AsyncClient) -> Non
     body = r.json()
     assert body["configured"] is True
     by_name = {rep["name"]: rep for rep in body["reports"]}
-    assert set(by_name) == {"sweep-a", "sweep-b"}  # no folder without a manifest, no link
+    assert set(by_name) == {"sweep-a", "sweep-b", "broken"}  # no folder without a manifest, no link
+    assert by_name["broken"]["error"].startswith("manifest.json: ") and by_name["broken"]["configs"] == []
     assert by_name["sweep-a"]["has_report"] and not by_name["sweep-b"]["has_report"]
     assert by_name["sweep-a"]["model"] == "tiny-model" and by_name["sweep-a"]["configs"] == ["smoke"]
 
