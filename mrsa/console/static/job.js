@@ -245,7 +245,7 @@ export class JobPage {
     clear(box).append(
       h("h4", {}, round === this.selectRound ? "final call" : `round ${round}`, h("span", { class: "muted" }, ` ${stored}/${total}`)),
       stored ? voteBars(summary.votes, stored) : h("p", { class: "muted" }, "waiting"),
-      summary.truncated ? h("p", { class: "muted small" }, `${summary.truncated} truncated`) : null,
+      h("p", { class: "muted small" }, summary.truncated ? `${summary.truncated} truncated` : ""),
     );
     if (!this.result) this.renderFinal();
   }
