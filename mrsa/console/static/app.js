@@ -43,6 +43,7 @@ dialog.addEventListener("cancel", (event) => event.preventDefault()); // Esc: th
 document.getElementById("key-forget").addEventListener("click", () => {
   forgetKey();
   showKeyState();
+  if (current) current.page.close(); // reload the page: its next data call asks for a key
   current = null;
   route();
 });
