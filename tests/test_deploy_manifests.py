@@ -34,8 +34,11 @@ from pydantic import ValidationError
 
 from mrsa.backends.server_process import free_port
 from mrsa.settings import Settings, WorkerSettings, env_name
-from mrsa.store.redis import GROUP, task_stream
+from mrsa.store.opening import open_store
+from mrsa.store.redis import GROUP, RedisStore, task_stream
 from tests.deploy_tools import ensure_checkov, ensure_npm_models
+from tests.plugins.redis_server import RedisServer
+from tests.store_contract import make_job, tasks_of
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
@@ -131,17 +134,25 @@ def containers(m: Manifest) -> list[dict[str, Any]]:
 
 
 def test_every_manifest_is_part_of_a_kustomization() -> None:
-    """Each kustomization's resources and components exist, and no manifest file is left out."""
+    """Each kustomization's resources and components exist and are what kustomize accepts there
+    (a file inside the kustomization's folder, a Kustomization folder as a resource, a Component
+    folder as a component), and no manifest file is left out."""
     referenced: set[Path] = set()
     for kustomization in kustomizations():
         spec = yaml.safe_load(kustomization.read_text())
-        for entry in spec.get("resources", []) + spec.get("components", []):
-            target = (kustomization.parent / entry).resolve()
-            assert target.exists(), f"{kustomization.relative_to(ROOT)}: {entry} does not exist"
-            if target.is_dir():
-                assert (target / "kustomization.yaml").is_file(), f"{target} has no kustomization.yaml"
-            else:
-                referenced.add(target)
+        where = kustomization.relative_to(ROOT)
+        for field, kind in (("resources", "Kustomization"), ("components", "Component")):
+            for entry in spec.get(field, []):
+                target = (kustomization.parent / entry).resolve()
+                assert target.exists(), f"{where}: {entry} does not exist"
+                if target.is_dir():
+                    inner = yaml.safe_load((target / "kustomization.yaml").read_text())
+                    assert inner["kind"] == kind, f"{where}: {field} entry {entry} is a {inner['kind']}"
+                else:
+                    # kustomize's default load restriction: files from the kustomization's own tree.
+                    assert field == "resources", f"{where}: component {entry} is not a folder"
+                    assert kustomization.parent.resolve() in target.parents, f"{where}: {entry} is outside"
+                    referenced.add(target)
     missing = [str(p.relative_to(ROOT)) for p in manifest_files() if p.resolve() not in referenced]
     assert not missing, f"manifests no kustomization applies: {missing}"
 
@@ -337,6 +348,7 @@ def test_keda_scales_the_workers_on_mrsa_task_stream() -> None:
     prefix = base_config().get(env_name("redis_prefix"), Settings.model_fields["redis_prefix"].default)
     deployments = {m.doc["metadata"]["name"] for m in of_kind("Deployment")}
     auths = {m.doc["metadata"]["name"] for m in of_kind("TriggerAuthentication")}
+    concurrency = int(base_config()[env_name("backend_concurrency")])
     for m in scaled:
         spec = m.doc["spec"]
         assert spec["scaleTargetRef"]["name"] == "mrsa-worker" in deployments
@@ -349,7 +361,7 @@ def test_keda_scales_the_workers_on_mrsa_task_stream() -> None:
             assert meta["stream"] == task_stream(prefix), m.id
             assert meta["consumerGroup"] == GROUP, m.id
             # Stream length = tasks queued or in flight; one worker runs this many at once.
-            assert int(meta["streamLength"]) >= 1, m.id
+            assert int(meta["streamLength"]) == concurrency, f"{m.id}: streamLength != tasks per worker"
             assert trigger["authenticationRef"]["name"] in auths, m.id
 
 
@@ -437,3 +449,27 @@ def test_redis_starts_with_the_statefulsets_command_line(tmp_path: Path) -> None
     finally:
         server.terminate()
         server.wait(timeout=10)
+
+
+@pytest.mark.redis
+async def test_the_stream_length_keda_reads_counts_queued_and_running_tasks(
+    redis_server: RedisServer,
+) -> None:
+    """Why the ScaledObject uses streamLength, on mrsa's real Redis store: the task stream's
+    length is the tasks queued plus those in flight (an ack deletes its entry), while the group's
+    lag counts only the queued ones, so it would read 0, and let the HPA remove busy workers, as
+    soon as the workers have taken everything."""
+    async with open_store(redis_server.url, Settings()) as store:
+        assert isinstance(store, RedisStore)
+        await store.create_job(make_job("j1"), tasks_of("j1", n=5))
+        taken = await store.take("w1", count=2, block_ms=100)
+        await store.ack(taken[0])
+        stream = task_stream(Settings().redis_prefix)
+        assert await store.client.xlen(stream) == 3 + 1
+        (group,) = await store.client.xinfo_groups(stream)
+        assert group["name"] == GROUP
+        assert group["lag"] == 3
+        rest = await store.take("w1", count=3, block_ms=100)
+        assert len(rest) == 3
+        (group,) = await store.client.xinfo_groups(stream)
+        assert group["lag"] == 0 and await store.client.xlen(stream) == 4
