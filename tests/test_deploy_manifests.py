@@ -328,7 +328,8 @@ def test_worker_termination_grace_covers_its_drain() -> None:
 
 
 def test_probes_hit_the_ports_that_serve_them() -> None:
-    """The worker's probes go to MRSA_WORKER_METRICS_PORT; every named probe port exists."""
+    """The worker's probes go to its health endpoints on MRSA_WORKER_METRICS_PORT; every named
+    probe port exists."""
     metrics_port = int(base_config()[env_name("worker_metrics_port")])
     for m in of_kind("Deployment") + of_kind("StatefulSet"):
         for c in containers(m):
@@ -338,8 +339,10 @@ def test_probes_hit_the_ports_that_serve_them() -> None:
                 if get and isinstance(get["port"], str):
                     assert get["port"] in ports, f"{m.id}: {probe} port {get['port']} is not a container port"
             if m.doc["metadata"]["name"] == "mrsa-worker":
-                assert ports[c["livenessProbe"]["httpGet"]["port"]] == metrics_port
-                assert ports[c["readinessProbe"]["httpGet"]["port"]] == metrics_port
+                # workers/health.py: /healthz = the event loop turns, /readyz = taking tasks.
+                for probe, path in (("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")):
+                    assert ports[c[probe]["httpGet"]["port"]] == metrics_port
+                    assert c[probe]["httpGet"]["path"] == path
 
 
 def test_keda_scales_the_workers_on_mrsa_task_stream() -> None:
