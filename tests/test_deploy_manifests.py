@@ -157,6 +157,27 @@ def test_every_manifest_is_part_of_a_kustomization() -> None:
     assert not missing, f"manifests no kustomization applies: {missing}"
 
 
+def test_merged_config_maps_exist_in_what_the_example_builds_on() -> None:
+    """An example's `behavior: merge` generator must find a generator of that name in the
+    kustomizations it includes (kustomize fails otherwise; the literals' names and values are
+    checked as mrsa settings below)."""
+    for kustomization in kustomizations():
+        spec = yaml.safe_load(kustomization.read_text())
+        merged = [g for g in spec.get("configMapGenerator", []) if g.get("behavior") == "merge"]
+        if not merged:
+            continue
+        included = [
+            yaml.safe_load((kustomization.parent / entry / "kustomization.yaml").read_text())
+            for entry in spec.get("resources", [])
+            if (kustomization.parent / entry).is_dir()
+        ]
+        names = {g["name"] for inner in included for g in inner.get("configMapGenerator", [])}
+        for generator in merged:
+            assert generator["name"] in names, (
+                f"{kustomization.relative_to(ROOT)}: merges {generator['name']}"
+            )
+
+
 def test_every_manifest_names_its_namespace() -> None:
     """Nothing lands in `default` by accident (a kustomization's `namespace:` covers only its own)."""
     for m in MANIFESTS:
