@@ -14,7 +14,7 @@ else
 LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF
 endif
 
-.PHONY: setup demo test lint typecheck redis-server bundled-envs clean
+.PHONY: setup demo test lint typecheck redis-server bundled-envs deploy-validators clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -47,7 +47,17 @@ bundled-envs: setup
 	$(BIN)/python -m mrsa.backends.bundled_triton
 	$(BIN)/python -m mrsa.backends.bundled_vllm
 
-test: setup redis-server lint typecheck bundled-envs
+# The validators of deploy/ (tests/test_deploy_manifests.py), built once under the same cache:
+# checkov in a private env (its pins clash with mrsa's) and the npm @kubernetes-models CRD
+# validators (Node.js from Debian when it is missing). Reruns find them and take a second.
+deploy-validators: setup
+	@command -v node >/dev/null && command -v npm >/dev/null || { \
+	  echo "installing nodejs and npm (Debian packages)"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq nodejs npm >/dev/null; }
+	$(BIN)/python -m tests.deploy_tools
+
+test: setup redis-server lint typecheck bundled-envs deploy-validators
 	$(BIN)/python -m pytest -q
 
 clean:

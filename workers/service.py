@@ -15,6 +15,7 @@ import random
 import signal
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager
+from http.server import ThreadingHTTPServer
 
 from mrsa.backends.base import Backend, BackendError, BackendInfo
 from mrsa.backends.factory import open_backend
@@ -24,6 +25,7 @@ from mrsa.settings import WorkerSettings
 from mrsa.store.base import Store, StoreUnavailable
 from mrsa.store.opening import open_store
 from mrsa.urls import redact
+from workers.health import WorkerHealth, start_health_server
 from workers.loop import Worker, WorkerOptions, consumer_name
 
 log = logging.getLogger("mrsa.worker")
@@ -88,13 +90,14 @@ async def connect_backend(
     yield None
 
 
-def start_metrics_server(port: int, host: str) -> None:
-    """prometheus_client's own HTTP server (a daemon thread); it ends with the process."""
-    if port:
-        from prometheus_client import start_http_server
-
-        start_http_server(port, addr=host)
-        log.info("metrics on http://%s:%d/metrics", host, port)
+def start_metrics_server(port: int, host: str, health: WorkerHealth) -> ThreadingHTTPServer | None:
+    """The metrics and probe endpoints (:mod:`workers.health`, a daemon thread) when ``port`` is
+    set; raises OSError when it is taken."""
+    if not port:
+        return None
+    server = start_health_server(port, host, health)
+    log.info("metrics on http://%s:%d/metrics (probes: /healthz, /readyz)", host, port)
+    return server
 
 
 def run(settings: WorkerSettings, verbose: bool = False) -> None:
@@ -117,6 +120,8 @@ async def serve(settings: WorkerSettings, stop: asyncio.Event | None = None) -> 
     consumer = _consumer(settings)
     loop = asyncio.get_running_loop()
     worker: Worker | None = None
+    # A loop silent for the reclaim timeout has lost its tasks to other workers already.
+    health = WorkerHealth(stall_s=settings.worker_reclaim_idle_s)
 
     def on_signal(signum: int) -> None:
         if stop.is_set():
@@ -125,12 +130,17 @@ async def serve(settings: WorkerSettings, stop: asyncio.Event | None = None) -> 
                 worker.force_stop()
             return
         log.info("%s: no new tasks; finishing in-flight ones", signal.Signals(signum).name)
+        health.state = "draining"
         stop.set()
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal, sig)
+    beating = asyncio.create_task(health.keep_beating())
+    metrics_server: ThreadingHTTPServer | None = None
     try:
-        start_metrics_server(settings.worker_metrics_port, settings.worker_metrics_host)
+        metrics_server = start_metrics_server(
+            settings.worker_metrics_port, settings.worker_metrics_host, health
+        )
         async with contextlib.AsyncExitStack() as stack:
             try:
                 store = await stack.enter_async_context(connect_redis(settings, stop))
@@ -160,7 +170,10 @@ async def serve(settings: WorkerSettings, stop: asyncio.Event | None = None) -> 
                     info.model,
                     capacity,
                 )
+                if not stop.is_set():
+                    health.state = "ready"
                 await worker.run(stop)
+                health.state = "draining"
                 with contextlib.suppress(StoreUnavailable):
                     await store.forget_consumer(consumer)
                 log.info(
@@ -174,3 +187,7 @@ async def serve(settings: WorkerSettings, stop: asyncio.Event | None = None) -> 
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
+        beating.cancel()
+        if metrics_server is not None:
+            metrics_server.shutdown()
+            metrics_server.server_close()

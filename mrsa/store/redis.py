@@ -109,6 +109,11 @@ _PENDING_SCAN = 10_000
 _StreamReply = list[tuple[str, list[tuple[str, dict[str, str]]]]]
 
 
+def task_stream(prefix: str) -> str:
+    """The name of the task stream under a key prefix (also what a KEDA trigger reads)."""
+    return f"{prefix}:tasks"
+
+
 def _now() -> str:
     return repr(time.time())
 
@@ -125,7 +130,7 @@ class _Redis:
         self.events_client = events  # event reads (blocking XREAD); ``client`` when not separate
         self.url = redact(url)
         self.p = prefix
-        self.tasks = f"{prefix}:tasks"
+        self.tasks = task_stream(prefix)
         self.dead = f"{prefix}:dead"
         self.jobs = f"{prefix}:jobs"
         s = client.register_script
