@@ -21,6 +21,7 @@ from mrsa.api.metrics import RequestMetrics, StoreGauges
 from mrsa.api.routes_jobs import router as jobs_router
 from mrsa.api.routes_openai import router as openai_router
 from mrsa.api.routes_ops import router as ops_router
+from mrsa.prices import load_optional
 from mrsa.settings import Settings, get_settings
 from mrsa.store.opening import open_store
 
@@ -53,6 +54,7 @@ def config_from(settings: Settings) -> ApiConfig:
         max_active_jobs=settings.api_max_active_jobs,
         max_streams_per_key=settings.api_max_streams_per_key,
         max_streams=settings.api_max_streams,
+        prices=load_optional(settings.prices_file),
     )
 
 

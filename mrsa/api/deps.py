@@ -20,6 +20,7 @@ from mrsa.backends.base import Backend, BackendError
 from mrsa.backends.factory import make_backend
 from mrsa.backends.http import HttpOptions
 from mrsa.engine.service import JobService
+from mrsa.prices import PriceTable
 from mrsa.store.base import Store
 
 log = logging.getLogger("mrsa.api")
@@ -49,6 +50,8 @@ class ApiConfig:
     max_streams_per_key: int = 64
     max_streams: int = 1_000
     metrics_cache_s: float = 5.0
+    # Prices results are shown with (``MRSA_PRICES_FILE``); None: results carry no cost.
+    prices: PriceTable | None = None
 
     @property
     def max_body_bytes(self) -> int:

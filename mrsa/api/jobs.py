@@ -25,6 +25,7 @@ from mrsa.engine.limits import ContextBudgetError, check_context
 from mrsa.engine.prompts import UnknownPromptSetError, check_prompt_set
 from mrsa.engine.service import new_job_id
 from mrsa.params import RSAParams, UnknownPresetError, resolve_params
+from mrsa.prices import priced
 from mrsa.store.base import ActiveLimitReached
 
 log = logging.getLogger("mrsa.api")
@@ -195,14 +196,15 @@ async def view(deps: ApiDeps, job: Job, *, with_progress: bool = False) -> JobVi
 
 
 async def result_of(deps: ApiDeps, job: Job) -> JobResult:
-    """The result of a terminal job (:meth:`~mrsa.engine.service.JobService.result`); 409 for one still running."""
+    """The result of a terminal job (:meth:`~mrsa.engine.service.JobService.result`), priced when the
+    API has a price table; 409 for one still running."""
     if not job.status.terminal:
         raise ApiError(
             409,
             f"job {job.id} is {job.status.value} (round {job.round}/{job.spec.params.rounds}); "
             "its result is not ready: follow its events or retry later",
         )
-    return await deps.jobs.result(job)
+    return priced(await deps.jobs.result(job), deps.config.prices)
 
 
 async def cancel(deps: ApiDeps, job: Job, reason: str = CANCEL_REASON) -> Job:

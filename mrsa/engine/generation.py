@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from mrsa.backends.base import Backend, GenerationRequest, Message
+from mrsa.backends.base import Backend, GenerationRequest, GenerationResult, Message
 from mrsa.domain import Candidate, ChunkCheckpoint, FinishReason, Job, Task, Usage
 from mrsa.engine import prompts
 from mrsa.engine.answers import extract_answer
@@ -20,6 +20,16 @@ NO_TAIL = Tail(text="", tokens=0, source_tokens=0)
 
 class MissingParentsError(RuntimeError):
     """A task names parents whose candidates are not stored (a broken round invariant)."""
+
+
+def usage_of(result: GenerationResult) -> Usage:
+    """The usage of one backend request."""
+    return Usage(
+        decode_tokens=result.completion_tokens,
+        prompt_tokens=result.prompt_tokens,
+        cached_prompt_tokens=result.cached_prompt_tokens,
+        requests=1,
+    )
 
 
 def build_prompt(params: RSAParams, problem: str, parents: Sequence[Candidate]) -> str:
@@ -114,9 +124,7 @@ async def _generate_chunked(
             ids = ids + last.token_ids
         else:
             ids = None  # some chunk came without ids: fall back to tokenizing the text
-        usage = usage + Usage(
-            decode_tokens=last.completion_tokens, prompt_tokens=last.prompt_tokens, requests=1
-        )
+        usage = usage + usage_of(last)
         chunks += 1
         finish = last.finish_reason
         await store.save_checkpoint(
@@ -148,7 +156,7 @@ async def generate_candidate(
         user = [Message(role="user", content=prompt)]
         result = (await backend.generate(_request(job, task, user, params.budget, priority=priority)))[0]
         trace, ids, finish, chunks = result.trace, result.token_ids, result.finish_reason, 1
-        usage = Usage(decode_tokens=result.completion_tokens, prompt_tokens=result.prompt_tokens, requests=1)
+        usage = usage_of(result)
         reasoning, content = result.reasoning, result.content
     else:
         trace, ids, usage, finish, chunks = await _generate_chunked(
