@@ -22,6 +22,7 @@ from mrsa.api.proxy_fields import PROXY_FIELDS, ProxyFieldConflict
 from mrsa.backends.factory import make_backend
 from mrsa.engine.prompts import aggregation_prompt, conversation_problem, round0_prompt
 from mrsa.params import RSAParams, resolve_params
+from mrsa.prices import Price, PriceTable
 from mrsa.store.redis import RedisStore
 from tests.test_api import H1, client_for, make_app, redis_store, served, sse_events
 from workers.inprocess import InProcessRunner
@@ -271,7 +272,8 @@ async def test_passthrough_without_a_backend_is_400(redis_store: RedisStore) -> 
 
 @pytest.mark.timeout(90)
 async def test_the_proxy_readme_curl_works_unchanged(redis_store: RedisStore, simulator: str) -> None:
-    app, deps = make_app(redis_store)
+    prices = PriceTable(models={"*": Price(prompt=1.0, cached_prompt=0.5, decode=4.0)})
+    app, deps = make_app(redis_store, prices=prices)
     deps.backend = BackendHandle(simulator)
     backend = await make_backend(simulator, "vllm")
     try:
@@ -281,6 +283,8 @@ async def test_the_proxy_readme_curl_works_unchanged(redis_store: RedisStore, si
             InProcessRunner(backend, redis_store, capacity=8),
         ):
             r = await api.post("/v1/chat/completions", json=PROXY_README_CURL, headers=H1)
+            job_id = r.json()["mrsa"]["job_id"]
+            result = (await api.get(f"/v1/jobs/{job_id}/result", headers=H1)).json()
     finally:
         await backend.aclose()
         await deps.backend.aclose()
@@ -296,3 +300,9 @@ async def test_the_proxy_readme_curl_works_unchanged(redis_store: RedisStore, si
     job = await redis_store.get_job(answer["mrsa"]["job_id"])
     assert job is not None and job.spec.problem == USER[0]["content"]
     assert answer["usage"]["completion_tokens"] > 0
+    # Cost: the price table of the API prices the result; the chat's usage reports cached tokens.
+    usage = result["usage"]
+    assert answer["usage"]["prompt_tokens_details"]["cached_tokens"] == usage["cached_prompt_tokens"] > 0
+    expected = (usage["prompt_tokens"] - usage["cached_prompt_tokens"]) + 0.5 * usage["cached_prompt_tokens"]
+    expected = (expected + 4.0 * usage["decode_tokens"]) / 1e6
+    assert result["cost"]["total"] == pytest.approx(expected) == answer["mrsa"]["cost"]["total"]

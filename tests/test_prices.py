@@ -156,3 +156,36 @@ def test_solve_shows_cached_tokens_and_cost(tmp_path: Path) -> None:
     assert (
         refused.returncode == 2 and "models.m.prompt" in refused.stderr and "Traceback" not in refused.stderr
     )
+
+
+def test_report_costs_per_job_and_per_sweep(tmp_path: Path) -> None:
+    from evals.report import compute, render_markdown
+    from tests.test_report import synthetic_run
+
+    run = synthetic_run(tmp_path / "run")
+    records = list(run.records.load().values())
+    table = PriceTable(currency="EUR", models={"synthetic-model": Price(prompt=1.0, decode=2.0)})
+    data = compute(run, None, table)
+    costs = data.costs
+    assert costs.priced and len(costs.jobs) == len({r.unit for r in records})  # every job, finished or not
+    decode = sum(r.decode_tokens for r in records)
+    prompt = sum(r.prompt_tokens for r in records)
+    assert costs.sweep.usage.decode_tokens == decode and costs.sweep.usage.prompt_tokens == prompt
+    assert costs.sweep.cost is not None
+    assert costs.sweep.cost.total == pytest.approx((prompt * 1.0 + decode * 2.0) / 1e6)
+    assert sum(j.cost.total for j in costs.jobs if j.cost) == pytest.approx(costs.sweep.cost.total)
+    assert sum(g.jobs for g in costs.groups) == len(costs.jobs)
+    markdown = render_markdown(data)
+    assert "## Tokens and cost" in markdown and f"{costs.sweep.cost.total:.4f} EUR" in markdown
+    assert "No price table" in render_markdown(compute(run, None))
+
+    prices = tmp_path / "prices.json"
+    prices.write_text(json.dumps({"currency": "EUR", "models": {"*": {"prompt": 1, "decode": 2}}}))
+    proc = subprocess.run(
+        [sys.executable, "-m", "mrsa", "report", str(run.path), "--json", "--prices", str(prices)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["costs"]["sweep"]["cost"]["total"] == pytest.approx(costs.sweep.cost.total)
