@@ -296,6 +296,7 @@ async def test_the_proxy_readme_curl_works_unchanged(redis_store: RedisStore, si
     history = metadata["rsa_token_count_history"]
     assert len(history) == 2 and all(tokens > 0 for tokens in history)  # one mean per stage
     prompt = answer["aggregation_prompt"]
+    assert metadata["rsa_final_aggregation_prompt"] == prompt
     assert prompt[0]["role"] == "user" and prompt[0]["content"].startswith(USER[0]["content"])
     job = await redis_store.get_job(answer["mrsa"]["job_id"])
     assert job is not None and job.spec.problem == USER[0]["content"]
@@ -306,3 +307,29 @@ async def test_the_proxy_readme_curl_works_unchanged(redis_store: RedisStore, si
     expected = (usage["prompt_tokens"] - usage["cached_prompt_tokens"]) + 0.5 * usage["cached_prompt_tokens"]
     expected = (expected + 4.0 * usage["decode_tokens"]) / 1e6
     assert result["cost"]["total"] == pytest.approx(expected) == answer["mrsa"]["cost"]["total"]
+
+
+@pytest.mark.embedded
+@pytest.mark.timeout(120)
+async def test_passthrough_to_the_embedded_llama_cpp_server(
+    redis_store: RedisStore, embedded_url: str
+) -> None:
+    """The embedded model's own server answers a plain chat request through mrsa, streamed or not."""
+    app, deps = make_app(redis_store)
+    deps.backend = BackendHandle(embedded_url)
+    plain = {"model": "m", "messages": [{"role": "user", "content": "Say hi."}], "max_tokens": 8, "seed": 1}
+    async with served(app) as url, httpx.AsyncClient(base_url=url, timeout=60) as api:
+        r = await api.post("/v1/chat/completions", json=plain, headers=H1)
+        assert r.status_code == 200, r.text
+        assert r.headers[PASSTHROUGH_HEADER] == "no RSA fields"
+        body = r.json()
+        assert body["object"] == "chat.completion" and "mrsa" not in body
+        assert body["usage"]["completion_tokens"] <= 8
+        async with api.stream(
+            "POST", "/v1/chat/completions", json={**plain, "stream": True}, headers=H1
+        ) as s:
+            assert s.status_code == 200 and s.headers["content-type"].startswith("text/event-stream")
+            text = (await s.aread()).decode()
+    data = [d for _, _, d in sse_events(text)]
+    assert data[-1] == "[DONE]"
+    assert all(json.loads(d)["object"] == "chat.completion.chunk" for d in data[:-1])

@@ -187,7 +187,7 @@ def proxy_metadata(job: Job, result: JobResult) -> dict[str, Any]:
         "rsa_iterations": params.rounds,
         "rsa_n": params.population,
         "rsa_k": params.subset,
-        "rsa_summarize": getattr(params, "tail_mode", "truncate") == "summarize",
+        "rsa_summarize": params.tail_mode == "summarize",
         "rsa_tail_window": params.tail < params.budget,
         "tail_window_len": params.tail,
         "short_resp_len": params.budget,
@@ -271,6 +271,11 @@ class ChatRun:
         if job.status == JobStatus.succeeded:
             result = await jobs.result_of(self.deps, job)
             content = await self.content(job, result)
+            asked = self.body.response_flag
+            prompt = await self.aggregation_prompt(job) if asked("return_aggregation_prompt") else None
+            metadata = proxy_metadata(job, result) if asked("return_rsa_metadata") else None
+            if metadata is not None and prompt is not None:
+                metadata["rsa_final_aggregation_prompt"] = prompt  # as the proxy adds it
             usage = CompletionUsage(
                 prompt_tokens=result.usage.prompt_tokens,
                 completion_tokens=result.usage.decode_tokens,
@@ -294,12 +299,8 @@ class ChatRun:
                         ignored_fields=self.ignored,
                         cost=result.cost,
                     ),
-                    rsa_metadata=proxy_metadata(job, result)
-                    if self.body.response_flag("return_rsa_metadata")
-                    else None,
-                    aggregation_prompt=await self.aggregation_prompt(job)
-                    if self.body.response_flag("return_aggregation_prompt")
-                    else None,
+                    rsa_metadata=metadata,
+                    aggregation_prompt=prompt,
                 ),
                 None,
                 200,
