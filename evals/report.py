@@ -176,7 +176,13 @@ def baselines(manifest: Manifest, groups: list[GroupMetrics]) -> list[Baseline]:
         n, stages = p.population, p.stages
         rows: list[tuple[str, str, Estimate | None, float | None, str]] = [
             (f"Markovian RSA, round {last.round}", "pass@1", last.pass1, last.decode_tokens, g.config),
-            (f"Markovian RSA, round {last.round}", f"maj@{n}", last.maj, last.decode_tokens, g.config),
+            (
+                f"Markovian RSA, round {last.round}",
+                f"maj@{p.stage_population(p.rounds)}",
+                last.maj,
+                last.decode_tokens,
+                g.config,
+            ),
             ("single rollout (round 0)", "pass@1", first.pass1, first.decode_tokens / n, g.config),
             (
                 f"self-consistency over the {n} round-0 candidates",

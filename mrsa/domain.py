@@ -130,9 +130,17 @@ class Candidate(BaseModel):
     trace: str = Field("", description="Raw trace: reasoning + '</think>' + content when reasoning exists.")
     finish_reason: FinishReason = "stop"
     answer: str | None = None
-    usage: Usage = Field(default_factory=Usage)
+    usage: Usage = Field(
+        default_factory=Usage, description="Every call made for this candidate (its summary's included)."
+    )
+    summary_usage: Usage = Field(
+        default_factory=Usage,
+        description="The part of usage spent on its tail summary (tail_mode summarize).",
+    )
     chunks: int = 1
-    tail: str = Field("", description="The text carried to the next round.")
+    tail: str = Field(
+        "", description="The text carried to the next round (a summary with tail_mode summarize)."
+    )
     tail_tokens: int = Field(0, description="Length of the tail in model tokens.")
     source_tokens: int = Field(0, description="Length in model tokens of the text the tail was cut from.")
     finished_at: float = Field(default_factory=time.time)
@@ -162,6 +170,9 @@ class CandidateSummary(BaseModel):
 class RoundSummary(BaseModel):
     index: int
     usage: Usage
+    summary_usage: Usage = Field(
+        default_factory=Usage, description="The part of usage spent on tail summaries (tail_mode summarize)."
+    )
     truncated: int
     votes: list[Vote]
     candidates: list[CandidateSummary]

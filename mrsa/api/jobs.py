@@ -184,7 +184,12 @@ async def view(deps: ApiDeps, job: Job, *, with_progress: bool = False) -> JobVi
         else problem[:PROBLEM_PREVIEW_CHARS] + "…",
         model=job.spec.model,
         params=params,
-        progress=JobProgress(round=job.round, rounds=params.rounds, population=params.population, done=done),
+        progress=JobProgress(
+            round=job.round,
+            rounds=params.rounds,
+            population=params.stage_population(job.round),
+            done=done,
+        ),
         answer=job.answer,
         error=job.error,
         created_at=job.created_at,

@@ -225,7 +225,8 @@ class ChatRun:
         params = self.job.spec.params
         async for _, event in follow(self.deps.store, self.job.id, block_ms=self.block_ms):
             if event.type == "candidate":
-                yield f"round {event.round}/{params.rounds}: {event.done}/{params.population} candidates"
+                size = params.stage_population(event.round or 0)
+                yield f"round {event.round}/{params.rounds}: {event.done}/{size} candidates"
             elif event.type == "round":
                 yield f"round {event.round}/{params.rounds} started"
 

@@ -106,7 +106,7 @@ class Progress:
         table = Table.grid(padding=(0, 2))
         table.add_row(
             f"[bold]round[/] {self.round}/{self.params.rounds}",
-            f"[bold]candidates[/] {self.done}/{self.params.population}",
+            f"[bold]candidates[/] {self.done}/{self.params.stage_population(self.round)}",
             f"[bold]tokens/s[/] {self.decode / elapsed:.1f}",
             f"[bold]elapsed[/] {elapsed:.0f}s",
         )
@@ -206,7 +206,8 @@ async def _solve(
             def log_line(event: Event) -> None:
                 progress.on_event(event)
                 if event.type in ("round", "done") or (
-                    event.type == "candidate" and progress.done == spec.params.population
+                    event.type == "candidate"
+                    and progress.done == spec.params.stage_population(progress.round)
                 ):
                     err_console.print(progress.render())
 

@@ -12,7 +12,7 @@ from functools import cache
 from pathlib import Path
 from string import Template
 
-_FILES = ("round0", "aggregate", "aggregate_single", "candidate", "continue")
+_FILES = ("round0", "aggregate", "aggregate_single", "candidate", "continue", "continue_head", "summarize")
 
 
 class UnknownPromptSetError(ValueError):
@@ -58,9 +58,19 @@ def aggregation_prompt(prompt_set: str, problem: str, tails: list[str]) -> str:
     return _template(prompt_set, name).substitute(problem=problem, k=len(tails), candidates=candidates)
 
 
-def continuation_prompt(prompt_set: str, prompt: str, carryover: str) -> str:
-    """A new-turn continuation, for servers that cannot continue an assistant prefill raw."""
-    return _template(prompt_set, "continue").substitute(prompt=prompt, carryover=carryover)
+def continuation_prompt(prompt_set: str, prompt: str, carryover: str, head: str = "") -> str:
+    """A new-turn continuation, for servers that cannot continue an assistant prefill raw: the
+    candidate's own ``carryover`` (its last tokens) and, when a Delethink ``head`` is kept apart from
+    it (the first tokens, with a gap between), that head before it."""
+    if not head:
+        return _template(prompt_set, "continue").substitute(prompt=prompt, carryover=carryover)
+    return _template(prompt_set, "continue_head").substitute(prompt=prompt, head=head, carryover=carryover)
+
+
+def summary_prompt(prompt_set: str, problem: str, work: str, budget: int) -> str:
+    """The request for a bounded summary of one candidate's ``work`` (tail_mode ``summarize``);
+    ``budget`` is the summary's limit in tokens, told to the model so it can plan for it."""
+    return _template(prompt_set, "summarize").substitute(problem=problem, work=work, budget=budget)
 
 
 ROLE_LABELS = {
