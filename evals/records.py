@@ -50,6 +50,7 @@ class CandidateRecord(BaseModel):
     finish_reason: FinishReason
     decode_tokens: int
     prompt_tokens: int
+    cached_prompt_tokens: int = 0
     requests: int = 1
     chunks: int = 1
     tail_tokens: int = 0
@@ -81,6 +82,7 @@ class CandidateRecord(BaseModel):
             finish_reason=cand.finish_reason,
             decode_tokens=cand.usage.decode_tokens,
             prompt_tokens=cand.usage.prompt_tokens,
+            cached_prompt_tokens=cand.usage.cached_prompt_tokens,
             requests=cand.usage.requests,
             chunks=cand.chunks,
             tail_tokens=cand.tail_tokens,
@@ -98,7 +100,10 @@ class CandidateRecord(BaseModel):
             finish_reason=self.finish_reason,
             answer=self.answer,
             usage=Usage(
-                decode_tokens=self.decode_tokens, prompt_tokens=self.prompt_tokens, requests=self.requests
+                decode_tokens=self.decode_tokens,
+                prompt_tokens=self.prompt_tokens,
+                cached_prompt_tokens=self.cached_prompt_tokens,
+                requests=self.requests,
             ),
             chunks=self.chunks,
             tail=self.tail,

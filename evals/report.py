@@ -12,12 +12,14 @@ from pathlib import Path
 from pydantic import BaseModel
 
 from evals import plots
+from evals.costs import SweepCosts, cost_lines, sweep_costs
 from evals.grading import REASONS, Grader
 from evals.metrics import BOOTSTRAP_RESAMPLES, Estimate, RoundMetrics, all_rounds, problem_grid
 from evals.records import UnitKey
 from evals.rundir import METRICS, REPORT, Manifest, RunDir
 from evals.scoring import score
 from mrsa.params import RSAParams
+from mrsa.prices import PriceTable
 
 
 class GroupMetrics(BaseModel):
@@ -93,10 +95,12 @@ class ReportData(BaseModel):
     total: int
     incomplete: list[UnitKey]
     records: int
+    costs: SweepCosts
 
 
-def compute(run: RunDir, grader: Grader | None) -> ReportData:
-    """Metrics of every (configuration, dataset) from the run folder (complete units only)."""
+def compute(run: RunDir, grader: Grader | None, prices: PriceTable | None = None) -> ReportData:
+    """Metrics of every (configuration, dataset) from the run folder (complete units only), and the
+    sweep's tokens and cost (every record)."""
     manifest = run.load_manifest()
     records = run.records.load()
     scored = score(manifest, records, grader)
@@ -131,6 +135,7 @@ def compute(run: RunDir, grader: Grader | None) -> ReportData:
         total=len(manifest.units()),
         incomplete=scored.incomplete,
         records=scored.records,
+        costs=sweep_costs(records.values(), manifest.model, prices),
     )
 
 
@@ -171,7 +176,13 @@ def baselines(manifest: Manifest, groups: list[GroupMetrics]) -> list[Baseline]:
         n, stages = p.population, p.stages
         rows: list[tuple[str, str, Estimate | None, float | None, str]] = [
             (f"Markovian RSA, round {last.round}", "pass@1", last.pass1, last.decode_tokens, g.config),
-            (f"Markovian RSA, round {last.round}", f"maj@{n}", last.maj, last.decode_tokens, g.config),
+            (
+                f"Markovian RSA, round {last.round}",
+                f"maj@{p.stage_population(p.rounds)}",
+                last.maj,
+                last.decode_tokens,
+                g.config,
+            ),
             ("single rollout (round 0)", "pass@1", first.pass1, first.decode_tokens / n, g.config),
             (
                 f"self-consistency over the {n} round-0 candidates",
@@ -334,6 +345,7 @@ def render_markdown(data: ReportData) -> str:
         lines.append(
             f"| {pub.source} | {pub.model} | {pub.benchmark} | {pub.configuration} | {pub.single} | {pub.rsa} | {cells} |"
         )
+    lines += cost_lines(data.costs)
     lines += [
         "",
         "## Plots",
@@ -376,9 +388,11 @@ def render_markdown(data: ReportData) -> str:
     return "\n".join(lines)
 
 
-def write_report(run: RunDir, grader: Grader | None) -> tuple[ReportData, list[Path]]:
+def write_report(
+    run: RunDir, grader: Grader | None, prices: PriceTable | None = None
+) -> tuple[ReportData, list[Path]]:
     """Compute and write ``report.md``, ``metrics.json`` and the two plots; return the paths."""
-    data = compute(run, grader)
+    data = compute(run, grader, prices)
     series: dict[str, dict[str, list[RoundMetrics]]] = {}
     grids: dict[str, dict[str, dict[str, list[float]]]] = {}
     for g in data.groups:

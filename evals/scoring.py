@@ -61,7 +61,7 @@ def score(manifest: Manifest, records: dict[RecordKey, CandidateRecord], grader:
     for unit in manifest.units():
         params = manifest.config(unit.config).params
         have = by_unit.get(unit, {})
-        grid = [[have.get((r, i)) for i in range(params.population)] for r in range(params.stages)]
+        grid = [[have.get((r, i)) for i in range(params.stage_population(r))] for r in range(params.stages)]
         if any(rec is None for row in grid for rec in row):
             incomplete.append(unit)
             continue

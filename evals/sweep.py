@@ -42,8 +42,8 @@ class Unit:
 
     @property
     def total(self) -> int:
-        """Candidates of a finished unit: N per generation stage."""
-        return self.config.params.population * self.config.params.stages
+        """Candidates of a finished unit: N per generation stage (final_population in the last)."""
+        return self.config.params.total_candidates
 
     def job_id(self, namespace: str) -> str:
         """Deterministic within a sweep session (``namespace``: run id and session number), so

@@ -36,13 +36,47 @@ class Usage(BaseModel):
 
     decode_tokens: int = 0
     prompt_tokens: int = 0
+    cached_prompt_tokens: int = Field(
+        0,
+        description="Of prompt_tokens, those the server served from its prefix cache (OpenAI's "
+        "usage.prompt_tokens_details.cached_tokens; 0 when the server does not report it).",
+    )
     requests: int = 0
 
     def __add__(self, other: Usage) -> Usage:
         return Usage(
             decode_tokens=self.decode_tokens + other.decode_tokens,
             prompt_tokens=self.prompt_tokens + other.prompt_tokens,
+            cached_prompt_tokens=self.cached_prompt_tokens + other.cached_prompt_tokens,
             requests=self.requests + other.requests,
+        )
+
+
+class Cost(BaseModel):
+    """Money spent on a job (or a sweep), by kind of token."""
+
+    currency: str
+    priced_as: str = Field(description='The price table entry used (a model id, or "*").')
+    prompt: float = Field(description="Prompt tokens not served from cache.")
+    cached_prompt: float = Field(description="Prompt tokens served from the prefix cache.")
+    decode: float
+    total: float
+
+    def __add__(self, other: Cost) -> Cost:
+        same = self.priced_as if self.priced_as == other.priced_as else "mixed"
+        return Cost(
+            currency=self.currency,
+            priced_as=same,
+            prompt=self.prompt + other.prompt,
+            cached_prompt=self.cached_prompt + other.cached_prompt,
+            decode=self.decode + other.decode,
+            total=self.total + other.total,
+        )
+
+    def line(self) -> str:
+        return (
+            f"{self.total:.4f} {self.currency} (prompt {self.prompt:.4f}, cached prompt "
+            f"{self.cached_prompt:.4f}, decode {self.decode:.4f}; prices of {self.priced_as})"
         )
 
 
@@ -97,9 +131,17 @@ class Candidate(BaseModel):
     trace: str = Field("", description="Raw trace: reasoning + '</think>' + content when reasoning exists.")
     finish_reason: FinishReason = "stop"
     answer: str | None = None
-    usage: Usage = Field(default_factory=Usage)
+    usage: Usage = Field(
+        default_factory=Usage, description="Every call made for this candidate (its summary's included)."
+    )
+    summary_usage: Usage = Field(
+        default_factory=Usage,
+        description="The part of usage spent on its tail summary (tail_mode summarize).",
+    )
     chunks: int = 1
-    tail: str = Field("", description="The text carried to the next round.")
+    tail: str = Field(
+        "", description="The text carried to the next round (a summary with tail_mode summarize)."
+    )
     tail_tokens: int = Field(0, description="Length of the tail in model tokens.")
     source_tokens: int = Field(0, description="Length in model tokens of the text the tail was cut from.")
     finished_at: float = Field(default_factory=time.time)
@@ -129,6 +171,9 @@ class CandidateSummary(BaseModel):
 class RoundSummary(BaseModel):
     index: int
     usage: Usage
+    summary_usage: Usage = Field(
+        default_factory=Usage, description="The part of usage spent on tail summaries (tail_mode summarize)."
+    )
     truncated: int
     votes: list[Vote]
     candidates: list[CandidateSummary]
@@ -162,6 +207,10 @@ class JobResult(BaseModel):
     )
     rounds: list[RoundSummary]
     elapsed_s: float = 0.0
+    cost: Cost | None = Field(
+        None,
+        description="Money spent, from the price table given (--prices / MRSA_PRICES_FILE); null without one.",
+    )
 
 
 class Job(BaseModel):

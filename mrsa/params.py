@@ -19,6 +19,7 @@ from pydantic.fields import FieldInfo
 
 TailSource = Literal["trace", "reasoning", "answer_or_tail"]
 Selection = Literal["majority", "aggregate", "population"]
+TailMode = Literal["truncate", "summarize"]
 
 # Upper limits: generous for real use, tight enough that a typo (an extra zero) is caught early.
 MAX_POPULATION = 512
@@ -66,16 +67,49 @@ class RSAParams(BaseModel):
         description="Tokens of its own output a chunked candidate continues from "
         "(default: min(512, chunk // 2)).",
     )
+    head: int = Field(
+        100,
+        ge=0,
+        le=MAX_BUDGET,
+        description="Delethink head: the first tokens of a chunked candidate's first chunk, kept in "
+        "every continuation before the last carryover tokens (0: carry-over only).",
+    )
     tail_source: TailSource = Field(
         "trace",
         description="What the tail is cut from: the raw trace, the reasoning only, or the answer when "
         "finished else the reasoning tail.",
+    )
+    tail_mode: TailMode = Field(
+        "truncate",
+        description="How the tail is made from that text: its last τ tokens (truncate), or a summary "
+        "the model writes in at most summary_budget tokens (summarize: one more call per candidate).",
+    )
+    summary_budget: int = Field(
+        4096, ge=1, le=MAX_BUDGET, description="Max decode tokens of one tail summary (tail_mode summarize)."
     )
     selection: Selection = Field("majority", description="How the final answer is chosen after round T.")
     aggregate_temperature: float = Field(
         0.6, ge=0.0, le=5.0, description="Temperature of the final aggregation call (selection 'aggregate')."
     )
     sampling: SamplingParams = Field(default_factory=SamplingParams)
+    final_population: int | None = Field(
+        None,
+        ge=1,
+        le=MAX_POPULATION,
+        description="N of the last generation stage (round T; round 0 when T=0); unset: population.",
+    )
+    final_budget: int | None = Field(
+        None, ge=1, le=MAX_BUDGET, description="β of the last generation stage; unset: budget."
+    )
+    final_temperature: float | None = Field(
+        None, ge=0.0, le=5.0, description="Temperature of the last generation stage; unset: temperature."
+    )
+    final_top_p: float | None = Field(
+        None, gt=0.0, le=1.0, description="Nucleus mass of the last generation stage; unset: top_p."
+    )
+    final_top_k: int | None = Field(
+        None, ge=-1, description="Top-k of the last generation stage (-1 disables it); unset: top_k."
+    )
     seed: int = Field(0, ge=0, le=2**63 - 1, description="Job seed: every random choice derives from it.")
     prompts: str = Field(
         "v1", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="Prompt template set (prompts/NAME)."
@@ -97,12 +131,55 @@ class RSAParams(BaseModel):
                 raise ValueError(f"carryover: {self.carryover} must be < chunk {self.chunk}")
             if self.chunk > self.budget:
                 raise ValueError(f"chunk: {self.chunk} must be ≤ budget β={self.budget}")
+        last = self.stage_population(self.rounds)
+        if self.selection == "aggregate" and self.subset > last:
+            raise ValueError(
+                f"final_population: N={last} of the last stage must be ≥ subset K={self.subset} "
+                "(selection 'aggregate' draws K of its tails)"
+            )
         return self
 
     @property
     def stages(self) -> int:
         """Generation stages: round 0 plus T aggregation rounds."""
         return self.rounds + 1
+
+    def is_last_stage(self, round_index: int) -> bool:
+        """Whether ``round_index`` is the last generation stage (round T)."""
+        return round_index == self.rounds
+
+    def stage_population(self, round_index: int) -> int:
+        """Candidates of round ``round_index``: ``final_population`` for the last stage when set."""
+        if self.is_last_stage(round_index) and self.final_population is not None:
+            return self.final_population
+        return self.population
+
+    def stage_budget(self, round_index: int) -> int:
+        """Decode budget of one candidate of round ``round_index`` (``final_budget`` for the last)."""
+        if self.is_last_stage(round_index) and self.final_budget is not None:
+            return self.final_budget
+        return self.budget
+
+    def stage_sampling(self, round_index: int) -> SamplingParams:
+        """Sampling of round ``round_index``: the last stage's ``final_*`` values over the population's."""
+        if not self.is_last_stage(round_index):
+            return self.sampling
+        final = {
+            "temperature": self.final_temperature,
+            "top_p": self.final_top_p,
+            "top_k": self.final_top_k,
+        }
+        return self.sampling.model_copy(update={k: v for k, v in final.items() if v is not None})
+
+    @property
+    def total_candidates(self) -> int:
+        """Candidates of all generation stages (the selection call not counted)."""
+        return sum(self.stage_population(r) for r in range(self.stages))
+
+    @property
+    def head_tokens(self) -> int:
+        """The Delethink head actually kept: at most the first chunk (0 when unchunked)."""
+        return min(self.head, self.chunk) if self.chunk is not None else 0
 
     @property
     def carryover_tokens(self) -> int:
@@ -111,8 +188,10 @@ class RSAParams(BaseModel):
 
     @property
     def request_tokens(self) -> int:
-        """The most decode tokens one request may hold in its context (chunk, else budget)."""
-        return self.chunk if self.chunk is not None else self.budget
+        """The most decode tokens one request may hold in its context (chunk, else the larger of the
+        stages' budgets)."""
+        most = max(self.budget, self.stage_budget(self.rounds))
+        return min(self.chunk, most) if self.chunk is not None else most
 
 
 def group_model(field: FieldInfo) -> type[BaseModel] | None:

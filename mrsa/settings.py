@@ -88,6 +88,11 @@ class Settings(BaseSettings):
         0, ge=0, le=65535, description="Worker Prometheus metrics port; 0 = off."
     )
     worker_metrics_host: str = Field("0.0.0.0", description="Interface the worker metrics server binds.")
+    prices_file: Path | None = Field(
+        None,
+        description="Price table (TOML or JSON; per million prompt, cached-prompt and decode tokens, by "
+        "model id) for the cost of a job (mrsa.prices).",
+    )
     api_keys: str = Field("", description="Comma-separated bearer API keys; empty disables auth.")
     api_url: str = Field("http://127.0.0.1:8000", description="Base URL of the mrsa API (client commands).")
     api_key: str | None = Field(None, description="API key used by the client commands.")

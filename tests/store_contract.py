@@ -452,6 +452,32 @@ class StoreContract:
         assert sorted(results) == [(2, 3)] + [(3, 3)] * 3  # one caller moves it
         assert [t.kind for t in await take_all(store)] == ["select"]
 
+    async def test_complete_rounds_counts_the_last_round_at_its_own_size(self, store: Store) -> None:
+        """final_population: round 2 (the last) completes with 2 candidates, rounds 0-1 need 3."""
+        await store.create_job(make_job("j1"), [])
+        select = [Task(job_id="j1", kind="select", round=3, index=0, parents=[0, 1])]
+        for r in (0, 1):
+            for i in range(2):
+                await store.save_candidate("j1", make_candidate(r, i))
+        assert await store.complete_rounds("j1", 3, 2, select, last_population=2) == (0, 0)
+        for r in (0, 1):
+            await store.save_candidate("j1", make_candidate(r, 2))
+        assert await store.complete_rounds("j1", 3, 2, select, last_population=2) == (0, 2)
+        await store.save_candidate("j1", make_candidate(2, 0))
+        assert await store.complete_rounds("j1", 3, 2, select, last_population=2) == (2, 2)
+        assert await take_all(store) == []
+        await store.save_candidate("j1", make_candidate(2, 1))
+        assert await store.complete_rounds("j1", 3, 2, select, last_population=2) == (2, 3)
+        assert [t.kind for t in await take_all(store)] == ["select"]
+        # A larger last stage waits for all of its candidates.
+        await store.create_job(make_job("j2"), [])
+        for i in range(3):
+            await store.save_candidate("j2", make_candidate(0, i))
+        assert await store.complete_rounds("j2", 3, 0, last_population=5) == (0, 0)
+        for i in range(3, 5):
+            await store.save_candidate("j2", make_candidate(0, i))
+        assert await store.complete_rounds("j2", 3, 0, last_population=5) == (0, 1)
+
     async def test_complete_rounds_leaves_a_terminal_job_alone(self, store: Store) -> None:
         await store.create_job(make_job("j1"), [])
         for i in range(3):

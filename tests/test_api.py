@@ -28,6 +28,7 @@ from mrsa.api.openai_schemas import ChatCompletionRequest
 from mrsa.backends.openai import OpenAICompatibleBackend
 from mrsa.backends.wire import MockWire, WireError, WireRequest, WireResponse
 from mrsa.domain import Event, JobSpec, JobStatus
+from mrsa.engine.prompts import conversation_problem
 from mrsa.engine.service import JobService
 from mrsa.params import RSAParams
 from mrsa.settings import Settings
@@ -418,7 +419,11 @@ async def test_openai_facade_with_the_sdk(
         assert completion.usage.prompt_tokens == result["usage"]["prompt_tokens"]
         job = await store.get_job(job_id)
         assert job is not None and job.spec.model == body["model"]  # the model id is passed through
-        assert job.spec.problem == body["messages"][-1]["content"]  # the last user message
+        # The whole conversation is the problem: the system prompt, then the user's question.
+        assert job.spec.problem == conversation_problem([(m["role"], m["content"]) for m in body["messages"]])
+        assert job.spec.problem.startswith("System: ") and job.spec.problem.endswith(
+            body["messages"][-1]["content"]
+        )
 
         # Streaming: chunks in OpenAI's schema, usage at the end, then [DONE].
         stream = await sdk.chat.completions.create(
@@ -510,10 +515,10 @@ async def test_openai_failed_job_is_502_without_retry(
 
 async def test_openai_validation(api: httpx.AsyncClient) -> None:
     cases: list[tuple[dict[str, Any], str]] = [
-        ({"model": "m", "messages": [{"role": "system", "content": "x"}]}, "messages"),
-        ({"model": "m", "messages": []}, "messages"),
-        ({"messages": [{"role": "user", "content": "x"}]}, "model"),
-        (chat_body(n=2), "n"),
+        ({"model": "m", "messages": [{"role": "system", "content": "x"}], "preset": "smoke"}, "messages"),
+        ({"model": "m", "messages": [], "preset": "smoke"}, "messages"),
+        ({"messages": [{"role": "user", "content": "x"}], "preset": "smoke"}, "model"),
+        (chat_body(n=0), "n"),  # n > 1 is passed through to the backend (tests/test_chat_proxy.py)
         (chat_body(subset=3), "subset"),
         (chat_body(preset="nope"), "preset"),
     ]

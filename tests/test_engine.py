@@ -565,12 +565,17 @@ def chunk_outputs(backend: FakeBackend, index: int) -> list[str]:
     return [c.results[0].content for c in calls]  # type: ignore[index]
 
 
+@pytest.mark.parametrize("head", [0, 3])
 @pytest.mark.parametrize("prefill", [True, False])
 @pytest.mark.parametrize("ids", [False, True])
-async def test_chunked_generation(prefill: bool, ids: bool) -> None:
+async def test_chunked_generation(prefill: bool, ids: bool, head: int) -> None:
+    """Each continuation holds the prompt, the first ``head`` tokens of chunk 0 and the last
+    ``carryover`` tokens so far, token by token (head 0: the carry-over alone, as before heads)."""
     budget, chunk, carry = 25, 10, 4
     backend = FakeBackend(endless, supports_prefill=prefill, return_token_ids=ids)
-    spec = make_spec(population=2, subset=1, rounds=0, budget=budget, tail=6, chunk=chunk, carryover=carry)
+    spec = make_spec(
+        population=2, subset=1, rounds=0, budget=budget, tail=6, chunk=chunk, carryover=carry, head=head
+    )
     result, store, _ = await run_job(backend, spec)
     tok = backend.tokenizer
     assert result.status == JobStatus.succeeded
@@ -587,17 +592,23 @@ async def test_chunked_generation(prefill: bool, ids: bool) -> None:
         assert cand.usage.decode_tokens == budget and cand.usage.requests == 3
         first = user_prompt(requests[0])
         assert first == cand.prompt and requests[0].prefill is None
+        head_ids = tok.encode(outputs[0])[:head]  # the first chunk's first tokens
+        assert len(head_ids) == head
         for c in (1, 2):
-            so_far = "".join(outputs[:c])
-            expected_carry = tok.decode(tok.encode(so_far)[-carry:])
-            assert expected_carry and len(tok.encode(expected_carry)) == carry
+            so_far = tok.encode("".join(outputs[:c]))
+            carry_ids = so_far[-carry:]
+            assert len(so_far) > head + carry  # a gap between head and carry-over
+            expected_carry = tok.decode(carry_ids)
             if prefill:
-                assert requests[c].prefill == expected_carry
+                assert requests[c].prefill == tok.decode(head_ids + carry_ids)
                 assert user_prompt(requests[c]) == first
             else:
                 assert requests[c].prefill is None
-                assert user_prompt(requests[c]) == prompts.continuation_prompt("v1", first, expected_carry)
+                expected = prompts.continuation_prompt("v1", first, expected_carry, head=tok.decode(head_ids))
+                assert user_prompt(requests[c]) == expected
                 assert user_prompt(requests[c]).startswith(PROBLEM + "\n\n")
+                if head == 0:  # the carry-over only: the continuation template of before heads
+                    assert expected == prompts.continuation_prompt("v1", first, expected_carry)
         # Checkpointed after each chunk, the last one being the whole candidate.
         cps = [cp for r, i, cp in store.checkpoints if (r, i) == (0, index)]
         assert [cp.chunks for cp in cps] == [1, 2, 3]
@@ -631,7 +642,7 @@ async def test_chunked_task_resumes_at_its_checkpoint_after_a_crash() -> None:
     store = queue = RecordingStore()
     backend = FakeBackend(endless, failures={2: BackendUnavailable("connection refused")})
     runner = TaskRunner(JobService(store), backend)
-    spec = make_spec(population=1, subset=1, rounds=0, budget=30, tail=6, chunk=10, carryover=3)
+    spec = make_spec(population=1, subset=1, rounds=0, budget=30, tail=6, chunk=10, carryover=3, head=2)
     job = await runner.jobs.submit(spec)
     (delivery,) = await queue.take("w", 1, block_ms=0)
 
@@ -648,9 +659,10 @@ async def test_chunked_task_resumes_at_its_checkpoint_after_a_crash() -> None:
     tok = backend.tokenizer
     resumed = backend.calls[2].request
     carry = tok.decode(tok.encode(first_chunk)[-3:])
+    head = tok.decode(tok.encode(first_chunk)[:2])
     assert resumed.prefill is None
     assert user_prompt(resumed) == prompts.continuation_prompt(
-        "v1", user_prompt(backend.calls[0].request), carry
+        "v1", user_prompt(backend.calls[0].request), carry, head=head
     )
     assert len(backend.requests_for(chunk=0)) == 1  # chunk 0 was not generated again
     (cand,) = await store.get_candidates(job.id, 0)

@@ -21,8 +21,18 @@ def test_wheel_ships_prompts_and_console_and_loads_them(tmp_path: Path) -> None:
     )
     [wheel] = list(out.glob("mrsa-*.whl"))
     names = zipfile.ZipFile(wheel).namelist()
-    for template in ("round0", "aggregate", "aggregate_single", "candidate", "continue"):
-        assert f"mrsa/_prompts/v1/{template}.txt" in names
+    templates = (
+        "round0",
+        "aggregate",
+        "aggregate_single",
+        "candidate",
+        "continue",
+        "continue_head",
+        "summarize",
+    )
+    for prompt_set in ("v1", "pacore"):
+        for template in templates:
+            assert f"mrsa/_prompts/{prompt_set}/{template}.txt" in names
     # the bundled Triton's model and tokenizer converter run from the installed package's files
     assert {"mrsa/backends/triton_model.py", "mrsa/backends/gguf_tokenizer.py"} <= set(names)
     # the web console's files, every one of them, served from the installed package

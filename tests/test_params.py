@@ -204,7 +204,18 @@ def test_smoke_preset_fits_smollm2_context() -> None:
 def test_worst_case_tokens_counts_chunk_and_carryover() -> None:
     spec = JobSpec(problem="q", params=resolve_params("zaya1", {"chunk": 8192, "carryover": 512}))
     worst = worst_case_tokens(300, 400, 50, spec)
-    assert worst == 400 + 4 * 4096 + 512 + 50 + 8192 + CHAT_TEMPLATE_MARGIN
+    head = 100  # the Delethink head every continuation keeps (default)
+    assert worst == 400 + 4 * 4096 + head + 512 + 50 + 8192 + CHAT_TEMPLATE_MARGIN
+    no_head = JobSpec(problem="q", params=spec.params.model_copy(update={"head": 0}))
+    assert worst_case_tokens(300, 400, 50, no_head) == worst - head
+    # The larger stage budget bounds a request; summaries bound the tails and their own request.
+    final = JobSpec(problem="q", params=resolve_params("zaya1", {"final_budget": 61440}))
+    assert worst_case_tokens(300, 400, 50, final) == 400 + 4 * 4096 + 61440 + CHAT_TEMPLATE_MARGIN
+    summarize = resolve_params("zaya1", {"tail_mode": "summarize", "summary_budget": 1000})
+    summary = JobSpec(problem="q", params=summarize)
+    assert worst_case_tokens(300, 400, 50, summary, 350) == 400 + 4 * 1000 + 40960 + CHAT_TEMPLATE_MARGIN
+    big = JobSpec(problem="q", params=summarize.model_copy(update={"summary_budget": 30000, "subset": 1}))
+    assert worst_case_tokens(300, 400, 50, big, 500) == 500 + 40960 + 30000 + CHAT_TEMPLATE_MARGIN
     # T = 0 without the aggregate selection: no aggregation prompt at all.
     spec0 = JobSpec(problem="q", params=resolve_params("zaya1", {"rounds": 0}))
     assert worst_case_tokens(300, 400, 50, spec0) == 300 + 40960 + CHAT_TEMPLATE_MARGIN

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -94,8 +95,8 @@ def create_app(config: SimConfig) -> FastAPI:
         calls[endpoint] = calls.get(endpoint, 0) + 1
 
     async def run(
-        prompt: str, body: dict[str, Any], problem_key: str
-    ) -> tuple[int, list[Output]] | JSONResponse:
+        prompt: str, body: dict[str, Any], problem_key: str, streams: bool = False
+    ) -> tuple[int, list[Output], int] | JSONResponse:
         ids = encode(prompt)
         max_tokens = body.get("max_tokens") or body.get("max_completion_tokens") or 16
         if not isinstance(max_tokens, int) or max_tokens < 1:
@@ -113,8 +114,8 @@ def create_app(config: SimConfig) -> FastAPI:
         seen = scheduler().stats.priorities  # what clients sent ("none": no field), for their tests
         key = str(body["priority"]) if "priority" in body else "none"
         seen[key] = seen.get(key, 0) + 1
-        if body.get("stream"):
-            return _error(400, "the simulator does not stream")
+        if body.get("stream") and not streams:
+            return _error(400, "the simulator streams chat completions only")
         n = int(body.get("n") or 1)
         seed = body.get("seed")
         outputs = [
@@ -127,15 +128,42 @@ def create_app(config: SimConfig) -> FastAPI:
             for o in outputs
         ]
         await asyncio.gather(*(scheduler().submit(s) for s in seqs))
-        return len(ids), outputs
+        # Prompt tokens the prefix cache held for the first sequence (as vLLM reports them).
+        cached = seqs[0].prompt_tokens - seqs[0].uncached if seqs else 0
+        return len(ids), outputs, cached
 
-    def usage(prompt_tokens: int, outputs: list[Output]) -> dict[str, int]:
+    def usage(prompt_tokens: int, outputs: list[Output], cached: int) -> dict[str, Any]:
         completion = sum(o.tokens for o in outputs)
         return {
             "prompt_tokens": prompt_tokens,
             "completion_tokens": completion,
             "total_tokens": prompt_tokens + completion,
+            "prompt_tokens_details": {"cached_tokens": cached},
         }
+
+    def sse_chunks(outputs: list[Output], usage_of: dict[str, Any] | None) -> Iterator[bytes]:
+        """A chat stream as vLLM sends it: a role chunk, the text in a few pieces, the finish, usage."""
+        ident, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
+
+        def event(choices: list[dict[str, Any]], **extra: Any) -> bytes:
+            chunk = {
+                "id": ident,
+                "object": "chat.completion.chunk",
+                "created": created,
+                "model": config.model,
+            }
+            return f"data: {json.dumps({**chunk, 'choices': choices, **extra})}\n\n".encode()
+
+        for i, o in enumerate(outputs):
+            yield event([{"index": i, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}])
+            words = o.text.split(" ")
+            for start in range(0, len(words), 8):
+                piece = " ".join(words[start : start + 8]) + (" " if start + 8 < len(words) else "")
+                yield event([{"index": i, "delta": {"content": piece}, "finish_reason": None}])
+            yield event([{"index": i, "delta": {}, "finish_reason": o.finish_reason}])
+        if usage_of is not None:
+            yield event([], usage=usage_of)
+        yield b"data: [DONE]\n\n"
 
     @app.get("/health")
     async def health() -> Response:
@@ -185,10 +213,14 @@ def create_app(config: SimConfig) -> FastAPI:
             return _error(400, "messages: a non-empty list is required")
         continue_final = bool(body.get("continue_final_message", False))
         prompt = render_chat(messages, bool(body.get("add_generation_prompt", True)), continue_final)
-        done = await run(prompt, body, str(messages[0].get("content", ""))[:200])
+        done = await run(prompt, body, str(messages[0].get("content", ""))[:200], streams=True)
         if isinstance(done, JSONResponse):
             return done
-        prompt_tokens, outputs = done
+        prompt_tokens, outputs, cached = done
+        if body.get("stream"):
+            include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+            usage_of = usage(prompt_tokens, outputs, cached) if include_usage else None
+            return StreamingResponse(sse_chunks(outputs, usage_of), media_type="text/event-stream")
         choices = []
         for i, o in enumerate(outputs):
             choice: dict[str, Any] = {
@@ -207,7 +239,7 @@ def create_app(config: SimConfig) -> FastAPI:
                 "created": int(time.time()),
                 "model": config.model,
                 "choices": choices,
-                "usage": usage(prompt_tokens, outputs),
+                "usage": usage(prompt_tokens, outputs, cached),
             }
         )
 
@@ -223,7 +255,7 @@ def create_app(config: SimConfig) -> FastAPI:
         done = await run(prompt, body, prompt[:200])
         if isinstance(done, JSONResponse):
             return done
-        prompt_tokens, outputs = done
+        prompt_tokens, outputs, cached = done
         return JSONResponse(
             {
                 "id": f"cmpl-{uuid.uuid4().hex}",
@@ -234,7 +266,7 @@ def create_app(config: SimConfig) -> FastAPI:
                     {"index": i, "text": o.text, "finish_reason": o.finish_reason}
                     for i, o in enumerate(outputs)
                 ],
-                "usage": usage(prompt_tokens, outputs),
+                "usage": usage(prompt_tokens, outputs, cached),
             }
         )
 

@@ -23,6 +23,7 @@ from mrsa.api.routes_openai import router as openai_router
 from mrsa.api.routes_ops import router as ops_router
 from mrsa.api.routes_reports import router as reports_router
 from mrsa.console import serving as console
+from mrsa.prices import load_optional
 from mrsa.settings import Settings, get_settings
 from mrsa.store.opening import open_store
 
@@ -59,6 +60,7 @@ def config_from(settings: Settings) -> ApiConfig:
         max_streams_per_key=settings.api_max_streams_per_key,
         max_streams=settings.api_max_streams,
         reports_dir=settings.reports_dir,
+        prices=load_optional(settings.prices_file),
     )
 
 

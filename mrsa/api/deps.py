@@ -20,6 +20,7 @@ from mrsa.backends.base import Backend, BackendError
 from mrsa.backends.factory import make_backend
 from mrsa.backends.http import HttpOptions
 from mrsa.engine.service import JobService
+from mrsa.prices import PriceTable
 from mrsa.store.base import Store
 
 log = logging.getLogger("mrsa.api")
@@ -51,6 +52,8 @@ class ApiConfig:
     metrics_cache_s: float = 5.0
     # Run folders of sweeps served under /v1/reports (MRSA_REPORTS_DIR); None = none.
     reports_dir: Path | None = None
+    # Prices results are shown with (``MRSA_PRICES_FILE``); None: results carry no cost.
+    prices: PriceTable | None = None
 
     @property
     def max_body_bytes(self) -> int:

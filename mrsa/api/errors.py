@@ -64,9 +64,10 @@ def from_validation_errors(errors: Sequence[Any], prefix: Sequence[str | int] = 
     for err in errors:
         loc = [*prefix, *(p for p in err.get("loc", ()) if p != "__root__")]
         msg = str(err.get("msg", "invalid value")).removeprefix("Value error, ")
-        # Cross-field rules (model validators) report no location but start with the field's name.
+        # Cross-field rules (model validators) report no location (FastAPI: just the body) but start
+        # with the field's name.
         head = msg.split(":", 1)[0]
-        if len(loc) == len(prefix) and head.isidentifier():
+        if (len(loc) == len(prefix) or loc == ["body"]) and head.isidentifier():
             loc.append(head)
         name = _loc_name(loc)
         fields.append(FieldError(loc=loc, msg=msg, type=str(err.get("type", "value_error"))))

@@ -25,6 +25,7 @@ from mrsa.engine.limits import ContextBudgetError, check_context
 from mrsa.engine.prompts import UnknownPromptSetError, check_prompt_set
 from mrsa.engine.service import new_job_id
 from mrsa.params import DEFAULT_PRESET, RSAParams, UnknownPresetError, resolve_params
+from mrsa.prices import priced
 from mrsa.store.base import ActiveLimitReached
 
 log = logging.getLogger("mrsa.api")
@@ -189,7 +190,12 @@ async def view(deps: ApiDeps, job: Job, *, with_progress: bool = False) -> JobVi
         model=job.spec.model,
         preset=job.spec.preset,
         params=params,
-        progress=JobProgress(round=job.round, rounds=params.rounds, population=params.population, done=done),
+        progress=JobProgress(
+            round=job.round,
+            rounds=params.rounds,
+            population=params.stage_population(job.round),
+            done=done,
+        ),
         answer=job.answer,
         error=job.error,
         created_at=job.created_at,
@@ -201,14 +207,15 @@ async def view(deps: ApiDeps, job: Job, *, with_progress: bool = False) -> JobVi
 
 
 async def result_of(deps: ApiDeps, job: Job) -> JobResult:
-    """The result of a terminal job (:meth:`~mrsa.engine.service.JobService.result`); 409 for one still running."""
+    """The result of a terminal job (:meth:`~mrsa.engine.service.JobService.result`), priced when the
+    API has a price table; 409 for one still running."""
     if not job.status.terminal:
         raise ApiError(
             409,
             f"job {job.id} is {job.status.value} (round {job.round}/{job.spec.params.rounds}); "
             "its result is not ready: follow its events or retry later",
         )
-    return await deps.jobs.result(job)
+    return priced(await deps.jobs.result(job), deps.config.prices)
 
 
 async def round_of(deps: ApiDeps, job: Job, round_index: int) -> RoundSummary:

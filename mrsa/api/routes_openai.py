@@ -1,6 +1,9 @@
 """``POST /v1/chat/completions``: Markovian RSA behind OpenAI's chat-completions schema.
 
-The last user message is the problem; RSA parameters come as extra body fields. The request
+A request with RSA fields (our knobs, a ``preset``, or Zyphra's proxy fields: see
+:mod:`mrsa.api.proxy_fields`) runs RSA; any other chat request is passed through to the backend
+unchanged (:mod:`mrsa.api.passthrough`), so mrsa can front the inference server for all traffic.
+The conversation (system prompt, earlier turns, last user message) is the problem. The request
 creates an ordinary job (visible in ``/v1/jobs``) and waits for it while keeping the connection
 alive:
 
@@ -23,19 +26,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import re
 import time
-from collections.abc import AsyncIterator
-from typing import Annotated
+from collections.abc import AsyncIterator, Callable, Coroutine
+from typing import Annotated, Any
 
 import anyio
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.routing import APIRoute
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from mrsa.api import jobs
-from mrsa.api.auth import Principal, authenticate
+from mrsa.api.auth import Principal, authenticate, bearer
 from mrsa.api.deps import ApiDeps, get_deps
 from mrsa.api.errors import invalid, responses
 from mrsa.api.metrics import JOBS_SUBMITTED
@@ -48,8 +53,11 @@ from mrsa.api.openai_schemas import (
     ChunkChoice,
     CompletionUsage,
     Delta,
+    PromptTokensDetails,
     RsaInfo,
 )
+from mrsa.api.passthrough import forward, parse_body, passthrough_reason
+from mrsa.api.proxy_fields import ProxyFieldConflict
 from mrsa.api.schemas import ErrorResponse, OpenAIErrorDetail
 from mrsa.api.streams import SlotEventSourceResponse, SlotStreamingResponse
 from mrsa.domain import Job, JobResult, JobSpec, JobStatus
@@ -59,7 +67,26 @@ from mrsa.engine.tails import split_trace
 
 log = logging.getLogger("mrsa.api")
 
-router = APIRouter(tags=["openai"], responses=responses(401, 503))
+
+class ChatRoute(APIRoute):
+    """The chat route: a body that is not an RSA request (:func:`passthrough_reason`) goes to the
+    backend before it is validated as one; the rest is the ordinary FastAPI route."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        rsa_handler = super().get_route_handler()
+
+        async def handler(request: Request) -> Response:
+            raw = await request.body()  # cached: the RSA handler reads the same bytes
+            reason = passthrough_reason(parse_body(raw))
+            if reason is None:
+                return await rsa_handler(request)
+            authenticate(request, await bearer(request))
+            return await forward(request, raw, get_deps(request).backend.url, reason)
+
+        return handler
+
+
+router = APIRouter(tags=["openai"], responses=responses(401, 503), route_class=ChatRoute)
 Auth = Annotated[Principal, Depends(authenticate)]
 Deps = Annotated[ApiDeps, Depends(get_deps)]
 
@@ -96,12 +123,18 @@ DISCONNECT_REASON = "cancelled: the chat-completions client disconnected"
 async def chat_completions(
     body: ChatCompletionRequest, request: Request, principal: Auth, deps: Deps
 ) -> JSONResponse | StreamingResponse | EventSourceResponse:
-    """Run Markovian RSA on the last user message and answer in OpenAI's schema."""
+    """Run Markovian RSA on the conversation and answer in OpenAI's schema. A request without RSA
+    fields (or with `"rsa": false`, `tools`, `n` > 1) is passed through to the backend unchanged and
+    answered as the backend answered it (header `X-Mrsa-Passthrough` says why)."""
     problem = body.problem()
     if not problem:
         raise invalid(("body", "messages"), "messages: needs a user message with text (the problem)")
     jobs.check_problem_size(deps, problem, ("body", "messages"))
-    params = jobs.resolve(body.preset, body.overrides(), loc=("body",))
+    try:
+        overrides = body.overrides()
+    except ProxyFieldConflict as exc:
+        raise invalid(("body", str(exc).split(":", 1)[0]), str(exc)) from None
+    params = jobs.resolve(body.preset, overrides, loc=("body",))
     spec = JobSpec(problem=problem, params=params, model=body.model, preset=jobs.preset_name(body.preset))
     ignored = body.ignored_fields()
     if ignored:
@@ -145,6 +178,24 @@ def shown_fields(names: list[str], limit: int) -> list[str]:
     return shown
 
 
+def proxy_metadata(job: Job, result: JobResult) -> dict[str, Any]:
+    """The ``rsa_metadata`` Zyphra's proxy returns, from this job (its keys; token counts are model
+    tokens, decode tokens of a stage's candidates on average)."""
+    params = job.spec.params
+    history = [r.usage.decode_tokens / len(r.candidates) if r.candidates else 0.0 for r in result.rounds]
+    return {
+        "rsa_iterations": params.rounds,
+        "rsa_n": params.population,
+        "rsa_k": params.subset,
+        "rsa_summarize": params.tail_mode == "summarize",
+        "rsa_tail_window": params.tail < params.budget,
+        "tail_window_len": params.tail,
+        "short_resp_len": params.budget,
+        "use_pacore": params.prompts == "pacore",
+        "rsa_token_count_history": history,
+    }
+
+
 def error_body(error: OpenAIErrorDetail) -> ErrorResponse:
     """A job's failure as the API's error body, which carries OpenAI's ``error`` object too."""
     return ErrorResponse(message=error.message, error=error)
@@ -174,7 +225,8 @@ class ChatRun:
         params = self.job.spec.params
         async for _, event in follow(self.deps.store, self.job.id, block_ms=self.block_ms):
             if event.type == "candidate":
-                yield f"round {event.round}/{params.rounds}: {event.done}/{params.population} candidates"
+                size = params.stage_population(event.round or 0)
+                yield f"round {event.round}/{params.rounds}: {event.done}/{size} candidates"
             elif event.type == "round":
                 yield f"round {event.round}/{params.rounds} started"
 
@@ -220,10 +272,16 @@ class ChatRun:
         if job.status == JobStatus.succeeded:
             result = await jobs.result_of(self.deps, job)
             content = await self.content(job, result)
+            asked = self.body.response_flag
+            prompt = await self.aggregation_prompt(job) if asked("return_aggregation_prompt") else None
+            metadata = proxy_metadata(job, result) if asked("return_rsa_metadata") else None
+            if metadata is not None and prompt is not None:
+                metadata["rsa_final_aggregation_prompt"] = prompt  # as the proxy adds it
             usage = CompletionUsage(
                 prompt_tokens=result.usage.prompt_tokens,
                 completion_tokens=result.usage.decode_tokens,
                 total_tokens=result.usage.prompt_tokens + result.usage.decode_tokens,
+                prompt_tokens_details=PromptTokensDetails(cached_tokens=result.usage.cached_prompt_tokens),
             )
             return (
                 ChatCompletion(
@@ -240,7 +298,10 @@ class ChatRun:
                         requests=result.usage.requests,
                         warnings=job.warnings,
                         ignored_fields=self.ignored,
+                        cost=result.cost,
                     ),
+                    rsa_metadata=metadata,
+                    aggregation_prompt=prompt,
                 ),
                 None,
                 200,
@@ -256,6 +317,14 @@ class ChatRun:
             code="job_failed",
         )
         return None, detail, 502
+
+    async def aggregation_prompt(self, job: Job) -> list[dict[str, str]] | None:
+        """The last stage's first aggregation prompt as chat messages (None without aggregation)."""
+        last = job.spec.params.rounds
+        if last == 0:
+            return None
+        candidates = sorted(await self.deps.store.get_candidates(job.id, last), key=lambda c: c.index)
+        return [{"role": "user", "content": candidates[0].prompt}] if candidates else None
 
     async def content(self, job: Job, result: JobResult) -> str:
         """A short solution: the answer part of a final candidate that gave the selected answer,
@@ -280,7 +349,7 @@ class ChatRun:
     async def final_response(self, job: Job) -> JSONResponse:
         completion, error, status = await self.completion(job)
         if completion is not None:
-            return JSONResponse(completion.model_dump(mode="json"), headers=self.headers)
+            return JSONResponse(completion.wire(), headers=self.headers)
         assert error is not None
         return JSONResponse(
             error_body(error).model_dump(mode="json", exclude_none=True),
@@ -297,7 +366,7 @@ class ChatRun:
                     yield b" "
             completion, error, _ = await self.completion(waiter.result())
             if completion is not None:
-                yield completion.model_dump_json().encode()
+                yield json.dumps(completion.wire()).encode()
             else:
                 assert error is not None
                 yield error_body(error).model_dump_json(exclude_none=True).encode()

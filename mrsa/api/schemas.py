@@ -109,7 +109,9 @@ class JobProgress(BaseModel):
 
     round: int = Field(description="Current round (0 … T; T+1 while the final aggregation runs).")
     rounds: int = Field(description="T: aggregation rounds after round 0.")
-    population: int = Field(description="N: candidates per round.")
+    population: int = Field(
+        description="Candidates of the current round (N; final_population in the last stage)."
+    )
     done: int | None = Field(
         None, description="Candidates of the current round stored so far (in a job's own view only)."
     )

@@ -44,6 +44,7 @@ class GenerationResult(BaseModel):
     token_ids: list[int] | None = Field(None, description="Generated token ids when the server returns them.")
     finish_reason: FinishReason
     prompt_tokens: int = 0
+    cached_prompt_tokens: int = Field(0, description="Of prompt_tokens, those served from the prefix cache.")
     completion_tokens: int = 0
 
     @property

@@ -79,9 +79,14 @@ class _ReplyChoice(BaseModel):
         return {} if value is None else value
 
 
+class _PromptTokensDetails(BaseModel):
+    cached_tokens: NonNegativeInt | None = None
+
+
 class _ReplyUsage(BaseModel):
     prompt_tokens: NonNegativeInt | None = None
     completion_tokens: NonNegativeInt | None = None
+    prompt_tokens_details: _PromptTokensDetails | None = None
 
 
 class _ChatReply(BaseModel):
@@ -100,7 +105,9 @@ def _first_problem(exc: ValidationError) -> str:
     return f"{loc}: {first['msg']}{more}"[:300]
 
 
-def _result(choice: _ReplyChoice, completion_tokens: int | None, prompt_tokens: int = 0) -> GenerationResult:
+def _result(
+    choice: _ReplyChoice, completion_tokens: int | None, prompt_tokens: int = 0, cached_prompt_tokens: int = 0
+) -> GenerationResult:
     message = choice.message
     reasoning = message.reasoning if message.reasoning is not None else message.reasoning_content
     token_ids = choice.token_ids
@@ -117,6 +124,7 @@ def _result(choice: _ReplyChoice, completion_tokens: int | None, prompt_tokens: 
         token_ids=token_ids,
         finish_reason=normalise_finish_reason(choice.finish_reason),
         prompt_tokens=prompt_tokens,
+        cached_prompt_tokens=cached_prompt_tokens,
         completion_tokens=count,
     )
 
@@ -142,13 +150,15 @@ def parse_chat_reply(data: Any, url: str, n: int) -> list[GenerationResult]:
         )
     usage = reply.usage or _ReplyUsage()
     prompt_tokens = usage.prompt_tokens or 0
+    details = usage.prompt_tokens_details
+    cached = min(prompt_tokens, details.cached_tokens or 0) if details is not None else 0
     total_completion = usage.completion_tokens or 0
     choices = sorted(reply.choices, key=lambda c: c.index)
     per_choice = total_completion if len(choices) == 1 else None
     if per_choice is None and all(c.token_ids is None for c in choices):
         # n > 1 without ids: split the aggregate count evenly (best effort for accounting).
         per_choice = total_completion // len(choices)
-    return [_result(c, per_choice, prompt_tokens) for c in choices]
+    return [_result(c, per_choice, prompt_tokens, cached) for c in choices]
 
 
 def _token_list(url: str) -> Callable[[Any], list[int]]:

@@ -156,7 +156,7 @@ def watch(job_id: JobArg, api: ApiOpt = None, api_key: KeyOpt = None, json_out: 
                 if live is not None:
                     live.update(progress.render())
                 elif event.type in ("round", "done") or (
-                    event.type == "candidate" and progress.done == job.params.population
+                    event.type == "candidate" and progress.done == job.params.stage_population(progress.round)
                 ):
                     err_console.print(progress.render())
         job = client.job(job_id)

@@ -119,3 +119,13 @@ RedisOpt = Annotated[
     str | None, typer.Option("--redis", help="Redis URL of the job store and queue (env MRSA_REDIS_URL).")
 ]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")]
+
+
+PricesOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--prices",
+        help="Price table (TOML or JSON, per million prompt / cached-prompt / decode tokens by model id; "
+        "env MRSA_PRICES_FILE): results show their cost.",
+    ),
+]

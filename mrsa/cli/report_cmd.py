@@ -12,6 +12,9 @@ import typer
 from pydantic import ValidationError
 
 from mrsa.cli.common import EXIT_USAGE, fail, out_console
+from mrsa.cli.options import PricesOpt
+from mrsa.prices import PriceFileError, load_optional
+from mrsa.settings import Settings
 
 
 def report(
@@ -23,6 +26,7 @@ def report(
         ),
     ] = 10.0,
     json_out: Annotated[bool, typer.Option("--json", help="Print the metrics as JSON on stdout.")] = False,
+    prices_file: PricesOpt = None,
 ) -> None:
     """Compute per-round metrics, baselines and the comparison with published results of a run
     folder; write report.md, metrics.json, accuracy_vs_tokens.png and problem_grid.png into it."""
@@ -33,6 +37,10 @@ def report(
 
     if importlib.util.find_spec("matplotlib") is None:
         fail("mrsa report draws its plots with matplotlib: pip install 'mrsa[eval]'")
+    try:
+        prices = load_optional(prices_file or Settings().prices_file)
+    except PriceFileError as exc:
+        fail(str(exc), EXIT_USAGE)
     run = RunDir(run_dir)
     if not run.exists():
         fail(
@@ -40,7 +48,7 @@ def report(
         )
     try:
         with Grader(workers=1, timeout_s=grade_timeout) as grader:
-            data, paths = write_report(run, grader)
+            data, paths = write_report(run, grader, prices)
     except (ValidationError, RecordLogError, json.JSONDecodeError) as exc:
         fail(f"run_dir: cannot read {run_dir}: {str(exc).splitlines()[0]}", EXIT_USAGE)
     if json_out:

@@ -10,7 +10,8 @@ from typing import Annotated
 import typer
 
 from mrsa.cli.common import EXIT_USAGE, fail, settings_from_flags
-from mrsa.cli.options import BackendKindOpt, RedisOpt
+from mrsa.cli.options import BackendKindOpt, PricesOpt, RedisOpt
+from mrsa.prices import PriceFileError
 from mrsa.settings import Settings
 
 log = logging.getLogger("mrsa.api")
@@ -101,6 +102,7 @@ def serve(
             "/v1/reports and the console shows at /ui/#/reports (env MRSA_REPORTS_DIR).",
         ),
     ] = None,
+    prices_file: PricesOpt = None,
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
 ) -> None:
     """Serve the REST API (OpenAPI docs at /docs) and the web console (/ui/) until Ctrl-C or SIGTERM."""
@@ -116,6 +118,9 @@ def serve(
         fail(f"log-level: unknown {log_level!r}; choose debug, info, warning or error", EXIT_USAGE)
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     check_auth(host, settings.api_key_list(), settings.allow_no_auth)
-    app = create_app(settings)
+    try:
+        app = create_app(settings)
+    except PriceFileError as exc:
+        fail(str(exc), EXIT_USAGE)
     # uvicorn reports a failed startup (e.g. Redis unreachable after the retry window) and exits 3.
     uvicorn.run(app, host=host, port=port, log_level=log_level.lower(), proxy_headers=True)

@@ -24,6 +24,7 @@ from mrsa.cli.options import (
     BackendOpt,
     ConcurrencyOpt,
     FileOpt,
+    PricesOpt,
     PriorityOpt,
     ProblemArg,
     QuietOpt,
@@ -36,6 +37,7 @@ from mrsa.domain import Event, JobResult, JobSpec, JobStatus
 from mrsa.engine.limits import ContextBudgetError, check_context
 from mrsa.engine.prompts import UnknownPromptSetError, check_prompt_set
 from mrsa.params import PRESETS, RSAParams, UnknownPresetError, describe_validation_error, resolve_params
+from mrsa.prices import PriceFileError, load_optional, priced
 from mrsa.settings import Settings, get_settings
 from mrsa.store.base import StoreUnavailable
 from mrsa.store.opening import open_store
@@ -104,7 +106,7 @@ class Progress:
         table = Table.grid(padding=(0, 2))
         table.add_row(
             f"[bold]round[/] {self.round}/{self.params.rounds}",
-            f"[bold]candidates[/] {self.done}/{self.params.population}",
+            f"[bold]candidates[/] {self.done}/{self.params.stage_population(self.round)}",
             f"[bold]tokens/s[/] {self.decode / elapsed:.1f}",
             f"[bold]elapsed[/] {elapsed:.0f}s",
         )
@@ -115,7 +117,8 @@ class Progress:
 
 def render_result(result: JobResult) -> None:
     stats = Table(title="Rounds", show_lines=False)
-    for col in ("round", "candidates", "finished", "truncated", "decode tok", "prompt tok", "top answers"):
+    columns = ("round", "candidates", "finished", "truncated", "decode tok", "prompt tok", "cached tok")
+    for col in (*columns, "top answers"):
         stats.add_column(col, justify="right" if col not in ("top answers",) else "left")
     for r in result.rounds:
         top = ", ".join(f"{v.answer[:20]}×{v.count}" for v in r.votes[:3]) or "—"
@@ -127,6 +130,7 @@ def render_result(result: JobResult) -> None:
             str(r.truncated),
             str(r.usage.decode_tokens),
             str(r.usage.prompt_tokens),
+            str(r.usage.cached_prompt_tokens),
             top,
         )
     out_console.print(stats)
@@ -140,9 +144,11 @@ def render_result(result: JobResult) -> None:
         out_console.print(votes)
     u = result.usage
     out_console.print(
-        f"decode tokens {u.decode_tokens} · prompt tokens {u.prompt_tokens} · requests {u.requests} · "
-        f"{result.elapsed_s:.1f}s"
+        f"decode tokens {u.decode_tokens} · prompt tokens {u.prompt_tokens} (cached "
+        f"{u.cached_prompt_tokens}) · requests {u.requests} · {result.elapsed_s:.1f}s"
     )
+    if result.cost is not None:
+        out_console.print(f"cost {result.cost.line()}")
     if result.status != JobStatus.succeeded:
         out_console.print(f"[bold red]{result.status.value}[/]: {result.error}")
     else:
@@ -200,7 +206,8 @@ async def _solve(
             def log_line(event: Event) -> None:
                 progress.on_event(event)
                 if event.type in ("round", "done") or (
-                    event.type == "candidate" and progress.done == spec.params.population
+                    event.type == "candidate"
+                    and progress.done == spec.params.stage_population(progress.round)
                 ):
                     err_console.print(progress.render())
 
@@ -232,6 +239,7 @@ def solve(
     ] = None,
     quiet: QuietOpt = False,
     tokenizer: TokenizerOpt = None,
+    prices_file: PricesOpt = None,
     redis_url: Annotated[
         str | None,
         typer.Option(
@@ -246,6 +254,10 @@ def solve(
     text = read_problem(problem, file)
     params = build_params(preset, settings.backend_url is None, overrides)
     spec = JobSpec(problem=text, params=params, model=settings.model)
+    try:
+        prices = load_optional(settings.prices_file)
+    except PriceFileError as exc:
+        fail(str(exc), EXIT_USAGE)
     try:
         result = asyncio.run(
             _solve(
@@ -269,6 +281,7 @@ def solve(
         fail(str(exc))
     except OSError as exc:
         fail(f"{type(exc).__name__}: {exc}")
+    result = priced(result, prices)
     if json_out:
         print_json(result)
     else:

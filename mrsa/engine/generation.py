@@ -1,17 +1,20 @@
 """Generating one candidate: build its prompt, call the backend (in Delethink chunks when
-``chunk`` is set, checkpointing after each), and cut its tail. The final selection call is a
-candidate too (``Task.kind == "select"``) and goes through the same path."""
+``chunk`` is set, checkpointing after each), and make its tail (cut, or summarised: see
+:mod:`mrsa.engine.summaries`). The final selection call is a candidate too
+(``Task.kind == "select"``) and goes through the same path. The last generation stage (round T)
+samples and budgets with the ``final_*`` settings (:meth:`~mrsa.params.RSAParams.stage_sampling`)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-from mrsa.backends.base import Backend, GenerationRequest, Message
+from mrsa.backends.base import Backend, GenerationRequest, GenerationResult, Message
 from mrsa.domain import Candidate, ChunkCheckpoint, FinishReason, Job, Task, Usage
 from mrsa.engine import prompts
 from mrsa.engine.answers import extract_answer
 from mrsa.engine.planning import request_seed
-from mrsa.engine.tails import Tail, cut_tail, make_tail, split_trace, tail_source_text
+from mrsa.engine.summaries import summarise, summarises
+from mrsa.engine.tails import Tail, continuation_windows, make_tail, split_trace, tail_source_text
 from mrsa.params import RSAParams
 from mrsa.store.base import JobStore
 
@@ -20,6 +23,16 @@ NO_TAIL = Tail(text="", tokens=0, source_tokens=0)
 
 class MissingParentsError(RuntimeError):
     """A task names parents whose candidates are not stored (a broken round invariant)."""
+
+
+def usage_of(result: GenerationResult) -> Usage:
+    """The usage of one backend request."""
+    return Usage(
+        decode_tokens=result.completion_tokens,
+        prompt_tokens=result.prompt_tokens,
+        cached_prompt_tokens=result.cached_prompt_tokens,
+        requests=1,
+    )
 
 
 def build_prompt(params: RSAParams, problem: str, parents: Sequence[Candidate]) -> str:
@@ -51,11 +64,12 @@ def _request(
     priority: int | None = None,
 ) -> GenerationRequest:
     """One request of ``task``: its tag, its seed (from the task's position and ``chunk``) and its
-    sampling, in the job's model (None: the backend's own). The selection call is tagged
+    stage's sampling, in the job's model (None: the backend's own). The selection call is tagged
     ``kind: select`` and samples at ``aggregate_temperature``."""
     params = job.spec.params
     tag: dict[str, str | int] = {"job": job.id, "round": task.round, "index": task.index, "chunk": chunk}
-    temperature = params.sampling.temperature
+    sampling = params.stage_sampling(task.round)
+    temperature = sampling.temperature
     if task.kind == "select":
         tag["kind"] = "select"
         temperature = params.aggregate_temperature
@@ -64,8 +78,8 @@ def _request(
         prefill=prefill,
         max_tokens=max_tokens,
         temperature=temperature,
-        top_p=params.sampling.top_p,
-        top_k=params.sampling.top_k,
+        top_p=sampling.top_p,
+        top_k=sampling.top_k,
         seed=request_seed(params.seed, task.round, task.index, chunk),
         tag=tag,
         priority=priority,
@@ -76,10 +90,12 @@ def _request(
 async def _generate_chunked(
     backend: Backend, store: JobStore, job: Job, task: Task, prompt: str, priority: int | None
 ) -> tuple[str, list[int] | None, Usage, FinishReason, int]:
-    """Delethink: chunks of at most ``chunk`` tokens; each continues from the prompt plus the last
-    ``carryover`` tokens of the candidate's own output. Returns (trace, ids, usage, finish, chunks)."""
+    """Delethink: chunks of at most ``chunk`` tokens; each continues from the prompt plus the first
+    ``head`` tokens of the candidate's first chunk and the last ``carryover`` tokens of its output
+    (:func:`continuation_prompt_parts`). Returns (trace, ids, usage, finish, chunks)."""
     params = job.spec.params
     assert params.chunk is not None
+    budget = params.stage_budget(task.round)
     cp = await store.load_checkpoint(job.id, task.round, task.index)
     text = cp.text if cp else ""
     ids: list[int] | None = cp.token_ids if cp else None
@@ -87,24 +103,17 @@ async def _generate_chunked(
     chunks = cp.chunks if cp else 0
     finish: FinishReason = cp.finish_reason if cp else "length"
     # ceil(β / chunk) requests at most, even when a server under-reports (or omits) its usage.
-    max_chunks = -(-params.budget // params.chunk)
-    while chunks == 0 or (finish == "length" and usage.decode_tokens < params.budget and chunks < max_chunks):
-        max_tokens = min(params.chunk, params.budget - usage.decode_tokens)
+    max_chunks = -(-budget // params.chunk)
+    while chunks == 0 or (finish == "length" and usage.decode_tokens < budget and chunks < max_chunks):
+        max_tokens = min(params.chunk, budget - usage.decode_tokens)
         user = [Message(role="user", content=prompt)]
         prefill: str | None = None
         if chunks > 0:
             own = ids if ids is not None else await backend.tokenize(text)
-            carry = (
-                await backend.detokenize(cut_tail(own, params.carryover_tokens))
-                if params.carryover_tokens
-                else ""
+            prefill, continued = await continuation_prompt_parts(
+                backend, params, prompt, own, backend.supports_prefill
             )
-            if backend.supports_prefill:
-                prefill = carry
-            else:
-                user = [
-                    Message(role="user", content=prompts.continuation_prompt(params.prompts, prompt, carry))
-                ]
+            user = [Message(role="user", content=continued)]
         req = _request(job, task, user, max_tokens, chunks, prefill=prefill, priority=priority)
         last = (await backend.generate(req))[0]
         text += last.trace
@@ -114,9 +123,7 @@ async def _generate_chunked(
             ids = ids + last.token_ids
         else:
             ids = None  # some chunk came without ids: fall back to tokenizing the text
-        usage = usage + Usage(
-            decode_tokens=last.completion_tokens, prompt_tokens=last.prompt_tokens, requests=1
-        )
+        usage = usage + usage_of(last)
         chunks += 1
         finish = last.finish_reason
         await store.save_checkpoint(
@@ -126,6 +133,30 @@ async def _generate_chunked(
             ChunkCheckpoint(chunks=chunks, text=text, token_ids=ids, usage=usage, finish_reason=finish),
         )
     return text, ids, usage, finish, chunks
+
+
+async def continuation_prompt_parts(
+    backend: Backend, params: RSAParams, prompt: str, own: list[int], prefill: bool
+) -> tuple[str | None, str]:
+    """(assistant prefill, user prompt) of a continuation of a candidate whose output so far is
+    the token ids ``own``: it keeps the head (the first ``head_tokens``, all of the first chunk at
+    most) and the last ``carryover`` tokens, as Delethink does (:func:`continuation_windows`).
+
+    With ``prefill`` (the server continues an assistant turn raw) the prompt is unchanged and the
+    prefill is the kept ids as one text, as Delethink appends them to the query. Otherwise the
+    kept text goes into a new-turn continuation prompt: one window when head and carry-over are
+    contiguous, the head and the carry-over apart when tokens between them were dropped."""
+    head, carry = continuation_windows(own, params.head_tokens, params.carryover_tokens)
+    kept = head + carry
+    contiguous = len(kept) == len(own)
+    if prefill:
+        return (await backend.detokenize(kept) if kept else ""), prompt
+    if contiguous or not head:
+        text = await backend.detokenize(kept) if kept else ""
+        return None, prompts.continuation_prompt(params.prompts, prompt, text)
+    head_text = await backend.detokenize(head)
+    carry_text = await backend.detokenize(carry) if carry else ""
+    return None, prompts.continuation_prompt(params.prompts, prompt, carry_text, head=head_text)
 
 
 async def generate_candidate(
@@ -140,15 +171,19 @@ async def generate_candidate(
     checkpointed, when the job sets ``chunk``; then cut its tail.
 
     The selection call (``task.kind == "select"``) takes the same path as one request of ``budget``
-    tokens, unchunked, and gets no tail: no round reads it, its answer is the job's."""
+    tokens, unchunked, and gets no tail: no round reads it, its answer is the job's.
+
+    With tail_mode ``summarize`` the tail is a summary the model writes (one more call, counted in
+    the candidate's usage and apart in ``summary_usage``) wherever a later call reads the tail."""
     params = job.spec.params
     select = task.kind == "select"
     prompt = build_prompt(params, job.spec.problem, parents)
     if params.chunk is None or select:
         user = [Message(role="user", content=prompt)]
-        result = (await backend.generate(_request(job, task, user, params.budget, priority=priority)))[0]
+        budget = params.stage_budget(task.round)
+        result = (await backend.generate(_request(job, task, user, budget, priority=priority)))[0]
         trace, ids, finish, chunks = result.trace, result.token_ids, result.finish_reason, 1
-        usage = Usage(decode_tokens=result.completion_tokens, prompt_tokens=result.prompt_tokens, requests=1)
+        usage = usage_of(result)
         reasoning, content = result.reasoning, result.content
     else:
         trace, ids, usage, finish, chunks = await _generate_chunked(
@@ -156,11 +191,16 @@ async def generate_candidate(
         )
         reasoning, content = split_trace(trace)
     finished = finish == "stop"
-    tail = (
-        NO_TAIL
-        if select
-        else await make_tail(backend, tail_source_text(trace, finished, params.tail_source), params.tail, ids)
-    )
+    source = tail_source_text(trace, finished, params.tail_source)
+    summary_usage = Usage()
+    if select:
+        tail = NO_TAIL
+    elif summarises(params, task):
+        summary = await summarise(backend, job, task, source, ids, priority)
+        tail, summary_usage = summary.tail, summary.usage
+        usage = usage + summary_usage
+    else:
+        tail = await make_tail(backend, source, params.tail, ids)
     return Candidate(
         round=task.round,
         index=task.index,
@@ -172,6 +212,7 @@ async def generate_candidate(
         finish_reason=finish,
         answer=extract_answer(content, trace, finished),
         usage=usage,
+        summary_usage=summary_usage,
         chunks=chunks,
         tail=tail.text,
         tail_tokens=tail.tokens,

@@ -15,17 +15,27 @@ class ContextBudgetError(ValueError):
 
 
 def worst_case_tokens(
-    problem_tokens: int, aggregate_overhead: int, continue_overhead: int, spec: JobSpec
+    problem_tokens: int,
+    aggregate_overhead: int,
+    continue_overhead: int,
+    spec: JobSpec,
+    summary_overhead: int = 0,
 ) -> int:
-    """The most tokens one request of the job may hold: prompt (problem, K tails of τ, template)
-    plus the decode tokens of one request (β, or chunk + carry-over when chunked)."""
+    """The most tokens one request of the job may hold: prompt (problem, K tails of τ — or of
+    summaries — and the template) plus the decode tokens of one request (the larger stage budget,
+    or chunk + Delethink head + carry-over when chunked). A summary request holds the problem, its
+    template and at most ``request_tokens`` of a candidate's text, plus ``summary_budget``."""
     p = spec.params
     prompt = problem_tokens
+    carried = p.summary_budget if p.tail_mode == "summarize" else p.tail
     if p.rounds > 0 or p.selection == "aggregate":
-        prompt = max(prompt, aggregate_overhead + p.subset * p.tail)
-    if p.chunk is not None and p.chunk < p.budget:
-        prompt += p.carryover_tokens + continue_overhead
-    return prompt + p.request_tokens + CHAT_TEMPLATE_MARGIN
+        prompt = max(prompt, aggregate_overhead + p.subset * carried)
+    if p.chunk is not None and p.chunk < max(p.budget, p.stage_budget(p.rounds)):
+        prompt += p.head_tokens + p.carryover_tokens + continue_overhead
+    worst = prompt + p.request_tokens
+    if p.tail_mode == "summarize":
+        worst = max(worst, summary_overhead + p.request_tokens + p.summary_budget)
+    return worst + CHAT_TEMPLATE_MARGIN
 
 
 async def check_context(backend: Backend, spec: JobSpec) -> int | None:
@@ -39,8 +49,14 @@ async def check_context(backend: Backend, spec: JobSpec) -> int | None:
     aggregate = len(
         await backend.tokenize(prompts.aggregation_prompt(p.prompts, spec.problem, [""] * p.subset))
     )
-    cont = len(await backend.tokenize(prompts.continuation_prompt(p.prompts, "", "")))
-    worst = worst_case_tokens(problem, aggregate, cont, spec)
+    head = " " if p.head_tokens else ""  # the template with a head apart, when one may be kept
+    cont = len(await backend.tokenize(prompts.continuation_prompt(p.prompts, "", "", head=head)))
+    summary = 0
+    if p.tail_mode == "summarize":
+        summary = len(
+            await backend.tokenize(prompts.summary_prompt(p.prompts, spec.problem, "", p.summary_budget))
+        )
+    worst = worst_case_tokens(problem, aggregate, cont, spec, summary)
     if worst > info.context_length:
         raise ContextBudgetError(
             f"budget: a request may need {worst} tokens (prompt with K={p.subset} tails of τ={p.tail} "

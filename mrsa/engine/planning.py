@@ -56,11 +56,19 @@ def request_seed(seed: int, round_index: int, index: int, chunk: int = 0) -> int
     return derive_seed(seed, "request", round_index, index, chunk)
 
 
+def summary_seed(seed: int, round_index: int, index: int) -> int:
+    """The sampling seed of one candidate's tail summary (tail_mode ``summarize``)."""
+    return derive_seed(seed, "summary", round_index, index)
+
+
 def round_tasks(job_id: str, params: RSAParams, round_index: int) -> list[Task]:
-    """The N tasks of a round; round 0 has no parents."""
+    """The tasks of a round (N, or ``final_population`` for the last stage); round 0 has no
+    parents, a later round's subsets are drawn from the previous round's candidates."""
+    size = params.stage_population(round_index)
     if round_index == 0:
-        return [Task(job_id=job_id, round=0, index=i) for i in range(params.population)]
-    subsets = plan_subsets(params.seed, round_index, params.population, params.subset, params.population)
+        return [Task(job_id=job_id, round=0, index=i) for i in range(size)]
+    drawn_from = params.stage_population(round_index - 1)
+    subsets = plan_subsets(params.seed, round_index, drawn_from, params.subset, size)
     return [
         Task(job_id=job_id, round=round_index, index=i, parents=parents) for i, parents in enumerate(subsets)
     ]
@@ -71,10 +79,11 @@ def release_tasks(job_id: str, params: RSAParams, task: Task) -> list[Task]:
     last round, or for the selection call)."""
     if task.kind != "candidate" or task.round >= params.rounds:
         return []
-    n, nxt = params.population, task.round + 1
+    nxt = task.round + 1
+    drawn_from, size = params.stage_population(task.round), params.stage_population(nxt)
     return [
         Task(job_id=job_id, round=nxt, index=i, parents=list(parents))
-        for i, parents in enumerate(_subsets(params.seed, nxt, n, params.subset, n))
+        for i, parents in enumerate(_subsets(params.seed, nxt, drawn_from, params.subset, size))
         if task.index in parents
     ]
 
@@ -86,8 +95,9 @@ def select_round(params: RSAParams) -> int:
 
 
 def selection_subset(params: RSAParams) -> list[int]:
-    """Parents of the final aggregation call (selection ``aggregate``)."""
-    return plan_subsets(params.seed, select_round(params), params.population, params.subset, 1)[0]
+    """Parents of the final aggregation call (selection ``aggregate``), from the last stage."""
+    last = params.stage_population(params.rounds)
+    return plan_subsets(params.seed, select_round(params), last, params.subset, 1)[0]
 
 
 def selection_task(job_id: str, params: RSAParams) -> Task:

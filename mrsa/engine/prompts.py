@@ -7,11 +7,12 @@ checkout reads the top-level ``prompts/`` folder.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from functools import cache
 from pathlib import Path
 from string import Template
 
-_FILES = ("round0", "aggregate", "aggregate_single", "candidate", "continue")
+_FILES = ("round0", "aggregate", "aggregate_single", "candidate", "continue", "continue_head", "summarize")
 
 
 class UnknownPromptSetError(ValueError):
@@ -57,6 +58,44 @@ def aggregation_prompt(prompt_set: str, problem: str, tails: list[str]) -> str:
     return _template(prompt_set, name).substitute(problem=problem, k=len(tails), candidates=candidates)
 
 
-def continuation_prompt(prompt_set: str, prompt: str, carryover: str) -> str:
-    """A new-turn continuation, for servers that cannot continue an assistant prefill raw."""
-    return _template(prompt_set, "continue").substitute(prompt=prompt, carryover=carryover)
+def continuation_prompt(prompt_set: str, prompt: str, carryover: str, head: str = "") -> str:
+    """A new-turn continuation, for servers that cannot continue an assistant prefill raw: the
+    candidate's own ``carryover`` (its last tokens) and, when a Delethink ``head`` is kept apart from
+    it (the first tokens, with a gap between), that head before it."""
+    if not head:
+        return _template(prompt_set, "continue").substitute(prompt=prompt, carryover=carryover)
+    return _template(prompt_set, "continue_head").substitute(prompt=prompt, head=head, carryover=carryover)
+
+
+def summary_prompt(prompt_set: str, problem: str, work: str, budget: int) -> str:
+    """The request for a bounded summary of one candidate's ``work`` (tail_mode ``summarize``);
+    ``budget`` is the summary's limit in tokens, told to the model so it can plan for it."""
+    return _template(prompt_set, "summarize").substitute(problem=problem, work=work, budget=budget)
+
+
+ROLE_LABELS = {
+    "system": "System",
+    "developer": "Developer",
+    "user": "User",
+    "assistant": "Assistant",
+    "tool": "Tool",
+}
+
+
+def conversation_problem(turns: Sequence[tuple[str, str]]) -> str:
+    """The problem of a chat: the whole conversation up to its last user turn, as one text.
+
+    ``turns`` are (role, text) pairs in order. A lone user turn is the problem as written; otherwise
+    each turn with text becomes ``Role: text`` and the turns are joined by blank lines, so the system
+    prompt and earlier turns are part of the context. Turns after the last user turn (an assistant
+    prefill) are left out. The one rendering every prompt of a job shares, byte for byte. '' when
+    there is no user turn with text."""
+    last_user = max(
+        (i for i, (role, text) in enumerate(turns) if role == "user" and text.strip()), default=-1
+    )
+    if last_user < 0:
+        return ""
+    kept = [(role, text.strip()) for role, text in turns[: last_user + 1] if text.strip()]
+    if len(kept) == 1:
+        return kept[0][1]
+    return "\n\n".join(f"{ROLE_LABELS.get(role, role.capitalize())}: {text}" for role, text in kept)

@@ -77,7 +77,7 @@ class TaskRunner:
                     done=count,
                 ),
             )
-        if count >= params.population:
+        if count >= params.stage_population(task.round):
             await self._complete_rounds(job)
 
     @staticmethod
@@ -90,7 +90,13 @@ class TaskRunner:
         finish out of order), emit their events, and after the last one select or finish."""
         params = job.spec.params
         final = [selection_task(job.id, params)] if params.selection == "aggregate" else []
-        before, after = await self.store.complete_rounds(job.id, params.population, params.rounds, final)
+        before, after = await self.store.complete_rounds(
+            job.id,
+            params.population,
+            params.rounds,
+            final,
+            last_population=params.stage_population(params.rounds),
+        )
         for done in range(max(before, 0), after):
             metrics.ROUNDS_COMPLETED.inc()
             if done < params.rounds:

@@ -35,13 +35,15 @@ def new_job_id() -> str:
 async def summarise_round(
     index: int, candidates: Sequence[Candidate], equivalence: Equivalence
 ) -> RoundSummary:
-    usage = Usage()
+    usage = summaries = Usage()
     for c in candidates:
         usage = usage + c.usage
+        summaries = summaries + c.summary_usage
     votes, clustering = await tally_bounded(candidates, equivalence)
     return RoundSummary(
         index=index,
         usage=usage,
+        summary_usage=summaries,
         truncated=sum(1 for c in candidates if c.finish_reason == "length"),
         votes=votes,
         equivalence_timeouts=clustering.timeouts,
@@ -110,7 +112,11 @@ class JobService:
                     f"with math-verify within {self.equivalence.timeout_s:g}s; each is its own class "
                     "in the votes"
                 )
-        final = rounds[-1] if rounds and len(rounds[-1].candidates) == params.population else None
+        final = (
+            rounds[-1]
+            if rounds and len(rounds[-1].candidates) == params.stage_population(rounds[-1].index)
+            else None
+        )
         votes = final.votes if final else []
         answer = majority(votes)
         if params.selection == "aggregate":

@@ -7,6 +7,7 @@ count of whitespace words.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -25,6 +26,16 @@ def cut_tail(ids: list[int], tail: int) -> list[int]:
     if tail <= 0:
         return []
     return ids[-tail:]
+
+
+def continuation_windows(ids: Sequence[int], head: int, carryover: int) -> tuple[list[int], list[int]]:
+    """What a Delethink continuation keeps of a candidate's ``ids`` so far: the first ``head`` and
+    the last ``carryover`` of them, each token once. Returns (head ids, carry-over ids); when the
+    two windows meet or overlap, the carry-over is everything after the head (so the two together
+    are all of ``ids``). With ``head`` 0 the carry-over is :func:`cut_tail` ``(ids, carryover)``."""
+    first = list(ids[: max(head, 0)])
+    start = max(len(first), len(ids) - max(carryover, 0))
+    return first, list(ids[start:])
 
 
 def split_trace(trace: str) -> tuple[str | None, str]:

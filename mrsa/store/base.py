@@ -197,10 +197,16 @@ class JobStore(Protocol):
         ...
 
     async def complete_rounds(
-        self, job_id: str, population: int, last_round: int, final_tasks: Sequence[Task] = ()
+        self,
+        job_id: str,
+        population: int,
+        last_round: int,
+        final_tasks: Sequence[Task] = (),
+        last_population: int | None = None,
     ) -> tuple[int, int]:
-        """Move the job's round pointer past every round that has ``population`` candidates stored,
-        in order; enqueue ``final_tasks`` when it moves past ``last_round``. Returns the pointer
+        """Move the job's round pointer past every round that has ``population`` candidates stored
+        (``last_round``: ``last_population`` when given, the last stage's own size), in order;
+        enqueue ``final_tasks`` when it moves past ``last_round``. Returns the pointer
         (before, after). Rounds can complete out of order (a round's candidates start when their
         own parents are stored), so the pointer only ever moves over complete rounds, and whoever
         moves it emits the round events. Does nothing for a job in a terminal state.

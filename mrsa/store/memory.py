@@ -281,13 +281,21 @@ class MemoryStore:
         return True
 
     async def complete_rounds(
-        self, job_id: str, population: int, last_round: int, final_tasks: Sequence[Task] = ()
+        self,
+        job_id: str,
+        population: int,
+        last_round: int,
+        final_tasks: Sequence[Task] = (),
+        last_population: int | None = None,
     ) -> tuple[int, int]:
         st = self._state(job_id)
         old = pointer = st.job.round
         if st.job.status.terminal:
             return old, old
-        while 0 <= pointer <= last_round and _round_size(st, pointer) >= population:
+        last_size = population if last_population is None else last_population
+        while 0 <= pointer <= last_round and _round_size(st, pointer) >= (
+            last_size if pointer == last_round else population
+        ):
             pointer += 1
         if pointer != old:
             st.job.round = pointer

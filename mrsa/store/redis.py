@@ -598,12 +598,18 @@ class RedisStore:
         return won == 1
 
     async def complete_rounds(
-        self, job_id: str, population: int, last_round: int, final_tasks: Sequence[Task] = ()
+        self,
+        job_id: str,
+        population: int,
+        last_round: int,
+        final_tasks: Sequence[Task] = (),
+        last_population: int | None = None,
     ) -> tuple[int, int]:
+        last_size = population if last_population is None else last_population
         with self._r.unavailable():
             before, after = await self._r.complete_rounds(
                 keys=[self._r.job(job_id), self._r.tasks],
-                args=[population, last_round, _now(), *(t.model_dump_json() for t in final_tasks)],
+                args=[population, last_round, _now(), last_size, *(t.model_dump_json() for t in final_tasks)],
             )
         if int(before) == -2:
             raise KeyError(f"unknown job {job_id!r}")

@@ -92,8 +92,9 @@ return count
 """
 )
 
-# KEYS: job, tasks. ARGV: population, last round, now, final task JSON... Moves the round pointer
-# past every complete round (in order); enqueues the final tasks when it passes the last round.
+# KEYS: job, tasks. ARGV: population, last round, now, size of the last round, final task JSON...
+# Moves the round pointer past every complete round (in order); enqueues the final tasks when it
+# passes the last round.
 # Returns {before, after}; {-2, -2} for an unknown job.
 COMPLETE_ROUNDS = (
     _TERMINAL
@@ -102,15 +103,16 @@ local st = redis.call('HMGET', KEYS[1], 'status', 'round')
 if not st[1] then return {-2, -2} end
 local old = tonumber(st[2])
 if terminal(st[1]) then return {old, old} end
-local n, last = tonumber(ARGV[1]), tonumber(ARGV[2])
+local n, last, lastn = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[4])
+local function size(round) if round == last then return lastn end return n end
 local r = old
-while r >= 0 and r <= last and tonumber(redis.call('HGET', KEYS[1], 'done:' .. r) or '0') >= n do
+while r >= 0 and r <= last and tonumber(redis.call('HGET', KEYS[1], 'done:' .. r) or '0') >= size(r) do
   r = r + 1
 end
 if r ~= old then
   redis.call('HSET', KEYS[1], 'round', r, 'updated_at', ARGV[3])
   if r > last then
-    for i = 4, #ARGV do redis.call('XADD', KEYS[2], '*', 'task', ARGV[i]) end
+    for i = 5, #ARGV do redis.call('XADD', KEYS[2], '*', 'task', ARGV[i]) end
   end
 end
 return {old, r}
