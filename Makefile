@@ -14,7 +14,7 @@ else
 LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF
 endif
 
-.PHONY: setup demo test lint typecheck redis-server bundled-envs clean
+.PHONY: setup demo test lint typecheck redis-server ha-tools bundled-envs clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,17 @@ redis-server:
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq redis-server >/dev/null; }
 
+# The Sentinel failover tests and the multi-host test (tests/test_netns_multihost.py): redis-sentinel
+# and iproute2's `ip` (network namespaces), Debian packages, installed when missing.
+ha-tools:
+	@missing=""; \
+	  command -v redis-sentinel >/dev/null || missing="$$missing redis-sentinel"; \
+	  command -v ip >/dev/null || missing="$$missing iproute2"; \
+	  [ -z "$$missing" ] || { \
+	    echo "installing$$missing (Debian packages)"; \
+	    SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	    $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; }
+
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
@@ -47,7 +58,7 @@ bundled-envs: setup
 	$(BIN)/python -m mrsa.backends.bundled_triton
 	$(BIN)/python -m mrsa.backends.bundled_vllm
 
-test: setup redis-server lint typecheck bundled-envs
+test: setup redis-server ha-tools lint typecheck bundled-envs
 	$(BIN)/python -m pytest -q
 
 clean:

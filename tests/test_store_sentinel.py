@@ -21,7 +21,9 @@ import redis
 from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import ValidationError
+from typer.testing import CliRunner
 
+from mrsa.cli import app
 from mrsa.settings import Settings
 from mrsa.store.base import Store, StoreUnavailable
 from mrsa.store.opening import open_store
@@ -114,6 +116,23 @@ def test_a_bad_redis_url_is_a_settings_error_naming_the_field(url: str, says: st
     with pytest.raises(ValidationError) as caught:
         Settings(redis_url=url)
     assert "redis_url" in str(caught.value)
+
+
+@pytest.mark.parametrize("source", ["flag", "environment"])
+def test_mrsa_worker_names_where_a_bad_sentinel_url_came_from(
+    source: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Exit 2 with the parser's reason (brackets and all: the message is not read as markup)."""
+    bad = "redis+sentinel://u:pw@h:26379/"
+    flags = ["worker", "--backend", "http://127.0.0.1:9"]
+    if source == "flag":
+        flags += ["--redis", bad]
+    else:
+        monkeypatch.setenv("MRSA_REDIS_URL", bad)
+    result = CliRunner().invoke(app, flags)
+    assert result.exit_code == 2, result.output
+    assert ("redis: " if source == "flag" else "MRSA_REDIS_URL: ") in result.output  # flag, no dashes
+    assert "no master name (expected .../<master-name>[/<db>])" in result.output
 
 
 def test_a_bad_url_never_echoes_its_password() -> None:
