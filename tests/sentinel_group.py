@@ -128,8 +128,13 @@ class SentinelGroup:
     def _server(self, name: str, extra: tuple[str, ...]) -> RedisProcess:
         folder = self.directory / name
         folder.mkdir(parents=True, exist_ok=True)
+        # Diskless sync waits 5 s by default for more replicas to share the transfer: none will.
         server = RedisProcess(
-            folder, host=self.redis_host, launcher=self.launcher, fsync="everysec", extra_args=extra
+            folder,
+            host=self.redis_host,
+            launcher=self.launcher,
+            fsync="everysec",
+            extra_args=("--repl-diskless-sync-delay", "0", *extra),
         )
         self.servers.append(server)
         server.start()

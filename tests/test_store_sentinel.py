@@ -23,12 +23,14 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 from typer.testing import CliRunner
 
+from mrsa.backends.server_process import free_port
 from mrsa.cli import app
 from mrsa.settings import Settings
-from mrsa.store.base import Store, StoreUnavailable
+from mrsa.store.base import Delivery, Store, StoreUnavailable
 from mrsa.store.opening import open_store
 from mrsa.store.redis_address import SENTINEL_PORT, SentinelAddress, parse_redis_url
 from mrsa.urls import redact
+from tests.plugins.redis_server import RedisServer
 from tests.sentinel_group import SentinelGroup
 from tests.store_contract import make_candidate, make_job, tasks_of
 
@@ -123,7 +125,7 @@ def test_mrsa_worker_names_where_a_bad_sentinel_url_came_from(
     source: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Exit 2 with the parser's reason (brackets and all: the message is not read as markup)."""
-    bad = "redis+sentinel://u:pw@h:26379/"
+    bad = "redis+sentinel://u:hunter2@h:26379/"
     flags = ["worker", "--backend", "http://127.0.0.1:9"]
     if source == "flag":
         flags += ["--redis", bad]
@@ -133,12 +135,38 @@ def test_mrsa_worker_names_where_a_bad_sentinel_url_came_from(
     assert result.exit_code == 2, result.output
     assert ("redis: " if source == "flag" else "MRSA_REDIS_URL: ") in result.output  # flag, no dashes
     assert "no master name (expected .../<master-name>[/<db>])" in result.output
+    assert "hunter2" not in result.output
 
 
 def test_a_bad_url_never_echoes_its_password() -> None:
     with pytest.raises(ValueError) as caught:
         parse_redis_url("nonsense:hunter2@h")
     assert "hunter2" not in str(caught.value)
+
+
+# -- a server that is not the master ---------------------------------------------------------------
+
+
+@pytest.mark.timeout(30)
+async def test_a_server_that_is_not_the_master_is_unavailable_not_an_error(redis_server: RedisServer) -> None:
+    """What a cut-off old master (NOREPLICAS, under min-replicas-to-write) or a replica (READONLY)
+    answers is StoreUnavailable — workers leave the task pending and retry — never a task error."""
+    async with open_store(redis_server.url, Settings()) as store:
+        with redis.Redis(host=redis_server.host, port=redis_server.port) as raw:
+            raw.config_set("min-replicas-to-write", 1)
+            with pytest.raises(StoreUnavailable, match="NOREPLICAS"):
+                await store.create_job(make_job("j1"), tasks_of("j1", n=1))
+            raw.config_set("min-replicas-to-write", 0)
+            raw.replicaof("127.0.0.1", str(free_port()))  # a replica of a master that is not there
+            try:
+                with pytest.raises(StoreUnavailable, match="read only replica"):
+                    await store.create_job(make_job("j2"), tasks_of("j2", n=1))
+                with pytest.raises(StoreUnavailable, match="read only replica"):
+                    await store.ack(Delivery(id="1-1", task=tasks_of("j2", n=1)[0], deliveries=1))
+            finally:
+                raw.replicaof("NO", "ONE")
+        await store.create_job(make_job("j3"), tasks_of("j3", n=1))
+        assert [d.task.job_id for d in await store.take("c1", count=5, block_ms=100)] == ["j3"]
 
 
 # -- a real failover -------------------------------------------------------------------------------
