@@ -18,6 +18,7 @@ from urllib.parse import quote
 
 import pytest
 import redis
+import redis.asyncio
 from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import ValidationError
@@ -28,6 +29,7 @@ from mrsa.cli import app
 from mrsa.settings import Settings
 from mrsa.store.base import Delivery, Store, StoreUnavailable
 from mrsa.store.opening import open_store
+from mrsa.store.redis import RedisStore
 from mrsa.store.redis_address import SENTINEL_PORT, SentinelAddress, parse_redis_url
 from mrsa.urls import redact
 from tests.plugins.redis_server import RedisServer
@@ -205,9 +207,10 @@ async def _until_available(step: Callable[[], Awaitable[T]], timeout_s: float = 
 
 def _served_by(store: Store) -> tuple[str, int]:
     """The address the store's command pool is connected to now."""
-    client = getattr(store, "client")  # noqa: B009 - RedisStore's, not the Store protocol's
-    pool = client.connection_pool
+    assert isinstance(store, RedisStore)
+    pool = store.client.connection_pool
     conn = next(iter(pool._available_connections))
+    assert isinstance(conn, redis.asyncio.Connection)
     return str(conn.host), int(conn.port)
 
 
