@@ -14,7 +14,7 @@ else
 LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF
 endif
 
-.PHONY: setup demo test lint typecheck redis-server bundled-envs deploy-validators clean
+.PHONY: setup demo test lint typecheck redis-server ha-tools bundled-envs deploy-validators clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,17 @@ redis-server:
 	  echo "installing redis-server (Debian package)"; \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq redis-server >/dev/null; }
+
+# The Sentinel failover tests and the multi-host test (tests/test_netns_multihost.py): redis-sentinel
+# and iproute2's `ip` (network namespaces), Debian packages, installed when missing.
+ha-tools:
+	@missing=""; \
+	  command -v redis-sentinel >/dev/null || missing="$$missing redis-sentinel"; \
+	  command -v ip >/dev/null || missing="$$missing iproute2"; \
+	  [ -z "$$missing" ] || { \
+	    echo "installing$$missing (Debian packages)"; \
+	    SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	    $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; }
 
 lint: setup
 	$(BIN)/ruff check .
@@ -57,7 +68,7 @@ deploy-validators: setup
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq nodejs npm >/dev/null; }
 	$(BIN)/python -m tests.deploy_tools
 
-test: setup redis-server lint typecheck bundled-envs deploy-validators
+test: setup redis-server ha-tools lint typecheck bundled-envs deploy-validators
 	$(BIN)/python -m pytest -q
 
 clean:

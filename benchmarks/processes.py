@@ -8,7 +8,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -81,15 +81,22 @@ Starter = Callable[..., Child]
 
 @contextlib.contextmanager
 def child_processes(folder: Path, env: Mapping[str, str] | None = None) -> Iterator[Starter]:
-    """Yields ``start(name, args, env=None) -> Child`` (``python ARGS``, log in ``folder/NAME.log``);
-    on exit every child still running is stopped, the last started first."""
+    """Yields ``start(name, args, env=None, launcher=()) -> Child`` (``LAUNCHER python ARGS``, log
+    in ``folder/NAME.log``; a launcher such as ``ip netns exec NS`` must exec the command in its own
+    process, so the PID stays the child's); on exit every child still running is stopped, the last
+    started first."""
     started: list[Child] = []
 
-    def start(name: str, args: list[str], env_override: Mapping[str, str] | None = None) -> Child:
+    def start(
+        name: str,
+        args: list[str],
+        env_override: Mapping[str, str] | None = None,
+        launcher: Sequence[str] = (),
+    ) -> Child:
         log_path = folder / f"{name}.log"
         with log_path.open("wb") as log:
             proc = subprocess.Popen(
-                [sys.executable, *args],
+                [*launcher, sys.executable, *args],
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,

@@ -25,17 +25,22 @@ class RedisProcess:
     """A redis-server child; ``restart()`` stops and starts it on the same port and data folder.
 
     ``appendonly`` keeps an AOF in ``directory`` (``fsync`` ``always`` or ``everysec``), so a
-    restart brings the data back as a production Redis with AOF would."""
+    restart brings the data back as a production Redis with AOF would. ``host`` is the address it
+    binds (loopback unless a test gives it a network namespace's), ``launcher`` a command prefix
+    (``ip netns exec NAME``), ``extra_args`` more ``redis-server`` options (``--replicaof``)."""
 
     directory: Path
     port: int = field(default_factory=free_port)
     appendonly: bool = True
     fsync: str = "always"
+    host: str = "127.0.0.1"
+    launcher: tuple[str, ...] = ()
+    extra_args: tuple[str, ...] = ()
     process: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        return f"redis://{self.host}:{self.port}/0"
 
     @property
     def log_path(self) -> Path:
@@ -49,11 +54,12 @@ class RedisProcess:
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
                 [
+                    *self.launcher,
                     binary,
                     "--port",
                     str(self.port),
                     "--bind",
-                    "127.0.0.1",
+                    self.host,
                     "--dir",
                     str(self.directory),
                     *(persistence or ["--appendonly", "no"]),
@@ -61,6 +67,7 @@ class RedisProcess:
                     "",
                     "--protected-mode",
                     "no",
+                    *self.extra_args,
                 ],
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -70,7 +77,7 @@ class RedisProcess:
             if self.process.poll() is not None:
                 break
             try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as s:
+                with socket.create_connection((self.host, self.port), timeout=0.2) as s:
                     s.sendall(b"PING\r\n")
                     if s.recv(16).startswith(b"+PONG"):
                         return

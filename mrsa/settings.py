@@ -17,6 +17,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from mrsa.backends.factory import BACKEND_KINDS
 from mrsa.backends.http import HttpOptions
+from mrsa.store.redis_address import parse_redis_url
 
 # Answer clustering under a limit (mrsa.engine.equivalence): defaults shared with its pure functions.
 EQUIVALENCE_TIMEOUT_S = 5.0
@@ -58,7 +59,14 @@ class Settings(BaseSettings):
         description="Send each generation's priority to a vLLM server (-round: later rounds first); the "
         "server must run with --scheduling-policy priority, or it rejects such requests.",
     )
-    redis_url: str | None = Field(None, description="Redis URL of the job store and task queue.")
+    redis_url: str | None = Field(
+        None,
+        description="Redis URL of the job store and task queue: redis://, rediss://, or "
+        "redis+sentinel://[[user]:password@]host:port[,host:port...]/<master-name>[/<db>].",
+    )
+    redis_sentinel_password: str | None = Field(
+        None, description="Password of the Sentinels themselves (a redis+sentinel:// URL's is the master's)."
+    )
     redis_prefix: str = Field(
         "mrsa", min_length=1, description="Prefix of every Redis key (several deployments, one Redis)."
     )
@@ -147,6 +155,14 @@ class Settings(BaseSettings):
         if kind not in BACKEND_KINDS:
             raise ValueError(f"unknown {kind!r}; choose one of {', '.join(BACKEND_KINDS)}")
         return kind
+
+    @field_validator("redis_url")
+    @classmethod
+    def _readable_redis_url(cls, url: str | None) -> str | None:
+        """A malformed Sentinel URL is reported here, naming the field, not at the first connect."""
+        if url:
+            parse_redis_url(url)
+        return url
 
     def api_key_list(self) -> list[str]:
         return [k.strip() for k in self.api_keys.split(",") if k.strip()]

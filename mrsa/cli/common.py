@@ -11,6 +11,7 @@ from typing import Any, NoReturn, TypeVar
 import typer
 from pydantic import BaseModel, ValidationError
 from rich.console import Console
+from rich.markup import escape
 
 from mrsa.settings import Settings, describe_settings_error
 
@@ -23,7 +24,8 @@ EXIT_USAGE = 2
 
 def fail(message: str, code: int = EXIT_FAILURE) -> NoReturn:
     """Print ``mrsa: error: message`` on stderr (no traceback) and exit with ``code``."""
-    err_console.print(f"[bold red]mrsa: error:[/] {message}", markup=True, soft_wrap=True)
+    # The message is text, not markup: "[/<db>]" in a URL's syntax must not be read as a closing tag.
+    err_console.print(f"[bold red]mrsa: error:[/] {escape(message)}", markup=True, soft_wrap=True)
     raise typer.Exit(code)
 
 

@@ -116,7 +116,11 @@ PriorityOpt = Annotated[
     ),
 ]
 RedisOpt = Annotated[
-    str | None, typer.Option("--redis", help="Redis URL of the job store and queue (env MRSA_REDIS_URL).")
+    str | None,
+    typer.Option(
+        "--redis",
+        help="Redis URL of the job store and queue: redis://, rediss:// or redis+sentinel://HOST:PORT,.../MASTER/DB (env MRSA_REDIS_URL).",
+    ),
 ]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")]
 

@@ -1,7 +1,8 @@
 """``open_store``: the one place that opens a :class:`~mrsa.store.base.Store`.
 
 Memory when there is no URL (``mrsa solve``, ``mrsa bench``), Redis otherwise (the API, the
-workers, and ``--redis`` runs); the key prefix, delivery limit and retention come from
+workers, and ``--redis`` runs; a ``redis+sentinel://`` URL reaches the master Sentinel names and
+follows its failovers, see :mod:`mrsa.store.redis_address`); the key prefix, delivery limit and retention come from
 :class:`~mrsa.settings.Settings`. A Redis that does not answer yet (compose starts the API and the
 workers with it; Redis may still be loading its data) is retried for up to ``wait_s`` seconds,
 with jittered exponential backoff.
@@ -76,6 +77,7 @@ async def _connect(
                 retention_s=settings.retention_s,
                 max_connections=max_connections or redis.MAX_CONNECTIONS,
                 events_connections=events_connections,
+                sentinel_password=settings.redis_sentinel_password,
             )
         except StoreUnavailable as exc:
             left = deadline - loop.time()

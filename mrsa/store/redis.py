@@ -47,7 +47,8 @@ whole queue): ``cancel_job`` only marks the job cancelled. Its queued tasks are 
 the engine returns at once for a task of a terminal job (no backend request) and the worker acks
 it. ``stats().queued`` counts them until then.
 
-Connections: one blocking pool (``max_connections``); with ``events_connections``, event reads
+Connections (:mod:`mrsa.store.redis_clients`, to a plain URL or to the master Sentinel names, following
+a failover): one blocking pool (``max_connections``); with ``events_connections``, event reads
 (XREAD, which blocks) get a pool of their own, so however many event streams wait, the other
 commands keep theirs (the API's streams and waiting chat completions).
 
@@ -76,10 +77,8 @@ from collections.abc import Iterator, Sequence
 from typing import Any, cast
 
 import redis.asyncio as aioredis
-from redis.asyncio.retry import Retry
-from redis.backoff import ExponentialWithJitterBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError
+from redis.exceptions import ReadOnlyError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from mrsa.domain import Candidate, ChunkCheckpoint, Event, Job, JobResult, JobSpec, JobStatus, Task
@@ -92,15 +91,14 @@ from mrsa.store.base import (
     StoreUnavailable,
     TaskContext,
 )
+from mrsa.store.redis_clients import NOT_A_MASTER, RedisClients, open_clients
 from mrsa.urls import redact
 
 GROUP = "workers"
 EVENTS_MAXLEN = 10_000
 # Blocking reads are capped below the socket timeout; callers loop (the protocol says "up to").
-MAX_BLOCK_MS = 10_000
-SOCKET_TIMEOUT_S = 15.0
+MAX_BLOCK_MS = 10_000  # below redis_clients.SOCKET_TIMEOUT_S
 MAX_CONNECTIONS = 64  # commands are short: a few dozen connections serve hundreds of tasks
-POOL_WAIT_S = 10.0  # longest wait for a free connection before StoreUnavailable
 # XCLAIM ... IDLE for released tasks: ten years, i.e. "silent for longer than any reclaim timeout".
 RELEASED_IDLE_MS = 10 * 365 * 86_400_000
 _PENDING_SCAN = 10_000
@@ -125,15 +123,16 @@ def _opt_json(value: str | None) -> Any:
 class _Redis:
     """The connections, key names and scripts of one :class:`RedisStore`."""
 
-    def __init__(self, client: aioredis.Redis, events: aioredis.Redis, url: str, prefix: str) -> None:
-        self.client = client
-        self.events_client = events  # event reads (blocking XREAD); ``client`` when not separate
+    def __init__(self, clients: RedisClients, url: str, prefix: str) -> None:
+        self.clients = clients
+        self.client = clients.client
+        self.events_client = clients.events  # event reads (blocking XREAD); ``client`` when not separate
         self.url = redact(url)
         self.p = prefix
         self.tasks = task_stream(prefix)
         self.dead = f"{prefix}:dead"
         self.jobs = f"{prefix}:jobs"
-        s = client.register_script
+        s = self.client.register_script
         self.create = s(lua.CREATE)
         self.mark_running = s(lua.MARK_RUNNING)
         self.save_candidate = s(lua.SAVE_CANDIDATE)
@@ -178,13 +177,22 @@ class _Redis:
 
     @contextlib.contextmanager
     def unavailable(self) -> Iterator[None]:
-        """Turn connection trouble into :class:`StoreUnavailable` (the task stays pending)."""
+        """Turn connection trouble into :class:`StoreUnavailable` (the task stays pending).
+
+        So is a server that is no master (any more): ``READONLY`` (a replica) and the
+        :data:`~mrsa.store.redis_clients.NOT_A_MASTER` replies last until the failover is done, or
+        until whoever points a plain URL at a replica fixes it. Behind Sentinel the connection layer
+        has turned them into connection errors already (:mod:`mrsa.store.redis_clients`)."""
         try:
             yield
-        except (RedisConnectionError, RedisTimeoutError, ConnectionError, TimeoutError) as exc:
+        except (RedisConnectionError, RedisTimeoutError, ConnectionError, TimeoutError, ReadOnlyError) as exc:
             raise StoreUnavailable(
                 f"redis at {self.url} is unavailable: {type(exc).__name__}: {exc}"
             ) from exc
+        except ResponseError as exc:
+            if not str(exc).startswith(NOT_A_MASTER):
+                raise
+            raise StoreUnavailable(f"redis at {self.url} is not the master: {exc}") from exc
 
     async def load_scripts(self) -> None:
         """Load every script up front (one round trip), so no call pays NOSCRIPT + SCRIPT LOAD;
@@ -267,10 +275,8 @@ class RedisStore:
     # -- lifecycle --------------------------------------------------------------------------------
 
     async def aclose(self) -> None:
-        """Close the connection pools."""
-        if self._r.events_client is not self._r.client:
-            await self._r.events_client.aclose()
-        await self._r.client.aclose()
+        """Close the connection pools (and the Sentinel connections, behind Sentinel)."""
+        await self._r.clients.aclose()
 
     async def ping(self) -> bool:
         """Whether Redis answers (for readiness checks)."""
@@ -695,19 +701,6 @@ class RedisStore:
         return out
 
 
-def _pool(url: str, max_connections: int) -> aioredis.Redis:
-    pool = aioredis.BlockingConnectionPool.from_url(
-        url,
-        max_connections=max_connections,
-        timeout=POOL_WAIT_S,
-        decode_responses=True,
-        socket_timeout=SOCKET_TIMEOUT_S,
-        socket_connect_timeout=5.0,
-        retry=Retry(ExponentialWithJitterBackoff(base=0.05, cap=0.5), retries=2),
-    )
-    return aioredis.Redis.from_pool(pool)
-
-
 async def connect(
     url: str,
     *,
@@ -716,24 +709,33 @@ async def connect(
     retention_s: int = 7 * 86400,
     max_connections: int = MAX_CONNECTIONS,
     events_connections: int | None = None,
+    sentinel_password: str | None = None,
 ) -> RedisStore:
     """Connect to Redis at ``url`` and make sure the task stream and its consumer group exist (one
     attempt: :func:`mrsa.store.opening.open_store` retries and closes).
+
+    ``url`` is a plain ``redis://``/``rediss://`` URL or a ``redis+sentinel://`` URL
+    (:mod:`mrsa.store.redis_address`; ``sentinel_password`` is then the Sentinels' own password):
+    behind Sentinel every connection goes to the current master and follows a failover.
 
     Raises :class:`StoreUnavailable` when Redis cannot be reached. The client retries a failed
     command twice with a short backoff (a pooled connection that a Redis restart broke is replaced
     transparently); longer outages surface as StoreUnavailable.
 
     At most ``max_connections`` connections; a command that finds them all busy waits for one
-    (up to ``POOL_WAIT_S``). redis-py's default pool instead fails the 101st concurrent command,
+    (up to ``redis_clients.POOL_WAIT_S``). redis-py's default pool instead fails the 101st concurrent command,
     and a worker with 256 tasks in flight issues more than that at once. ``events_connections``:
     a second pool of that size for event reads (see the module docstring).
     """
     if max_deliveries < 1:
         raise ValueError("max_deliveries must be ≥ 1")
-    client = _pool(url, max_connections)
-    events = client if events_connections is None else _pool(url, events_connections)
-    store = RedisStore(_Redis(client, events, url, prefix), max_deliveries, retention_s)
+    clients = open_clients(
+        url,
+        max_connections=max_connections,
+        events_connections=events_connections,
+        sentinel_password=sentinel_password,
+    )
+    store = RedisStore(_Redis(clients, url, prefix), max_deliveries, retention_s)
     try:
         with store._r.unavailable():
             await store._r.ensure_group()

@@ -2,7 +2,10 @@
 
 Conventions: ``KEYS``/``ARGV`` are listed above each script; a script returns -1 (or false) for an
 unknown job, so the caller can raise ``KeyError`` as the memory store does. Keys a script builds
-itself (a job's round hashes, an owner's active set) are not declared: single Redis only.
+itself (a job's round hashes, an owner's active set) are not declared: one Redis master (with
+replicas and Sentinel), not Redis Cluster; docs/service.md (*High availability*) says why, and
+what a failover may lose. No script reads the clock or random numbers (times come in ``ARGV``),
+so its replicated effects are what it did on the master.
 """
 
 from __future__ import annotations
