@@ -72,7 +72,12 @@ async def test_a_running_round_shows_what_is_stored_so_far(
     assert [c["index"] for c in summary["candidates"]] == [0, 2]
     assert summary["votes"] == [{"answer": "42", "count": 1, "finished": 1}]
     assert summary["truncated"] == 1
-    assert summary["usage"] == {"decode_tokens": 22, "prompt_tokens": 200, "requests": 2}
+    assert summary["usage"] == {
+        "decode_tokens": 22,
+        "prompt_tokens": 200,
+        "cached_prompt_tokens": 0,
+        "requests": 2,
+    }
 
 
 async def test_parents_and_the_stored_result_of_an_ended_job(
