@@ -7,6 +7,7 @@ beat the environment). ``mrsa worker`` and ``python -m workers`` both run on :cl
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from functools import lru_cache
 from pathlib import Path
@@ -16,7 +17,8 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from mrsa.backends.factory import BACKEND_KINDS
-from mrsa.backends.http import HttpOptions
+from mrsa.backends.http import HEADER_NAME_PATTERN, HttpOptions
+from mrsa.backends.pressure import DEFAULT_WAITING_METRICS
 
 # Answer clustering under a limit (mrsa.engine.equivalence): defaults shared with its pure functions.
 EQUIVALENCE_TIMEOUT_S = 5.0
@@ -57,6 +59,31 @@ class Settings(BaseSettings):
         False,
         description="Send each generation's priority to a vLLM server (-round: later rounds first); the "
         "server must run with --scheduling-policy priority, or it rejects such requests.",
+    )
+    backend_routing_header: str | None = Field(
+        None,
+        description="Header carrying each candidate's lineage key to a router in front of several "
+        "inference servers (its session or consistent-hash key, e.g. x-smg-routing-key); unset = none.",
+    )
+    backend_metrics_url: str | None = Field(
+        None,
+        description="Prometheus text endpoint of the router or inference server (e.g. vLLM's /metrics); "
+        "while its queue is longer than backend_max_waiting, workers take no new tasks. Unset = not read.",
+    )
+    backend_max_waiting: int = Field(
+        32,
+        ge=0,
+        description="Requests waiting in the backend's queue (per backend_metrics_url) above which "
+        "workers hold off taking new tasks.",
+    )
+    backend_waiting_metrics: str = Field(
+        ",".join(DEFAULT_WAITING_METRICS),
+        min_length=1,
+        description="Comma-separated metric names read as the queue length, first present wins "
+        "(its samples summed): vLLM, SGLang, Triton, Gateway API Inference Extension.",
+    )
+    backend_metrics_interval_s: float = Field(
+        2.0, gt=0, description="How often a worker reads backend_metrics_url, seconds."
     )
     redis_url: str | None = Field(None, description="Redis URL of the job store and task queue.")
     redis_prefix: str = Field(
@@ -121,7 +148,14 @@ class Settings(BaseSettings):
         description="Processes per mrsa process that run math-verify for answer clustering.",
     )
 
-    @field_validator("backend_context_length", "backend_deadline_s", "tokenizer", mode="before")
+    @field_validator(
+        "backend_context_length",
+        "backend_deadline_s",
+        "tokenizer",
+        "backend_routing_header",
+        "backend_metrics_url",
+        mode="before",
+    )
     @classmethod
     def _blank_is_unset(cls, value: object) -> object:
         """``MRSA_BACKEND_CONTEXT_LENGTH=`` or ``MRSA_TOKENIZER=`` (as compose passes an unset
@@ -134,6 +168,26 @@ class Settings(BaseSettings):
         if kind not in BACKEND_KINDS:
             raise ValueError(f"unknown {kind!r}; choose one of {', '.join(BACKEND_KINDS)}")
         return kind
+
+    @field_validator("backend_routing_header")
+    @classmethod
+    def _header_name(cls, name: str | None) -> str | None:
+        if name is not None and not re.fullmatch(HEADER_NAME_PATTERN, name):
+            raise ValueError(
+                f"{name!r} is not an HTTP header name (letters, digits, - and _; no spaces or ':')"
+            )
+        return name
+
+    @field_validator("backend_metrics_url")
+    @classmethod
+    def _http_url(cls, url: str | None) -> str | None:
+        if url is not None and not url.startswith(("http://", "https://")):
+            raise ValueError(f"{url!r} is not an http:// or https:// URL")
+        return url
+
+    def waiting_metric_names(self) -> list[str]:
+        """``backend_waiting_metrics`` as a list of names."""
+        return [n.strip() for n in self.backend_waiting_metrics.split(",") if n.strip()]
 
     def api_key_list(self) -> list[str]:
         return [k.strip() for k in self.api_keys.split(",") if k.strip()]
@@ -149,6 +203,7 @@ class Settings(BaseSettings):
             min_tokens_per_s=self.backend_min_tokens_per_s,
             retry_after_cap_s=self.backend_retry_after_cap_s,
             max_body_bytes=self.backend_max_body_bytes,
+            routing_header=self.backend_routing_header,
             **({"concurrency": self.backend_concurrency} if self.backend_concurrency else {}),
         )
 
