@@ -11,7 +11,9 @@ spreads a job's N candidates over both.
 Reported per policy: makespan (first submission to last result), prefix-cache hit rate (cached
 prompt tokens / prompt tokens, summed over both replicas, as the simulators count them), prefill
 seconds the replicas spent, generations per replica, and how many candidates' chunks were split
-over both replicas; then the ratios affinity / round-robin.
+over both replicas; then the ratios affinity / round-robin of the medians over ``--repeats`` runs
+of each (the policies alternate; job ids are fresh each run, so affinity's split of the keys over
+the replicas is drawn anew).
 
     .venv/bin/python -m benchmarks.routing            # table
     .venv/bin/python -m benchmarks.routing --json     # one JSON object per policy
@@ -26,6 +28,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import statistics
 import sys
 import time
 from collections.abc import Iterator, Sequence
@@ -131,22 +134,28 @@ async def run_policy(policy: Policy, urls: list[str], workload: Workload) -> dic
 
 
 def with_ratios(rows: list[dict[str, Any]]) -> dict[str, float | None]:
-    """affinity / round-robin: hit rate and prefill (higher/lower is better), and the speed-up
-    (round-robin makespan / affinity makespan; above 1 means affinity finished sooner)."""
-    by = {r["policy"]: r for r in rows}
-    rr, aff = by.get("round-robin"), by.get("affinity")
-    if rr is None or aff is None:
-        return {}
+    """affinity / round-robin over the medians of each policy's runs: hit rate and prefill
+    seconds, and the speed-up (round-robin makespan / affinity makespan; above 1 means affinity
+    finished sooner)."""
+
+    def median_of(policy: str, key: str) -> float | None:
+        values = [r[key] for r in rows if r["policy"] == policy and r[key] is not None]
+        return statistics.median(values) if values else None
 
     def ratio(a: float | None, b: float | None) -> float | None:
         return round(a / b, 3) if a is not None and b else None
 
+    def both(key: str) -> tuple[float | None, float | None]:
+        return median_of("affinity", key), median_of("round-robin", key)
+
+    hit_aff, hit_rr = both("prefix_cache_hit_rate")
+    prefill_aff, prefill_rr = both("prefill_s")
+    make_aff, make_rr = both("makespan_s")
     return {
-        "hit_rate_affinity_over_round_robin": ratio(
-            aff["prefix_cache_hit_rate"], rr["prefix_cache_hit_rate"]
-        ),
-        "prefill_affinity_over_round_robin": ratio(aff["prefill_s"], rr["prefill_s"]),
-        "speedup_affinity_vs_round_robin": ratio(rr["makespan_s"], aff["makespan_s"]),
+        "runs_per_policy": len(rows) // max(1, len({r["policy"] for r in rows})),
+        "hit_rate_affinity_over_round_robin": ratio(hit_aff, hit_rr),
+        "prefill_affinity_over_round_robin": ratio(prefill_aff, prefill_rr),
+        "speedup_affinity_vs_round_robin": ratio(make_rr, make_aff),
     }
 
 
