@@ -102,11 +102,12 @@ async def test_the_hold_follows_the_queue_and_fails_open() -> None:
 
 async def test_a_stale_reading_stops_holding() -> None:
     pressure = BackendPressure(
-        "http://router/metrics", max_waiting=0, interval_s=0.02, wire=MockWire(Endpoint(5))
+        "http://router/metrics", max_waiting=0, interval_s=0.02, timeout_s=0.02, wire=MockWire(Endpoint(5))
     )
     await pressure.read_once()
     assert pressure.holding
-    await asyncio.sleep(0.1)  # more than three intervals without a reading
+    assert pressure.fresh_s == pytest.approx(0.06)
+    await asyncio.sleep(0.1)  # longer than an attempt and an interval without a reading
     assert not pressure.holding
 
 

@@ -163,10 +163,10 @@ class Worker:
         while not stop.is_set():
             # While tasks wait for the backend, or its queue is long, take no new ones (another
             # worker's backend may have room).
-            holding = self._held or (self.pressure is not None and self.pressure.holding)
-            free = 0 if holding else self.options.capacity - len(self._running)
+            pressed = self.pressure is not None and self.pressure.holding
+            free = 0 if self._held or pressed else self.options.capacity - len(self._running)
             if free <= 0:
-                await self._wait_for_slot(stop)
+                await self._wait_for_slot(stop, pressed)
                 continue
             try:
                 await self._fail_dead_jobs()
@@ -230,14 +230,19 @@ class Worker:
     def _block_ms(self, stop: asyncio.Event) -> int:
         return 0 if stop.is_set() else self.options.block_ms
 
-    async def _wait_for_slot(self, stop: asyncio.Event) -> None:
+    async def _wait_for_slot(self, stop: asyncio.Event, pressed: bool = False) -> None:
+        """Until a task finishes or ``stop``; when the backend's queue holds the worker
+        (``pressed``), also until it opens, and at most one reading interval (a reading that
+        goes stale holds nothing, and no event says so)."""
         tasks: list[asyncio.Future[Any]] = [t for _, t in self._running.values()]
         stopper = asyncio.create_task(stop.wait())
         waiters = [stopper]
-        if self.pressure is not None and self.pressure.holding:
+        timeout: float | None = None
+        if pressed and self.pressure is not None:
             waiters.append(asyncio.create_task(self.pressure.opened.wait()))
+            timeout = self.pressure.interval_s
         try:
-            await asyncio.wait([*tasks, *waiters], return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait([*tasks, *waiters], timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
         finally:
             for waiter in waiters:
                 waiter.cancel()

@@ -76,8 +76,10 @@ def waiting_requests(text: str, names: Sequence[str] = DEFAULT_WAITING_METRICS) 
 
 class BackendPressure:
     """Reads ``url`` every ``interval_s``; :attr:`holding` is True while the last good reading
-    is above ``max_waiting`` (and not older than three intervals). :attr:`opened` is set whenever
-    the worker may take tasks again."""
+    is above ``max_waiting`` and fresh: younger than a whole reading attempt (its timeout) plus
+    the interval, and than three intervals, so a slow endpoint on a loaded machine does not flap
+    the hold, and one that stops answering releases it. :attr:`opened` is set whenever the
+    worker may take tasks again."""
 
     def __init__(
         self,
@@ -102,10 +104,15 @@ class BackendPressure:
         self.opened.set()
 
     @property
+    def fresh_s(self) -> float:
+        """How long a reading holds: a full attempt (``2 × timeout_s`` at most) plus an interval."""
+        return max(3 * self.interval_s, self.interval_s + 2 * self.timeout_s)
+
+    @property
     def holding(self) -> bool:
         if self.waiting is None or self._read_at is None:
             return False
-        fresh = asyncio.get_running_loop().time() - self._read_at <= 3 * self.interval_s
+        fresh = asyncio.get_running_loop().time() - self._read_at <= self.fresh_s
         return fresh and self.waiting > self.max_waiting
 
     async def _fetch(self) -> float:
