@@ -225,7 +225,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--median-tokens", type=int, default=800, help="most candidates run to β")
     parser.add_argument("--runaway-share", type=float, default=0.15)
     parser.add_argument("--cache-blocks", type=int, default=50_000, help="each replica's prefix cache")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    unknown = [p for p in args.policies.split(",") if p not in POLICIES]
+    if unknown:
+        parser.error(f"--policies: unknown {', '.join(unknown)}; choose from {', '.join(POLICIES)}")
+    if args.repeats < 1:
+        parser.error("--repeats: at least 1")
+    return args
 
 
 def main(argv: list[str] | None = None) -> None:
