@@ -36,6 +36,16 @@ TASKS_RELEASED = Counter("mrsa_tasks_released_total", "Tasks given back unfinish
 STORE_UNAVAILABLE = Counter(
     "mrsa_store_unavailable_total", "Store calls that failed because it was unreachable."
 )
+BACKEND_WAITING = Gauge(
+    "mrsa_backend_requests_waiting",
+    "Requests waiting in the backend's queue, last read from MRSA_BACKEND_METRICS_URL.",
+)
+BACKEND_METRICS_ERRORS = Counter(
+    "mrsa_backend_metrics_errors_total", "Readings of MRSA_BACKEND_METRICS_URL that failed or were garbage."
+)
+WORKER_BACKPRESSURE = Gauge(
+    "mrsa_worker_backpressure", "1 while this worker takes no new tasks because the backend's queue is long."
+)
 QUEUE_QUEUED = Gauge("mrsa_queue_tasks_queued", "Tasks waiting in the queue (all workers).")
 QUEUE_IN_FLIGHT = Gauge("mrsa_queue_tasks_in_flight", "Tasks taken and not yet acked (all workers).")
 QUEUE_PENDING_RECLAIM = Gauge(

@@ -7,6 +7,7 @@ beat the environment). ``mrsa worker`` and ``python -m workers`` both run on :cl
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from functools import lru_cache
 from pathlib import Path
@@ -16,7 +17,8 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from mrsa.backends.factory import BACKEND_KINDS
-from mrsa.backends.http import HttpOptions
+from mrsa.backends.http import HEADER_NAME_PATTERN, HttpOptions
+from mrsa.backends.pressure import DEFAULT_WAITING_METRICS
 from mrsa.store.redis_address import parse_redis_url
 
 # Answer clustering under a limit (mrsa.engine.equivalence): defaults shared with its pure functions.
@@ -58,6 +60,31 @@ class Settings(BaseSettings):
         False,
         description="Send each generation's priority to a vLLM server (-round: later rounds first); the "
         "server must run with --scheduling-policy priority, or it rejects such requests.",
+    )
+    backend_routing_header: str | None = Field(
+        None,
+        description="Header carrying each candidate's lineage key to a router in front of several "
+        "inference servers (its session or consistent-hash key, e.g. x-smg-routing-key); unset = none.",
+    )
+    backend_metrics_url: str | None = Field(
+        None,
+        description="Prometheus text endpoint of the router or inference server (e.g. vLLM's /metrics); "
+        "while its queue is longer than backend_max_waiting, workers take no new tasks. Unset = not read.",
+    )
+    backend_max_waiting: int = Field(
+        32,
+        ge=0,
+        description="Requests waiting in the backend's queue (per backend_metrics_url) above which "
+        "workers hold off taking new tasks.",
+    )
+    backend_waiting_metrics: str = Field(
+        ",".join(DEFAULT_WAITING_METRICS),
+        min_length=1,
+        description="Comma-separated metric names read as the queue length, first present wins "
+        "(its samples summed): vLLM, SGLang, Triton, Gateway API Inference Extension.",
+    )
+    backend_metrics_interval_s: float = Field(
+        2.0, gt=0, description="How often a worker reads backend_metrics_url, seconds."
     )
     redis_url: str | None = Field(
         None,
@@ -140,7 +167,13 @@ class Settings(BaseSettings):
     )
 
     @field_validator(
-        "backend_context_length", "backend_deadline_s", "tokenizer", "reports_dir", mode="before"
+        "backend_context_length",
+        "backend_deadline_s",
+        "tokenizer",
+        "reports_dir",
+        "backend_routing_header",
+        "backend_metrics_url",
+        mode="before",
     )
     @classmethod
     def _blank_is_unset(cls, value: object) -> object:
@@ -164,6 +197,26 @@ class Settings(BaseSettings):
             parse_redis_url(url)
         return url
 
+    @field_validator("backend_routing_header")
+    @classmethod
+    def _header_name(cls, name: str | None) -> str | None:
+        if name is not None and not re.fullmatch(HEADER_NAME_PATTERN, name):
+            raise ValueError(
+                f"{name!r} is not an HTTP header name (letters, digits, - and _; no spaces or ':')"
+            )
+        return name
+
+    @field_validator("backend_metrics_url")
+    @classmethod
+    def _http_url(cls, url: str | None) -> str | None:
+        if url is not None and not url.startswith(("http://", "https://")):
+            raise ValueError(f"{url!r} is not an http:// or https:// URL")
+        return url
+
+    def waiting_metric_names(self) -> list[str]:
+        """``backend_waiting_metrics`` as a list of names."""
+        return [n.strip() for n in self.backend_waiting_metrics.split(",") if n.strip()]
+
     def api_key_list(self) -> list[str]:
         return [k.strip() for k in self.api_keys.split(",") if k.strip()]
 
@@ -178,6 +231,7 @@ class Settings(BaseSettings):
             min_tokens_per_s=self.backend_min_tokens_per_s,
             retry_after_cap_s=self.backend_retry_after_cap_s,
             max_body_bytes=self.backend_max_body_bytes,
+            routing_header=self.backend_routing_header,
             **({"concurrency": self.backend_concurrency} if self.backend_concurrency else {}),
         )
 

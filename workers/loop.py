@@ -9,7 +9,10 @@ task that hit the outage is left pending and is reclaimed after the idle timeout
 restart costs time, never a candidate. When the backend is out (down, restarting, saturated: an
 ``outage`` error after the HTTP client's retries), the worker holds the task — in flight and
 heartbeated — retrying it with the same backoff, takes no new tasks meanwhile, and fails the job
-only once the backend has been out for ``backend_hold_s``: a vLLM restart costs time, never a job."""
+only once the backend has been out for ``backend_hold_s``: a vLLM restart costs time, never a job.
+With a :class:`~mrsa.backends.pressure.BackendPressure` (``MRSA_BACKEND_METRICS_URL``), the worker
+also takes no new tasks while the router's or server's queue is longer than allowed; in-flight
+tasks run on."""
 
 from __future__ import annotations
 
@@ -25,6 +28,7 @@ from typing import Any
 
 from mrsa import metrics
 from mrsa.backends.base import BackendError
+from mrsa.backends.pressure import BackendPressure
 from mrsa.domain import Task
 from mrsa.engine.runner import TaskRunner
 from mrsa.store.base import Delivery, StoreUnavailable, TaskQueue
@@ -114,8 +118,10 @@ class Worker:
         queue: TaskQueue,
         options: WorkerOptions | None = None,
         consumer: str | None = None,
+        pressure: BackendPressure | None = None,
     ) -> None:
         self.runner = runner
+        self.pressure = pressure
         self.queue = queue
         self.options = options or WorkerOptions()
         self.consumer = consumer or consumer_name()
@@ -140,6 +146,8 @@ class Worker:
             asyncio.create_task(self._cancel_loop()),
             asyncio.create_task(self._stats_loop()),
         ]
+        if self.pressure is not None:
+            side.append(asyncio.create_task(self.pressure.run()))
         try:
             await self._take_loop(stop)
         finally:
@@ -153,10 +161,12 @@ class Worker:
         loop = asyncio.get_running_loop()
         last_reclaim = float("-inf")
         while not stop.is_set():
-            # While tasks wait for the backend, take no new ones (another worker's backend may be up).
-            free = 0 if self._held else self.options.capacity - len(self._running)
+            # While tasks wait for the backend, or its queue is long, take no new ones (another
+            # worker's backend may have room).
+            pressed = self.pressure is not None and self.pressure.holding
+            free = 0 if self._held or pressed else self.options.capacity - len(self._running)
             if free <= 0:
-                await self._wait_for_slot(stop)
+                await self._wait_for_slot(stop, pressed)
                 continue
             try:
                 await self._fail_dead_jobs()
@@ -220,13 +230,22 @@ class Worker:
     def _block_ms(self, stop: asyncio.Event) -> int:
         return 0 if stop.is_set() else self.options.block_ms
 
-    async def _wait_for_slot(self, stop: asyncio.Event) -> None:
-        tasks = [t for _, t in self._running.values()]
+    async def _wait_for_slot(self, stop: asyncio.Event, pressed: bool = False) -> None:
+        """Until a task finishes or ``stop``; when the backend's queue holds the worker
+        (``pressed``), also until it opens, and at most one reading interval (a reading that
+        goes stale holds nothing, and no event says so)."""
+        tasks: list[asyncio.Future[Any]] = [t for _, t in self._running.values()]
         stopper = asyncio.create_task(stop.wait())
+        waiters = [stopper]
+        timeout: float | None = None
+        if pressed and self.pressure is not None:
+            waiters.append(asyncio.create_task(self.pressure.opened.wait()))
+            timeout = self.pressure.interval_s
         try:
-            await asyncio.wait([*tasks, stopper], return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait([*tasks, *waiters], timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            stopper.cancel()
+            for waiter in waiters:
+                waiter.cancel()
 
     def _start(self, delivery: Delivery) -> None:
         if delivery.id in self._running:

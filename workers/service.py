@@ -19,6 +19,7 @@ from http.server import ThreadingHTTPServer
 
 from mrsa.backends.base import Backend, BackendError, BackendInfo
 from mrsa.backends.factory import open_backend
+from mrsa.backends.pressure import BackendPressure
 from mrsa.engine.runner import TaskRunner
 from mrsa.engine.service import JobService
 from mrsa.settings import WorkerSettings
@@ -88,6 +89,18 @@ async def connect_backend(
         await _wait(stop, random.uniform(delay / 2, delay))
         delay = min(delay * 2, 15.0)
     yield None
+
+
+def backend_pressure(settings: WorkerSettings) -> BackendPressure | None:
+    """The reader of ``MRSA_BACKEND_METRICS_URL`` (None when unset)."""
+    if not settings.backend_metrics_url:
+        return None
+    return BackendPressure(
+        settings.backend_metrics_url,
+        max_waiting=settings.backend_max_waiting,
+        names=settings.waiting_metric_names(),
+        interval_s=settings.backend_metrics_interval_s,
+    )
 
 
 def start_metrics_server(port: int, host: str, health: WorkerHealth) -> ThreadingHTTPServer | None:
@@ -160,7 +173,16 @@ async def serve(settings: WorkerSettings, stop: asyncio.Event | None = None) -> 
                     shutdown_grace_s=settings.worker_shutdown_grace_s,
                     backend_hold_s=settings.worker_backend_hold_s,
                 )
-                worker = Worker(TaskRunner(JobService(store), backend), store, options, consumer=consumer)
+                pressure = backend_pressure(settings)
+                if pressure is not None:
+                    stack.push_async_callback(pressure.aclose)
+                worker = Worker(
+                    TaskRunner(JobService(store), backend),
+                    store,
+                    options,
+                    consumer=consumer,
+                    pressure=pressure,
+                )
                 log.info(
                     "worker %s ready: redis %s, backend %s (%s, model %s), %d task(s) at a time",
                     consumer,

@@ -94,6 +94,9 @@ class SimConfig:
     # A probe for hostile model output: problems whose text contains HOSTILE draw this answer in
     # place of their first ("correct") one, e.g. 9^{9^{9}}. Empty: off.
     hostile_answer: str = ""
+    # Count generation requests per value of this request header (a router's affinity key) in
+    # /sim/stats ``header_values``, for tests of clients that send one. Empty: off.
+    record_header: str = ""
 
     def step_s(self, batch: int) -> float:
         """Wall time of one decode step with ``batch`` running sequences."""
@@ -268,6 +271,7 @@ class Stats:
     max_waiting: int = 0
     http_requests: dict[str, int] = field(default_factory=dict)  # per endpoint
     priorities: dict[str, int] = field(default_factory=dict)  # generation requests per priority sent
+    header_values: dict[str, int] = field(default_factory=dict)  # generation requests per recorded value
 
     def as_dict(self, config: SimConfig) -> dict[str, object]:
         window = (
@@ -291,6 +295,7 @@ class Stats:
             "max_waiting": self.max_waiting,
             "http_requests": dict(self.http_requests),
             "priorities": dict(self.priorities),
+            "header_values": dict(self.header_values),
             "max_num_seqs": config.max_num_seqs,
             "step_s_batch_1": config.step_s(1),
             "step_s_full": config.step_s(config.max_num_seqs),

@@ -94,6 +94,13 @@ def create_app(config: SimConfig) -> FastAPI:
         calls = scheduler().stats.http_requests
         calls[endpoint] = calls.get(endpoint, 0) + 1
 
+    def record_header(request: Request) -> None:
+        """The recorded header's value on a generation request ("" when absent)."""
+        if config.record_header:
+            seen = scheduler().stats.header_values
+            value = request.headers.get(config.record_header, "")
+            seen[value] = seen.get(value, 0) + 1
+
     async def run(
         prompt: str, body: dict[str, Any], problem_key: str, streams: bool = False
     ) -> tuple[int, list[Output], int] | JSONResponse:
@@ -207,6 +214,7 @@ def create_app(config: SimConfig) -> FastAPI:
     @app.post("/v1/chat/completions")
     async def chat(request: Request) -> Response:
         count("/v1/chat/completions")
+        record_header(request)
         body = await request.json()
         messages = body.get("messages")
         if not isinstance(messages, list) or not messages:
@@ -246,6 +254,7 @@ def create_app(config: SimConfig) -> FastAPI:
     @app.post("/v1/completions")
     async def completions(request: Request) -> Response:
         count("/v1/completions")
+        record_header(request)
         body = await request.json()
         prompt = body.get("prompt")
         if isinstance(prompt, list) and all(isinstance(t, int) for t in prompt):

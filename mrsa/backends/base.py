@@ -34,6 +34,11 @@ class GenerationRequest(BaseModel):
     tag: dict[str, str | int] = Field(
         default_factory=dict, description="Where the request comes from (job, round, index, chunk); not sent."
     )
+    lineage: str | None = Field(
+        None,
+        description="The candidate's lineage key (the same for all its chunks); sent as the routing "
+        "header when one is configured, never in the body.",
+    )
 
 
 class GenerationResult(BaseModel):

@@ -70,6 +70,9 @@ def context_overflow(message: str, url: str, status: int | None = None) -> Conte
     )
 
 
+HEADER_NAME_PATTERN = r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$"
+"""An HTTP header name: one RFC 9110 token (no spaces, colons or control characters)."""
+
 DEADLINE_FACTOR = 6.0
 """Without an explicit deadline, one attempt may take this many read timeouts in total (1 h at the
 default 600 s: a 40,960-token ZAYA1 candidate at more than 11 tokens/s)."""
@@ -115,6 +118,12 @@ class HttpOptions(BaseModel):
     concurrency: int = Field(8, ge=1, le=4096, description="Requests in flight at once.")
     rate_per_s: float = Field(1000.0, gt=0, description="Requests started per second at most.")
     api_key: str | None = None
+    routing_header: str | None = Field(
+        None,
+        pattern=HEADER_NAME_PATTERN,
+        description="Header that carries each generation's lineage key, for a router's affinity "
+        "(consistent hashing, sessions); None = no header.",
+    )
 
     def deadline_for(self, timeout_s: float) -> float:
         """The total deadline of one attempt whose read timeout is ``timeout_s``."""
@@ -288,6 +297,7 @@ class HttpClient:
         body: dict[str, Any] | None,
         timeout_s: float,
         deadline_s: float | None = None,
+        lineage: str | None = None,
     ) -> WireResponse:
         """One HTTP exchange, bounded by the read timeout and the total deadline; raises
         :class:`BackendUnavailable` for wire failures, :class:`ReplyTooLargeError` for a body over
@@ -295,10 +305,13 @@ class HttpClient:
         url = f"{self.base_url}{path}"
         deadline = deadline_s if deadline_s is not None else self.options.deadline_for(timeout_s)
         limit = self.options.max_body_bytes
+        headers = self._headers if body is None else self._json_headers
+        if lineage is not None and self.options.routing_header:
+            headers = {**headers, self.options.routing_header: lineage}
         request = WireRequest(
             method,
             url,
-            self._headers if body is None else self._json_headers,
+            headers,
             None if body is None else json.dumps(body, separators=(",", ":")).encode(),
             read_timeout_s=timeout_s,
             connect_timeout_s=self.options.connect_timeout_s,
@@ -329,12 +342,16 @@ class HttpClient:
         deadline_s: float | None = None,
         endpoint: str | None = None,
         parse: Callable[[Any], Any] | None = None,
+        lineage: str | None = None,
     ) -> Any:
         """Send one request with retries; return the decoded JSON body (``None`` for an empty one),
         or what ``parse`` makes of it. ``parse`` raises :class:`MalformedReplyError` for a reply
         that breaks the protocol, or another :class:`BackendError` for an error the server
         reported inside a 2xx body; a retryable one is retried like a 5xx. ``timeout_s`` and
-        ``deadline_s`` override the options' read timeout and the deadline it implies."""
+        ``deadline_s`` override the options' read timeout and the deadline it implies.
+        ``lineage``: the request's lineage key (a candidate's, for generations), sent in the
+        ``routing_header`` when one is configured, so a router keeps one candidate's requests on
+        the replica that caches its prefix; every retry carries it too."""
         attempts = (self.options.max_retries if retries is None else retries) + 1
         url = f"{self.base_url}{path}"
         label = endpoint or path
@@ -345,7 +362,7 @@ class HttpClient:
                 async with self._limit, self._throttle:
                     started = time.perf_counter()
                     reply = await self._send(
-                        method, path, body, timeout_s or self.options.timeout_s, deadline_s
+                        method, path, body, timeout_s or self.options.timeout_s, deadline_s, lineage
                     )
                     metrics.BACKEND_LATENCY.labels(self.backend_kind, label).observe(
                         time.perf_counter() - started

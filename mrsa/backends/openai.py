@@ -371,6 +371,7 @@ class OpenAICompatibleBackend:
             deadline_s=deadline_s,
             endpoint="chat",
             parse=lambda data: parse_chat_reply(data, self._url, n),
+            lineage=request.lineage,
         )
         return results
 

@@ -386,6 +386,7 @@ class TritonBackend:
             deadline_s=deadline_s,
             endpoint="generate",
             parse=lambda data: self.parse_reply(data, prompt, request),
+            lineage=request.lineage,
         )
         return result
 

@@ -95,6 +95,29 @@ def worker(
         typer.Option("--retries", help="Backend retries on 429/5xx/timeouts (env MRSA_BACKEND_RETRIES)."),
     ] = None,
     backend_priority: PriorityOpt = None,
+    backend_routing_header: Annotated[
+        str | None,
+        typer.Option(
+            "--routing-header",
+            help="Send each candidate's lineage key in this header, for a router's affinity, e.g. "
+            "x-smg-routing-key (env MRSA_BACKEND_ROUTING_HEADER); unset = none.",
+        ),
+    ] = None,
+    backend_metrics_url: Annotated[
+        str | None,
+        typer.Option(
+            "--backend-metrics",
+            help="Prometheus URL of the router or server; take no new tasks while its queue is "
+            "longer than --max-waiting (env MRSA_BACKEND_METRICS_URL).",
+        ),
+    ] = None,
+    backend_max_waiting: Annotated[
+        int | None,
+        typer.Option(
+            "--max-waiting",
+            help="Backend queue length above which no new tasks are taken (env MRSA_BACKEND_MAX_WAITING).",
+        ),
+    ] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Also log every task start.")] = False,
 ) -> None:
     """Run Markovian RSA tasks from Redis: as many at a time as the backend can serve; SIGTERM

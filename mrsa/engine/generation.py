@@ -12,7 +12,7 @@ from mrsa.backends.base import Backend, GenerationRequest, GenerationResult, Mes
 from mrsa.domain import Candidate, ChunkCheckpoint, FinishReason, Job, Task, Usage
 from mrsa.engine import prompts
 from mrsa.engine.answers import extract_answer
-from mrsa.engine.planning import request_seed
+from mrsa.engine.planning import lineage_key, request_seed
 from mrsa.engine.summaries import summarise, summarises
 from mrsa.engine.tails import Tail, continuation_windows, make_tail, split_trace, tail_source_text
 from mrsa.params import RSAParams
@@ -82,6 +82,7 @@ def _request(
         top_k=sampling.top_k,
         seed=request_seed(params.seed, task.round, task.index, chunk),
         tag=tag,
+        lineage=lineage_key(task),
         priority=priority,
         model=job.spec.model,
     )

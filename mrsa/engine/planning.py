@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import random
+import re
 
 from mrsa.domain import Task
 from mrsa.params import RSAParams
@@ -59,6 +60,23 @@ def request_seed(seed: int, round_index: int, index: int, chunk: int = 0) -> int
 def summary_seed(seed: int, round_index: int, index: int) -> int:
     """The sampling seed of one candidate's tail summary (tail_mode ``summarize``)."""
     return derive_seed(seed, "summary", round_index, index)
+
+
+_HEADER_SAFE_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
+
+
+def lineage_key(task: Task) -> str:
+    """The routing-affinity key of every request of ``task``'s candidate: all its Delethink chunks
+    (and any redelivery of the task) share it, the N candidates of a round differ, a job never
+    shares one key. A new round gets new keys: a round-t+1 prompt shares only the problem with any
+    round-t sequence (its parents' tails sit after a different prefix, so no cached block of
+    theirs matches), and the problem is cached wherever the job has run, so pinning a child to a
+    parent's replica would buy nothing. A job id that is not a plain header token is hashed."""
+    job = task.job_id
+    if not _HEADER_SAFE_ID.fullmatch(job):
+        job = hashlib.blake2b(job.encode(), digest_size=8).hexdigest()
+    who = "select" if task.kind == "select" else f"c{task.index}"
+    return f"{job}-r{task.round}-{who}"
 
 
 def round_tasks(job_id: str, params: RSAParams, round_index: int) -> list[Task]:

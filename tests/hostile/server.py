@@ -4,7 +4,8 @@ event loop, so the production client's aiohttp wire (timeouts, body reads) is wh
 It answers discovery like vLLM (``/v1/models``, ``/version``, ``/health``), tokenizes one token per
 character, and answers each chat completion with the next behaviour of its script (the last one
 repeats): a valid reply, a lie (``choices: []``, negative counts, lone surrogates…), a status with
-headers, a trickle of bytes or a huge body.
+headers, a trickle of bytes or a huge body. ``GET /metrics`` answers with its own behaviour, for the
+workers' reader of a router's metrics.
 """
 
 from __future__ import annotations
@@ -111,6 +112,7 @@ class HostileServer:
         self.url = ""
         self.tokenize_reply: Any = None  # set: /tokenize answers this instead
         self.detokenize_reply: Any = None
+        self.metrics: Behaviour = raw(b"")  # what GET /metrics answers (a router's or server's)
         self._runner: web.AppRunner | None = None
 
     def play(self, *behaviours: Behaviour) -> None:
@@ -136,6 +138,9 @@ class HostileServer:
             return web.json_response(self.detokenize_reply)
         return web.json_response({"prompt": "".join(chr(i) for i in ids)})
 
+    async def _metrics(self, request: web.Request) -> web.StreamResponse:
+        return await self.metrics(request)
+
     async def start(self) -> None:
         @web.middleware
         async def record(request: web.Request, handler: Any) -> web.StreamResponse:
@@ -160,6 +165,7 @@ class HostileServer:
         app.router.add_post("/v1/chat/completions", self._chat)
         app.router.add_post("/tokenize", self._tokenize)
         app.router.add_post("/detokenize", self._detokenize)
+        app.router.add_get("/metrics", self._metrics)
         self._runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
