@@ -14,7 +14,7 @@ else
 LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF
 endif
 
-.PHONY: setup demo test lint typecheck redis-server bundled-envs clean
+.PHONY: setup demo test lint typecheck redis-server chromium bundled-envs clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,15 @@ redis-server:
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq redis-server >/dev/null; }
 
+# The console's browser tests drive Debian's Chromium (Playwright's own browser download needs the
+# network); the fonts make the screenshots readable.
+chromium:
+	@command -v chromium >/dev/null || { \
+	  echo "installing chromium and fonts (Debian packages)"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq \
+	    chromium fonts-dejavu-core fonts-liberation >/dev/null; }
+
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
@@ -47,7 +56,7 @@ bundled-envs: setup
 	$(BIN)/python -m mrsa.backends.bundled_triton
 	$(BIN)/python -m mrsa.backends.bundled_vllm
 
-test: setup redis-server lint typecheck bundled-envs
+test: setup redis-server chromium lint typecheck bundled-envs
 	$(BIN)/python -m pytest -q
 
 clean:
