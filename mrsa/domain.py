@@ -54,6 +54,7 @@ class JobSpec(BaseModel):
     problem: str = Field(min_length=1, description="The problem statement (LaTeX allowed).")
     params: RSAParams
     model: str | None = Field(None, description="Model id passed to the inference server.")
+    preset: str | None = Field(None, description="The preset the parameters were resolved from, if any.")
 
 
 class Task(BaseModel):
@@ -192,6 +193,10 @@ class Event(BaseModel):
     answer: str | None = None
     finish_reason: FinishReason | None = None
     decode_tokens: int | None = None
+    parents: list[int] | None = Field(
+        None,
+        description="A candidate's parents: the previous round's indices whose tails were in its prompt.",
+    )
     done: int | None = Field(None, description="Candidates of the round stored so far.")
     error: str | None = None
     at: float = Field(default_factory=time.time)

@@ -105,6 +105,11 @@ class Settings(BaseSettings):
     allow_no_auth: bool = Field(
         False, description="Let `mrsa serve` listen on a non-loopback interface without API keys."
     )
+    reports_dir: Path | None = Field(
+        None,
+        description="Folder whose run folders (written by `mrsa bench` + `mrsa report`) the API serves "
+        "under /v1/reports and the web console shows; unset = none.",
+    )
     equivalence_timeout_s: float = Field(
         EQUIVALENCE_TIMEOUT_S,
         gt=0,
@@ -121,11 +126,14 @@ class Settings(BaseSettings):
         description="Processes per mrsa process that run math-verify for answer clustering.",
     )
 
-    @field_validator("backend_context_length", "backend_deadline_s", "tokenizer", mode="before")
+    @field_validator(
+        "backend_context_length", "backend_deadline_s", "tokenizer", "reports_dir", mode="before"
+    )
     @classmethod
     def _blank_is_unset(cls, value: object) -> object:
-        """``MRSA_BACKEND_CONTEXT_LENGTH=`` or ``MRSA_TOKENIZER=`` (as compose passes an unset
-        variable) means unset: ask the server, find the tokenizer by the model's name."""
+        """``MRSA_BACKEND_CONTEXT_LENGTH=``, ``MRSA_TOKENIZER=`` or ``MRSA_REPORTS_DIR=`` (as compose
+        passes an unset variable) means unset: ask the server, find the tokenizer by the model's
+        name, serve no reports."""
         return None if isinstance(value, str) and not value.strip() else value
 
     @field_validator("backend_kind")

@@ -21,6 +21,8 @@ from mrsa.api.metrics import RequestMetrics, StoreGauges
 from mrsa.api.routes_jobs import router as jobs_router
 from mrsa.api.routes_openai import router as openai_router
 from mrsa.api.routes_ops import router as ops_router
+from mrsa.api.routes_reports import router as reports_router
+from mrsa.console import serving as console
 from mrsa.settings import Settings, get_settings
 from mrsa.store.opening import open_store
 
@@ -31,8 +33,11 @@ Submit a problem as a job (`POST /v1/jobs`); workers run its rounds against the 
 follow it with `GET /v1/jobs/{id}/events` (server-sent events) and read the answer from
 `GET /v1/jobs/{id}/result`. `POST /v1/chat/completions` does the same behind OpenAI's schema.
 
+Sweep reports (`mrsa report`'s tables and plots) of the run folders under `MRSA_REPORTS_DIR` are
+listed by `GET /v1/reports`. The web console is at `/ui/`.
+
 Authentication: `Authorization: Bearer <key>` with a key from `MRSA_API_KEYS` (when set). A key
-sees only its own jobs. Errors are JSON: `message` (one line) and, for 422, `detail[].loc` naming
+sees only its own jobs (reports are the server's, visible to every key). Errors are JSON: `message` (one line) and, for 422, `detail[].loc` naming
 the field.
 """
 
@@ -53,6 +58,7 @@ def config_from(settings: Settings) -> ApiConfig:
         max_active_jobs=settings.api_max_active_jobs,
         max_streams_per_key=settings.api_max_streams_per_key,
         max_streams=settings.api_max_streams,
+        reports_dir=settings.reports_dir,
     )
 
 
@@ -120,6 +126,8 @@ def create_app(settings: Settings | None = None, deps: ApiDeps | None = None) ->
     app.include_router(jobs_router)
     app.include_router(openai_router)
     app.include_router(ops_router)
+    app.include_router(reports_router)
+    console.install(app)
     app.add_middleware(BodyLimit, max_bytes=config.max_body_bytes)
     app.add_middleware(RequestMetrics)
     return app

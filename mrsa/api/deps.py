@@ -49,6 +49,8 @@ class ApiConfig:
     max_streams_per_key: int = 64
     max_streams: int = 1_000
     metrics_cache_s: float = 5.0
+    # Run folders of sweeps served under /v1/reports (MRSA_REPORTS_DIR); None = none.
+    reports_dir: Path | None = None
 
     @property
     def max_body_bytes(self) -> int:

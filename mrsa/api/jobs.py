@@ -20,11 +20,11 @@ from mrsa.api.deps import ApiDeps
 from mrsa.api.errors import ApiError, from_validation_errors, invalid
 from mrsa.api.schemas import PROBLEM_PREVIEW_CHARS, JobLinks, JobProgress, JobView
 from mrsa.backends.base import BackendError
-from mrsa.domain import Event, Job, JobResult, JobSpec, JobStatus
+from mrsa.domain import Event, Job, JobResult, JobSpec, JobStatus, RoundSummary
 from mrsa.engine.limits import ContextBudgetError, check_context
 from mrsa.engine.prompts import UnknownPromptSetError, check_prompt_set
 from mrsa.engine.service import new_job_id
-from mrsa.params import RSAParams, UnknownPresetError, resolve_params
+from mrsa.params import DEFAULT_PRESET, RSAParams, UnknownPresetError, resolve_params
 from mrsa.store.base import ActiveLimitReached
 
 log = logging.getLogger("mrsa.api")
@@ -52,6 +52,11 @@ def resolve(
     except ValidationError as exc:
         raise from_validation_errors(exc.errors(), prefix=loc) from None
     return params
+
+
+def preset_name(preset: str | None) -> str:
+    """The preset a request's parameters are resolved from (the default when it names none)."""
+    return preset or DEFAULT_PRESET
 
 
 def check_problem_size(deps: ApiDeps, problem: str, loc: tuple[str | int, ...] = ("body", "problem")) -> None:
@@ -182,6 +187,7 @@ async def view(deps: ApiDeps, job: Job, *, with_progress: bool = False) -> JobVi
         if len(problem) <= PROBLEM_PREVIEW_CHARS
         else problem[:PROBLEM_PREVIEW_CHARS] + "…",
         model=job.spec.model,
+        preset=job.spec.preset,
         params=params,
         progress=JobProgress(round=job.round, rounds=params.rounds, population=params.population, done=done),
         answer=job.answer,
@@ -203,6 +209,15 @@ async def result_of(deps: ApiDeps, job: Job) -> JobResult:
             "its result is not ready: follow its events or retry later",
         )
     return await deps.jobs.result(job)
+
+
+async def round_of(deps: ApiDeps, job: Job, round_index: int) -> RoundSummary:
+    """One round's summary (:meth:`~mrsa.engine.service.JobService.round_summary`); 404 past the
+    job's last round."""
+    last = deps.jobs.last_round(job)
+    if round_index > last:
+        raise ApiError(404, f"job {job.id} has no round {round_index}: its rounds are 0 … {last}")
+    return await deps.jobs.round_summary(job, round_index)
 
 
 async def cancel(deps: ApiDeps, job: Job, reason: str = CANCEL_REASON) -> Job:

@@ -16,7 +16,7 @@ from mrsa.api.metrics import JOBS_SUBMITTED
 from mrsa.api.schemas import JobList, JobRequest, JobView, SubmitResponse
 from mrsa.api.sse import EVENT_ID_PART_MAX, EVENT_ID_PATTERN, event_id_fits, job_events
 from mrsa.api.streams import SlotEventSourceResponse
-from mrsa.domain import Candidate, JobResult, JobSpec
+from mrsa.domain import Candidate, JobResult, JobSpec, RoundSummary
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=responses(401, 503))
 
@@ -54,7 +54,9 @@ async def submit_job(
     same request, the earlier job is returned instead (``replayed: true``)."""
     jobs.check_problem_size(deps, body.problem)
     params = jobs.resolve(body.preset, body.params.as_dict())
-    spec = JobSpec(problem=body.problem, params=params, model=body.model)
+    spec = JobSpec(
+        problem=body.problem, params=params, model=body.model, preset=jobs.preset_name(body.preset)
+    )
     warnings = await jobs.check_budget(deps, spec)
     done = await jobs.submit(deps, principal, spec, idempotency_key, warnings=warnings)
     if not done.replayed:
@@ -170,6 +172,24 @@ async def events(
     return SlotEventSourceResponse(stream, ping=deps.config.ping_s, slot=slot)
 
 
+RoundIndex = Annotated[int, Path(ge=0, le=1000, description="Round (0 … T; T+1: the final aggregation).")]
+
+
+@router.get(
+    "/{job_id}/rounds/{round_index}",
+    response_model=RoundSummary,
+    summary="One round: votes, usage and the lineage of its candidates",
+    responses=responses(404, 422),
+)
+async def get_round(job_id: JobId, round_index: RoundIndex, principal: Auth, deps: Deps) -> RoundSummary:
+    """The round's candidates stored so far (index, answer, finish reason, tokens and the
+    ``parents`` in the previous round whose tails were in its prompt), their votes and usage.
+    Readable while the job runs (a round in progress lists fewer than N candidates); 404 past the
+    job's last round (T, or T+1 with selection ``aggregate``)."""
+    job = await jobs.owned_job(deps, principal, job_id)
+    return await jobs.round_of(deps, job, round_index)
+
+
 @router.get(
     "/{job_id}/rounds/{round_index}/candidates/{index}",
     response_model=Candidate,
@@ -178,9 +198,7 @@ async def events(
 )
 async def get_candidate(
     job_id: JobId,
-    round_index: Annotated[
-        int, Path(ge=0, le=1000, description="Round (0 … T; T+1: the final aggregation).")
-    ],
+    round_index: RoundIndex,
     index: Annotated[int, Path(ge=0, le=100_000, description="Candidate index in the round (0 … N-1).")],
     principal: Auth,
     deps: Deps,

@@ -102,7 +102,7 @@ async def chat_completions(
         raise invalid(("body", "messages"), "messages: needs a user message with text (the problem)")
     jobs.check_problem_size(deps, problem, ("body", "messages"))
     params = jobs.resolve(body.preset, body.overrides(), loc=("body",))
-    spec = JobSpec(problem=problem, params=params, model=body.model)
+    spec = JobSpec(problem=problem, params=params, model=body.model, preset=jobs.preset_name(body.preset))
     ignored = body.ignored_fields()
     if ignored:
         log.warning("chat completion: ignored unknown request fields %s", shown_fields(ignored, 20))

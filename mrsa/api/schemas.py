@@ -12,6 +12,7 @@ import copy
 from typing import TYPE_CHECKING, Any, cast
 
 from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator
+from pydantic.config import JsonDict
 from pydantic.fields import FieldInfo
 
 from mrsa.domain import JobStatus
@@ -85,7 +86,10 @@ class JobRequest(BaseModel):
         description="The problem statement (LaTeX allowed). Its size is limited (MRSA_API_MAX_PROBLEM_BYTES).",
     )
     preset: str | None = Field(
-        None, description=PRESET_DESCRIPTION, json_schema_extra={"enum": [*PRESETS, None]}
+        None,
+        description=PRESET_DESCRIPTION,
+        # x-presets: each preset's values (nested like ``params``), for forms that show them.
+        json_schema_extra={"enum": [*PRESETS, None], "x-presets": cast(JsonDict, copy.deepcopy(PRESETS))},
     )
     params: ParamOverrides = Field(default_factory=ParamOverrides, description="Overrides of the preset.")
     model: str | None = Field(
@@ -127,6 +131,7 @@ class JobView(BaseModel):
     status: JobStatus
     problem_preview: str = Field(description=f"The first {PROBLEM_PREVIEW_CHARS} characters of the problem.")
     model: str | None = None
+    preset: str | None = Field(None, description="The preset the job's parameters were resolved from.")
     params: RSAParams
     progress: JobProgress
     answer: str | None = Field(None, description="The selected answer once the job succeeded.")

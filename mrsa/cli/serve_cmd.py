@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -92,9 +93,17 @@ def serve(
             "who can reach the port may submit jobs and read every job.",
         ),
     ] = None,
+    reports_dir: Annotated[
+        Path | None,
+        typer.Option(
+            file_okay=False,
+            help="Folder of sweep run folders (mrsa bench --out) whose reports the API serves at "
+            "/v1/reports and the console shows at /ui/#/reports (env MRSA_REPORTS_DIR).",
+        ),
+    ] = None,
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
 ) -> None:
-    """Serve the REST API (OpenAPI docs at /docs) until Ctrl-C or SIGTERM."""
+    """Serve the REST API (OpenAPI docs at /docs) and the web console (/ui/) until Ctrl-C or SIGTERM."""
     import uvicorn
 
     from mrsa.api.app import create_app

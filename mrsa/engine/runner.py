@@ -73,6 +73,7 @@ class TaskRunner:
                     answer=cand.answer,
                     finish_reason=cand.finish_reason,
                     decode_tokens=cand.usage.decode_tokens,
+                    parents=cand.parents,
                     done=count,
                 ),
             )

@@ -134,6 +134,24 @@ class JobService:
             elapsed_s=round(time.time() - job.created_at, 3),
         )
 
+    def last_round(self, job: Job) -> int:
+        """The highest round number ``job`` stores candidates under: T, or T+1 for the final
+        aggregation call of selection ``aggregate``."""
+        params = job.spec.params
+        return select_round(params) if params.selection == "aggregate" else params.rounds
+
+    async def round_summary(self, job: Job, round_index: int) -> RoundSummary:
+        """Usage, votes and candidates of one round as stored so far (a round still running has
+        fewer than N); for an ended job, the round as its stored result has it."""
+        if job.status.terminal:
+            stored = await self.store.get_result(job.id)
+            if stored is not None:
+                for summary in stored.rounds:
+                    if summary.index == round_index:
+                        return summary
+        candidates = await self.store.get_candidates(job.id, round_index)
+        return await summarise_round(round_index, candidates, self.equivalence)
+
     async def result(self, job: Job) -> JobResult:
         """The stored result of a terminal ``job``; for one without (a cancelled job: only jobs that
         finish or fail record theirs) one built from what is stored."""
