@@ -299,6 +299,12 @@ async def test_events_tell_the_story() -> None:
     candidates = [e for e in events if e.type == "candidate"]
     assert [(e.round, e.done) for e in candidates] == [(0, 1), (0, 2), (0, 3), (1, 1), (1, 2), (1, 3)]
     assert all(e.answer == "42" and e.finish_reason == "stop" and e.decode_tokens for e in candidates)
+    # each candidate event names the parents whose tails were in its prompt (the console's edges)
+    stored = await all_candidates(store, result.job_id, 1)
+    assert [e.parents for e in candidates] == [stored[e.round][e.index].parents for e in candidates]
+    assert all(e.parents == [] for e in candidates[:3]) and all(
+        len(e.parents or ()) == 2 for e in candidates[3:]
+    )
     assert [e.round for e in events if e.type == "round"] == [1]
     done = [e for e in events if e.type == "done"]
     assert len(done) == 1 and done[0].status == JobStatus.succeeded and done[0].answer == "42"

@@ -10,8 +10,11 @@ out of the folder cannot reach anything else.
 
 from __future__ import annotations
 
+import contextlib
 import re
+import stat
 from pathlib import Path
+from typing import NamedTuple
 
 from pydantic import BaseModel, Field, ValidationError
 
@@ -66,17 +69,25 @@ class ReportView(ReportSummary):
     markdown: str | None = Field(None, description="report.md (tables in Markdown), when present.")
 
 
-def _files(run: Path) -> dict[str, Path]:
-    """The servable files directly inside ``run`` by name (regular files, no links)."""
-    found: dict[str, Path] = {}
+class _Found(NamedTuple):
+    path: Path
+    size: int
+    mtime: float
+
+
+def _files(run: Path) -> dict[str, _Found]:
+    """The servable files directly inside ``run`` by name (regular files, no links); a file that
+    disappears while it is listed (``mrsa report`` rewriting the folder) is left out."""
+    found: dict[str, _Found] = {}
     for entry in run.iterdir():
-        if (
-            _NAME.match(entry.name)
-            and entry.suffix in MEDIA_TYPES
-            and not entry.is_symlink()
-            and entry.is_file()
-        ):
-            found[entry.name] = entry
+        if not _NAME.match(entry.name) or entry.suffix not in MEDIA_TYPES or entry.is_symlink():
+            continue
+        try:
+            info = entry.stat()
+        except OSError:
+            continue
+        if stat.S_ISREG(info.st_mode):
+            found[entry.name] = _Found(entry, info.st_size, info.st_mtime)
     return found
 
 
@@ -114,33 +125,34 @@ class ReportsDir:
         files = _files(run)
         markdown = None
         report = files.get(REPORT)
-        if report is not None and report.stat().st_size <= MAX_INLINE_MARKDOWN_BYTES:
-            markdown = report.read_text(encoding="utf-8", errors="replace")
+        if report is not None and report.size <= MAX_INLINE_MARKDOWN_BYTES:
+            with contextlib.suppress(OSError):
+                markdown = report.path.read_text(encoding="utf-8", errors="replace")
         return ReportView(
             **self._summary(name, run).model_dump(),
             files=[
                 ReportFile(
                     name=file_name,
-                    size=path.stat().st_size,
-                    media_type=MEDIA_TYPES[path.suffix],
+                    size=found.size,
+                    media_type=MEDIA_TYPES[found.path.suffix],
                     url=f"/v1/reports/{name}/files/{file_name}",
                 )
-                for file_name, path in sorted(files.items())
+                for file_name, found in sorted(files.items())
             ],
             markdown=markdown,
         )
 
     def file(self, name: str, file_name: str) -> tuple[Path, str]:
         """The path of a run's file and its media type, or 404."""
-        path = _files(self._run(name)).get(file_name) if _NAME.match(file_name) else None
-        if path is None:
+        found = _files(self._run(name)).get(file_name) if _NAME.match(file_name) else None
+        if found is None:
             raise ApiError(404, f"report {name!r} has no file {file_name!r}")
-        return path, MEDIA_TYPES[path.suffix]
+        return found.path, MEDIA_TYPES[found.path.suffix]
 
     @staticmethod
     def _summary(name: str, run: Path) -> ReportSummary:
         files = _files(run)
-        modified = max([run.stat().st_mtime, *(p.stat().st_mtime for p in files.values())])
+        modified = max([run.stat().st_mtime, *(f.mtime for f in files.values())])
         summary = ReportSummary(name=name, modified_at=modified, has_report=REPORT in files)
         try:
             manifest = Manifest.model_validate_json((run / MANIFEST).read_text(encoding="utf-8"))

@@ -43,6 +43,7 @@ dialog.addEventListener("cancel", (event) => event.preventDefault()); // Esc: th
 document.getElementById("key-forget").addEventListener("click", () => {
   forgetKey();
   showKeyState();
+  if (current) current.page.close(); // reload the page: its next data call asks for a key
   current = null;
   route();
 });
@@ -63,6 +64,7 @@ function parse(hash) {
 }
 
 function route() {
+  if (!location.hash) history.replaceState(null, "", "#/jobs"); // the default page, addressable
   const target = parse(location.hash);
   for (const link of document.querySelectorAll("[data-nav]")) {
     link.classList.toggle("active", link.dataset.nav === (target.name === "job" ? "jobs" : target.name));

@@ -28,6 +28,7 @@ export class JobPage {
 
   close() {
     this.abort.abort();
+    if (this.lineage) this.lineage.close();
     clearInterval(this.ticker);
     clearTimeout(this.refreshTimer);
   }
@@ -196,7 +197,6 @@ export class JobPage {
         parents: event.parents || (this.lineage.get(event.round, event.index) || {}).parents || [],
       });
       this.markDirty(event.round);
-      if (this.target.candidate && this.target.candidate.round === event.round - 1) this.update(this.target);
     } else if (event.type === "round") {
       this.markDirty(event.round - 1);
     } else if (event.type === "status" && event.status) {
@@ -245,7 +245,7 @@ export class JobPage {
     clear(box).append(
       h("h4", {}, round === this.selectRound ? "final call" : `round ${round}`, h("span", { class: "muted" }, ` ${stored}/${total}`)),
       stored ? voteBars(summary.votes, stored) : h("p", { class: "muted" }, "waiting"),
-      summary.truncated ? h("p", { class: "muted small" }, `${summary.truncated} truncated`) : null,
+      h("p", { class: "muted small" }, summary.truncated ? `${summary.truncated} truncated` : ""),
     );
     if (!this.result) this.renderFinal();
   }

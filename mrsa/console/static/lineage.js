@@ -5,7 +5,6 @@
 import { answerColor } from "./colors.js";
 import { clear, s } from "./dom.js";
 
-const WIDTH = 1000; // viewBox units; the SVG scales to its container's width
 const HEADER = 26;
 const FOOTER = 8;
 
@@ -27,18 +26,34 @@ export class Lineage {
     this.selected = null;
     this.pending = false;
     this.layout();
+    this.resize = new ResizeObserver(() => {
+      const before = this.width;
+      this.layout();
+      if (Math.abs(this.width - before) > 1) this.schedule();
+    });
+    if (svg.parentElement) this.resize.observe(svg.parentElement);
   }
 
+  close() {
+    this.resize.disconnect();
+  }
+
+  /** Sizes in CSS pixels (the SVG is drawn 1:1): columns share the container's width, rows share
+   * about 60% of the window's height, within limits that keep nodes clickable. */
   layout() {
     const { stages, population, selectRound } = this.shape;
+    const width = Math.max(320, (this.svg.parentElement && this.svg.parentElement.clientWidth) || 1000);
+    const room = Math.max(220, window.innerHeight * 0.6) - HEADER - FOOTER;
     this.columns = stages + (selectRound === null ? 0 : 1);
-    this.colWidth = WIDTH / this.columns;
-    this.rowHeight = clamp(560 / population, 14, 44);
+    this.width = width;
+    this.colWidth = width / this.columns;
+    this.rowHeight = clamp(room / population, 12, 44);
     this.height = HEADER + population * this.rowHeight + FOOTER;
     this.maxRadius = Math.min(this.rowHeight * 0.42, this.colWidth * 0.16);
     this.minRadius = Math.max(2.5, this.maxRadius * 0.35);
-    this.svg.setAttribute("viewBox", `0 0 ${WIDTH} ${this.height}`);
-    this.svg.setAttribute("preserveAspectRatio", "xMidYMin meet");
+    this.svg.setAttribute("viewBox", `0 0 ${width.toFixed(0)} ${this.height.toFixed(0)}`);
+    this.svg.setAttribute("width", width.toFixed(0));
+    this.svg.setAttribute("height", this.height.toFixed(0));
   }
 
   /** Rows of a column: N for a round, 1 for the final aggregation. */

@@ -1,7 +1,7 @@
 // The reports page: the sweep run folders the server can see, and one report's tables and plots.
 import { ApiError, blobUrl, getJson } from "./api.js";
 import { clear, fmtAge, h } from "./dom.js";
-import { renderMarkdown } from "./markdown.js";
+import { inline, renderMarkdown } from "./markdown.js";
 
 export class ReportsPage {
   constructor(root, target) {
@@ -28,11 +28,12 @@ export class ReportsPage {
   async loadList() {
     try {
       const data = await getJson("/v1/reports", { signal: this.abort.signal });
-      this.note.textContent = !data.configured
+      const note = !data.configured
         ? "This server has no reports folder: start it with `mrsa serve --reports-dir DIR` (or MRSA_REPORTS_DIR) to show the run folders of `mrsa bench --out DIR/NAME` here."
         : data.reports.length
           ? "Run folders under the server's reports folder; run `mrsa report` on one to get its tables and plots."
           : "The reports folder holds no run folder yet.";
+      clear(this.note).append(...inline(note));
       clear(this.list).append(
         ...data.reports.map((r) =>
           h(
