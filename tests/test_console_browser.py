@@ -277,6 +277,10 @@ def test_a_validation_error_appears_next_to_its_field(embedded_console: Console)
     console.shot("validation-error")
     assert len(stack.api("GET", "/v1/jobs")["jobs"]) == jobs_before
 
+    page.get_by_test_id("api-key-forget").click()  # the next data call asks for the key again
+    expect(page.get_by_test_id("api-key-dialog")).to_be_visible()
+    assert page.evaluate("sessionStorage.getItem('mrsa.apiKey')") is None
+
 
 def test_jobs_are_cancelled_from_the_job_page_and_from_the_jobs_table(embedded_console: Console) -> None:
     console, page, stack = embedded_console, embedded_console.page, embedded_console.stack
