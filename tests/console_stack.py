@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -62,9 +62,11 @@ class ConsoleStack:
 
 
 @contextlib.contextmanager
-def console_stack(folder: Path, worker_args: list[str]) -> Iterator[ConsoleStack]:
-    """Redis, ``mrsa serve --api-keys KEY`` and ``mrsa worker WORKER_ARGS`` (``--redis`` added),
-    their logs in ``folder``; all stopped on exit."""
+def console_stack(
+    folder: Path, worker_args: list[str], serve_args: Sequence[str] = ()
+) -> Iterator[ConsoleStack]:
+    """Redis, ``mrsa serve --api-keys KEY SERVE_ARGS`` and ``mrsa worker WORKER_ARGS`` (``--redis``
+    added), their logs in ``folder``; all stopped on exit."""
     redis = RedisServer(folder / "redis")
     (folder / "redis").mkdir(parents=True, exist_ok=True)
     redis.start()
@@ -73,7 +75,18 @@ def console_stack(folder: Path, worker_args: list[str]) -> Iterator[ConsoleStack
             port = free_port()
             api = start(
                 "api",
-                ["-m", "mrsa", "serve", "--port", str(port), "--redis", redis.url, "--api-keys", API_KEY],
+                [
+                    "-m",
+                    "mrsa",
+                    "serve",
+                    "--port",
+                    str(port),
+                    "--redis",
+                    redis.url,
+                    "--api-keys",
+                    API_KEY,
+                    *serve_args,
+                ],
             )
             url = f"http://127.0.0.1:{port}"
             api.wait_until("mrsa serve ready", lambda: http_ok(f"{url}/readyz"), 60)

@@ -21,6 +21,9 @@ import pytest
 from playwright.sync_api import BrowserContext, Locator, Page, expect
 
 from benchmarks.simulator.process import running_simulator
+from evals.configs import SweepConfig
+from evals.rundir import Manifest, RunDir
+from mrsa.params import resolve_params
 from tests.browser import artifacts_dir, chromium_context
 from tests.console_stack import API_KEY, TERMINAL, ConsoleStack, console_stack
 
@@ -33,6 +36,7 @@ JOB_WAIT_S = 240.0  # the embedded model on a busy 2-core machine can be slow
 # What the simulator's model writes for problems that contain "HOSTILE": markup that would run,
 # or load an image, if the console inserted it as HTML.
 HOSTILE_MARKUP = '<script>window.__pwned=1</script><img src=x onerror="window.__pwned=2">'
+REPORT_RUN, REPORT_PLOT, REPORT_ACCURACY = "sweep-smoke", "accuracy_vs_tokens.png", "0.500"
 HOSTILE_PROBLEM = 'HOSTILE: what is <b onmouseover="window.__pwned=3">6*7</b>?'
 
 
@@ -126,10 +130,41 @@ def simulated_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Consol
         *("--hostile-answer", HOSTILE_MARKUP, "--median-tokens", "80"),
         *("--step-base-ms", "0.2", "--step-per-seq-ms", "0.01"),
     ]
+    reports = tmp_path_factory.mktemp("console-reports")
+    make_report_run(reports / REPORT_RUN)
     with running_simulator(flags) as sim:
         worker = ["--backend", sim, "--backend-kind", "vllm", "--model", "mrsa-sim", "--concurrency", "64"]
-        with console_stack(tmp_path_factory.mktemp("console-sim"), worker) as stack:
+        serve = ["--reports-dir", str(reports)]
+        with console_stack(tmp_path_factory.mktemp("console-sim"), worker, serve) as stack:
             yield stack
+
+
+def make_report_run(folder: Path) -> None:
+    """A run folder as ``mrsa bench --out`` + ``mrsa report`` leave it: manifest, report.md with a
+    table, a plot and markup in a cell, metrics.json and the PNG (drawn by matplotlib)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    config = SweepConfig(id="smoke", preset="smoke", overrides={}, params=resolve_params("smoke"))
+    RunDir(folder).save_manifest(
+        Manifest(model="mrsa-sim", seeds=[0], configs=[config], datasets=[], grading={})
+    )
+    fig, ax = plt.subplots(figsize=(4, 3), dpi=60)
+    ax.plot([100, 200, 400], [0.2, 0.4, 0.5], marker="o")
+    ax.set_xlabel("decode tokens")
+    ax.set_ylabel("accuracy")
+    fig.savefig(folder / REPORT_PLOT, bbox_inches="tight")
+    plt.close(fig)
+    (folder / "report.md").write_text(
+        "# mrsa benchmark report\n\n"
+        "| config | accuracy | note |\n|---|---:|---|\n"
+        f"| smoke | {REPORT_ACCURACY} | {HOSTILE_MARKUP} |\n\n"
+        f"![accuracy against decode tokens]({REPORT_PLOT})\n",
+        encoding="utf-8",
+    )
+    (folder / "metrics.json").write_text('{"smoke": {"accuracy": 0.5}}\n', encoding="utf-8")
 
 
 @pytest.fixture
@@ -368,3 +403,26 @@ def test_a_zaya1_extra_high_job_is_readable_at_1280x800(simulated_console: Conso
     expect(page.get_by_test_id("candidate-panel").get_by_test_id("candidate-parent")).to_have_count(k)
     assert page.evaluate("document.documentElement.scrollWidth") <= 1280
     console.shot("zaya1-extra-high-candidate")
+
+
+def test_a_sweep_report_shows_its_tables_and_plots(simulated_console: Console) -> None:
+    """A run folder under the server's --reports-dir: listed, and opened with its table (markup in
+    a cell shown as text) and its plot (an image that loaded)."""
+    console, page = simulated_console, simulated_console.page
+    console.goto("#/reports")
+    console.sign_in()
+    item = page.locator(f'[data-testid=reports-list] [data-testid=report][data-name="{REPORT_RUN}"]')
+    expect(item).to_have_count(1)
+    item.locator("a").first.click()
+    view = page.get_by_test_id("report-view")
+    expect(view.locator("table td", has_text=REPORT_ACCURACY)).to_have_count(1)
+    expect(view.locator("table")).to_contain_text(HOSTILE_MARKUP, use_inner_text=True)
+    plot = view.locator("img")
+    expect(plot).to_have_count(1)
+    page.wait_for_function(
+        "() => { const i = document.querySelector('[data-testid=report-view] img'); "
+        "return i && i.complete && i.naturalWidth > 0; }"
+    )
+    assert page.evaluate("typeof window.__pwned") == "undefined"
+    assert view.locator("script, table img").count() == 0
+    console.shot("report-view")
