@@ -14,7 +14,7 @@ else
 LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF
 endif
 
-.PHONY: setup demo test lint typecheck redis-server ha-tools bundled-envs deploy-validators clean
+.PHONY: setup demo test lint typecheck redis-server ha-tools chromium bundled-envs deploy-validators clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -44,6 +44,15 @@ ha-tools:
 	    SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	    $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; }
 
+# The console's browser tests drive Debian's Chromium (Playwright's own browser download needs the
+# network); the fonts make the screenshots readable.
+chromium:
+	@command -v chromium >/dev/null || { \
+	  echo "installing chromium and fonts (Debian packages)"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq \
+	    chromium fonts-dejavu-core fonts-liberation >/dev/null; }
+
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
@@ -68,7 +77,7 @@ deploy-validators: setup
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq nodejs npm >/dev/null; }
 	$(BIN)/python -m tests.deploy_tools
 
-test: setup redis-server ha-tools lint typecheck bundled-envs deploy-validators
+test: setup redis-server ha-tools chromium lint typecheck bundled-envs deploy-validators
 	$(BIN)/python -m pytest -q
 
 clean:
