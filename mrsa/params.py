@@ -112,7 +112,10 @@ class RSAParams(BaseModel):
     )
     seed: int = Field(0, ge=0, le=2**63 - 1, description="Job seed: every random choice derives from it.")
     prompts: str = Field(
-        "v1", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="Prompt template set (prompts/NAME)."
+        "v1",
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
+        description="Prompt template set (prompts/NAME): v1, or pacore (the tails as reference responses; "
+        "pair it with tail_source answer_or_tail).",
     )
 
     @model_validator(mode="after")

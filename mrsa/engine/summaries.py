@@ -4,7 +4,8 @@ is the tail the next round reads (Zyphra's proxy does this with ``rsa_summarize`
 
 The call is part of the candidate's task: its seed derives from the job's seed and the
 candidate's position (:func:`~mrsa.engine.planning.summary_seed`), so a redelivered task asks for
-the same summary. The text summarised is the tail source (``tail_source``), at most its last
+the same summary (a chunked candidate resumes from its last checkpoint, its whole generation when
+only the summary was left; an unchunked one is generated again with its own seed, as any task). The text summarised is the tail source (``tail_source``), at most its last
 ``request_tokens`` (chunk or β) tokens, so the summary request is bounded like any other: problem,
 template, that text and ``summary_budget`` decode tokens.
 """
