@@ -11,6 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
+from evals.configs import ConfigError, build_configs
 from mrsa.backends.base import GenerationRequest
 from mrsa.domain import CandidateSummary, JobResult, JobSpec, JobStatus, RoundSummary, Usage, Vote
 from mrsa.engine.adaptive import agreement, decide
@@ -141,6 +142,11 @@ def test_bad_adaptive_settings_name_the_field(overrides: dict[str, Any], field: 
     with pytest.raises(ValidationError) as err:
         params(**overrides)
     assert describe_validation_error(err.value).startswith(field)
+
+
+def test_adaptive_knobs_cannot_be_swept() -> None:
+    with pytest.raises(ConfigError, match=r"stop_agreement.*benchmarks/adaptive\.py"):
+        build_configs(["smoke"], "stop_agreement=0.8")
 
 
 # -- jobs --------------------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ import asyncio
 import hashlib
 import random
 from itertools import pairwise
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,6 +15,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
+from evals.configs import build_configs
+from evals.datasets import Dataset, Problem
+from evals.records import CandidateRecord
+from evals.report import compute, render_markdown
+from evals.rundir import Manifest, RunDir, dataset_entry
 from mrsa.domain import JobSpec
 from mrsa.engine.islands import island_members, island_of, islands_at, merge_schedule, phases
 from mrsa.engine.planning import _subsets, plan_subsets, round_islands, round_tasks
@@ -160,3 +166,59 @@ async def test_a_job_with_islands_reports_votes_per_island() -> None:
         assert {p // 4 for p in c.parents} == {c.index // 4}
     assert result.rounds[2].islands == []  # one island: the round's own votes say it all
     assert result.answer == "42"
+
+
+# -- the report ----------------------------------------------------------------------------------------
+
+
+def island_run(path: Path) -> RunDir:
+    """One configuration with islands (N=8, M=2, T=2): in rounds 0 and 1 island 0 is always right and
+    island 1 always wrong; the merged round 2 is right everywhere."""
+    config = build_configs(["smoke"], "population=8;islands=2;rounds=2")[0]
+    dataset = Dataset(
+        name="d", path="/d.jsonl", sha256="0" * 64, problems=[Problem(id="p1", problem="P", answer="5")]
+    )
+    manifest = Manifest(
+        model="m",
+        seeds=[0],
+        configs=[config],
+        datasets=[dataset_entry(dataset, None)],
+        grading={"timeout_s": 5.0},
+    )
+    run = RunDir(path)
+    run.save_manifest(manifest)
+    records = []
+    for r in range(3):
+        for i in range(8):
+            correct = r == 2 or i < 4
+            records.append(
+                CandidateRecord(
+                    config=config.id,
+                    dataset="d",
+                    problem="p1",
+                    seed=0,
+                    round=r,
+                    index=i,
+                    parents=[],
+                    answer="5" if correct else "6",
+                    boxed="5" if correct else "6",
+                    correct=correct,
+                    reason="correct" if correct else "wrong",
+                    finish_reason="stop",
+                    decode_tokens=10,
+                    prompt_tokens=10,
+                )
+            )
+    run.records.append(records)
+    return run
+
+
+def test_the_report_shows_metrics_per_island(tmp_path: Path) -> None:
+    data = compute(island_run(tmp_path / "run"), None)
+    (group,) = data.groups
+    for r in (0, 1):
+        assert [(i.island, i.pass1, i.maj) for i in group.rounds[r].islands] == [(0, 1.0, 1.0), (1, 0.0, 0.0)]
+    assert group.rounds[2].islands == []
+    text = render_markdown(data)
+    assert "## Islands" in text
+    assert "| 0 | 2 | 100.0 · 0.0 | 100.0 · 0.0 |" in text and "| 2 | 1 |" not in text
