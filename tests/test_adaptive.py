@@ -13,6 +13,7 @@ from pydantic import ValidationError
 
 from evals.configs import ConfigError, build_configs
 from mrsa.backends.base import GenerationRequest
+from mrsa.cli.solve import render_result
 from mrsa.domain import CandidateSummary, JobResult, JobSpec, JobStatus, RoundSummary, Usage, Vote
 from mrsa.engine.adaptive import agreement, decide
 from mrsa.engine.runner import TaskRunner
@@ -243,3 +244,11 @@ async def test_an_adaptive_job_stops_early_through_redis(redis_server: RedisServ
         result = await solve(backend, store, params(stop_agreement=0.75))
     assert [r.index for r in result.rounds] == [0, 1] and len(backend.calls) == 8
     assert result.early_stop is not None and result.early_stop.reason == "converged"
+
+
+async def test_mrsa_solve_says_it_stopped_early(capsys: pytest.CaptureFixture[str]) -> None:
+    result = await solve(FakeBackend(agreeing_from_round(1)), MemoryStore(), params(stop_agreement=0.75))
+    render_result(result)
+    out = " ".join(capsys.readouterr().out.split())
+    assert "stopped early after round 1 (converged: 100% of the finished candidates agree)" in out
+    assert "2 round(s) skipped" in out and "(estimate)" in out
