@@ -26,7 +26,12 @@ from mrsa.params import (
 
 # Knobs a grid may vary (flat, as the CLI's flags). ``seed`` comes from --seeds; ``selection`` is
 # fixed to ``population`` (a sweep keeps every candidate and scores majority voting itself, as maj@N).
-GRID_KEYS: tuple[str, ...] = tuple(k for k in knobs(RSAParams) if k not in ("seed", "selection"))
+# Adaptive compute cannot be swept: a sweep scores every round of every job, and a job that stops
+# early has rounds that never ran (benchmarks/adaptive.py measures it instead).
+ADAPTIVE_KEYS: tuple[str, ...] = ("stop_agreement", "stop_min_round", "stop_max_truncated", "token_budget")
+GRID_KEYS: tuple[str, ...] = tuple(
+    k for k in knobs(RSAParams) if k not in ("seed", "selection", *ADAPTIVE_KEYS)
+)
 _INT = re.compile(r"^[-+]?\d+$")
 _FLOAT = re.compile(r"^[-+]?(\d+\.\d*|\.\d+|\d+)([eE][-+]?\d+)?$")
 
@@ -65,6 +70,11 @@ def parse_grid(text: str | None) -> list[dict[str, Any]]:
         key = key.strip().replace("-", "_")
         if not sep or not values.strip():
             raise ConfigError(f"grid: {part.strip()!r} is not KEY=V1,V2,… (e.g. 'rounds=0,1;subset=1,2')")
+        if key in ADAPTIVE_KEYS:
+            raise ConfigError(
+                f"grid: {key!r} is adaptive compute, which a sweep cannot score (it needs every round of "
+                "every job); measure it with benchmarks/adaptive.py"
+            )
         if key not in GRID_KEYS:
             hint = " (use --seeds)" if key == "seed" else ""
             raise ConfigError(f"grid: unknown key {key!r}{hint}; choose from {', '.join(GRID_KEYS)}")

@@ -22,6 +22,13 @@ BOOTSTRAP_RESAMPLES = 2000
 CI_LEVEL = 0.95
 
 
+class IslandOutcome(BaseModel):
+    """One island of one round of one run (configurations with ``islands`` > 1)."""
+
+    correct: list[bool]
+    majority_correct: bool = Field(description="The island's own majority answer is correct.")
+
+
 class RoundOutcome(BaseModel):
     """One round of one run, graded."""
 
@@ -31,6 +38,9 @@ class RoundOutcome(BaseModel):
     decode_tokens: int = Field(description="Decode tokens of this round (all N candidates).")
     prompt_tokens: int
     majority_correct: bool = Field(description="The answer majority selection returns is correct.")
+    islands: list[IslandOutcome] = Field(
+        default_factory=list, description="Per island, when the round is split into islands."
+    )
 
 
 class RunOutcome(BaseModel):
@@ -47,6 +57,12 @@ class Estimate(BaseModel):
     high: float
 
 
+class IslandMetrics(BaseModel):
+    island: int
+    pass1: float = Field(description="Mean accuracy of the island's candidates.")
+    maj: float = Field(description="Accuracy of the island's own majority answer.")
+
+
 class RoundMetrics(BaseModel):
     round: int
     problems: int
@@ -60,6 +76,9 @@ class RoundMetrics(BaseModel):
     prompt_tokens: float = Field(description="Mean prompt tokens per run, cumulative up to this round.")
     truncation_rate: float = Field(description="Share of this round's candidates cut at the budget.")
     no_answer_rate: float = Field(description="Share of this round's candidates without \\boxed{}.")
+    islands: list[IslandMetrics] = Field(
+        default_factory=list, description="Per island, when the round is split into islands."
+    )
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -143,6 +162,7 @@ def round_metrics(runs: Sequence[RunOutcome], round_index: int) -> RoundMetrics:
         pass_k[k] = sum(scores.values()) / len(scores)
     candidates = [run.rounds[r] for run in runs]
     total = sum(len(c.correct) for c in candidates)
+    islands = min(len(run.rounds[r].islands) for run in runs)
     return RoundMetrics(
         round=r,
         problems=len({run.problem for run in runs}),
@@ -156,6 +176,23 @@ def round_metrics(runs: Sequence[RunOutcome], round_index: int) -> RoundMetrics:
         prompt_tokens=statistics.fmean(sum(x.prompt_tokens for x in run.rounds[: r + 1]) for run in runs),
         truncation_rate=sum(sum(c.truncated) for c in candidates) / total,
         no_answer_rate=sum(len(c.answered) - sum(c.answered) for c in candidates) / total,
+        islands=[island_metrics(runs, r, j) for j in range(islands)],
+    )
+
+
+def island_metrics(runs: Sequence[RunOutcome], round_index: int, island: int) -> IslandMetrics:
+    """pass@1 and majority accuracy of one island of a round, averaged like the round's own."""
+
+    def pass1(run: RunOutcome) -> float:
+        c = run.rounds[round_index].islands[island].correct
+        return sum(c) / len(c)
+
+    def maj(run: RunOutcome) -> float:
+        return 1.0 if run.rounds[round_index].islands[island].majority_correct else 0.0
+
+    p1, mj = per_problem(runs, pass1), per_problem(runs, maj)
+    return IslandMetrics(
+        island=island, pass1=statistics.fmean(p1.values()), maj=statistics.fmean(mj.values())
     )
 
 

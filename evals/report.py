@@ -242,6 +242,34 @@ def _params_row(cid: str, p: RSAParams) -> str:
     )
 
 
+def island_lines(data: ReportData) -> list[str]:
+    """The per-island table, for configurations with islands (none: no section)."""
+    rows = [
+        f"| `{g.config}` | {g.dataset} | {r.round} | {len(r.islands)} | "
+        + " · ".join(f"{100 * i.pass1:.1f}" for i in r.islands)
+        + " | "
+        + " · ".join(f"{100 * i.maj:.1f}" for i in r.islands)
+        + " |"
+        for g in data.groups
+        for r in g.rounds
+        if r.islands
+    ]
+    if not rows:
+        return []
+    return [
+        "",
+        "## Islands",
+        "",
+        "Rounds that are split into islands (`islands` M > 1; islands merge in pairs until one is left). "
+        "Per island, in index order: pass@1 and the accuracy of the island's own majority answer, in %, "
+        "averaged like the round's (no intervals: islands are small).",
+        "",
+        "| configuration | dataset | round | islands | pass@1 per island | maj per island |",
+        "|---|---|---:|---:|---|---|",
+        *rows,
+    ]
+
+
 def render_markdown(data: ReportData) -> str:
     m = data.manifest
     backends = list(dict.fromkeys((s.backend.kind, s.backend.url, s.backend.version) for s in m.sessions))
@@ -298,6 +326,7 @@ def render_markdown(data: ReportData) -> str:
                     f"{_tok(r.decode_tokens)} | {_tok(r.prompt_tokens)} | {100 * r.truncation_rate:.1f}% | "
                     f"{100 * r.no_answer_rate:.1f}% |"
                 )
+    lines += island_lines(data)
     lines += ["", "## Baselines at matched decode budgets", ""]
     if data.baselines:
         lines += [

@@ -10,11 +10,13 @@ from collections.abc import Sequence
 from pydantic import BaseModel
 
 from evals.grading import Grader
-from evals.metrics import RoundOutcome, RunOutcome
+from evals.metrics import IslandOutcome, RoundOutcome, RunOutcome
 from evals.records import CandidateRecord, RecordKey, UnitKey
 from evals.rundir import Manifest
 from evals.voting import majority_choice, majority_choice_plain
 from mrsa.engine.answers import normalise_answer
+from mrsa.engine.islands import island_members
+from mrsa.engine.planning import round_islands
 
 
 class Scored(BaseModel):
@@ -33,12 +35,33 @@ def _majority(grader: Grader | None, boxed: Sequence[str | None], finished: Sequ
     return majority_choice(boxed, finished, grader.cluster)
 
 
-def round_outcome(records: Sequence[CandidateRecord], grader: Grader | None) -> RoundOutcome:
-    """One round's candidates (ordered by index) as a graded outcome."""
+def island_outcomes(
+    records: Sequence[CandidateRecord], grader: Grader | None, islands: int
+) -> list[IslandOutcome]:
+    """Each island's candidates (contiguous indices, :mod:`mrsa.engine.islands`) and its own majority."""
+    out = []
+    for island in range(islands):
+        members = [records[i] for i in island_members(len(records), islands, island)]
+        chosen = _majority(grader, [r.boxed for r in members], [r.finish_reason == "stop" for r in members])
+        out.append(
+            IslandOutcome(
+                correct=[r.correct for r in members],
+                majority_correct=chosen is not None and members[chosen].correct,
+            )
+        )
+    return out
+
+
+def round_outcome(
+    records: Sequence[CandidateRecord], grader: Grader | None, islands: int = 1
+) -> RoundOutcome:
+    """One round's candidates (ordered by index) as a graded outcome; with ``islands`` > 1 (the
+    round's island count) also each island's."""
     boxed = [r.boxed for r in records]
     finished = [r.finish_reason == "stop" for r in records]
     chosen = _majority(grader, boxed, finished)
     return RoundOutcome(
+        islands=island_outcomes(records, grader, islands) if islands > 1 else [],
         correct=[r.correct for r in records],
         truncated=[r.finish_reason == "length" for r in records],
         answered=[r.boxed is not None for r in records],
@@ -66,7 +89,10 @@ def score(manifest: Manifest, records: dict[RecordKey, CandidateRecord], grader:
             incomplete.append(unit)
             continue
         complete += 1
-        rounds = [round_outcome([rec for rec in row if rec is not None], grader) for row in grid]
+        rounds = [
+            round_outcome([rec for rec in row if rec is not None], grader, round_islands(params, r))
+            for r, row in enumerate(grid)
+        ]
         groups[unit.config][unit.dataset].append(
             RunOutcome(problem=unit.problem, seed=unit.seed, rounds=rounds)
         )

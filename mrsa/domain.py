@@ -168,6 +168,35 @@ class CandidateSummary(BaseModel):
     parents: list[int]
 
 
+class IslandSummary(BaseModel):
+    """One island of a round (jobs with ``islands`` > 1): its candidates and their votes."""
+
+    island: int
+    first: int = Field(description="Index of the island's first candidate (islands are contiguous).")
+    size: int
+    truncated: int
+    decode_tokens: int
+    votes: list[Vote]
+
+
+StopReason = Literal["converged", "token_budget"]
+
+
+class EarlyStop(BaseModel):
+    """Why an adaptive job stopped before round T, and what that saved."""
+
+    reason: StopReason
+    after_round: int = Field(description="The last round that ran; its population gives the answer.")
+    rounds_skipped: int
+    agreement: float = Field(
+        description="Share of the last round's finished candidates behind the top answer."
+    )
+    truncated_share: float = Field(description="Share of the last round's candidates cut at the budget.")
+    decode_tokens_saved_estimate: int = Field(
+        description="An estimate, not a measurement: rounds skipped × the last round's decode tokens."
+    )
+
+
 class RoundSummary(BaseModel):
     index: int
     usage: Usage
@@ -177,6 +206,9 @@ class RoundSummary(BaseModel):
     truncated: int
     votes: list[Vote]
     candidates: list[CandidateSummary]
+    islands: list[IslandSummary] = Field(
+        default_factory=list, description="Per-island votes of this round (only when the job has islands)."
+    )
     equivalence_timeouts: int = Field(
         0,
         description="Distinct answers math-verify could not compare within the equivalence limit: "
@@ -206,6 +238,10 @@ class JobResult(BaseModel):
         default_factory=list, description="What the service could not check while building the result."
     )
     rounds: list[RoundSummary]
+    early_stop: EarlyStop | None = Field(
+        None,
+        description="Set when adaptive compute stopped the job before round T (stop_agreement, token_budget).",
+    )
     elapsed_s: float = 0.0
     cost: Cost | None = Field(
         None,

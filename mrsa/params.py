@@ -117,6 +117,40 @@ class RSAParams(BaseModel):
         description="Prompt template set (prompts/NAME): v1, or pacore (the tails as reference responses; "
         "pair it with tail_source answer_or_tail).",
     )
+    islands: int = Field(
+        1,
+        ge=1,
+        le=MAX_POPULATION,
+        description="M: islands the population is split into (a power of two dividing N, K ≤ N/M, "
+        "log2(M) ≤ T); aggregation draws parents within a candidate's island, and islands merge in "
+        "pairs at phase boundaries until one is left. 1 = no islands.",
+    )
+    stop_agreement: float | None = Field(
+        None,
+        gt=0.0,
+        le=1.0,
+        description="Adaptive compute: stop after a round (≥ stop_min_round) in which at least this share "
+        "of the finished candidates agree on one answer (off when unset).",
+    )
+    stop_min_round: int = Field(
+        1,
+        ge=0,
+        le=MAX_ROUNDS,
+        description="Adaptive compute: the first round after which a job may stop early.",
+    )
+    stop_max_truncated: float = Field(
+        0.25,
+        ge=0.0,
+        le=1.0,
+        description="Adaptive compute: a round counts as converged only if at most this share of its "
+        "candidates was truncated at the budget.",
+    )
+    token_budget: int | None = Field(
+        None,
+        ge=1,
+        description="Adaptive compute: decode tokens a job may spend; it stops before an aggregation round "
+        "that would exceed it, projecting the last round's decode tokens (off when unset).",
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> RSAParams:
@@ -140,7 +174,38 @@ class RSAParams(BaseModel):
                 f"final_population: N={last} of the last stage must be ≥ subset K={self.subset} "
                 "(selection 'aggregate' draws K of its tails)"
             )
+        self._check_islands()
+        if self.stop_min_round > self.rounds and self.stop_agreement is not None:
+            raise ValueError(
+                f"stop_min_round: {self.stop_min_round} must be ≤ rounds T={self.rounds} "
+                "(the job could never stop early)"
+            )
         return self
+
+    def _check_islands(self) -> None:
+        """The constraints of the islands schedule (:mod:`mrsa.engine.islands`)."""
+        m, n = self.islands, self.population
+        if m == 1:
+            return
+        if m & (m - 1):
+            raise ValueError(f"islands: M={m} must be a power of two (islands merge in pairs)")
+        if n % m:
+            raise ValueError(f"islands: population N={n} must be divisible by M={m}")
+        if self.subset > n // m:
+            raise ValueError(
+                f"islands: subset K={self.subset} must be ≤ N/M={n // m} (parents are drawn within an island)"
+            )
+        if m.bit_length() - 1 > self.rounds:
+            raise ValueError(
+                f"islands: log2(M)={m.bit_length() - 1} must be ≤ rounds T={self.rounds} "
+                "(one merge per phase boundary, and T+1 stages make at most T+1 phases)"
+            )
+
+    @property
+    def adaptive(self) -> bool:
+        """Whether the job may stop early (converged, or its token budget): then each round is planned
+        only once the previous one is complete, so a stop saves the whole next round."""
+        return self.stop_agreement is not None or self.token_budget is not None
 
     @property
     def stages(self) -> int:

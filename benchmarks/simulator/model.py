@@ -22,6 +22,7 @@ import heapq
 import itertools
 import math
 import random
+import re
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Literal
@@ -97,6 +98,11 @@ class SimConfig:
     # Count generation requests per value of this request header (a router's affinity key) in
     # /sim/stats ``header_values``, for tests of clients that send one. Empty: off.
     record_header: str = ""
+    # Per-problem difficulty (see ``Difficulty``): answers depend on the problem and on the answers
+    # an aggregation prompt shows, so aggregation converges on some problems and never on others.
+    # Off: every generation is right with ``correct_share``, whatever it was shown.
+    difficulty: bool = False
+    hard_share: float = 0.25
 
     def step_s(self, batch: int) -> float:
         """Wall time of one decode step with ``batch`` running sequences."""
@@ -171,6 +177,55 @@ def problem_answers(problem_key: str) -> list[str]:
     return [str(base), str(base + 1), str(base * 2), str(base + 17)]
 
 
+_BOXED = re.compile(r"\\boxed\{([^{}]*)\}")
+
+
+@dataclass(frozen=True)
+class Difficulty:
+    """How one problem behaves under aggregation (``SimConfig.difficulty``), drawn from its key.
+
+    A generation shown no answers (round 0) is right with probability ``accuracy``. An aggregation
+    prompt that shows answers, a share ``c`` of them right, is right with probability
+    ``(1 - pull) * accuracy + pull * c + lift`` (capped at 1): it leans toward what it was shown and
+    improves a little on its own; when wrong, it repeats a shown wrong answer with probability
+    ``pull``, else writes one of the problem's wrong answers. So rounds raise the share right and
+    the agreement on easy and medium problems. A *hard* problem (a share ``hard_share`` of them) is
+    rarely right, has many distinct wrong answers and no pull: its population never converges.
+    """
+
+    accuracy: float
+    pull: float
+    lift: float
+    wrong: tuple[str, ...]
+
+    @classmethod
+    def of(cls, problem_key: str, hard_share: float) -> Difficulty:
+        rng = _rng("difficulty", problem_key)
+        right, *wrong = problem_answers(problem_key)
+        if rng.random() < hard_share:
+            base = int(right)
+            many = tuple(str(base + 100 + 37 * i) for i in range(12))
+            return cls(accuracy=0.1, pull=0.0, lift=0.0, wrong=many)
+        return cls(accuracy=0.25 + 0.6 * rng.random(), pull=0.6, lift=0.1, wrong=tuple(wrong))
+
+    def answer(self, rng: random.Random, right: str, shown: list[str]) -> str:
+        if not shown:
+            return right if rng.random() < self.accuracy else rng.choice(self.wrong)
+        c = sum(1 for a in shown if a == right) / len(shown)
+        if rng.random() < min(1.0, (1 - self.pull) * self.accuracy + self.pull * c + self.lift):
+            return right
+        shown_wrong = [a for a in shown if a != right]
+        if shown_wrong and rng.random() < self.pull:
+            return rng.choice(shown_wrong)
+        return rng.choice(self.wrong)
+
+
+def shown_answers(prompt: str, problem_key: str) -> list[str]:
+    """The boxed answers an aggregation prompt shows (its candidates' tails), after the problem."""
+    rest = prompt.split(problem_key, 1)[-1] if problem_key else prompt
+    return [a for a in _BOXED.findall(rest) if a]
+
+
 def sample_output(
     config: SimConfig, prompt: str, seed: int | str | None, max_tokens: int, problem_key: str
 ) -> Output:
@@ -182,7 +237,11 @@ def sample_output(
     answers = problem_answers(problem_key)
     if config.hostile_answer and HOSTILE in problem_key:
         answers[0] = config.hostile_answer
-    answer = answers[0] if rng.random() < config.correct_share else rng.choice(answers[1:])
+    if config.difficulty:
+        difficulty = Difficulty.of(problem_key, config.hard_share)
+        answer = difficulty.answer(rng, answers[0], shown_answers(prompt, problem_key))
+    else:
+        answer = answers[0] if rng.random() < config.correct_share else rng.choice(answers[1:])
     closing = f"\n</think>\n\nThe answer is \\boxed{{{answer}}}."
     natural = max(len(closing) + 16, round(drawn))
     if runaway or natural + 1 > max_tokens:  # + the EOS

@@ -149,6 +149,18 @@ def render_result(result: JobResult) -> None:
     )
     if result.cost is not None:
         out_console.print(f"cost {result.cost.line()}")
+    stop = result.early_stop
+    if stop is not None:
+        why = (
+            f"{100 * stop.agreement:.0f}% of the finished candidates agree"
+            if stop.reason == "converged"
+            else "the next round would exceed the token budget"
+        )
+        out_console.print(
+            f"stopped early after round {stop.after_round} ({stop.reason}: {why}); "
+            f"{stop.rounds_skipped} round(s) skipped, about {stop.decode_tokens_saved_estimate} decode "
+            "tokens saved (estimate)"
+        )
     if result.status != JobStatus.succeeded:
         out_console.print(f"[bold red]{result.status.value}[/]: {result.error}")
     else:

@@ -4,7 +4,9 @@ A job is stored and its round-0 tasks enqueued. Whoever runs a task generates th
 stores it; the same atomic store write enqueues every next-round task whose K parents are now all
 stored. Parent subsets are planned from the job's seed, not from results, so a round-t+1 candidate
 starts as soon as its own parents exist instead of waiting for the slowest candidate of round t:
-the prompts and results are exactly those of a round-by-round run, only sooner. The worker that
+the prompts and results are exactly those of a round-by-round run, only sooner. An adaptive job
+(``stop_agreement``, ``token_budget``) is the exception: it plans round t+1 only once round t is
+complete and :func:`mrsa.engine.adaptive.decide` has said to go on, so a stop saves the whole round. The worker that
 completes a round moves the job's round pointer (over every complete round: they can finish out
 of order) and, after round T, selects the answer and finishes the job (through the
 :class:`~mrsa.engine.service.JobService`). Releases are recorded in the store, so a redelivered
@@ -15,9 +17,10 @@ from __future__ import annotations
 
 from mrsa import metrics
 from mrsa.backends.base import Backend
-from mrsa.domain import Event, Job, JobStatus, Task
+from mrsa.domain import Candidate, Event, Job, JobStatus, Task
+from mrsa.engine.adaptive import decide
 from mrsa.engine.generation import generate_candidate, ordered_parents
-from mrsa.engine.planning import release_tasks, selection_task
+from mrsa.engine.planning import release_tasks, round_tasks, selection_task
 from mrsa.engine.service import JobService
 from mrsa.store.base import JobStore
 
@@ -53,7 +56,8 @@ class TaskRunner:
         params = job.spec.params
         children = release_tasks(job.id, params, task)
         if ctx.stored is not None:  # redelivered after its result was stored: release its children
-            count = await self.store.save_candidate(job.id, ctx.stored, children)
+            cand = ctx.stored
+            count = await self.store.save_candidate(job.id, cand, children)
         else:
             parents = ordered_parents(task, ctx.parents)
             cand = await generate_candidate(
@@ -78,16 +82,17 @@ class TaskRunner:
                 ),
             )
         if count >= params.stage_population(task.round):
-            await self._complete_rounds(job)
+            await self._complete_rounds(job, cand)
 
     @staticmethod
     def _priority(task: Task) -> int:
         """Later rounds first: they unblock a job's progress (used where the server enables it)."""
         return -task.round
 
-    async def _complete_rounds(self, job: Job) -> None:
-        """A round is complete: move the job's round pointer over every complete round (rounds can
-        finish out of order), emit their events, and after the last one select or finish."""
+    async def _complete_rounds(self, job: Job, last: Candidate) -> None:
+        """A round is complete (``last`` is the candidate that completed it, or its redelivery): move the
+        job's round pointer over every complete round (rounds can finish out of order), emit their
+        events, and after the last one select or finish. An adaptive job plans its next round here."""
         params = job.spec.params
         final = [selection_task(job.id, params)] if params.selection == "aggregate" else []
         before, after = await self.store.complete_rounds(
@@ -97,9 +102,27 @@ class TaskRunner:
             final,
             last_population=params.stage_population(params.rounds),
         )
+        adaptive = params.adaptive and last.round == after - 1 and after <= params.rounds
         for done in range(max(before, 0), after):
             metrics.ROUNDS_COMPLETED.inc()
-            if done < params.rounds:
+            if done < params.rounds and not adaptive:  # an adaptive job announces a round once it plans it
                 await self.store.add_event(job.id, Event(type="round", job_id=job.id, round=done + 1))
-        if after > params.rounds and params.selection != "aggregate":
+        if adaptive:
+            await self._stop_or_plan(job, last, after, announce=before < after)
+        elif after > params.rounds and params.selection != "aggregate":
             await self.jobs.finish(job.id)  # also when a redelivered task finds the pointer moved: once
+
+    async def _stop_or_plan(self, job: Job, last: Candidate, next_round: int, announce: bool) -> None:
+        """Adaptive compute after round ``next_round - 1``: finish the job early (converged, or its
+        token budget) or enqueue the next round. The enqueue rides on re-saving ``last`` (a no-op
+        write) so it is the store's release-once step: a redelivered completion that decides again
+        never enqueues the round twice. Only the caller that moved the round pointer (``announce``)
+        emits the round's event."""
+        stop = decide(job.spec.params, await self.jobs.round_summaries(job))
+        if stop is not None:
+            metrics.EARLY_STOPS.labels(stop.reason).inc()
+            await self.jobs.finish(job.id, early_stop=stop)
+            return
+        await self.store.save_candidate(job.id, last, round_tasks(job.id, job.spec.params, next_round))
+        if announce:
+            await self.store.add_event(job.id, Event(type="round", job_id=job.id, round=next_round))

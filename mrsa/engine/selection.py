@@ -54,6 +54,17 @@ async def tally_bounded(
     return _votes(voters, clustering.groups), clustering
 
 
+def votes_among(
+    candidates: Sequence[Candidate], groups: Sequence[Sequence[int]], members: range
+) -> list[Vote]:
+    """The votes of the candidates whose index is in ``members``, from ``groups`` (the classes
+    :func:`tally_bounded` found for all of ``candidates``): a part of the population is tallied with
+    the whole population's equivalence classes, at no further comparison."""
+    voters, _ = _voters(candidates)
+    kept = [[i for i in group if voters[i].index in members] for group in groups]
+    return _votes(voters, [group for group in kept if group])
+
+
 def majority(votes: Sequence[Vote]) -> str | None:
     """The majority answer, preferring finished candidates: when any finished candidate answered,
     only finished votes count; otherwise all votes do."""

@@ -14,7 +14,9 @@ from mrsa.backends.base import BackendError
 from mrsa.domain import (
     Candidate,
     CandidateSummary,
+    EarlyStop,
     Event,
+    IslandSummary,
     Job,
     JobResult,
     JobSpec,
@@ -23,8 +25,9 @@ from mrsa.domain import (
     Usage,
 )
 from mrsa.engine.equivalence import Equivalence, shared_equivalence
-from mrsa.engine.planning import round_tasks, select_round
-from mrsa.engine.selection import majority, tally_bounded
+from mrsa.engine.islands import island_members
+from mrsa.engine.planning import round_islands, round_tasks, select_round
+from mrsa.engine.selection import majority, tally_bounded, votes_among
 from mrsa.store.base import JobStore
 
 
@@ -33,8 +36,10 @@ def new_job_id() -> str:
 
 
 async def summarise_round(
-    index: int, candidates: Sequence[Candidate], equivalence: Equivalence
+    index: int, candidates: Sequence[Candidate], equivalence: Equivalence, islands: int = 1
 ) -> RoundSummary:
+    """One round's usage, votes and candidates; with ``islands`` > 1 also each island's votes (from
+    the round's equivalence classes: no further comparisons)."""
     usage = summaries = Usage()
     for c in candidates:
         usage = usage + c.usage
@@ -61,7 +66,32 @@ async def summarise_round(
             )
             for c in candidates
         ],
+        islands=island_summaries(candidates, clustering.groups, islands) if islands > 1 else [],
     )
+
+
+def island_summaries(
+    candidates: Sequence[Candidate], groups: Sequence[Sequence[int]], islands: int
+) -> list[IslandSummary]:
+    """Per-island truncation, decode tokens and votes of one round split into ``islands``."""
+    population = len(candidates)
+    if not population or population % islands:
+        return []  # an incomplete round (a cancelled job): no layout to speak of
+    out = []
+    for island in range(islands):
+        members = island_members(population, islands, island)
+        mine = [c for c in candidates if c.index in members]
+        out.append(
+            IslandSummary(
+                island=island,
+                first=members.start,
+                size=len(members),
+                truncated=sum(1 for c in mine if c.finish_reason == "length"),
+                decode_tokens=sum(c.usage.decode_tokens for c in mine),
+                votes=votes_among(candidates, groups, members),
+            )
+        )
+    return out
 
 
 class JobService:
@@ -93,23 +123,32 @@ class JobService:
         await self.store.add_event(job.id, Event(type="status", job_id=job.id, status=JobStatus.queued))
         return job
 
-    async def build_result(self, job: Job, status: JobStatus, error: str | None = None) -> JobResult:
-        """The result of ``job`` from what is stored of it, as if it ended with ``status``."""
+    async def round_summaries(self, job: Job) -> list[RoundSummary]:
+        """Summaries of the job's stored rounds, from round 0 up to the first one with nothing stored."""
         params = job.spec.params
         rounds = []
-        warnings: list[str] = []
-        usage = Usage()
         for r in range(params.stages):  # round 0, then rounds 1..T
             cands = await self.store.get_candidates(job.id, r)
             if not cands:
                 break
-            summary = await summarise_round(r, cands, self.equivalence)
+            rounds.append(await summarise_round(r, cands, self.equivalence, round_islands(params, r)))
+        return rounds
+
+    async def build_result(
+        self, job: Job, status: JobStatus, error: str | None = None, early_stop: EarlyStop | None = None
+    ) -> JobResult:
+        """The result of ``job`` from what is stored of it, as if it ended with ``status`` (after
+        ``early_stop``'s round, when adaptive compute stopped it)."""
+        params = job.spec.params
+        warnings: list[str] = []
+        usage = Usage()
+        rounds = await self.round_summaries(job)
+        for summary in rounds:
             usage = usage + summary.usage
-            rounds.append(summary)
             if summary.equivalence_timeouts:
                 warnings.append(
-                    f"round {r}: {summary.equivalence_timeouts} distinct answer(s) could not be compared "
-                    f"with math-verify within {self.equivalence.timeout_s:g}s; each is its own class "
+                    f"round {summary.index}: {summary.equivalence_timeouts} distinct answer(s) could not be "
+                    f"compared with math-verify within {self.equivalence.timeout_s:g}s; each is its own class "
                     "in the votes"
                 )
         final = (
@@ -119,7 +158,7 @@ class JobService:
         )
         votes = final.votes if final else []
         answer = majority(votes)
-        if params.selection == "aggregate":
+        if params.selection == "aggregate" and early_stop is None:  # a stopped job answers by majority
             chosen = await self.store.get_candidates(job.id, select_round(params), [0])
             if chosen:
                 usage = usage + chosen[0].usage
@@ -137,6 +176,7 @@ class JobService:
             answers=[c.answer for c in final.candidates] if final else [],
             warnings=warnings,
             rounds=rounds,
+            early_stop=early_stop,
             elapsed_s=round(time.time() - job.created_at, 3),
         )
 
@@ -165,13 +205,17 @@ class JobService:
         return stored if stored is not None else await self.build_result(job, job.status, job.error)
 
     async def finish(
-        self, job_id: str, status: JobStatus = JobStatus.succeeded, error: str | None = None
+        self,
+        job_id: str,
+        status: JobStatus = JobStatus.succeeded,
+        error: str | None = None,
+        early_stop: EarlyStop | None = None,
     ) -> bool:
         """Build the result and record the terminal state once."""
         job = await self.store.get_job(job_id)
         if job is None or job.status.terminal:
             return False
-        result = await self.build_result(job, status, error)
+        result = await self.build_result(job, status, error, early_stop)
         won = await self.store.finish_job(job_id, result)
         if won:
             metrics.JOBS_FINISHED.labels(status.value).inc()
