@@ -9,6 +9,7 @@ what the REST API returns for the same job. Screenshots land in ``test-artifacts
 
 from __future__ import annotations
 
+import itertools
 import re
 import time
 from collections.abc import Iterator
@@ -177,22 +178,49 @@ def simulated_console(browser: BrowserContext, simulated_stack: ConsoleStack) ->
     yield from open_tab(browser, simulated_stack)
 
 
-def watch_lineage_fill(console: Console, total: int, within_s: float) -> list[int]:
-    """Node counts seen while the job was not yet terminal (polled every 50 ms); takes the
-    "during" screenshot the first time the graph is partly filled."""
-    seen: list[int] = []
+# One look at the job page: its status, the nodes drawn, the candidates its vote boxes count (each
+# box's bars, "no answer" included, add up to the candidates of its round read so far) and the
+# decode tokens of its usage rows.
+LIVE_STATE_JS = """() => {
+  const sum = (sel, attr) => [...document.querySelectorAll(sel)].reduce((n, el) => n + Number(el.getAttribute(attr)), 0);
+  const status = document.querySelector('[data-testid=job-status]');
+  return {
+    status: status ? status.textContent.trim() : '',
+    nodes: document.querySelectorAll('svg[data-testid=lineage] [data-testid=node]').length,
+    votes: sum('[data-testid=votes] li[data-answer] [data-count]', 'data-count'),
+    decode: sum('[data-testid=usage] tr[data-round] [data-field=decode-tokens]', 'data-value'),
+  };
+}"""
+
+
+@dataclass(frozen=True)
+class LiveState:
+    nodes: int
+    votes: int
+    decode: int
+
+
+def watch_lineage_fill(console: Console, total: int, within_s: float) -> list[LiveState]:
+    """What the page showed while the job was not yet terminal (polled every 50 ms); takes the
+    "during" screenshot the first time a partly filled graph has its votes and usage caught up (or,
+    if that never happens, the first time the graph is partly filled)."""
+    seen: list[LiveState] = []
+    shot = ""
     deadline = time.monotonic() + within_s
     while time.monotonic() < deadline:
-        count = console.nodes().count()
-        status = (console.status().text_content() or "").strip()
-        if status in TERMINAL:
+        state = console.page.evaluate(LIVE_STATE_JS)
+        if state["status"] in TERMINAL:
             return seen
-        if not seen or seen[-1] != count:
-            if 0 < count < total and not any(0 < c < total for c in seen):
+        now = LiveState(state["nodes"], state["votes"], state["decode"])
+        if not seen or seen[-1] != now:
+            partial = 0 < now.nodes < total
+            caught_up = partial and now.votes == now.nodes and now.decode > 0
+            if (partial and not shot) or (caught_up and shot != "caught up"):
                 console.shot("job-page-running")
-            seen.append(count)
+                shot = "caught up" if caught_up else "partial"
+            seen.append(now)
         time.sleep(0.05)
-    raise AssertionError(f"the job page did not reach a terminal status in {within_s:.0f}s: counts {seen}")
+    raise AssertionError(f"the job page did not reach a terminal status in {within_s:.0f}s: seen {seen}")
 
 
 def test_a_smoke_job_fills_the_lineage_live_and_a_candidate_shows_its_parents_tails(
@@ -214,7 +242,10 @@ def test_a_smoke_job_fills_the_lineage_live_and_a_candidate_shows_its_parents_ta
     job_id = console.submitted_job_id()
     total = SMOKE_N * (SMOKE_T + 1)
     seen = watch_lineage_fill(console, total, JOB_WAIT_S)
-    assert any(0 < c < total for c in seen), f"the graph never showed a partial population: {seen}"
+    assert any(0 < s.nodes < total for s in seen), f"the graph never showed a partial population: {seen}"
+    # Votes and usage follow the candidates while the job runs, not only once it has ended.
+    live = [s for s in seen if 0 < s.nodes < total and s.votes == s.nodes and s.decode > 0]
+    assert live, f"votes/usage never caught up with the graph while the job ran: {seen}"
     expect(console.status()).to_have_text("succeeded")
     expect(console.nodes()).to_have_count(total)
 
@@ -235,10 +266,10 @@ def test_a_smoke_job_fills_the_lineage_live_and_a_candidate_shows_its_parents_ta
                 (e.get_attribute("data-from-round"), e.get_attribute("data-from-index")) for e in edges.all()
             }
             assert froms == {(str(r - 1), str(p)) for p in cand["parents"]}, (r, cand, froms)
-    if result["answer"] is not None:
-        expect(page.get_by_test_id("final-votes").get_by_test_id("selected-answer")).to_have_text(
-            result["answer"]
-        )
+    final_votes = page.get_by_test_id("final-votes")
+    expect(final_votes.get_by_test_id("selected-answer")).to_have_text(result["answer"] or "")
+    if result["answer"] is None:  # said in words, not left blank
+        expect(final_votes).to_contain_text("Selected answer: none")
     usage_text = re.sub(r"[\s,.\u202f']", "", page.get_by_test_id("usage").text_content() or "")
     assert str(result["usage"]["decode_tokens"]) in usage_text, usage_text
     console.shot("job-page-done")
@@ -258,6 +289,8 @@ def test_a_smoke_job_fills_the_lineage_live_and_a_candidate_shows_its_parents_ta
         assert tail and tail in shown_prompt
     assert panel.get_by_test_id("candidate-tail").text_content() == stored["tail"]
     expect(panel.get_by_test_id("candidate-finish")).to_contain_text(stored["finish_reason"])
+    answer_row = panel.get_by_test_id("candidate-answer").locator("xpath=..")
+    expect(answer_row).to_have_text(stored["answer"] if stored["answer"] is not None else "none")
     expect(panel.get_by_test_id("candidate-content")).to_have_text(stored["content"], use_inner_text=False)
     reasoning = panel.locator("details[data-testid=candidate-reasoning]")
     if reasoning.count():
@@ -278,7 +311,7 @@ def test_a_smoke_job_fills_the_lineage_live_and_a_candidate_shows_its_parents_ta
     expect(row.locator("[data-field=status]")).to_have_text("succeeded")
     expect(row.locator("[data-field=preset]")).to_have_text("smoke")
     expect(row.locator("[data-field=progress]")).to_contain_text(f"{SMOKE_T}/{SMOKE_T}")
-    expect(row.locator("button[data-action=cancel]")).to_be_hidden()
+    expect(row.locator("button[data-action=cancel]")).to_have_count(0)  # an ended job has none
 
 
 def api_field_message(stack: ConsoleStack, body: dict[str, Any], knob: str) -> str:
@@ -326,7 +359,7 @@ def test_jobs_are_cancelled_from_the_job_page_and_from_the_jobs_table(embedded_c
     expect(console.status()).to_have_text("running", timeout=30_000)
     page.get_by_test_id("cancel-job").click()
     expect(console.status()).to_have_text("cancelled", timeout=30_000)
-    expect(page.get_by_test_id("cancel-job")).to_be_hidden()
+    expect(page.get_by_test_id("cancel-job")).to_have_count(0)
     assert stack.api("GET", f"/v1/jobs/{job_id}")["status"] == "cancelled"
 
     # One more, still queued behind nothing or running: cancelled from its row in the jobs table.
@@ -393,6 +426,7 @@ def test_a_zaya1_extra_high_job_is_readable_at_1280x800(simulated_console: Conso
     expect(page.locator("svg[data-testid=lineage] [data-testid=edge]")).to_have_count(n * k * t)
     for r in range(t + 1):
         expect(console.nodes(r)).to_have_count(n)
+    expect(page.get_by_text("console error:")).to_have_count(0)  # e.g. no ResizeObserver loop
     console.shot("zaya1-extra-high")
     console.shot("zaya1-extra-high-full", full_page=True)
     # Usable at 1280×800: the page itself never scrolls sideways (a wide graph scrolls in its box).
@@ -402,6 +436,11 @@ def test_a_zaya1_extra_high_job_is_readable_at_1280x800(simulated_console: Conso
     expect(page).to_have_url(re.compile(rf"#/jobs/{job_id}/c/{t}/0$"))
     expect(page.get_by_test_id("candidate-panel").get_by_test_id("candidate-parent")).to_have_count(k)
     assert page.evaluate("document.documentElement.scrollWidth") <= 1280
+    # The open candidate's edges stand out: K to its parents (none to children: the last round).
+    highlighted = page.locator("svg[data-testid=lineage] [data-testid=edge].hl-parent")
+    expect(highlighted).to_have_count(k)
+    assert {e.get_attribute("data-to-index") for e in highlighted.all()} == {"0"}
+    expect(page.get_by_text("console error:")).to_have_count(0)
     console.shot("zaya1-extra-high-candidate")
 
 
@@ -426,3 +465,49 @@ def test_a_sweep_report_shows_its_tables_and_plots(simulated_console: Console) -
     assert page.evaluate("typeof window.__pwned") == "undefined"
     assert view.locator("script, table img").count() == 0
     console.shot("report-view")
+
+
+# Runs of KeyedThrottle (the job page reads a round's summary through it) for requests of key "a"
+# every 20 ms for 1.2 s and of key "b" once, with a 300 ms interval and runs that take 50 ms.
+THROTTLE_JS = """async () => {
+  const { KeyedThrottle } = await import(new URL('static/throttle.js', location.href).href);
+  const t0 = performance.now();
+  const runs = [];
+  const inFlight = { a: 0, b: 0 };
+  let overlapped = false; // two runs of one key at once
+  const throttle = new KeyedThrottle(async (key) => {
+    inFlight[key] += 1;
+    overlapped = overlapped || inFlight[key] > 1;
+    runs.push({ key, at: performance.now() - t0 });
+    await new Promise((r) => setTimeout(r, 50));
+    inFlight[key] -= 1;
+  }, 300);
+  throttle.request('b');
+  let lastRequest = 0;
+  while (performance.now() - t0 < 1200) {
+    lastRequest = performance.now() - t0;
+    throttle.request('a');
+    await new Promise((r) => setTimeout(r, 20));
+  }
+  await new Promise((r) => setTimeout(r, 700));
+  throttle.close();
+  return { runs, lastRequest, overlapped };
+}"""
+
+
+def test_round_summaries_are_read_at_most_once_per_interval_per_round(simulated_console: Console) -> None:
+    """The throttle behind live votes: the first request runs at once, later ones at most once per
+    interval per key, the last request is always followed by a run, and a key's runs never overlap."""
+    console, page = simulated_console, simulated_console.page
+    console.goto("#/jobs")
+    console.sign_in()
+    out = page.evaluate(THROTTLE_JS)
+    a = [r["at"] for r in out["runs"] if r["key"] == "a"]
+    b = [r["at"] for r in out["runs"] if r["key"] == "b"]
+    assert len(b) == 1 and b[0] < 50, out  # another key is not held back by "a"
+    assert a and a[0] < 50, out  # leading edge
+    gaps = [later - earlier for earlier, later in itertools.pairwise(a)]
+    assert all(gap >= 290 for gap in gaps), out  # ~60 requests, at most one run per 300 ms
+    assert 3 <= len(a) <= 7, out
+    assert a[-1] >= out["lastRequest"], out  # trailing edge: the last request was served
+    assert not out["overlapped"], out

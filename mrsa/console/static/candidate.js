@@ -46,7 +46,12 @@ export class CandidatePanel {
         "dl",
         { class: "facts" },
         h("dt", {}, "answer"),
-        h("dd", { "data-testid": "candidate-answer", class: "mono" }, cand.answer ?? ""),
+        h(
+          "dd",
+          {},
+          h("span", { "data-testid": "candidate-answer", class: "mono" }, cand.answer ?? ""),
+          cand.answer == null ? h("span", { class: "muted" }, "none") : null,
+        ),
         h("dt", {}, "finish"),
         h("dd", { "data-testid": "candidate-finish" }, finish),
         h("dt", {}, "tokens"),

@@ -1,13 +1,15 @@
 // The job page: status, the live lineage graph, votes per round, final votes, usage, and the
-// candidate panel. Live from the job's event stream; round summaries (votes, usage, parents) are
-// read from GET /v1/jobs/{id}/rounds/{r} when the stream says a round changed.
+// candidate panel. Live from the job's event stream: nodes straight from its candidate events; a
+// round's summary (votes, usage, parents) re-read from GET /v1/jobs/{id}/rounds/{r} when an event
+// says the round changed, at most once a second per round; complete rounds are read once.
 import { ApiError, followEvents, getJson, postJson } from "./api.js";
 import { CandidatePanel } from "./candidate.js";
 import { clear, fmtInt, fmtSeconds, h, s, TERMINAL } from "./dom.js";
 import { Lineage } from "./lineage.js";
+import { KeyedThrottle } from "./throttle.js";
 import { voteBars } from "./votes.js";
 
-const REFRESH_MS = 1500;
+const REFRESH_MS = 1000; // the least time between two reads of one round's summary
 
 function nodeFromSummary(round, c) {
   return { round, index: c.index, answer: c.answer, finish: c.finish_reason, decode: c.decode_tokens, parents: c.parents };
@@ -20,7 +22,8 @@ export class JobPage {
     this.base = `/v1/jobs/${encodeURIComponent(this.jobId)}`;
     this.abort = new AbortController();
     this.summaries = new Map(); // round -> RoundSummary
-    this.dirty = new Set();
+    this.reads = new Map(); // round -> number of the latest read of its summary
+    this.refresher = new KeyedThrottle((round) => this.refreshRound(round), REFRESH_MS);
     this.result = null;
     this.target = target;
     this.start().catch((err) => this.fatal(err));
@@ -30,7 +33,7 @@ export class JobPage {
     this.abort.abort();
     if (this.lineage) this.lineage.close();
     clearInterval(this.ticker);
-    clearTimeout(this.refreshTimer);
+    this.refresher.close();
   }
 
   fatal(err) {
@@ -104,7 +107,7 @@ export class JobPage {
           h("a", { href: "#/jobs", class: "back" }, "← jobs"),
           h("h2", {}, "Job ", h("span", { class: "mono" }, this.jobId)),
           this.status,
-          this.cancel,
+          TERMINAL.has(this.job.status) ? null : this.cancel,
           this.streamState,
         ),
         h("p", { class: "problem" }, this.job.problem_preview),
@@ -134,7 +137,7 @@ export class JobPage {
     const status = this.job.status;
     this.status.textContent = status;
     this.status.className = `status status-${status}`;
-    this.cancel.hidden = TERMINAL.has(status);
+    if (TERMINAL.has(status)) this.cancel.remove(); // only a job that has not ended can be cancelled
     this.error.textContent = this.job.error || "";
   }
 
@@ -150,8 +153,22 @@ export class JobPage {
     }
   }
 
+  /** Rows of a round: N, or 1 for the final aggregation. */
+  size(round) {
+    return round === this.selectRound ? 1 : this.job.params.population;
+  }
+
+  /** A round whose N candidates are all stored: its summary can no longer change. */
+  isComplete(round) {
+    const summary = this.summaries.get(round);
+    return Boolean(summary) && summary.candidates.length >= this.size(round);
+  }
+
   async loadRound(round) {
+    const read = (this.reads.get(round) || 0) + 1;
+    this.reads.set(round, read);
     const summary = await getJson(`${this.base}/rounds/${round}`, { signal: this.abort.signal });
+    if (this.reads.get(round) !== read) return; // a later read of this round is on its way
     this.summaries.set(round, summary);
     for (const c of summary.candidates) this.lineage.setNode(nodeFromSummary(round, c));
     this.renderVotes(round);
@@ -196,9 +213,9 @@ export class JobPage {
         decode: event.decode_tokens,
         parents: event.parents || (this.lineage.get(event.round, event.index) || {}).parents || [],
       });
-      this.markDirty(event.round);
+      this.refreshLive(event.round);
     } else if (event.type === "round") {
-      this.markDirty(event.round - 1);
+      this.refreshLive(event.round - 1);
     } else if (event.type === "status" && event.status) {
       this.job = { ...this.job, status: event.status };
       this.renderHead();
@@ -208,31 +225,27 @@ export class JobPage {
     }
   }
 
-  markDirty(round) {
-    this.dirty.add(round);
-    if (!this.refreshTimer) this.refreshTimer = setTimeout(() => this.refreshDirty(), REFRESH_MS);
+  /** An event says `round` changed: re-read its summary (throttled), unless it is complete (the
+   * stream replays a job's events from the start: the complete rounds were read once already). */
+  refreshLive(round) {
+    if (round >= 0 && round <= this.lastRound && !this.isComplete(round)) this.refresher.request(round);
   }
 
-  async refreshDirty() {
-    const rounds = [...this.dirty];
-    this.dirty.clear();
+  async refreshRound(round) {
     try {
-      await Promise.all(rounds.map((r) => this.loadRound(r)));
+      await this.loadRound(round);
     } catch (err) {
-      if (!this.abort.signal.aborted) this.error.textContent = `cannot read a round: ${err.message}`;
+      if (!this.abort.signal.aborted) this.error.textContent = `cannot read round ${round}: ${err.message}`;
     }
-    this.refreshTimer = null;
-    if (this.dirty.size) this.markDirty([...this.dirty][0]);
   }
 
   async finish() {
     if (this.abort.signal.aborted) return;
-    clearTimeout(this.refreshTimer);
-    this.refreshTimer = null;
-    this.dirty.clear();
+    this.refresher.close();
     this.job = await getJson(this.base, { signal: this.abort.signal });
     this.renderHead();
-    await Promise.all(Array.from({ length: this.lastRound + 1 }, (_, r) => this.loadRound(r)));
+    const open = Array.from({ length: this.lastRound + 1 }, (_, r) => r).filter((r) => !this.isComplete(r));
+    await Promise.all(open.map((r) => this.loadRound(r)));
     await this.loadResult();
   }
 
@@ -240,7 +253,7 @@ export class JobPage {
     const box = this.voteBoxes.get(round);
     const summary = this.summaries.get(round);
     if (!box || !summary) return;
-    const total = round === this.selectRound ? 1 : this.job.params.population;
+    const total = this.size(round);
     const stored = summary.candidates.length;
     clear(box).append(
       h("h4", {}, round === this.selectRound ? "final call" : `round ${round}`, h("span", { class: "muted" }, ` ${stored}/${total}`)),
@@ -266,9 +279,11 @@ export class JobPage {
       caption = `round ${p.rounds} so far`;
     }
     const answer = this.result ? this.result.answer : this.job.answer;
+    // The answer element holds the answer text only (empty without one); the note beside it says why.
+    const note = answer != null ? null : h("span", { class: "muted" }, TERMINAL.has(this.job.status) ? "none" : "not yet");
     clear(this.finalVotes).append(
       h("h3", {}, "Final votes ", h("span", { class: "muted" }, caption)),
-      h("p", { class: "selected" }, "Selected answer: ", h("strong", { "data-testid": "selected-answer", class: "mono" }, answer ?? "")),
+      h("p", { class: "selected" }, "Selected answer: ", h("strong", { "data-testid": "selected-answer", class: "mono" }, answer ?? ""), note),
       total ? voteBars(votes, total) : h("p", { class: "muted" }, "no final-round candidate yet"),
     );
   }
@@ -291,8 +306,8 @@ export class JobPage {
           "tr",
           { "data-round": r },
           h("td", {}, r === this.selectRound ? "final" : String(r)),
-          h("td", { class: "num" }, fmtInt(u.decode_tokens)),
-          h("td", { class: "num" }, fmtInt(u.prompt_tokens)),
+          h("td", { class: "num", "data-field": "decode-tokens", "data-value": u.decode_tokens }, fmtInt(u.decode_tokens)),
+          h("td", { class: "num", "data-field": "prompt-tokens", "data-value": u.prompt_tokens }, fmtInt(u.prompt_tokens)),
           h("td", { class: "num" }, String(u.requests)),
           h("td", { class: "num" }, String(summary.truncated)),
         ),

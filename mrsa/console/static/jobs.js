@@ -87,6 +87,7 @@ export class JobsPage {
         await postJson(`/v1/jobs/${job.id}/cancel`, {});
       } catch (err) {
         this.status.textContent = `cannot cancel ${job.id}: ${err.message}`;
+        cancel.disabled = false;
       }
     });
     const link = h("a", { href: `#/jobs/${encodeURIComponent(job.id)}`, class: "mono" }, job.id);
@@ -116,7 +117,7 @@ export class JobsPage {
     cells.answer.title = job.error || "";
     cells.age.textContent = fmtAge(Date.now() / 1000 - job.created_at);
     const terminal = TERMINAL.has(job.status);
-    row.cancel.hidden = terminal;
+    if (terminal) row.cancel.remove(); // only a job that has not ended can be cancelled
     if (terminal) this.fillTokens(job, cells.tokens);
     else cells.tokens.textContent = "…";
   }

@@ -1,7 +1,8 @@
 // The lineage graph: rounds as columns, candidates as nodes (colour = extracted answer, outline
 // solid = finished, dashed = truncated, size = decode tokens), an edge from each candidate to the
 // K parents whose tails were in its prompt. Sizes follow N and the number of columns, so N=32 and
-// T=8 still fit a laptop screen; edges are thin and faint until a node is selected.
+// T=8 still fit a laptop screen; edges are thin and light until a node is selected, which draws
+// the edges to its parents and children strongly and fades the rest.
 import { answerColor } from "./colors.js";
 import { clear, s } from "./dom.js";
 
@@ -26,16 +27,20 @@ export class Lineage {
     this.selected = null;
     this.pending = false;
     this.layout();
-    this.resize = new ResizeObserver(() => {
-      const before = this.width;
-      this.layout();
-      if (Math.abs(this.width - before) > 1) this.schedule();
-    });
+    // Re-laid out in the next frame, not in the observer's callback: resizing the SVG there would
+    // resize the observed box again in the same frame (Chromium reports "ResizeObserver loop").
+    this.resize = new ResizeObserver(() => requestAnimationFrame(() => this.relayout()));
     if (svg.parentElement) this.resize.observe(svg.parentElement);
   }
 
   close() {
     this.resize.disconnect();
+  }
+
+  relayout() {
+    const before = this.width;
+    this.layout();
+    if (Math.abs(this.width - before) > 1) this.schedule();
   }
 
   /** Sizes in CSS pixels (the SVG is drawn 1:1): columns share the container's width, rows share
@@ -155,10 +160,12 @@ export class Lineage {
         const px = this.x(node.round - 1);
         const py = this.y(node.round - 1, parent);
         const mid = (px + cx) / 2;
-        const isHl = sel && ((node.round === sel.round && node.index === sel.index) || (node.round === sel.round + 1 && parent === sel.index && sel.round === node.round - 1));
+        const intoSelected = sel && node.round === sel.round && node.index === sel.index;
+        const fromSelected = sel && node.round === sel.round + 1 && parent === sel.index;
+        const isHl = intoSelected || fromSelected;
         const path = s("path", {
           d: `M${px.toFixed(1)},${py.toFixed(1)} C${mid.toFixed(1)},${py.toFixed(1)} ${mid.toFixed(1)},${cy.toFixed(1)} ${cx.toFixed(1)},${cy.toFixed(1)}`,
-          class: isHl ? (node.round === sel.round ? "edge hl-parent" : "edge hl-child") : "edge",
+          class: intoSelected ? "edge hl-parent" : fromSelected ? "edge hl-child" : "edge",
           "data-testid": "edge",
           "data-from-round": node.round - 1,
           "data-from-index": parent,
