@@ -16,6 +16,21 @@ from pathlib import Path
 from mrsa.backends.server_process import free_port
 
 
+def answers_ping(host: str, port: int, process: subprocess.Popen[bytes], timeout_s: float) -> bool:
+    """Whether a Redis-protocol server (redis-server, redis-sentinel) at ``host:port`` answers
+    PING within ``timeout_s``; False at once when ``process`` exits first."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and process.poll() is None:
+        try:
+            with socket.create_connection((host, port), timeout=0.2) as s:
+                s.sendall(b"PING\r\n")
+                if s.recv(16).startswith(b"+PONG"):
+                    return True
+        except OSError:
+            time.sleep(0.05)
+    return False
+
+
 class RedisUnavailable(RuntimeError):
     """redis-server is not installed or did not start."""
 
@@ -72,17 +87,8 @@ class RedisProcess:
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                break
-            try:
-                with socket.create_connection((self.host, self.port), timeout=0.2) as s:
-                    s.sendall(b"PING\r\n")
-                    if s.recv(16).startswith(b"+PONG"):
-                        return
-            except OSError:
-                time.sleep(0.05)
+        if answers_ping(self.host, self.port, self.process, timeout_s):
+            return
         tail = "\n".join(self.log_path.read_text(errors="replace").splitlines()[-20:])
         raise RedisUnavailable(f"redis-server did not start on port {self.port}; last log lines:\n{tail}")
 

@@ -16,17 +16,14 @@ mrsa. ``python -m tests.deploy_tools`` builds both and prints where they are.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import hashlib
 import json
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
-from mrsa.backends.bundled_envs import EnvSpec, cache_root, ensure_env, tail_of
+from mrsa.backends.bundled_envs import EnvSpec, cache_root, ensure_env, file_lock, tail_of
 
 CHECKOV_VERSION = "3.3.30"
 # Exact versions: a new release of a model package can change what it accepts.
@@ -57,17 +54,6 @@ def npm_models_dir() -> Path:
     return cache_root() / "npm" / f"kubernetes-models-{key}"
 
 
-@contextlib.contextmanager
-def _locked(lock_path: Path) -> Iterator[None]:
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
-    with lock_path.open("w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
 def ensure_npm_models() -> Path:
     """The ``node_modules`` folder of the CRD validators, installed with npm the first time
     (``--ignore-scripts``: the packages are plain generated JavaScript)."""
@@ -78,7 +64,7 @@ def ensure_npm_models() -> Path:
     npm = shutil.which("npm")
     if npm is None:
         raise ValidatorUnavailable("npm is not installed (Debian: apt-get install nodejs npm)")
-    with _locked(root.with_name(root.name + ".lock")):
+    with file_lock(root.with_name(root.name + ".lock")):
         if ready.exists():
             return root / "node_modules"
         shutil.rmtree(root, ignore_errors=True)

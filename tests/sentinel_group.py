@@ -7,7 +7,6 @@ an ``ip netns exec`` launcher. Everything it starts is stopped by PID in :meth:`
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
 import time
 from collections.abc import Callable
@@ -16,7 +15,7 @@ from pathlib import Path
 
 import redis
 
-from benchmarks.redis_process import RedisProcess
+from benchmarks.redis_process import RedisProcess, answers_ping
 from mrsa.backends.server_process import free_port
 
 MASTER_NAME = "mrsa-ha"
@@ -64,15 +63,8 @@ class SentinelProcess:
             self.process = subprocess.Popen(
                 [*self.launcher, binary, str(config), *sentinel_flag], stdout=log, stderr=subprocess.STDOUT
             )
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline and self.process.poll() is None:
-            try:
-                with socket.create_connection((self.host, self.port), timeout=0.2) as s:
-                    s.sendall(b"PING\r\n")
-                    if s.recv(16).startswith(b"+PONG"):
-                        return
-            except OSError:
-                time.sleep(0.05)
+        if answers_ping(self.host, self.port, self.process, timeout_s):
+            return
         raise RuntimeError(
             f"redis-sentinel did not start on {self.host}:{self.port}:\n{_tail(self.log_path)}"
         )

@@ -48,8 +48,11 @@ async def run(store: Store) -> tuple[JobResult, list[dict[str, Any]]]:
         result = await asyncio.wait_for(runner.solve(spec()), 60)
     # The job id is random and the order of calls depends on timing: compare the requests as a
     # set, sorted by their JSON (dicts do not compare).
+    # The lineage key starts with the job id too: compare what follows it (round and candidate).
     requests = [
-        r.model_dump(exclude={"tag"}) | {"at": sorted((k, v) for k, v in r.tag.items() if k != "job")}
+        r.model_dump(exclude={"tag", "lineage"})
+        | {"at": sorted((k, v) for k, v in r.tag.items() if k != "job")}
+        | {"lineage": (r.lineage or "").removeprefix(str(r.tag.get("job", "")))}
         for r in backend.requests
     ]
     requests.sort(key=lambda r: json.dumps(r, sort_keys=True))

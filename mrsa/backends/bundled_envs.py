@@ -79,7 +79,8 @@ def tail_of(path: Path, lines: int = 40) -> str:
 
 
 @contextlib.contextmanager
-def _locked(lock_path: Path) -> Iterator[None]:
+def file_lock(lock_path: Path) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``lock_path`` (created with its folder): one builder at a time."""
     lock_path.parent.mkdir(parents=True, exist_ok=True)
     with lock_path.open("w") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
@@ -97,7 +98,7 @@ def ensure_env(spec: EnvSpec, progress: Callable[[str], None] | None = None) -> 
     if ready.exists():
         return env
     say = progress or (lambda _message: None)
-    with _locked(env.with_name(env.name + ".lock")):
+    with file_lock(env.with_name(env.name + ".lock")):
         if ready.exists():  # built by another process while this one waited for the lock
             return env
         if env.exists():
