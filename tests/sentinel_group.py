@@ -121,12 +121,14 @@ class SentinelGroup:
         folder = self.directory / name
         folder.mkdir(parents=True, exist_ok=True)
         # Diskless sync waits 5 s by default for more replicas to share the transfer: none will.
+        # A master told to stop waits up to 10 s (shutdown-timeout) for lagging replicas; the
+        # tests stop servers in any order, so it must not.
         server = RedisProcess(
             folder,
             host=self.redis_host,
             launcher=self.launcher,
             fsync="everysec",
-            extra_args=("--repl-diskless-sync-delay", "0", *extra),
+            extra_args=("--repl-diskless-sync-delay", "0", "--shutdown-timeout", "0", *extra),
         )
         self.servers.append(server)
         server.start()
