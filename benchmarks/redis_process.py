@@ -96,7 +96,11 @@ class RedisProcess:
         proc, self.process = self.process, None
         if proc is not None and proc.poll() is None:
             proc.terminate()
-            proc.wait(timeout=10)
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:  # a demoted master can hang in its shutdown: end it
+                proc.kill()
+                proc.wait(timeout=10)
 
     def restart(self) -> None:
         self.stop()
