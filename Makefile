@@ -14,15 +14,46 @@ else
 LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF
 endif
 
-.PHONY: setup demo test lint typecheck redis-server ha-tools chromium bundled-envs deploy-validators clean
+.PHONY: setup lock demo test test-latest checks system-deps lint typecheck redis-server ha-tools chromium bundled-envs deploy-validators clean
 
-$(BIN)/.installed: pyproject.toml
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
-	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(BIN)/python -m pip install -e ".[$(EXTRAS)]"
+# The environment the demo and the tests run in is locked: requirements-lock.txt pins every package
+# (every extra) with its hashes, compiled by uv from pyproject.toml's open ranges (`make lock`), and
+# `uv pip sync` installs exactly that set, so a machine with other releases cached gets the versions
+# the suite passed with. uv itself is pinned and bootstrapped with pip into a folder of its own.
+UV_VERSION := 0.13.10
+UV_HOME ?= .uv
+UV := $(UV_HOME)/bin/uv
+LOCK := requirements-lock.txt
+export UV_PYTHON_DOWNLOADS := never
+
+$(UV):
+	$(PYTHON) -m venv $(UV_HOME)
+	$(UV_HOME)/bin/python -m pip install -q --disable-pip-version-check uv==$(UV_VERSION)
+
+$(BIN)/.installed: pyproject.toml $(LOCK) | $(UV)
+	$(UV) venv --allow-existing --python $(PYTHON) $(VENV)
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" VIRTUAL_ENV=$(VENV) $(UV) pip sync --require-hashes $(LOCK)
+	VIRTUAL_ENV=$(VENV) $(UV) pip install --no-deps -e .
 	touch $@
 
 setup: $(BIN)/.installed
+
+# Refresh every lock: $(LOCK) (newest releases within pyproject.toml's ranges), the bundled servers'
+# and checkov's private environments, and the npm validators' package-lock.json.
+lock: $(UV)
+	$(UV) pip compile --universal --python-version 3.11 --all-extras --generate-hashes --upgrade \
+	  --custom-compile-command "make lock" pyproject.toml -o $(LOCK)
+	$(MAKE) --no-print-directory setup
+	$(BIN)/python -m mrsa.backends.env_locks --refresh
+	$(BIN)/python -m tests.deploy_tools --relock
+
+# The newest releases of every dependency (not the lock) in a venv of their own, through lint, types
+# and the whole suite: an upgrade such as a newly typed redis is met on purpose, never by surprise.
+LATEST_VENV ?= .venv-latest
+test-latest: $(UV) system-deps
+	$(UV) venv --allow-existing --python $(PYTHON) $(LATEST_VENV)
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" VIRTUAL_ENV=$(LATEST_VENV) $(UV) pip install --upgrade -e ".[$(EXTRAS)]"
+	$(MAKE) --no-print-directory VENV=$(LATEST_VENV) checks
 
 demo: setup
 	$(BIN)/mrsa solve --preset smoke "$(PROBLEM)"
@@ -53,32 +84,37 @@ chromium:
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq \
 	    chromium fonts-dejavu-core fonts-liberation >/dev/null; }
 
-lint: setup
+lint:
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-typecheck: setup
+typecheck:
 	$(BIN)/mypy
 
 # The bundled servers' private environments (under $MRSA_CACHE_DIR or ~/.cache/mrsa), built once
 # before pytest so no test's timeout covers a first build; the test fixtures find them there.
 # vLLM's (~3.4 GB, ~3 min) also dequantises the embedded model to a Hugging Face folder (~20 s).
-bundled-envs: setup
+bundled-envs:
 	$(BIN)/python -m mrsa.backends.bundled_triton
 	$(BIN)/python -m mrsa.backends.bundled_vllm
 
 # The validators of deploy/ (tests/test_deploy_manifests.py), built once under the same cache:
 # checkov in a private env (its pins clash with mrsa's) and the npm @kubernetes-models CRD
 # validators (Node.js from Debian when it is missing). Reruns find them and take a second.
-deploy-validators: setup
+deploy-validators:
 	@command -v node >/dev/null && command -v npm >/dev/null || { \
 	  echo "installing nodejs and npm (Debian packages)"; \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq nodejs npm >/dev/null; }
 	$(BIN)/python -m tests.deploy_tools
 
-test: setup redis-server ha-tools chromium lint typecheck bundled-envs deploy-validators
+system-deps: redis-server ha-tools chromium
+
+# Everything after setup, on the venv $(VENV) (the locked one, or test-latest's).
+checks: lint typecheck bundled-envs deploy-validators
 	$(BIN)/python -m pytest -q
 
+test: setup system-deps checks
+
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) $(LATEST_VENV) $(UV_HOME) .mypy_cache .ruff_cache .pytest_cache

@@ -23,7 +23,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from mrsa.backends.bundled_envs import EnvSpec, cache_root, ensure_env, file_lock, tail_of
+from mrsa.backends.bundled_envs import EnvSpec, cache_root, ensure_env, file_lock, relock, tail_of
 
 CHECKOV_VERSION = "3.3.30"
 # Exact versions: a new release of a model package can change what it accepts.
@@ -38,8 +38,14 @@ class ValidatorUnavailable(RuntimeError):
     """A validator could not be built; the message ends with the installer's last lines."""
 
 
+# Committed locks: checkov's env (every package pinned, written by ``--relock``) and the npm
+# validators' package.json + package-lock.json (installed with ``npm ci``).
+LOCKS = Path(__file__).parent / "locks"
+NPM_PROJECT = LOCKS / "deploy-validators-npm"
+
+
 def checkov_spec() -> EnvSpec:
-    return EnvSpec("checkov", ((f"checkov=={CHECKOV_VERSION}",),))
+    return EnvSpec("checkov", ((f"checkov=={CHECKOV_VERSION}",),), lock=LOCKS / "checkov.txt")
 
 
 def ensure_checkov() -> Path:
@@ -48,9 +54,15 @@ def ensure_checkov() -> Path:
     return env / "bin" / "checkov"
 
 
+def _npm_manifest() -> dict[str, object]:
+    return {"name": "mrsa-deploy-validators", "private": True, "dependencies": NPM_MODELS}
+
+
 def npm_models_dir() -> Path:
-    """The folder whose ``node_modules`` holds :data:`NPM_MODELS`, keyed by their versions."""
-    key = hashlib.sha256(json.dumps(NPM_MODELS, sort_keys=True).encode()).hexdigest()[:12]
+    """The folder whose ``node_modules`` holds :data:`NPM_MODELS`, keyed by the committed lockfile."""
+    lockfile = NPM_PROJECT / "package-lock.json"
+    content = lockfile.read_bytes() if lockfile.is_file() else json.dumps(NPM_MODELS).encode()
+    key = hashlib.sha256(content).hexdigest()[:12]
     return cache_root() / "npm" / f"kubernetes-models-{key}"
 
 
@@ -69,23 +81,38 @@ def ensure_npm_models() -> Path:
             return root / "node_modules"
         shutil.rmtree(root, ignore_errors=True)
         root.mkdir(parents=True)
-        manifest = {"name": "mrsa-deploy-validators", "private": True, "dependencies": NPM_MODELS}
-        (root / "package.json").write_text(json.dumps(manifest, indent=2))
+        for name in ("package.json", "package-lock.json"):
+            shutil.copyfile(NPM_PROJECT / name, root / name)
         log = root.with_name(root.name + ".log")
-        _say(f"installing {', '.join(NPM_MODELS)} into {root} (log: {log}); this runs once")
-        with log.open("w") as out:
-            result = subprocess.run(
-                [npm, "install", "--no-audit", "--no-fund", "--ignore-scripts", "--loglevel=error"],
-                cwd=root,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                check=False,
-                timeout=900,
-            )
-        if result.returncode != 0:
-            raise ValidatorUnavailable(f"npm install exited {result.returncode}:\n{tail_of(log)}")
+        _say(f"installing {', '.join(NPM_MODELS)} into {root} with npm ci (log: {log}); this runs once")
+        _npm(npm, ["ci"], root, log)
         ready.write_text(json.dumps(NPM_MODELS))
     return root / "node_modules"
+
+
+def _npm(npm: str, args: list[str], cwd: Path, log: Path) -> None:
+    with log.open("w") as out:
+        result = subprocess.run(
+            [npm, *args, "--no-audit", "--no-fund", "--ignore-scripts", "--loglevel=error"],
+            cwd=cwd,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            check=False,
+            timeout=900,
+        )
+    if result.returncode != 0:
+        raise ValidatorUnavailable(f"npm {' '.join(args)} exited {result.returncode}:\n{tail_of(log)}")
+
+
+def relock_npm() -> None:
+    """Write the npm validators' package.json and package-lock.json anew (npm resolves)."""
+    npm = shutil.which("npm")
+    if npm is None:
+        raise ValidatorUnavailable("npm is not installed (Debian: apt-get install nodejs npm)")
+    NPM_PROJECT.mkdir(parents=True, exist_ok=True)
+    (NPM_PROJECT / "package.json").write_text(json.dumps(_npm_manifest(), indent=2) + "\n")
+    (NPM_PROJECT / "package-lock.json").unlink(missing_ok=True)
+    _npm(npm, ["install", "--package-lock-only"], NPM_PROJECT, NPM_PROJECT.with_suffix(".log"))
 
 
 def _say(message: str) -> None:
@@ -93,7 +120,11 @@ def _say(message: str) -> None:
 
 
 def main() -> None:
-    """``python -m tests.deploy_tools``: build checkov's environment and the CRD validators now."""
+    """``python -m tests.deploy_tools [--relock]``: build checkov's environment and the CRD
+    validators now; with ``--relock``, first write their locks anew (``make lock``)."""
+    if "--relock" in sys.argv[1:]:
+        relock(checkov_spec(), _say)
+        relock_npm()
     print(f"checkov: {ensure_checkov()}")
     print(f"CRD validators: {ensure_npm_models()}")
 

@@ -5,6 +5,14 @@ torch), so each lives in a venv of its own under the cache folder, keyed by what
 change of pins makes a new folder and never reuses a half-built one. Creation holds a file lock,
 so two processes (two pytest sessions, a test and ``mrsa backend``) never build the same env at
 once; a finished env is marked by a ``.ready`` file written last.
+
+Each env is locked like mrsa's own (``uv.lock``): a committed requirements file pins every package
+the env holds, and a locked env is installed from it alone (``pip install --no-deps -r LOCK``), so
+a new machine gets what the suite passed with whatever its caches hold. pip, not uv, installs
+them: the vLLM env's CPU build of torch is a wheel that pip finds on these machines' disk (its
+``find-links``), and uv does not look there. :func:`relock` writes a lock by building the env
+from its unpinned steps in a scratch folder and freezing what they installed (so uninstalls and
+``--no-deps`` steps are honoured); ``make lock`` runs it.
 """
 
 from __future__ import annotations
@@ -21,6 +29,10 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
+
+# The committed locks of the bundled servers' environments (shipped in the wheel: `mrsa backend`
+# builds them on a user's machine too).
+LOCKS = Path(__file__).parent / "locks"
 
 
 class BundledEnvError(RuntimeError):
@@ -51,13 +63,18 @@ class EnvSpec:
     # Extra environment of the pip steps (e.g. ``CMAKE_ARGS`` for a package built from source);
     # part of the key, since it changes what gets built.
     environment: tuple[tuple[str, str], ...] = ()
+    # The committed lock: every package of the env as ``name==version``, written by :func:`relock`.
+    # When given, the env is installed from it alone; the steps only say how to make a new one.
+    lock: Path | None = None
 
     def key(self) -> str:
-        """A short digest of the steps, their environment and the interpreter's version: the
-        folder's name suffix."""
+        """A short digest of the steps, the lock's content, their environment and the interpreter's
+        version: the folder's name suffix (a new lock makes a new env)."""
         content: dict[str, object] = {"steps": self.steps, "python": sys.version_info[:2]}
         if self.environment:
             content["environment"] = self.environment
+        if self.lock is not None:
+            content["lock"] = self.lock.read_text() if self.lock.is_file() else None
         payload = json.dumps(content, sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()[:12]
 
@@ -105,17 +122,109 @@ def ensure_env(spec: EnvSpec, progress: Callable[[str], None] | None = None) -> 
             shutil.rmtree(env)  # a half-built env from an interrupted run
         log = env.with_name(env.name + ".log")
         say(f"building the {spec.name} environment in {env} (log: {log}); this runs once")
-        environ = {**os.environ, **dict(spec.environment)}
         with log.open("w") as out:
-            _run([spec.python, "-m", "venv", str(env)], out, log)
-            _run([str(env_python(env)), "-m", "pip", "install", "-q", "--upgrade", "pip"], out, log)
-            for step in spec.steps:
-                say(f"pip {' '.join(step)}")
-                args = ["uninstall", "-y", *step[1:]] if step[:1] == ("uninstall",) else ["install", *step]
-                _run([str(env_python(env)), "-m", "pip", *args], out, log, environ)
-        ready.write_text(json.dumps({"steps": spec.steps}))
+            if spec.lock is None:
+                _build(spec, spec.steps, env, out, log, say)
+            else:
+                _install_lock(spec, env, out, log, say)
+        ready.write_text(json.dumps({"lock": str(spec.lock)} if spec.lock else {"steps": spec.steps}))
         say(f"{spec.name} environment ready")
     return env
+
+
+def _build(
+    spec: EnvSpec,
+    steps: Sequence[Sequence[str]],
+    env: Path,
+    out: IO[str],
+    log: Path,
+    say: Callable[[str], None],
+) -> None:
+    """The unlocked build: the steps in order, pip resolving each."""
+    environ = {**os.environ, **dict(spec.environment)}
+    _run([spec.python, "-m", "venv", str(env)], out, log)
+    for step in steps:
+        say(f"pip {' '.join(step)}")
+        args = ["uninstall", "-y", *step[1:]] if step[:1] == ("uninstall",) else ["install", *step]
+        _run([str(env_python(env)), "-m", "pip", *args], out, log, environ)
+
+
+def _install_lock(spec: EnvSpec, env: Path, out: IO[str], log: Path, say: Callable[[str], None]) -> None:
+    """Install exactly the lock's pins, nothing resolved. uv installs them when it is at hand (mrsa's
+    dev environment has it): it reuses the wheels it built for mrsa's own env (llama-cpp-python, a
+    6-minute compile) and downloads in parallel. Pins with a local version (``torch==2.13.0+cpu``)
+    are not on PyPI: pip installs those, from where its configuration finds them."""
+    assert spec.lock is not None
+    if not spec.lock.is_file():
+        raise BundledEnvError(f"the {spec.name} environment's lock {spec.lock} is missing (make lock)")
+    pins = [f"{name}=={version}" for name, version in lock_pins(spec.lock).items()]
+    local = [pin for pin in pins if "+" in pin]
+    uv = _uv()
+    environ = {**os.environ, **dict(spec.environment)}
+    _run([spec.python, "-m", "venv", str(env)], out, log)
+    python = str(env_python(env))
+    if local:
+        say(f"pip install {' '.join(local)}")
+        _run([python, "-m", "pip", "install", "--no-deps", *local], out, log, environ)
+    rest = [pin for pin in pins if pin not in local]
+    requirements = env / "mrsa-lock.txt"
+    requirements.write_text("\n".join(rest) + "\n")
+    if uv is not None:
+        say(f"uv pip install --no-deps -r {spec.lock.name} ({len(rest)} packages)")
+        argv = [uv, "pip", "install", "--python", python, "--no-deps", "-r", str(requirements)]
+    else:
+        say(f"pip install --no-deps -r {spec.lock.name} ({len(rest)} packages)")
+        argv = [python, "-m", "pip", "install", "--no-deps", "-r", str(requirements)]
+    _run(argv, out, log, environ)
+
+
+def _uv() -> str | None:
+    """uv beside this interpreter (mrsa's own venv), else on PATH, else None."""
+    return shutil.which("uv", path=str(Path(sys.executable).parent)) or shutil.which("uv")
+
+
+def relock(spec: EnvSpec, progress: Callable[[str], None] | None = None) -> Path:
+    """Write ``spec.lock`` anew: build the env from its unpinned steps in a scratch folder (the
+    newest releases they admit), then freeze every package it ended up with. Minutes, like a build."""
+    if spec.lock is None:
+        raise BundledEnvError(f"the {spec.name} environment has no lock file to write")
+    say = progress or (lambda _message: None)
+    scratch = cache_root() / "relock" / spec.name
+    shutil.rmtree(scratch, ignore_errors=True)
+    scratch.parent.mkdir(parents=True, exist_ok=True)
+    log = scratch.with_name(spec.name + ".log")
+    try:
+        with log.open("w") as out:
+            _build(spec, spec.steps, scratch, out, log, say)
+        frozen = subprocess.run(
+            [str(env_python(scratch)), "-m", "pip", "freeze", "--exclude-editable"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    pins = sorted((line for line in frozen.splitlines() if "==" in line), key=str.lower)
+    header = (
+        f"# The {spec.name} environment, every package pinned: written by `make lock` "
+        "(mrsa.backends.bundled_envs.relock)\n# from the steps in the code; installed with "
+        "`pip install --no-deps -r` this file.\n"
+    )
+    spec.lock.parent.mkdir(parents=True, exist_ok=True)
+    spec.lock.write_text(header + "\n".join(pins) + "\n")
+    say(f"{spec.lock}: {len(pins)} packages")
+    return spec.lock
+
+
+def lock_pins(lock: Path) -> dict[str, str]:
+    """``{normalised name: version}`` of a lock file (comments and blank lines skipped)."""
+    pins: dict[str, str] = {}
+    for line in lock.read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line:
+            name, _, version = line.partition("==")
+            pins[name.strip().lower().replace("_", "-").replace(".", "-")] = version.strip()
+    return pins
 
 
 def _run(argv: Sequence[str], out: IO[str], log: Path, environ: dict[str, str] | None = None) -> None:

