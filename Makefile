@@ -16,14 +16,14 @@ endif
 
 .PHONY: setup lock demo test test-latest checks system-deps lint typecheck redis-server ha-tools chromium bundled-envs deploy-validators clean
 
-# The environment the demo and the tests run in is locked: requirements-lock.txt pins every package
+# The environment the demo and the tests run in is locked: requirements/lock.txt pins every package
 # (every extra) with its hashes, compiled by uv from pyproject.toml's open ranges (`make lock`), and
 # `uv pip sync` installs exactly that set, so a machine with other releases cached gets the versions
 # the suite passed with. uv itself is pinned and bootstrapped with pip into a folder of its own.
 UV_VERSION := 0.13.10
 UV_HOME ?= .uv
 UV := $(UV_HOME)/bin/uv
-LOCK := requirements-lock.txt
+LOCK := requirements/lock.txt
 export UV_PYTHON_DOWNLOADS := never
 
 $(UV):

@@ -19,7 +19,7 @@ from mrsa.backends.env_locks import locked_specs
 from tests.deploy_tools import CHECKOV_VERSION, NPM_MODELS, NPM_PROJECT, checkov_spec
 
 ROOT = Path(__file__).resolve().parent.parent
-LOCK = ROOT / "requirements-lock.txt"
+LOCK = ROOT / "requirements" / "lock.txt"
 _PIN = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==([^\s;\\]+)\s*(?:;\s*([^\\]+?))?\s*\\?$")
 
 
