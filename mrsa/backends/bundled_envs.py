@@ -160,7 +160,9 @@ def _install_lock(spec: EnvSpec, env: Path, out: IO[str], log: Path, say: Callab
     pins = [f"{name}=={version}" for name, version in lock_pins(spec.lock).items()]
     local = [pin for pin in pins if "+" in pin]
     uv = _uv()
-    environ = {**os.environ, **dict(spec.environment)}
+    # Another uv process building the same sdist (llama-cpp-python: ~10 minutes on two busy cores)
+    # holds uv's cache lock; wait for its wheel rather than fail after uv's default 5 minutes.
+    environ = {"UV_LOCK_TIMEOUT": "3600", **os.environ, **dict(spec.environment)}
     _run([spec.python, "-m", "venv", str(env)], out, log)
     python = str(env_python(env))
     if local:
@@ -207,8 +209,8 @@ def relock(spec: EnvSpec, progress: Callable[[str], None] | None = None) -> Path
     pins = sorted((line for line in frozen.splitlines() if "==" in line), key=str.lower)
     header = (
         f"# The {spec.name} environment, every package pinned: written by `make lock` "
-        "(mrsa.backends.bundled_envs.relock)\n# from the steps in the code; installed with "
-        "`pip install --no-deps -r` this file.\n"
+        "(mrsa.backends.bundled_envs.relock)\n# from the steps in the code; installed as it "
+        "stands, nothing resolved (bundled_envs._install_lock).\n"
     )
     spec.lock.parent.mkdir(parents=True, exist_ok=True)
     spec.lock.write_text(header + "\n".join(pins) + "\n")
