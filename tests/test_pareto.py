@@ -10,9 +10,10 @@ from hypothesis import strategies as st
 
 from evals.configs import build_configs
 from evals.pareto import ParetoPoint, front
-from evals.records import CandidateRecord
+from evals.records import CandidateRecord, UnitKey
 from evals.rundir import BackendEntry, Manifest, Session
 from evals.timing import Hardware, hardware_of, session_spans
+from tests.test_flags import record
 
 
 def point(i: int, accuracy: float, tokens: float) -> ParetoPoint:
@@ -63,22 +64,7 @@ def session(
 
 
 def rec(finished: float) -> CandidateRecord:
-    return CandidateRecord(
-        config="c",
-        dataset="d",
-        problem="p",
-        seed=0,
-        round=0,
-        index=int(finished),
-        parents=[],
-        correct=False,
-        reason="wrong",
-        finish_reason="stop",
-        decode_tokens=1,
-        prompt_tokens=1,
-        started_at=finished - 1,
-        finished_at=finished,
-    )
+    return record(UnitKey("c", "d", "p", 0), 0, int(finished), started_at=finished - 1, finished_at=finished)
 
 
 def test_a_killed_session_ends_at_its_last_record_before_the_next() -> None:
