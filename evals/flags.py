@@ -76,11 +76,19 @@ class RoundFlags(FlagCounts):
     failed_runs: int = Field(0, description="Runs the backend failed with this round incomplete.")
 
 
+class FlaggedCandidate(BaseModel):
+    round: int
+    index: int
+    flags: list[Flag]
+
+
 class RunFlags(BaseModel):
-    """One (problem, seed) run: its flags per round, and the backend's error when it failed it."""
+    """One (problem, seed) run: its flags per round, each flagged candidate, and the backend's
+    error when it failed the run."""
 
     seed: int
     rounds: list[FlagCounts]
+    candidates: list[FlaggedCandidate] = Field(default_factory=list, description="Flagged ones only.")
     failed: str | None = Field(None, description="The error of a run the backend failed (still incomplete).")
     failed_round: int | None = Field(None, description="The first round it did not complete.")
 
@@ -109,17 +117,22 @@ def group_flags(
     problems: dict[str, list[RunFlags]] = {}
     for unit in sorted(units, key=lambda u: u.seed):
         rounds = [FlagCounts() for _ in range(stages)]
-        for record in by_unit[unit]:
+        flagged = []
+        for record in sorted(by_unit[unit], key=lambda r: (r.round, r.index)):
             if record.round < stages:
                 rounds[record.round].add(record)
                 totals[record.round].add(record)
+                if flags := candidate_flags(record):
+                    flagged.append(FlaggedCandidate(round=record.round, index=record.index, flags=flags))
         incomplete = [r for r in range(stages) if rounds[r].candidates < populations[r]]
         error = failures.get(unit) if incomplete else None
         failed_round = incomplete[0] if error is not None else None
         if failed_round is not None:
             totals[failed_round].failed_runs += 1
         problems.setdefault(unit.problem, []).append(
-            RunFlags(seed=unit.seed, rounds=rounds, failed=error, failed_round=failed_round)
+            RunFlags(
+                seed=unit.seed, rounds=rounds, candidates=flagged, failed=error, failed_round=failed_round
+            )
         )
     return GroupFlags(rounds=totals, problems=problems)
 

@@ -98,6 +98,9 @@ def test_group_flags_add_up_over_runs(
             assert total.count(flag) == sum(flag in candidate_flags(r) for r in records if r.round == rnd)
     for (p, s), stages in runs.items():
         [run] = [r for r in flags.problems[p] if r.seed == s]
+        listed = {(c.round, c.index): c.flags for c in run.candidates}
+        mine = [r for r in records if (r.problem, r.seed) == (p, s)]
+        assert listed == {(r.round, r.index): candidate_flags(r) for r in mine if candidate_flags(r)}
         incomplete = [rnd for rnd, cands in enumerate(stages) if len(cands) < 3]
         if (p, s) in failed and incomplete:
             assert run.failed == "HTTP 500" and run.failed_round == incomplete[0]

@@ -139,12 +139,17 @@ def test_flags_per_configuration_round_and_problem(sweep: dict[str, Any]) -> Non
         assert [run["seed"] for run in runs[PROBLEMS[4]]] == [0, 1]
         for run in runs[PROBLEMS[4]]:
             assert [f["truncated"] for f in run["rounds"]] == [N] * rounds and run["failed"] is None
+            assert run["candidates"] == [
+                {"round": r, "index": i, "flags": ["truncated"]} for r in range(rounds) for i in range(N)
+            ]
+        for run in runs[PROBLEMS[2]]:
+            assert {tuple(c["flags"]) for c in run["candidates"]} == {("unboxed_answer",)}
         for run in runs[PROBLEMS[5]]:
             assert run["failed_round"] == 0 and "HTTP 500" in run["failed"]
             assert [f["candidates"] for f in run["rounds"]] == [0] * rounds
         clean = {"candidates": N, "unparsed_box": 0, "unboxed_answer": 0, "truncated": 0, "backend_failed": 0}
         for run in runs[PROBLEMS[0]]:
-            assert run["rounds"] == [clean] * rounds
+            assert run["rounds"] == [clean] * rounds and run["candidates"] == []
     md = sweep["md"]
     assert "## Flags" in md and "| box not parsed | answer without box | truncated | backend failed |" in md
     last = next(c for c in configs(sweep) if "rounds=1" in c)
