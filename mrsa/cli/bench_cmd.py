@@ -22,6 +22,8 @@ from mrsa.cli.options import (
     BackendKindOpt,
     BackendOpt,
     ConcurrencyOpt,
+    GpuNameOpt,
+    GpusOpt,
     QuietOpt,
     RetriesOpt,
     TimeoutOpt,
@@ -114,7 +116,10 @@ def bench(
     dataset: Annotated[
         list[str],
         typer.Option(
-            "--dataset", "-d", help="aime2024, aime2025, aime2026, hmmt_feb2025, or a JSONL path; repeatable."
+            "--dataset",
+            "--datasets",
+            "-d",
+            help="aime2024, aime2025, aime2026, hmmt_feb2025, hmmt_feb2026, or a JSONL path; repeatable.",
         ),
     ],
     out: Annotated[Path, typer.Option("--out", "-o", help="Run folder (created; an existing one resumes).")],
@@ -163,6 +168,8 @@ def bench(
             "memory; mrsa worker processes on the same Redis share the work.",
         ),
     ] = None,
+    gpus: GpusOpt = None,
+    gpu_name: GpuNameOpt = None,
 ) -> None:
     """Run Markovian RSA over benchmark problems (datasets × presets/grid × seeds), grade every
     candidate, append records to RUN_DIR/records.jsonl as they finish, and resume when rerun."""
@@ -195,6 +202,8 @@ def bench(
             fail(f"{name}: must be ≥ 1", EXIT_USAGE)
     if grade_timeout <= 0 or grade_workers < 1:
         fail("grade-timeout must be > 0 and grade-workers ≥ 1", EXIT_USAGE)
+    if gpu_name is not None and gpus is None:
+        fail("gpu-name: say how many with --gpus N too", EXIT_USAGE)
     seed_list = parse_seeds(seeds)
     try:
         datasets = [load_dataset(d) for d in dict.fromkeys(dataset)]
@@ -237,6 +246,8 @@ def bench(
         jobs=jobs,
         grade_timeout_s=grade_timeout,
         grade_workers=min(grade_workers, os.cpu_count() or 1),
+        gpus=gpus,
+        gpu_name=gpu_name,
     )
 
     async def show_progress(stats: SweepStats) -> None:
