@@ -118,10 +118,24 @@ class JobService:
     ) -> Job:
         """Store a job and enqueue its round-0 tasks (raises ActiveLimitReached when ``owner``
         already has ``max_active`` jobs in flight)."""
-        job = Job(id=job_id or new_job_id(), spec=spec, owner=owner, warnings=list(warnings))
-        await self.store.create_job(job, round_tasks(job.id, spec.params, 0), max_active=max_active)
-        await self.store.add_event(job.id, Event(type="status", job_id=job.id, status=JobStatus.queued))
+        job, _ = await self.create(spec, owner, job_id, warnings, max_active)
         return job
+
+    async def create(
+        self,
+        spec: JobSpec,
+        owner: str = "local",
+        job_id: str | None = None,
+        warnings: Sequence[str] = (),
+        max_active: int | None = None,
+    ) -> tuple[Job, bool]:
+        """:meth:`submit`, also saying whether this call created the job: ``False`` when a job of
+        ``job_id`` already existed, in which case nothing was stored, enqueued or announced."""
+        job = Job(id=job_id or new_job_id(), spec=spec, owner=owner, warnings=list(warnings))
+        created = await self.store.create_job(job, round_tasks(job.id, spec.params, 0), max_active=max_active)
+        if created:
+            await self.store.add_event(job.id, Event(type="status", job_id=job.id, status=JobStatus.queued))
+        return job, created
 
     async def round_summaries(self, job: Job) -> list[RoundSummary]:
         """Summaries of the job's stored rounds, from round 0 up to the first one with nothing stored."""
