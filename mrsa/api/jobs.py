@@ -147,13 +147,8 @@ async def submit(
     try:
         # The store checks the key's in-flight count and adds the job in one atomic step: concurrent
         # submissions cannot overshoot the limit.
-        job, created = await deps.jobs.create(
-            spec,
-            owner=principal.owner,
-            job_id=job_id,
-            warnings=warnings,
-            max_active=deps.config.max_active_jobs,
-        )
+        job = Job(id=job_id, spec=spec, owner=principal.owner, warnings=list(warnings))
+        created = await deps.jobs.create(job, max_active=deps.config.max_active_jobs)
     except ActiveLimitReached as exc:
         raise ApiError(
             429,

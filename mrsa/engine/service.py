@@ -118,24 +118,20 @@ class JobService:
     ) -> Job:
         """Store a job and enqueue its round-0 tasks (raises ActiveLimitReached when ``owner``
         already has ``max_active`` jobs in flight)."""
-        job, _ = await self.create(spec, owner, job_id, warnings, max_active)
+        job = Job(id=job_id or new_job_id(), spec=spec, owner=owner, warnings=list(warnings))
+        await self.create(job, max_active)
         return job
 
-    async def create(
-        self,
-        spec: JobSpec,
-        owner: str = "local",
-        job_id: str | None = None,
-        warnings: Sequence[str] = (),
-        max_active: int | None = None,
-    ) -> tuple[Job, bool]:
-        """:meth:`submit`, also saying whether this call created the job: ``False`` when a job of
-        ``job_id`` already existed, in which case nothing was stored, enqueued or announced."""
-        job = Job(id=job_id or new_job_id(), spec=spec, owner=owner, warnings=list(warnings))
-        created = await self.store.create_job(job, round_tasks(job.id, spec.params, 0), max_active=max_active)
+    async def create(self, job: Job, max_active: int | None = None) -> bool:
+        """Store ``job`` and enqueue its round-0 tasks, as :meth:`submit`; ``True`` when this call
+        created it, ``False`` when a job of its id already existed (then nothing was stored,
+        enqueued or announced)."""
+        created = await self.store.create_job(
+            job, round_tasks(job.id, job.spec.params, 0), max_active=max_active
+        )
         if created:
             await self.store.add_event(job.id, Event(type="status", job_id=job.id, status=JobStatus.queued))
-        return job, created
+        return created
 
     async def round_summaries(self, job: Job) -> list[RoundSummary]:
         """Summaries of the job's stored rounds, from round 0 up to the first one with nothing stored."""
