@@ -113,8 +113,8 @@ class Settings(BaseSettings):
     worker_backend_hold_s: float = Field(
         600.0,
         ge=0,
-        description="How long a worker holds a task while its backend is down or busy before failing "
-        "the job, seconds (0 = fail at once).",
+        description="How long a worker retries a task whose backend requests keep failing (down, busy, "
+        "timing out) before failing the job, seconds (0 = fail at once).",
     )
     worker_shutdown_grace_s: float = Field(
         30.0, ge=0, description="On SIGTERM, time to finish in-flight tasks before releasing them, seconds."

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -73,6 +74,17 @@ def trickle(every_s: float, limit: int = 10_000) -> Behaviour:
                 await response.write(b" ")
                 await asyncio.sleep(every_s)
         return response
+
+    return answer
+
+
+def when_asked(needle: str, matched: Behaviour, otherwise: Behaviour) -> Behaviour:
+    """``matched`` for a chat completion whose messages contain ``needle``, else ``otherwise``:
+    one request's fault (a prompt the server stalls on) while it serves every other request."""
+
+    async def answer(request: web.Request) -> web.StreamResponse:
+        messages = (await request.json()).get("messages", [])
+        return await (matched if needle in json.dumps(messages) else otherwise)(request)
 
     return answer
 
