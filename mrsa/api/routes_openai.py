@@ -80,8 +80,8 @@ class ChatRoute(APIRoute):
             reason = passthrough_reason(parse_body(raw))
             if reason is None:
                 return await rsa_handler(request)
-            authenticate(request, await bearer(request))
-            return await forward(request, raw, get_deps(request).backend.url, reason)
+            principal = authenticate(request, await bearer(request))
+            return await forward(request, raw, get_deps(request), principal.owner, reason)
 
         return handler
 
