@@ -15,8 +15,10 @@ connection closes without the body's end, so a client's read fails).
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
+import ssl
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -26,12 +28,19 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from mrsa.api.errors import ApiError
+from mrsa.urls import redact
 
 log = logging.getLogger("mrsa.api")
 
 # No read timeout of httpx's own: the relay's deadlines bound every wait.
 TIMEOUT = httpx.Timeout(connect=10.0, read=None, write=60.0, pool=10.0)
 CLOSE_WAIT_S = 5.0  # closing the backend's connection never holds a response longer than this
+
+
+@functools.cache
+def _tls() -> ssl.SSLContext:
+    """One TLS context for every relay's client (building one per request costs milliseconds)."""
+    return httpx.create_ssl_context()
 
 
 @dataclass(frozen=True)
@@ -52,7 +61,7 @@ class Relay:
         self.draining = False  # the deadline is a shutdown's, not the passthrough's own
         self.sent = 0
         self._scope: anyio.CancelScope | None = None
-        self._client = httpx.AsyncClient(timeout=TIMEOUT)
+        self._client = httpx.AsyncClient(timeout=TIMEOUT, verify=_tls())
         self._upstream: httpx.Response | None = None
         self._on_close: Callable[[], None] | None = on_close
 
@@ -101,9 +110,9 @@ class Relay:
         if left:
             return None
         if error is not None:
-            raise ApiError(502, f"backend {self.url} did not answer: {type(error).__name__}: {error}")
+            raise ApiError(502, f"backend {redact(self.url)} did not answer: {type(error).__name__}: {error}")
         if scope.cancelled_caught or self._upstream is None:
-            raise ApiError(504, f"backend {self.url} sent no reply before {self.deadline_reason()}")
+            raise ApiError(504, f"backend {redact(self.url)} sent no reply before {self.deadline_reason()}")
         return self._upstream
 
     async def pump(self, send: Send, framing: EventFraming | None = None) -> str | None:
