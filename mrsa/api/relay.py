@@ -19,7 +19,7 @@ import functools
 import json
 import logging
 import ssl
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 
 import anyio
@@ -83,36 +83,32 @@ class Relay:
 
     def deadline_reason(self) -> str:
         if self.draining:
-            return "the API is shutting down (its passthrough drain, MRSA_API_PASSTHROUGH_DRAIN_S, is over)"
-        return f"the passthrough's total deadline of {self.limits.timeout_s:g} s (MRSA_API_PASSTHROUGH_TIMEOUT_S) passed"
+            return "the API is shutting down (its drain time, MRSA_API_PASSTHROUGH_DRAIN_S, is over)"
+        return (
+            f"the passthrough's total deadline of {self.limits.timeout_s:g} s "
+            "(MRSA_API_PASSTHROUGH_TIMEOUT_S)"
+        )
 
     async def open(self, receive: Receive, request: httpx.Request) -> httpx.Response | None:
         """Send ``request``; the backend's reply once its headers are in, or None when the client
         left first (the request to the backend is then cancelled). Raises a 502 when the backend
         does not answer, a 504 at the deadline."""
         error: httpx.HTTPError | None = None
-        async with anyio.create_task_group() as group:
-            left = False
-
-            async def watch() -> None:
-                nonlocal left
-                await _disconnected(receive)
-                left = True
-                group.cancel_scope.cancel()
-
-            group.start_soon(watch)
+        async with while_connected(receive) as client:
             with self._within_deadline() as scope:
                 try:
                     self._upstream = await self._client.send(request, stream=True)
                 except httpx.HTTPError as exc:
                     error = exc
-            group.cancel_scope.cancel()
-        if left:
+        if client.left:
             return None
         if error is not None:
-            raise ApiError(502, f"backend {redact(self.url)} did not answer: {type(error).__name__}: {error}")
+            why = f"{type(error).__name__}: {error}"
+            raise ApiError(502, f"backend {redact(self.url)} did not answer: {why}")
         if scope.cancelled_caught or self._upstream is None:
-            raise ApiError(504, f"backend {redact(self.url)} sent no reply before {self.deadline_reason()}")
+            raise ApiError(
+                504, f"backend {redact(self.url)} sent no reply before the cut: {self.deadline_reason()}"
+            )
         return self._upstream
 
     async def pump(self, send: Send, framing: EventFraming | None = None) -> str | None:
@@ -132,11 +128,10 @@ class Relay:
                     return (
                         f"the backend sent nothing for {self.limits.idle_s:g} s (MRSA_API_PASSTHROUGH_IDLE_S)"
                     )
-                if chunk is None:
-                    await self._send_body(send, framing.rest() if framing is not None else b"")
-                    return None
-                if framing is not None:
-                    chunk = framing.whole_events(chunk)
+                ended = chunk is None
+                if framing is not None:  # at the end, what is left of the last event goes as it is
+                    chunk = framing.rest() if chunk is None else framing.whole_events(chunk)
+                chunk = chunk or b""
                 room = self.limits.max_bytes - self.sent
                 if len(chunk) > room:
                     await self._send_body(send, EventFraming.cut(chunk, room) if framing else chunk[:room])
@@ -145,6 +140,8 @@ class Relay:
                         "(MRSA_API_PASSTHROUGH_MAX_BYTES)"
                     )
                 await self._send_body(send, chunk)
+                if ended:
+                    return None
         return self.deadline_reason()
 
     async def _send_body(self, send: Send, chunk: bytes) -> None:
@@ -198,10 +195,32 @@ class EventFraming:
         return events[: cls.boundary(events, room)]
 
 
-async def _disconnected(receive: Receive) -> None:
-    """Return when the client has gone (its request body was read before)."""
-    while (await receive())["type"] != "http.disconnect":
-        pass
+@dataclass
+class Client:
+    left: bool = False
+
+
+@contextlib.asynccontextmanager
+async def while_connected(receive: Receive) -> AsyncIterator[Client]:
+    """Run the body while the client stays (its request body read before): when it leaves, the
+    body is cancelled and ``left`` says so."""
+    client = Client()
+    try:
+        async with anyio.create_task_group() as group:
+
+            async def watch() -> None:
+                while (await receive())["type"] != "http.disconnect":
+                    pass
+                client.left = True
+                group.cancel_scope.cancel()
+
+            group.start_soon(watch)
+            yield client
+            group.cancel_scope.cancel()
+    except BaseExceptionGroup as failed:  # the body's own error, as itself (not in a group)
+        if len(failed.exceptions) == 1:
+            raise failed.exceptions[0] from None
+        raise
 
 
 class RelayResponse(Response):
@@ -225,19 +244,9 @@ class RelayResponse(Response):
                 {"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers}
             )
             cut: str | None = None
-            left = False
-            async with anyio.create_task_group() as group:
-
-                async def watch() -> None:
-                    nonlocal left
-                    await _disconnected(receive)
-                    left = True
-                    group.cancel_scope.cancel()
-
-                group.start_soon(watch)
+            async with while_connected(receive) as client:
                 cut = await self.relay.pump(send, EventFraming() if self.event_stream else None)
-                group.cancel_scope.cancel()
-            if left:
+            if client.left:
                 log.info(
                     "passthrough: the client left after %d bytes; backend request closed", self.relay.sent
                 )

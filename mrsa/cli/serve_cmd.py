@@ -136,7 +136,8 @@ def serve(
         typer.Option(
             "--max-passthroughs-per-key",
             min=1,
-            help="Chat passthroughs open per key, 429 above (env MRSA_API_MAX_PASSTHROUGHS_PER_KEY; default 64).",
+            help="Chat passthroughs open per key, 429 above "
+            "(env MRSA_API_MAX_PASSTHROUGHS_PER_KEY; default 64).",
         ),
     ] = None,
     api_max_passthroughs: Annotated[
