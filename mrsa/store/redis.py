@@ -81,7 +81,17 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ReadOnlyError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from mrsa.domain import Candidate, ChunkCheckpoint, Event, Job, JobResult, JobSpec, JobStatus, Task
+from mrsa.domain import (
+    Candidate,
+    ChunkCheckpoint,
+    Event,
+    Job,
+    JobResult,
+    JobSpec,
+    JobStatus,
+    RoundVotes,
+    Task,
+)
 from mrsa.store import redis_scripts as lua
 from mrsa.store.base import (
     ActiveLimitReached,
@@ -136,6 +146,7 @@ class _Redis:
         self.create = s(lua.CREATE)
         self.mark_running = s(lua.MARK_RUNNING)
         self.save_candidate = s(lua.SAVE_CANDIDATE)
+        self.save_votes = s(lua.SAVE_VOTES)
         self.advance = s(lua.ADVANCE)
         self.complete_rounds = s(lua.COMPLETE_ROUNDS)
         self.terminate = s(lua.TERMINATE)
@@ -152,6 +163,10 @@ class _Redis:
 
     def round(self, job_id: str, round_index: int) -> str:
         return f"{self.p}:job:{job_id}:round:{round_index}"
+
+    def votes(self, job_id: str) -> str:
+        """A hash: round → its clustered answers (JSON), and ``round:n`` → how many candidates they cover."""
+        return f"{self.p}:job:{job_id}:votes"
 
     def released(self, job_id: str) -> str:
         return f"{self.p}:job:{job_id}:released"
@@ -201,6 +216,7 @@ class _Redis:
             self.create,
             self.mark_running,
             self.save_candidate,
+            self.save_votes,
             self.advance,
             self.complete_rounds,
             self.terminate,
@@ -590,6 +606,23 @@ class RedisStore:
                 return []
             values = await self._r.client.hmget(key, [str(i) for i in indices])
         return [Candidate.model_validate_json(v) for v in values if v is not None]
+
+    async def save_round_votes(self, job_id: str, votes: RoundVotes) -> bool:
+        with self._r.unavailable():
+            saved = int(
+                await self._r.save_votes(
+                    keys=[self._r.job(job_id), self._r.votes(job_id)],
+                    args=[votes.round, votes.tallied, votes.model_dump_json()],
+                )
+            )
+        if saved < 0:
+            raise KeyError(f"unknown job {job_id!r}")
+        return saved == 1
+
+    async def get_round_votes(self, job_id: str, round_index: int) -> RoundVotes | None:
+        with self._r.unavailable():
+            raw = await self._r.client.hget(self._r.votes(job_id), str(round_index))
+        return RoundVotes.model_validate_json(raw) if raw else None
 
     async def advance_round(self, job_id: str, from_round: int, tasks: Sequence[Task]) -> bool:
         with self._r.unavailable():

@@ -95,6 +95,18 @@ return count
 """
 )
 
+# KEYS: job, votes. ARGV: round, how many candidates the votes cover, votes JSON. Returns 1 (written),
+# 0 (the stored votes cover as many), -1 (unknown job). A write to a finished job inherits its TTL.
+SAVE_VOTES = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
+local stored = tonumber(redis.call('HGET', KEYS[2], ARGV[1] .. ':n') or '-1')
+if stored >= tonumber(ARGV[2]) then return 0 end
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[3], ARGV[1] .. ':n', ARGV[2])
+local ttl = redis.call('PTTL', KEYS[1])
+if ttl > 0 then redis.call('PEXPIRE', KEYS[2], ttl) end
+return 1
+"""
+
 # KEYS: job, tasks. ARGV: population, last round, now, size of the last round, final task JSON...
 # Moves the round pointer past every complete round (in order); enqueues the final tasks when it
 # passes the last round.
@@ -157,6 +169,7 @@ redis.call('ZADD', ARGV[8] .. ':status:' .. ARGV[2], ARGV[6], ARGV[1])
 local ttl = tonumber(ARGV[7])
 for i = 1, 3 do redis.call('EXPIRE', KEYS[i], ttl) end
 redis.call('EXPIRE', KEYS[1] .. ':released', ttl)
+redis.call('EXPIRE', KEYS[1] .. ':votes', ttl)
 -- Rounds can run ahead of the pointer: expire every round hash there is (they are contiguous).
 local r = 0
 while redis.call('EXPIRE', KEYS[1] .. ':round:' .. r, ttl) == 1 or r <= tonumber(st[2]) + 1 do r = r + 1 end
