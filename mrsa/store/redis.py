@@ -57,12 +57,15 @@ Errors: a connection error or timeout (also Redis still loading its AOF after a 
 
 Round trips per candidate (counted by ``tests/test_store_redis.py::test_round_trips_per_candidate``,
 which counts what the client sends, a pipeline, a MULTI or a script being one): a worker running
-one candidate task makes **5** — XREADGROUP (``take``), one pipeline of HMGET job / HGET stored
+one candidate task makes **7** — XREADGROUP (``take``), one pipeline of HMGET job / HGET stored
 candidate / HMGET parents (``load_task``), EVALSHA (``save_candidate``, which also releases the
-next round's ready tasks), EVALSHA (``add_event``), MULTI/XACK/XDEL/EXEC (``ack``). On top, per
+next round's ready tasks), HGETALL of the round and EVALSHA (``save_round_votes``: the round's
+answers clustered and stored with it, so round views and results never cluster), EVALSHA
+(``add_event``), MULTI/XACK/XDEL/EXEC (``ack``); candidates that arrive while their round is being
+clustered share the next run, and skip those two. On top, per
 round 1 (``complete_rounds``) plus its event (none after the last round), and per job 4 + (T+1) + 3
 (create + event; first ``mark_running`` + event; ``finish``: get_job, one HGETALL per round, the
-finish script, the event) — amortised over the job's N·(T+1) candidates that is less than one more
+finish script, the event; plus one HGET per round whose votes another worker stored) — amortised over the job's N·(T+1) candidates that is less than one more
 per candidate. Nothing grows with N, T or the number of jobs. Time-driven calls (heartbeats,
 reclaim, one pipelined status check per second for cancellations, queue stats) come on top per
 worker and per second, not per candidate.
