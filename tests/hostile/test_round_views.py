@@ -20,7 +20,6 @@ import contextlib
 import statistics
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,17 +27,16 @@ import httpx
 import pytest
 from aiohttp import web
 
-from benchmarks.processes import Child, child_processes, clean_env, http_ok
-from mrsa.backends.server_process import free_port
 from mrsa.domain import Candidate
 from mrsa.engine.equivalence import Equivalence
 from mrsa.engine.selection import tally_bounded
+from mrsa.settings import EQUIVALENCE_TIMEOUT_S
+from tests.console_stack import ConsoleStack, console_stack
 from tests.hostile.server import HostileServer, completion
-from tests.plugins.redis_server import RedisServer
 
 POISON = "9^{9^{9}}"
 KEY_B, KEY_C = "round-views-key-b-5c1e", "round-views-key-c-93d0"
-LIMIT_S = 5.0  # the equivalence limit: clustering the hostile round costs at least this
+LIMIT_S = EQUIVALENCE_TIMEOUT_S  # the default limit (5 s): clustering the hostile round costs more
 FAST_S = 1.0  # the issue's bound on key B's view (median: the machine is shared)
 VIEWS_OF_C = 6
 ATTEMPTS = 5
@@ -66,45 +64,26 @@ class TwoThenHold:
         return web.json_response(completion(f"The answer is \\boxed{{{ANSWERS[marker][turn]}}}."))
 
 
-@dataclass
-class Stack:
-    url: str
-    api: Child
-    worker: Child
-
-    def logs(self) -> str:
-        return "\n".join(f"--- {c.name}\n{c.log_tail(25)}" for c in (self.api, self.worker))
-
-
 @contextlib.asynccontextmanager
-async def service(backend: str, redis: RedisServer, folder: Path) -> AsyncIterator[Stack]:
-    """``mrsa serve`` with keys B and C and one ``mrsa worker`` on ``backend`` (waits run in threads:
-    the hostile server lives on this event loop)."""
-    env = clean_env(MRSA_EQUIVALENCE_TIMEOUT_S=str(LIMIT_S))
-    with child_processes(folder, env=env) as start:
-        port = free_port()
-        url = f"http://127.0.0.1:{port}"
-        api = start(
-            "api",
-            [
-                "-m",
-                "mrsa",
-                "serve",
-                "--port",
-                str(port),
-                "--redis",
-                redis.url,
-                "--api-keys",
-                f"{KEY_B},{KEY_C}",
-            ],
-        )
-        await asyncio.to_thread(api.wait_until, "mrsa serve ready", lambda: http_ok(f"{url}/readyz"), 120)
-        backend_flags = ["--backend", backend, "--backend-kind", "vllm", "--concurrency", "8"]
-        worker = start(
-            "worker", ["-m", "mrsa", "worker", "--redis", redis.url, *backend_flags, "--consumer", "views-w1"]
-        )
-        await asyncio.to_thread(worker.wait_for_log, " ready: ", 120)
-        yield Stack(url, api, worker)
+async def service(backend: str, folder: Path) -> AsyncIterator[ConsoleStack]:
+    """The console tests' stack (Redis, ``mrsa serve`` with keys B and C, one ``mrsa worker`` on
+    ``backend``), entered and left in a thread: the hostile server lives on this event loop."""
+    worker_args = [
+        "--backend",
+        backend,
+        "--backend-kind",
+        "vllm",
+        "--concurrency",
+        "8",
+        "--consumer",
+        "views-w1",
+    ]
+    stack = console_stack(folder, worker_args, serve_args=["--api-keys", f"{KEY_B},{KEY_C}"])
+    entered = await asyncio.to_thread(stack.__enter__)
+    try:
+        yield entered
+    finally:
+        await asyncio.to_thread(stack.__exit__, None, None, None)
 
 
 def fmt(times: list[float]) -> str:
@@ -115,7 +94,7 @@ def auth(key: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"}
 
 
-async def submit(client: httpx.AsyncClient, stack: Stack, key: str, marker: str) -> str:
+async def submit(client: httpx.AsyncClient, stack: ConsoleStack, key: str, marker: str) -> str:
     body = {"problem": f"{marker}: what is 6*7?", "preset": "smoke", "params": PARAMS}
     r = await client.post(f"{stack.url}/v1/jobs", json=body, headers=auth(key))
     assert r.status_code == 202, r.text
@@ -123,7 +102,7 @@ async def submit(client: httpx.AsyncClient, stack: Stack, key: str, marker: str)
 
 
 async def timed_view(
-    client: httpx.AsyncClient, stack: Stack, key: str, job_id: str
+    client: httpx.AsyncClient, stack: ConsoleStack, key: str, job_id: str
 ) -> tuple[float, dict[str, Any]]:
     started = time.monotonic()
     r = await client.get(f"{stack.url}/v1/jobs/{job_id}/rounds/0", headers=auth(key))
@@ -132,7 +111,7 @@ async def timed_view(
     return elapsed, r.json()
 
 
-async def two_stored(client: httpx.AsyncClient, stack: Stack, key: str, job_id: str) -> None:
+async def two_stored(client: httpx.AsyncClient, stack: ConsoleStack, key: str, job_id: str) -> None:
     """Wait until the job's round 0 holds its two answered candidates (the third is held) and its
     votes count both (the worker clusters the round before announcing a candidate)."""
     deadline = time.monotonic() + 90
@@ -144,7 +123,7 @@ async def two_stored(client: httpx.AsyncClient, stack: Stack, key: str, job_id: 
     raise AssertionError(f"job {job_id}: two candidates not stored and counted within 90 s\n{stack.logs()}")
 
 
-async def api_clusterings(client: httpx.AsyncClient, stack: Stack) -> float:
+async def api_clusterings(client: httpx.AsyncClient, stack: ConsoleStack) -> float:
     """The API process's ``mrsa_equivalence_fallbacks_total`` plus ``mrsa_round_clusterings_total``:
     any clustering it ran of the hostile round counts a timeout in the first."""
     text = (await client.get(f"{stack.url}/metrics")).text
@@ -158,11 +137,11 @@ async def api_clusterings(client: httpx.AsyncClient, stack: Stack) -> float:
 @pytest.mark.redis
 @pytest.mark.timeout(900)
 async def test_one_keys_hostile_round_views_do_not_delay_anothers(
-    server: HostileServer, redis_server: RedisServer, tmp_path: Path
+    server: HostileServer, tmp_path: Path
 ) -> None:
     held = TwoThenHold()
     server.play(held)
-    async with service(server.url, redis_server, tmp_path) as stack, httpx.AsyncClient(timeout=120) as client:
+    async with service(server.url, tmp_path) as stack, httpx.AsyncClient(timeout=120) as client:
         try:
             job_c = await submit(client, stack, KEY_C, "KEYC")
             job_b = await submit(client, stack, KEY_B, "KEYB")
@@ -184,13 +163,13 @@ async def test_one_keys_hostile_round_views_do_not_delay_anothers(
                 views_b.append(view_b)
                 times_c += [t for t, _ in await asyncio.gather(*views_c)]
             print(f"key B's view: {fmt(times_b)}; key C's views: {fmt(times_c)}")
+            # Clustering key C's round costs at least one limit: no view waited for one.
+            assert max(times_b) < LIMIT_S and max(times_c) < LIMIT_S, (times_b, times_c)
+            assert statistics.median(times_b) < FAST_S, f"key B's views took {fmt(times_b)}"
             for view_b in views_b:  # 84/2 is 42: one class, named by its lower-indexed answer
                 [vote] = view_b["votes"]
                 assert vote["answer"] in ANSWERS["KEYB"] and vote["count"] == vote["finished"] == 2
                 assert view_b.get("tallied") == 2 and len(view_b["candidates"]) == 2
-            # Clustering key C's round costs at least one limit: no view waited for one.
-            assert max(times_b) < LIMIT_S and max(times_c) < LIMIT_S, (times_b, times_c)
-            assert statistics.median(times_b) < FAST_S, f"key B's views took {fmt(times_b)}"
 
             # The same running round viewed again and again: read, never clustered again.
             repeats = [await timed_view(client, stack, KEY_C, job_c) for _ in range(3)]
