@@ -488,14 +488,21 @@ def test_a_worker_given_a_runaway_answer_finishes_the_job_and_keeps_serving(
         metrics = httpx.get(f"{api_url}/metrics", timeout=10).text
         assert "mrsa_jobs" in metrics  # the API still serves its other routes
 
-        # SIGTERM while the worker clusters a poisoned round (it used to be deaf to it): it
-        # finishes that job within its grace period and exits.
+        # SIGTERM while a worker clusters a poisoned round (it used to be deaf to it): it finishes
+        # that job within its grace period and exits. A fresh worker: this one remembers the
+        # runaway answer, and a task clusters its round as soon as its candidate is stored.
+        worker.stop()
+        fresh = [*WORKER_FLAGS[:-1], "equiv-w2"]
+        worker = start(
+            "worker2", ["-m", "mrsa", "worker", "--redis", redis_server.url, "--backend", sim, *fresh]
+        )
+        wait_for("the second worker ready", lambda: " ready: " in worker.log, 60, worker)
         with httpx.Client(timeout=30) as client:
             again = submit(client, "HOSTILE: what is 7*6?", seed=2)
 
-            def clustering() -> bool:  # every round complete, the result not yet recorded
+            def clustering() -> bool:  # its candidates are being stored (and their round clustered)
                 job = client.get(f"{api_url}/v1/jobs/{again}", headers=headers).json()
-                return bool(job["status"] == "running" and job["progress"]["round"] > params["rounds"])
+                return bool(job["status"] != "queued" and (job["progress"]["done"] or 0) >= 1)
 
             wait_for("the second poisoned job's candidates", clustering, 120, worker)
             worker.proc.send_signal(signal.SIGTERM)
