@@ -149,11 +149,10 @@ class _Redis:
         self.create = s(lua.CREATE)
         self.mark_running = s(lua.MARK_RUNNING)
         self.save_candidate = s(lua.SAVE_CANDIDATE)
-        self.save_votes = s(lua.SAVE_VOTES)
         self.advance = s(lua.ADVANCE)
         self.complete_rounds = s(lua.COMPLETE_ROUNDS)
         self.terminate = s(lua.TERMINATE)
-        self.save_checkpoint = s(lua.SAVE_CHECKPOINT)
+        self.save_newest = s(lua.SAVE_NEWEST)  # checkpoints and round votes
         self.add_event = s(lua.ADD_EVENT)
         self.claim_key = s(lua.CLAIM_KEY)
         self.touch = s(lua.TOUCH)
@@ -219,11 +218,10 @@ class _Redis:
             self.create,
             self.mark_running,
             self.save_candidate,
-            self.save_votes,
             self.advance,
             self.complete_rounds,
             self.terminate,
-            self.save_checkpoint,
+            self.save_newest,
             self.add_event,
             self.claim_key,
             self.touch,
@@ -613,7 +611,7 @@ class RedisStore:
     async def save_round_votes(self, job_id: str, votes: RoundVotes) -> bool:
         with self._r.unavailable():
             saved = int(
-                await self._r.save_votes(
+                await self._r.save_newest(
                     keys=[self._r.job(job_id), self._r.votes(job_id)],
                     args=[votes.round, votes.tallied, votes.model_dump_json()],
                 )
@@ -697,7 +695,7 @@ class RedisStore:
     async def save_checkpoint(self, job_id: str, round_index: int, index: int, cp: ChunkCheckpoint) -> None:
         with self._r.unavailable():
             saved = int(
-                await self._r.save_checkpoint(
+                await self._r.save_newest(
                     keys=[self._r.job(job_id), self._r.checkpoints(job_id)],
                     args=[f"{round_index}:{index}", cp.chunks, cp.model_dump_json()],
                 )

@@ -95,18 +95,6 @@ return count
 """
 )
 
-# KEYS: job, votes. ARGV: round, how many candidates the votes cover, votes JSON. Returns 1 (written),
-# 0 (the stored votes cover as many), -1 (unknown job). A write to a finished job inherits its TTL.
-SAVE_VOTES = """
-if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
-local stored = tonumber(redis.call('HGET', KEYS[2], ARGV[1] .. ':n') or '-1')
-if stored >= tonumber(ARGV[2]) then return 0 end
-redis.call('HSET', KEYS[2], ARGV[1], ARGV[3], ARGV[1] .. ':n', ARGV[2])
-local ttl = redis.call('PTTL', KEYS[1])
-if ttl > 0 then redis.call('PEXPIRE', KEYS[2], ttl) end
-return 1
-"""
-
 # KEYS: job, tasks. ARGV: population, last round, now, size of the last round, final task JSON...
 # Moves the round pointer past every complete round (in order); enqueues the final tasks when it
 # passes the last round.
@@ -177,8 +165,11 @@ return 1
 """
 )
 
-# KEYS: job, checkpoints. ARGV: "{round}:{index}", chunks, checkpoint JSON. Keeps the newest.
-SAVE_CHECKPOINT = """
+# KEYS: job, a hash of versioned values. ARGV: field, version, value JSON. Keeps the newest version
+# of each field (``field:n`` holds it): 1 written, 0 (the stored version is as new), -1 (unknown job).
+# A write to a finished job inherits its TTL. A chunk checkpoint's version is its chunk count
+# (checkpoints, "{round}:{index}"); a round's votes', the candidates they cover (votes, round).
+SAVE_NEWEST = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
 local old = tonumber(redis.call('HGET', KEYS[2], ARGV[1] .. ':n') or '-1')
 if old >= tonumber(ARGV[2]) then return 0 end
