@@ -160,6 +160,20 @@ class Vote(BaseModel):
     finished: int = Field(0, description="Votes from candidates that finished (not truncated).")
 
 
+class RoundVotes(BaseModel):
+    """A round's answers clustered once, stored with the round by the worker that saved its newest
+    candidate: the classes of equivalent answers (candidate indices, each class in first-seen
+    order), over the first ``tallied`` candidates stored. A round's stored candidates only grow, so
+    ``tallied`` names the set the classes cover: the round view and the job's result are built from
+    this record and never cluster again."""
+
+    round: int
+    tallied: int = Field(description="How many of the round's candidates the classes cover.")
+    groups: list[list[int]] = Field(description="Candidate indices of each class of equivalent answers.")
+    timeouts: int = 0
+    oversized: int = 0
+
+
 class CandidateSummary(BaseModel):
     index: int
     answer: str | None
@@ -219,6 +233,12 @@ class RoundSummary(BaseModel):
     )
     oversized_answers: int = Field(
         0, description="Distinct answers too long to compare symbolically (grouped as normalised strings)."
+    )
+    tallied: int | None = Field(
+        None,
+        description="How many of the round's candidates its votes count: all of them once the round "
+        "has ended; in a round still running, the votes can lag its newest candidate for as long as the "
+        "worker that stored it takes to compare the answers. Null in results recorded before it existed.",
     )
 
 

@@ -32,6 +32,11 @@ EQUIVALENCE_FALLBACKS = Counter(
     "equivalence limit) or 'oversized' (longer than the symbolic cap).",
     ["reason"],
 )
+ROUND_CLUSTERINGS = Counter(
+    "mrsa_round_clusterings_total",
+    "Times a round's answers were clustered and stored with it (by workers: round views and results "
+    "read the stored classes, so the API's count stays 0).",
+)
 JOBS_FINISHED = Counter("mrsa_jobs_finished_total", "Jobs that reached a terminal state.", ["status"])
 TASKS_IN_FLIGHT = Gauge("mrsa_worker_tasks_in_flight", "Tasks this worker is running.")
 TASKS_RECLAIMED = Counter("mrsa_tasks_reclaimed_total", "Tasks taken over from a silent consumer.")

@@ -89,9 +89,9 @@ def console_stack(
                 ],
             )
             url = f"http://127.0.0.1:{port}"
-            api.wait_until("mrsa serve ready", lambda: http_ok(f"{url}/readyz"), 60)
+            api.wait_until("mrsa serve ready", lambda: http_ok(f"{url}/readyz"), 120)
             worker = start("worker", ["-m", "mrsa", "worker", "--redis", redis.url, *worker_args])
-            worker.wait_for_log(" ready: ", 60)
+            worker.wait_for_log(" ready: ", 120)
             yield ConsoleStack(url, [api, worker])
     finally:
         redis.stop()

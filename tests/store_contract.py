@@ -26,6 +26,7 @@ from mrsa.domain import (
     JobResult,
     JobSpec,
     JobStatus,
+    RoundVotes,
     Task,
     Usage,
 )
@@ -560,6 +561,28 @@ class StoreContract:
         assert await store.load_checkpoint("j1", 0, 0) == cp3
         assert await store.load_checkpoint("j1", 0, 1) is None  # keyed by (round, index)
         assert await store.load_checkpoint("j1", 1, 0) is None
+
+    async def test_round_votes_keep_the_newest_state(self, store: Store) -> None:
+        """Workers clustering one round at once: the votes covering the most candidates win,
+        whatever order the writes land in."""
+        await store.create_job(make_job("j1"), [])
+        assert await store.get_round_votes("j1", 0) is None
+        three = RoundVotes(round=0, tallied=3, groups=[[0, 2], [1]], timeouts=1)
+        assert await store.save_round_votes("j1", three) is True
+        assert await store.save_round_votes("j1", RoundVotes(round=0, tallied=2, groups=[[0, 1]])) is False
+        assert await store.save_round_votes("j1", three) is False  # the same state again: a no-op
+        assert await store.get_round_votes("j1", 0) == three
+        assert await store.get_round_votes("j1", 1) is None  # per round
+        four = RoundVotes(round=0, tallied=4, groups=[[0, 2, 3], [1]])
+        assert await store.save_round_votes("j1", four) is True
+        assert await store.get_round_votes("j1", 0) == four
+
+    async def test_round_votes_of_an_unknown_job_are_refused(self, store: Store) -> None:
+        try:
+            await store.save_round_votes("nope", RoundVotes(round=0, tallied=1, groups=[[0]]))
+        except KeyError:
+            return
+        raise AssertionError("votes were stored for a job that does not exist")
 
     # -- events -----------------------------------------------------------------------------------
 

@@ -1,6 +1,7 @@
 """``GET /v1/jobs/{id}/rounds/{r}``: a round's votes, usage and the lineage of its candidates (their
 parents), readable while the job runs; and the preset a job was made from, on its view. On the
-memory store, with candidates written straight into it (the engine's part is tests/test_engine.py)."""
+memory store, with candidates written straight into it and their round's votes stored as the worker
+that saves a candidate stores them (the engine's part is tests/test_engine.py)."""
 
 from __future__ import annotations
 
@@ -58,6 +59,12 @@ def candidate(
     )
 
 
+async def save(store: MemoryStore, job_id: str, cand: Candidate) -> None:
+    """What a worker does with a candidate: store it, then cluster its round and store the votes."""
+    await store.save_candidate(job_id, cand)
+    await JobService(store).tally(job_id, cand.round)
+
+
 async def test_a_running_round_shows_what_is_stored_so_far(
     api: httpx.AsyncClient, store: MemoryStore
 ) -> None:
@@ -65,12 +72,13 @@ async def test_a_running_round_shows_what_is_stored_so_far(
     r = await api.get(f"/v1/jobs/{job_id}/rounds/1", headers=H1)
     assert r.status_code == 200
     assert r.json()["candidates"] == [] and r.json()["votes"] == []
-    await store.save_candidate(job_id, candidate(0, 0, [], "42"))
-    await store.save_candidate(job_id, candidate(0, 2, [], None, "length"))
+    await save(store, job_id, candidate(0, 0, [], "42"))
+    await save(store, job_id, candidate(0, 2, [], None, "length"))
     r = await api.get(f"/v1/jobs/{job_id}/rounds/0", headers=H1)
     summary = r.json()
     assert [c["index"] for c in summary["candidates"]] == [0, 2]
     assert summary["votes"] == [{"answer": "42", "count": 1, "finished": 1}]
+    assert summary["tallied"] == 2
     assert summary["truncated"] == 1
     assert summary["usage"] == {
         "decode_tokens": 22,
@@ -80,15 +88,31 @@ async def test_a_running_round_shows_what_is_stored_so_far(
     }
 
 
+async def test_a_running_round_reads_the_stored_votes_and_never_clusters(
+    api: httpx.AsyncClient, store: MemoryStore
+) -> None:
+    """The API compares no answers: a candidate whose worker has not stored the round's votes yet is
+    listed, and ``tallied`` says the votes do not count it."""
+    job_id = await submit(api)
+    await save(store, job_id, candidate(0, 0, [], "42"))
+    await store.save_candidate(job_id, candidate(0, 1, [], "\\frac{84}{2}"))  # votes not stored yet
+    summary = (await api.get(f"/v1/jobs/{job_id}/rounds/0", headers=H1)).json()
+    assert [c["index"] for c in summary["candidates"]] == [0, 1]
+    assert summary["votes"] == [{"answer": "42", "count": 1, "finished": 1}] and summary["tallied"] == 1
+    await JobService(store).tally(job_id, 0)
+    summary = (await api.get(f"/v1/jobs/{job_id}/rounds/0", headers=H1)).json()
+    assert summary["votes"] == [{"answer": "42", "count": 2, "finished": 2}] and summary["tallied"] == 2
+
+
 async def test_parents_and_the_stored_result_of_an_ended_job(
     api: httpx.AsyncClient, store: MemoryStore
 ) -> None:
     job_id = await submit(api)
     for i in range(3):
-        await store.save_candidate(job_id, candidate(0, i, [], "42"))
+        await save(store, job_id, candidate(0, i, [], "42"))
     lineage = {0: [1, 2], 1: [0, 2], 2: [0, 1]}
     for i, parents in lineage.items():
-        await store.save_candidate(job_id, candidate(1, i, parents, "42"))
+        await save(store, job_id, candidate(1, i, parents, "42"))
     live = (await api.get(f"/v1/jobs/{job_id}/rounds/1", headers=H1)).json()
     assert {c["index"]: c["parents"] for c in live["candidates"]} == lineage
     assert await JobService(store).finish(job_id)

@@ -86,6 +86,12 @@ class Ticker:
             await self._task
 
 
+@pytest.fixture(autouse=True)
+def fresh_memory(limited: Equivalence) -> None:
+    """Each test starts with no runaway known (the pool is shared to save its start-up)."""
+    limited.forget_runaways()
+
+
 # -- the clustering ------------------------------------------------------------------------------
 
 
@@ -97,6 +103,24 @@ def test_a_runaway_answer_is_its_own_class_within_the_limit(limited: Equivalence
     assert got == Clustering(groups=[[0], [1, 2, 3]], timeouts=1)
     # the pool was recycled and works again
     assert limited.cluster(["0.5", "1/2", "3"]) == Clustering(groups=[[0, 1], [2]])
+
+
+@pytest.mark.timeout(180)
+def test_a_known_runaway_costs_no_limit_the_next_time(limited: Equivalence) -> None:
+    """A running round is clustered again as its candidates arrive: a runaway found once stands
+    alone at once the next time, with the same classes."""
+    answers = [POISON, "42", "\\frac{84}{2}", "41"]
+    first = limited.cluster(answers)
+    started = time.monotonic()
+    again = limited.cluster([*answers, "42.0"])
+    elapsed = time.monotonic() - started
+    assert first == Clustering(groups=[[0], [1, 2], [3]], timeouts=1)
+    assert again == Clustering(groups=[[0], [1, 2, 4], [3]], timeouts=1)
+    assert elapsed < LIMIT_S, f"{elapsed:.1f}s: the runaway was compared again"
+    limited.forget_runaways()
+    started = time.monotonic()
+    assert limited.cluster(answers) == first
+    assert time.monotonic() - started >= LIMIT_S  # forgotten: it costs its limit again
 
 
 @pytest.mark.timeout(180)
@@ -258,7 +282,8 @@ async def api_client(deps: ApiDeps) -> AsyncIterator[httpx.AsyncClient]:
 async def test_the_result_of_a_cancelled_poisoned_job_is_bounded(
     limited: Equivalence, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # A cancelled job has no stored result: the API builds one, clustering its answers.
+    # A cancelled job has no stored result: the API builds one from the votes its workers stored
+    # with each round (it clustered the answers on every read: 11.4 s with a hostile one).
     monkeypatch.setattr(equivalence_module, "_SHARED", limited)
     store = MemoryStore()
     key = "equiv-test-key-41c2"
@@ -272,17 +297,18 @@ async def test_the_result_of_a_cancelled_poisoned_job_is_bounded(
         r = await api.post("/v1/jobs", json=body, headers=headers)
         assert r.status_code in (200, 201, 202), r.text
         job_id = r.json()["id"]
-        for i, answer in enumerate([POISON, "42"]):
+        for i, answer in enumerate([POISON, "42"]):  # as a worker saves them
             await store.save_candidate(
                 job_id, Candidate(round=0, index=i, answer=answer, finish_reason="stop")
             )
+            await JobService(store, limited).tally(job_id, 0)
         assert (await api.post(f"/v1/jobs/{job_id}/cancel", headers=headers)).status_code == 200
         async with Ticker() as ticker:
             started = time.monotonic()
             r = await api.get(f"/v1/jobs/{job_id}/result", headers=headers)
             elapsed = time.monotonic() - started
     assert r.status_code == 200, r.text
-    assert elapsed < ROUND_BOUND_S
+    assert elapsed < 1.0  # read, not clustered: clustering POISON costs at least one limit (3 s)
     assert ticker.max_gap < MAX_TICK_GAP_S, f"the API's event loop stalled {ticker.max_gap:.1f}s"
     result = r.json()
     assert result["status"] == "cancelled"
@@ -462,14 +488,21 @@ def test_a_worker_given_a_runaway_answer_finishes_the_job_and_keeps_serving(
         metrics = httpx.get(f"{api_url}/metrics", timeout=10).text
         assert "mrsa_jobs" in metrics  # the API still serves its other routes
 
-        # SIGTERM while the worker clusters a poisoned round (it used to be deaf to it): it
-        # finishes that job within its grace period and exits.
+        # SIGTERM while a worker clusters a poisoned round (it used to be deaf to it): it finishes
+        # that job within its grace period and exits. A fresh worker: this one remembers the
+        # runaway answer, and a task clusters its round as soon as its candidate is stored.
+        worker.stop()
+        fresh = [*WORKER_FLAGS[:-1], "equiv-w2"]
+        worker = start(
+            "worker2", ["-m", "mrsa", "worker", "--redis", redis_server.url, "--backend", sim, *fresh]
+        )
+        wait_for("the second worker ready", lambda: " ready: " in worker.log, 60, worker)
         with httpx.Client(timeout=30) as client:
             again = submit(client, "HOSTILE: what is 7*6?", seed=2)
 
-            def clustering() -> bool:  # every round complete, the result not yet recorded
+            def clustering() -> bool:  # its candidates are being stored (and their round clustered)
                 job = client.get(f"{api_url}/v1/jobs/{again}", headers=headers).json()
-                return bool(job["status"] == "running" and job["progress"]["round"] > params["rounds"])
+                return bool(job["status"] != "queued" and (job["progress"]["done"] or 0) >= 1)
 
             wait_for("the second poisoned job's candidates", clustering, 120, worker)
             worker.proc.send_signal(signal.SIGTERM)

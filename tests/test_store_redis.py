@@ -49,10 +49,11 @@ async def test_finished_job_keys_get_the_retention_ttl(store: RedisStore) -> Non
     await store.create_job(make_job("j1"), tasks_of("j1"))
     await store.save_candidate("j1", make_candidate(0, 0))
     await store.save_candidate("j1", make_candidate(1, 0))
-    from mrsa.domain import ChunkCheckpoint, Event
+    from mrsa.domain import ChunkCheckpoint, Event, RoundVotes
 
     await store.save_checkpoint("j1", 0, 1, ChunkCheckpoint(chunks=1, text="a"))
     await store.add_event("j1", Event(type="round", job_id="j1", round=1))
+    await store.save_round_votes("j1", RoundVotes(round=0, tallied=1, groups=[[0]]))
     keys = sorted(await client.keys("mrsa:job:j1*"))
     assert keys == [
         "mrsa:job:j1",
@@ -60,6 +61,7 @@ async def test_finished_job_keys_get_the_retention_ttl(store: RedisStore) -> Non
         "mrsa:job:j1:events",
         "mrsa:job:j1:round:0",
         "mrsa:job:j1:round:1",
+        "mrsa:job:j1:votes",
     ]
     assert all([await client.ttl(k) == -1 for k in keys])  # no expiry while the job runs
     await store.advance_round("j1", 0, [])
@@ -69,7 +71,9 @@ async def test_finished_job_keys_get_the_retention_ttl(store: RedisStore) -> Non
     # Writes after the end (a late duplicate, the "done" event) inherit the TTL instead of leaking.
     await store.save_candidate("j1", make_candidate(2, 0))
     await store.add_event("j1", Event(type="done", job_id="j1"))
-    for key in ("mrsa:job:j1:round:2", "mrsa:job:j1:events"):
+    await client.delete("mrsa:job:j1:votes")
+    await store.save_round_votes("j1", RoundVotes(round=2, tallied=1, groups=[[0]]))
+    for key in ("mrsa:job:j1:round:2", "mrsa:job:j1:events", "mrsa:job:j1:votes"):
         assert 3500 < await client.ttl(key) <= 3600, key
     # An expired job disappears from listings too.
     await client.delete(*await client.keys("mrsa:job:j1*"))
@@ -262,9 +266,11 @@ async def _run_sequentially(store: RedisStore, specs: list[object]) -> int:
 async def test_round_trips_per_candidate(
     store: RedisStore, monkeypatch: pytest.MonkeyPatch, population: int, rounds: int, jobs: int
 ) -> None:
-    """The count documented in mrsa/store/redis.py: 5 per candidate, per round one ``complete_rounds`` and its event (none after the last), and per job 2 to submit, 2 to mark it running and
-    T+1 + 3 to finish it; plus the final empty take. Nothing grows with N, T or the number of jobs
-    except through these terms."""
+    """The count documented in mrsa/store/redis.py: 7 per candidate (5, and 2 to cluster its round's
+    answers and store the votes), per round one ``complete_rounds`` and its event (none after the
+    last), and per job 2 to submit, 2 to mark it running and T+1 + 3 to finish it (the votes it
+    stored are not read back); plus the final empty take. Nothing grows with N, T or the number of
+    jobs except through these terms."""
     from mrsa.domain import JobSpec
     from mrsa.params import RSAParams
 
@@ -275,7 +281,7 @@ async def test_round_trips_per_candidate(
     assert await _run_sequentially(store, specs) == jobs
     candidates = jobs * population * (rounds + 1)
     expected = (
-        5 * candidates
+        7 * candidates
         + jobs * (rounds + 1)  # complete_rounds, once per round
         + jobs * rounds  # the round event (none after the last round)
         + jobs * (2 + 2 + (rounds + 1) + 3)  # submit; mark running; finish

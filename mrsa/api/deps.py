@@ -146,7 +146,7 @@ class ApiDeps:
     jobs: JobService = field(init=False)
 
     def __post_init__(self) -> None:
-        self.jobs = JobService(self.store)
+        self.jobs = JobService(self.store, clusters=False)  # reads stored votes: never compares answers
         self.slots = StreamSlots(
             self.config.max_streams_per_key, self.config.max_streams, self.config.retry_after_s
         )

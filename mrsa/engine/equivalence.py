@@ -43,6 +43,7 @@ import logging
 import re
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -70,6 +71,10 @@ PROBE_BUDGET = 2
 # A round's clustering takes at most this many limits, plus process restarts: the first call, the
 # probes (a batch may start just before the budget ends) and the second call.
 ROUND_LIMITS = 2 + PROBE_BUDGET + 1
+# Runaway answers an Equivalence remembers (each at most ``max_chars``): a round is clustered again
+# as its candidates arrive, and a known runaway stands alone at once instead of costing its limits
+# again.
+RUNAWAY_MEMORY = 1024
 # Modules a math pool's fork server imports once, so a recycled pool starts warm.
 MATH_PRELOAD = ("mrsa.engine.equivalence",)
 
@@ -236,7 +241,10 @@ class Equivalence:
     ``workers`` at a time, no new batch after ``PROBE_BUDGET`` × ``timeout_s``: the unprobed stand
     alone), the runaways stand alone, and the rest are clustered again under the limit (all stand
     alone if that overruns too). So one round takes at most ``ROUND_LIMITS`` (5) × ``timeout_s``
-    plus process restarts, however hostile its answers.
+    plus process restarts, however hostile its answers. The runaways found by probing are
+    remembered (the last ``RUNAWAY_MEMORY``): a later clustering holding one leaves it alone at
+    once, as its probe would, so a round clustered again as its candidates arrive pays for each
+    runaway once.
     """
 
     def __init__(
@@ -250,6 +258,27 @@ class Equivalence:
         self.timeout_s = timeout_s
         self.max_chars = max_chars
         self.pool = DeadlinePool(workers, timeout_s, initializer=_warm_up, preload=MATH_PRELOAD, name=name)
+        self._runaways: OrderedDict[str, None] = OrderedDict()
+        self._runaways_lock = threading.Lock()
+
+    def forget_runaways(self) -> None:
+        """Forget the runaways found so far (their next clustering probes them again)."""
+        with self._runaways_lock:
+            self._runaways.clear()
+
+    def _known_runaway(self, answer: str) -> bool:
+        with self._runaways_lock:
+            if answer in self._runaways:
+                self._runaways.move_to_end(answer)
+                return True
+            return False
+
+    def _remember_runaway(self, answer: str) -> None:
+        with self._runaways_lock:
+            self._runaways[answer] = None
+            self._runaways.move_to_end(answer)
+            while len(self._runaways) > RUNAWAY_MEMORY:
+                self._runaways.popitem(last=False)
 
     def close(self) -> None:
         self.pool.close()
@@ -297,24 +326,32 @@ class Equivalence:
                 for pos in group:
                     root[which[pos]] = which[group[0]]
 
+        known = [j for j in eligible if self._known_runaway(reps[j])]
+        if known:
+            eligible = [j for j in eligible if j not in known]
+            if len(eligible) < 2:
+                return len(known)
         [done] = self._run([(cluster, ([reps[j] for j in eligible], self.max_chars))])
         if done is not None:
             apply(done[0], eligible)
-            return 0
+            return len(known)
         # Something ran away: find the answers that do, probing each alone.
         started, restarts = time.monotonic(), self.pool.startup_s
         order = sorted(eligible, key=lambda j: (-votes[j], j))
         survivors: list[int] = []
-        timeouts = 0
+        timeouts = len(known)
         for at in range(0, len(order), self.pool.workers):
             batch = order[at : at + self.pool.workers]
             spent = time.monotonic() - started - (self.pool.startup_s - restarts)  # restarts are free
             if spent >= PROBE_BUDGET * self.timeout_s:
                 timeouts += len(order) - at  # out of time: the rest stand alone unprobed
                 break
-            for j, result in zip(batch, self._run([(probe, (reps[j],)) for j in batch]), strict=True):
+            results, ran = self._run_probes([reps[j] for j in batch])
+            for j, result in zip(batch, results, strict=True):
                 if result is None:
                     timeouts += 1
+                    if ran:  # it overran its limit (not a pool that could not run): a runaway
+                        self._remember_runaway(reps[j])
                 else:
                     survivors.append(j)
         survivors.sort()
@@ -325,6 +362,14 @@ class Equivalence:
             else:
                 apply(again[0], survivors)
         return timeouts
+
+    def _run_probes(self, answers: list[str]) -> tuple[list[tuple[Any] | None], bool]:
+        """:func:`probe` of each answer, and whether the pool ran them (``False``: it failed)."""
+        try:
+            return self.pool.run_many([(probe, (answer,)) for answer in answers]), True
+        except Exception:
+            log.exception("answer clustering failed; the answers involved are compared as strings")
+            return [None] * len(answers), False
 
     def _run(self, calls: list[Call]) -> list[tuple[Any] | None]:
         """The pool's results; a call that fails for any other reason than its deadline (the

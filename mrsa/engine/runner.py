@@ -51,6 +51,7 @@ class TaskRunner:
                     self.backend, self.store, job, task, ordered_parents(task, ctx.parents)
                 )
                 await self.store.save_candidate(job.id, cand)
+            await self.jobs.tally(job.id, task.round)
             await self.jobs.finish(job.id)
             return
         params = job.spec.params
@@ -58,6 +59,7 @@ class TaskRunner:
         if ctx.stored is not None:  # redelivered after its result was stored: release its children
             cand = ctx.stored
             count = await self.store.save_candidate(job.id, cand, children)
+            await self.jobs.tally(job.id, task.round)
         else:
             parents = ordered_parents(task, ctx.parents)
             cand = await generate_candidate(
@@ -67,6 +69,9 @@ class TaskRunner:
             metrics.CANDIDATES.labels(cand.finish_reason).inc()
             metrics.DECODE_TOKENS.inc(cand.usage.decode_tokens)
             metrics.PROMPT_TOKENS.inc(cand.usage.prompt_tokens)
+            # Votes before the event: a reader the event sends to the round finds them counting this
+            # candidate (the API never clusters: mrsa.engine.round_votes).
+            await self.jobs.tally(job.id, task.round)
             await self.store.add_event(
                 job.id,
                 Event(

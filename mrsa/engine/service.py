@@ -22,12 +22,14 @@ from mrsa.domain import (
     JobSpec,
     JobStatus,
     RoundSummary,
+    RoundVotes,
     Usage,
 )
 from mrsa.engine.equivalence import Equivalence, shared_equivalence
 from mrsa.engine.islands import island_members
 from mrsa.engine.planning import round_islands, round_tasks, select_round
-from mrsa.engine.selection import majority, tally_bounded, votes_among
+from mrsa.engine.round_votes import VoteKeeper, voter_groups
+from mrsa.engine.selection import majority, tally, votes_among
 from mrsa.store.base import JobStore
 
 
@@ -35,24 +37,25 @@ def new_job_id() -> str:
     return uuid.uuid4().hex[:16]
 
 
-async def summarise_round(
-    index: int, candidates: Sequence[Candidate], equivalence: Equivalence, islands: int = 1
+def summarise_round(
+    index: int, candidates: Sequence[Candidate], votes: RoundVotes | None, islands: int = 1
 ) -> RoundSummary:
-    """One round's usage, votes and candidates; with ``islands`` > 1 also each island's votes (from
-    the round's equivalence classes: no further comparisons)."""
+    """One round's usage, votes and candidates, the votes from its stored classes (``votes``: no
+    comparison here); with ``islands`` > 1 also each island's votes."""
     usage = summaries = Usage()
     for c in candidates:
         usage = usage + c.usage
         summaries = summaries + c.summary_usage
-    votes, clustering = await tally_bounded(candidates, equivalence)
+    groups = voter_groups(candidates, votes)
     return RoundSummary(
         index=index,
         usage=usage,
         summary_usage=summaries,
         truncated=sum(1 for c in candidates if c.finish_reason == "length"),
-        votes=votes,
-        equivalence_timeouts=clustering.timeouts,
-        oversized_answers=clustering.oversized,
+        votes=tally(candidates, lambda _answers: groups),
+        equivalence_timeouts=votes.timeouts if votes else 0,
+        oversized_answers=votes.oversized if votes else 0,
+        tallied=min(votes.tallied, len(candidates)) if votes else 0,
         candidates=[
             CandidateSummary(
                 index=c.index,
@@ -66,7 +69,7 @@ async def summarise_round(
             )
             for c in candidates
         ],
-        islands=island_summaries(candidates, clustering.groups, islands) if islands > 1 else [],
+        islands=island_summaries(candidates, groups, islands) if islands > 1 else [],
     )
 
 
@@ -97,9 +100,15 @@ def island_summaries(
 class JobService:
     """Markovian RSA jobs in a :class:`JobStore`: everything about a job but running its tasks."""
 
-    def __init__(self, store: JobStore, equivalence: Equivalence | None = None) -> None:
+    def __init__(
+        self, store: JobStore, equivalence: Equivalence | None = None, *, clusters: bool = True
+    ) -> None:
+        """``clusters``: whether this process may compare answers (workers, the CLI). The API's
+        does not: it reads the votes workers stored with each round, even when they lag."""
         self.store = store
+        self.clusters = clusters
         self._equivalence = equivalence
+        self._keeper: VoteKeeper | None = None
 
     @property
     def equivalence(self) -> Equivalence:
@@ -107,6 +116,27 @@ class JobService:
         if self._equivalence is None:
             self._equivalence = shared_equivalence()
         return self._equivalence
+
+    async def tally(self, job_id: str, round_index: int) -> RoundVotes:
+        """Cluster the round's stored answers and store the classes with it (coalesced per round
+        in this process): the worker that saves a candidate calls this before announcing it."""
+        if self._keeper is None:
+            self._keeper = VoteKeeper(self.store, self.equivalence)
+        return await self._keeper.refresh(job_id, round_index)
+
+    async def round_votes(
+        self, job: Job, round_index: int, candidates: Sequence[Candidate]
+    ) -> RoundVotes | None:
+        """The round's stored classes; a process that clusters brings them up to ``candidates``
+        first when they lag (a worker that died between saving a candidate and storing the votes,
+        or two rounds completing at once)."""
+        mine = self._keeper.stored(job.id, round_index) if self._keeper is not None else None
+        if mine is not None and mine.tallied >= len(candidates):
+            return mine  # this process stored them: no read
+        stored = await self.store.get_round_votes(job.id, round_index)
+        if not self.clusters or (stored is not None and stored.tallied >= len(candidates)):
+            return stored
+        return await self.tally(job.id, round_index)
 
     async def submit(
         self,
@@ -141,7 +171,8 @@ class JobService:
             cands = await self.store.get_candidates(job.id, r)
             if not cands:
                 break
-            rounds.append(await summarise_round(r, cands, self.equivalence, round_islands(params, r)))
+            votes = await self.round_votes(job, r, cands)
+            rounds.append(summarise_round(r, cands, votes, round_islands(params, r)))
         return rounds
 
     async def build_result(
@@ -206,7 +237,8 @@ class JobService:
                     if summary.index == round_index:
                         return summary
         candidates = await self.store.get_candidates(job.id, round_index)
-        return await summarise_round(round_index, candidates, self.equivalence)
+        votes = await self.round_votes(job, round_index, candidates)
+        return summarise_round(round_index, candidates, votes)
 
     async def result(self, job: Job) -> JobResult:
         """The stored result of a terminal ``job``; for one without (a cancelled job: only jobs that

@@ -34,7 +34,7 @@ from typing import NamedTuple, Protocol
 
 from pydantic import BaseModel, Field
 
-from mrsa.domain import Candidate, ChunkCheckpoint, Event, Job, JobResult, JobStatus, Task
+from mrsa.domain import Candidate, ChunkCheckpoint, Event, Job, JobResult, JobStatus, RoundVotes, Task
 
 
 class Delivery(BaseModel):
@@ -191,6 +191,16 @@ class JobStore(Protocol):
         self, job_id: str, round_index: int, indices: Sequence[int] | None = None
     ) -> list[Candidate]:
         """Candidates of one round, ordered by index (only ``indices`` when given)."""
+        ...
+
+    async def save_round_votes(self, job_id: str, votes: RoundVotes) -> bool:
+        """Store a round's clustered answers unless the stored ones already cover as many candidates
+        (several workers may cluster the same round at once: the newest state wins, whatever order
+        their writes land in). ``True`` when written. A write to a finished job inherits its TTL."""
+        ...
+
+    async def get_round_votes(self, job_id: str, round_index: int) -> RoundVotes | None:
+        """The round's stored clustered answers, ``None`` before any."""
         ...
 
     async def advance_round(self, job_id: str, from_round: int, tasks: Sequence[Task]) -> bool:

@@ -15,7 +15,7 @@ from collections import Counter, deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from mrsa.domain import Candidate, ChunkCheckpoint, Event, Job, JobResult, JobStatus, Task
+from mrsa.domain import Candidate, ChunkCheckpoint, Event, Job, JobResult, JobStatus, RoundVotes, Task
 from mrsa.store.base import (
     ActiveLimitReached,
     Delivery,
@@ -40,6 +40,7 @@ class _JobState:
     checkpoints: dict[tuple[int, int], ChunkCheckpoint] = field(default_factory=dict)
     released: set[tuple[int, int]] = field(default_factory=set)  # (round, index) tasks enqueued
     result: JobResult | None = None
+    votes: dict[int, RoundVotes] = field(default_factory=dict)
     events: list[Event] = field(default_factory=list)
 
 
@@ -83,6 +84,7 @@ class MemoryStore:
             state.candidates.clear()
             state.checkpoints.clear()
             state.released.clear()
+            state.votes.clear()
             state.result = None
 
     # -- tasks ------------------------------------------------------------------------------------
@@ -281,6 +283,18 @@ class MemoryStore:
         else:
             keys = [i for i in indices if (round_index, i) in st.candidates]
         return [st.candidates[(round_index, i)].model_copy(deep=True) for i in keys]
+
+    async def save_round_votes(self, job_id: str, votes: RoundVotes) -> bool:
+        st = self._state(job_id)
+        stored = st.votes.get(votes.round)
+        if stored is not None and stored.tallied >= votes.tallied:
+            return False
+        st.votes[votes.round] = votes.model_copy(deep=True)
+        return True
+
+    async def get_round_votes(self, job_id: str, round_index: int) -> RoundVotes | None:
+        stored = self._state(job_id).votes.get(round_index)
+        return None if stored is None else stored.model_copy(deep=True)
 
     async def advance_round(self, job_id: str, from_round: int, tasks: Sequence[Task]) -> bool:
         st = self._state(job_id)

@@ -57,12 +57,15 @@ Errors: a connection error or timeout (also Redis still loading its AOF after a 
 
 Round trips per candidate (counted by ``tests/test_store_redis.py::test_round_trips_per_candidate``,
 which counts what the client sends, a pipeline, a MULTI or a script being one): a worker running
-one candidate task makes **5** — XREADGROUP (``take``), one pipeline of HMGET job / HGET stored
+one candidate task makes **7** — XREADGROUP (``take``), one pipeline of HMGET job / HGET stored
 candidate / HMGET parents (``load_task``), EVALSHA (``save_candidate``, which also releases the
-next round's ready tasks), EVALSHA (``add_event``), MULTI/XACK/XDEL/EXEC (``ack``). On top, per
+next round's ready tasks), HGETALL of the round and EVALSHA (``save_round_votes``: the round's
+answers clustered and stored with it, so round views and results never cluster), EVALSHA
+(``add_event``), MULTI/XACK/XDEL/EXEC (``ack``); candidates that arrive while their round is being
+clustered share the next run, and skip those two. On top, per
 round 1 (``complete_rounds``) plus its event (none after the last round), and per job 4 + (T+1) + 3
 (create + event; first ``mark_running`` + event; ``finish``: get_job, one HGETALL per round, the
-finish script, the event) — amortised over the job's N·(T+1) candidates that is less than one more
+finish script, the event; plus one HGET per round whose votes another worker stored) — amortised over the job's N·(T+1) candidates that is less than one more
 per candidate. Nothing grows with N, T or the number of jobs. Time-driven calls (heartbeats,
 reclaim, one pipelined status check per second for cancellations, queue stats) come on top per
 worker and per second, not per candidate.
@@ -81,7 +84,17 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ReadOnlyError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from mrsa.domain import Candidate, ChunkCheckpoint, Event, Job, JobResult, JobSpec, JobStatus, Task
+from mrsa.domain import (
+    Candidate,
+    ChunkCheckpoint,
+    Event,
+    Job,
+    JobResult,
+    JobSpec,
+    JobStatus,
+    RoundVotes,
+    Task,
+)
 from mrsa.store import redis_scripts as lua
 from mrsa.store.base import (
     ActiveLimitReached,
@@ -140,7 +153,7 @@ class _Redis:
         self.advance = s(lua.ADVANCE)
         self.complete_rounds = s(lua.COMPLETE_ROUNDS)
         self.terminate = s(lua.TERMINATE)
-        self.save_checkpoint = s(lua.SAVE_CHECKPOINT)
+        self.save_newest = s(lua.SAVE_NEWEST)  # checkpoints and round votes
         self.add_event = s(lua.ADD_EVENT)
         self.claim_key = s(lua.CLAIM_KEY)
         self.touch = s(lua.TOUCH)
@@ -153,6 +166,10 @@ class _Redis:
 
     def round(self, job_id: str, round_index: int) -> str:
         return f"{self.p}:job:{job_id}:round:{round_index}"
+
+    def votes(self, job_id: str) -> str:
+        """A hash: round → its clustered answers (JSON), and ``round:n`` → how many candidates they cover."""
+        return f"{self.p}:job:{job_id}:votes"
 
     def released(self, job_id: str) -> str:
         return f"{self.p}:job:{job_id}:released"
@@ -205,7 +222,7 @@ class _Redis:
             self.advance,
             self.complete_rounds,
             self.terminate,
-            self.save_checkpoint,
+            self.save_newest,
             self.add_event,
             self.claim_key,
             self.touch,
@@ -599,6 +616,23 @@ class RedisStore:
             values = await self._r.client.hmget(key, [str(i) for i in indices])
         return [Candidate.model_validate_json(v) for v in values if v is not None]
 
+    async def save_round_votes(self, job_id: str, votes: RoundVotes) -> bool:
+        with self._r.unavailable():
+            saved = int(
+                await self._r.save_newest(
+                    keys=[self._r.job(job_id), self._r.votes(job_id)],
+                    args=[votes.round, votes.tallied, votes.model_dump_json()],
+                )
+            )
+        if saved < 0:
+            raise KeyError(f"unknown job {job_id!r}")
+        return saved == 1
+
+    async def get_round_votes(self, job_id: str, round_index: int) -> RoundVotes | None:
+        with self._r.unavailable():
+            raw = await self._r.client.hget(self._r.votes(job_id), str(round_index))
+        return RoundVotes.model_validate_json(raw) if raw else None
+
     async def advance_round(self, job_id: str, from_round: int, tasks: Sequence[Task]) -> bool:
         with self._r.unavailable():
             won = int(
@@ -669,7 +703,7 @@ class RedisStore:
     async def save_checkpoint(self, job_id: str, round_index: int, index: int, cp: ChunkCheckpoint) -> None:
         with self._r.unavailable():
             saved = int(
-                await self._r.save_checkpoint(
+                await self._r.save_newest(
                     keys=[self._r.job(job_id), self._r.checkpoints(job_id)],
                     args=[f"{round_index}:{index}", cp.chunks, cp.model_dump_json()],
                 )

@@ -157,6 +157,7 @@ redis.call('ZADD', ARGV[8] .. ':status:' .. ARGV[2], ARGV[6], ARGV[1])
 local ttl = tonumber(ARGV[7])
 for i = 1, 3 do redis.call('EXPIRE', KEYS[i], ttl) end
 redis.call('EXPIRE', KEYS[1] .. ':released', ttl)
+redis.call('EXPIRE', KEYS[1] .. ':votes', ttl)
 -- Rounds can run ahead of the pointer: expire every round hash there is (they are contiguous).
 local r = 0
 while redis.call('EXPIRE', KEYS[1] .. ':round:' .. r, ttl) == 1 or r <= tonumber(st[2]) + 1 do r = r + 1 end
@@ -164,8 +165,11 @@ return 1
 """
 )
 
-# KEYS: job, checkpoints. ARGV: "{round}:{index}", chunks, checkpoint JSON. Keeps the newest.
-SAVE_CHECKPOINT = """
+# KEYS: job, a hash of versioned values. ARGV: field, version, value JSON. Keeps the newest version
+# of each field (``field:n`` holds it): 1 written, 0 (the stored version is as new), -1 (unknown job).
+# A write to a finished job inherits its TTL. A chunk checkpoint's version is its chunk count
+# (checkpoints, "{round}:{index}"); a round's votes', the candidates they cover (votes, round).
+SAVE_NEWEST = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
 local old = tonumber(redis.call('HGET', KEYS[2], ARGV[1] .. ':n') or '-1')
 if old >= tonumber(ARGV[2]) then return 0 end
