@@ -114,7 +114,10 @@ def bench(
     dataset: Annotated[
         list[str],
         typer.Option(
-            "--dataset", "-d", help="aime2024, aime2025, aime2026, hmmt_feb2025, or a JSONL path; repeatable."
+            "--dataset",
+            "-d",
+            help="aime2024, aime2025, aime2026, hmmt_feb2025, a generated arith:LEVEL[:N[:SEED]] "
+            "(e.g. arith:add1x1:81), or a JSONL path; repeatable.",
         ),
     ],
     out: Annotated[Path, typer.Option("--out", "-o", help="Run folder (created; an existing one resumes).")],
