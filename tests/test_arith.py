@@ -46,6 +46,12 @@ def _evaluate(problem: str) -> int:
     return _value_of(question)
 
 
+def _python(*args: str) -> subprocess.CompletedProcess[str]:
+    """``python ARGS`` without the caller's MRSA_* settings (a developer's MRSA_BACKEND_URL…)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MRSA_")}
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=240, env=env)
+
+
 levels = st.builds(
     lambda op, digits: Level(op=op, digits=tuple(digits)),
     st.sampled_from(["add", "sub", "mul"]),
@@ -133,22 +139,12 @@ def test_gold_answers_grade_correct_boxed_and_wrong_when_off_by_one() -> None:
 
 
 def test_cli_prints_the_jsonl_a_file_dataset_reads_back() -> None:
-    proc = subprocess.run(
-        [sys.executable, "-m", "evals.arith", "mul1x2", "--n", "5", "--seed", "2"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
+    proc = _python("-m", "evals.arith", "mul1x2", "--n", "5", "--seed", "2")
+    assert proc.returncode == 0, proc.stderr
     assert proc.stdout == to_jsonl(generate("mul1x2", 5, 2))
     rows = [json.loads(line) for line in proc.stdout.splitlines()]
     assert [r["answer"] for r in rows] == [str(_evaluate(r["problem"])) for r in rows]
-    bad = subprocess.run(
-        [sys.executable, "-m", "evals.arith", "add1x1", "--n", "100"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    bad = _python("-m", "evals.arith", "add1x1", "--n", "100")
     assert bad.returncode == 2 and "only 81 distinct problems" in bad.stderr
 
 
@@ -161,40 +157,17 @@ SC_GRID = "population=4;rounds=0;budget=48;temperature=0.8"
 
 def test_arith_sweep_with_its_matched_self_consistency_on_the_simulator(tmp_path: Path) -> None:
     out = tmp_path / "run"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MRSA_")}
     with running_simulator(SIM_FLAGS) as sim:
         for grid in (RSA_GRID, SC_GRID):
-            args = ["bench", "-d", "arith:add1x1:81", "--limit", "2", "--preset", "smoke", "--grid", grid]
-            proc = subprocess.run(
-                [
-                    sys.executable,
-                    "-m",
-                    "mrsa",
-                    *args,
-                    "--backend",
-                    sim,
-                    "--out",
-                    str(out),
-                    "--quiet",
-                    "--json",
-                ],
-                capture_output=True,
-                text=True,
-                timeout=240,
-                env=env,
+            args = ["-d", "arith:add1x1:81", "--limit", "2", "--preset", "smoke", "--grid", grid]
+            proc = _python(
+                "-m", "mrsa", "bench", *args, "--backend", sim, "--out", str(out), "--quiet", "--json"
             )
             assert proc.returncode == 0, proc.stderr
     summary = json.loads(proc.stdout)
-    assert (
-        summary["records"] == 2 * 2 * 2 + 2 * 4 and summary["units_complete"] == summary["units_total"] == 4
-    )
-    report = subprocess.run(
-        [sys.executable, "-m", "mrsa", "report", str(out), "--json"],
-        capture_output=True,
-        text=True,
-        timeout=240,
-        env=env,
-    )
+    assert summary["records"] == 2 * 2 * 2 + 2 * 4
+    assert summary["units_complete"] == summary["units_total"] == 4
+    report = _python("-m", "mrsa", "report", str(out), "--json")
     assert report.returncode == 0, report.stderr
     metrics = json.loads(report.stdout)
     rsa_id, sc_id = f"smoke:{RSA_GRID.replace(';', ',')}", f"smoke:{SC_GRID.replace(';', ',')}"
