@@ -57,6 +57,20 @@ class Estimate(BaseModel):
     high: float
 
 
+class SeedSpread(BaseModel):
+    """avg@k: independent seeds are whole RSA runs. Each seed's score is its mean over the problems
+    that seed completed; ``mean`` is the mean of the k seed scores, with a Student-t interval over
+    seeds (``None`` with one seed) and their sample standard deviation (mean ± std, as the RSA
+    authors' harness reports runs)."""
+
+    seeds: int
+    per_seed: dict[int, float]
+    mean: float
+    std: float = Field(description="Sample standard deviation over seeds (0 with one seed).")
+    low: float | None = None
+    high: float | None = None
+
+
 class IslandMetrics(BaseModel):
     island: int
     pass1: float = Field(description="Mean accuracy of the island's candidates.")
@@ -72,6 +86,8 @@ class RoundMetrics(BaseModel):
     maj: Estimate = Field(description="Accuracy of the majority answer (maj@N).")
     pass_n: Estimate = Field(description="Some candidate is correct (pass@N).")
     pass_at_k: dict[int, float] = Field(description="Unbiased pass@k (Chen et al. 2021) per k ≤ N.")
+    pass1_seeds: SeedSpread = Field(description="pass@1 as avg@k over seeds.")
+    maj_seeds: SeedSpread = Field(description="maj@N as avg@k over seeds.")
     decode_tokens: float = Field(description="Mean decode tokens per run, cumulative up to this round.")
     prompt_tokens: float = Field(description="Mean prompt tokens per run, cumulative up to this round.")
     truncation_rate: float = Field(description="Share of this round's candidates cut at the budget.")
@@ -120,6 +136,43 @@ def _quantile(ordered: Sequence[float], q: float) -> float:
     lo = math.floor(pos)
     hi = min(lo + 1, len(ordered) - 1)
     return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
+
+
+# Two-sided 95% quantiles of Student's t for 1–30 degrees of freedom (stdlib only, no scipy).
+_T975 = (
+    12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228,
+    2.201, 2.179, 2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086,
+    2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042,
+)  # fmt: skip
+
+
+def t975(df: int) -> float:
+    """The 97.5% quantile of Student's t with ``df`` degrees of freedom: tabulated up to 30, then
+    the Cornish–Fisher expansion around the normal quantile (error < 0.001)."""
+    if df < 1:
+        raise ValueError("df must be ≥ 1")
+    if df <= len(_T975):
+        return _T975[df - 1]
+    z = 1.959964
+    return z + (z**3 + z) / (4 * df) + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * df**2)
+
+
+def seed_spread(runs: Sequence[RunOutcome], score: Callable[[RunOutcome], float]) -> SeedSpread:
+    """avg@k of ``score``: per seed, the mean over its runs (one per problem); then mean, t
+    interval and sample std over seeds."""
+    by_seed: dict[int, list[float]] = defaultdict(list)
+    for run in runs:
+        by_seed[run.seed].append(score(run))
+    per_seed = {seed: math.fsum(v) / len(v) for seed, v in sorted(by_seed.items())}
+    values = list(per_seed.values())
+    mean = math.fsum(values) / len(values)
+    if len(values) < 2:
+        return SeedSpread(seeds=len(values), per_seed=per_seed, mean=mean, std=0.0)
+    std = statistics.stdev(values)
+    half = t975(len(values) - 1) * std / math.sqrt(len(values))
+    return SeedSpread(
+        seeds=len(values), per_seed=per_seed, mean=mean, std=std, low=mean - half, high=mean + half
+    )
 
 
 def estimate(values: Sequence[float]) -> Estimate:
@@ -172,6 +225,8 @@ def round_metrics(runs: Sequence[RunOutcome], round_index: int) -> RoundMetrics:
         maj=estimate(list(per_problem(runs, maj).values())),
         pass_n=estimate(list(per_problem(runs, pass_n).values())),
         pass_at_k=pass_k,
+        pass1_seeds=seed_spread(runs, pass1),
+        maj_seeds=seed_spread(runs, maj),
         decode_tokens=statistics.fmean(sum(x.decode_tokens for x in run.rounds[: r + 1]) for run in runs),
         prompt_tokens=statistics.fmean(sum(x.prompt_tokens for x in run.rounds[: r + 1]) for run in runs),
         truncation_rate=sum(sum(c.truncated) for c in candidates) / total,

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from evals.metrics import RoundMetrics
+from evals.pareto import ParetoPoint, front
 
 ACCURACY_PNG = "accuracy_vs_tokens.png"
 GRID_PNG = "problem_grid.png"
+PARETO_PNG = "pareto.png"
 
 
 def _pyplot() -> Any:
@@ -83,9 +86,17 @@ def accuracy_vs_tokens(series: dict[str, dict[str, list[RoundMetrics]]], path: P
     return path
 
 
-def problem_grid(grids: dict[str, dict[str, dict[str, list[float]]]], path: Path) -> Path:
+def problem_grid(
+    grids: dict[str, dict[str, dict[str, list[float]]]],
+    path: Path,
+    letters: dict[str, dict[str, dict[str, list[str]]]] | None = None,
+) -> Path:
     """Per dataset, a heat map: one row per problem, one column per (configuration, round), colour
-    = fraction of that round's candidates that are correct (mean over seeds)."""
+    = fraction of that round's candidates that are correct (mean over seeds). ``letters`` (config →
+    dataset → problem → per round, :func:`evals.flags.cell_letters`) are written in the cells
+    (a red corner mark instead when the grid is too large for text); a problem with no complete run
+    is a blank row that still shows its flags."""
+    letters = letters or {}
     plt = _pyplot()
     import numpy as np
 
@@ -116,42 +127,118 @@ def problem_grid(grids: dict[str, dict[str, dict[str, list[float]]]], path: Path
         labels: list[str] = []
         cols: list[dict[str, float]] = []
         bounds: list[int] = []
+        marks: list[dict[str, str]] = []
+        order: list[str] = []  # every problem of the sweep, in dataset order (from the flags)
         for config, by_ds in grids.items():
             grid = by_ds.get(dataset) or {}
+            flagged = letters.get(config, {}).get(dataset, {})
+            order.extend(flagged)
             if not grid:
                 continue
             rounds = min(len(v) for v in grid.values())
             for r in range(rounds):
                 labels.append(f"{config} · r{r}")
                 cols.append({p: v[r] for p, v in grid.items()})
+                marks.append({p: v[r] for p, v in flagged.items() if r < len(v) and v[r]})
             bounds.append(len(labels))
-        problems = list(dict.fromkeys(p for col in cols for p in col))
+        shown = {p for col in cols for p in col} | {p for m in marks for p in m}
+        problems = [p for p in dict.fromkeys([*order, *(p for col in cols for p in col)]) if p in shown]
         data = np.array([[col.get(p, np.nan) for col in cols] for p in problems], dtype=float)
         image = ax.imshow(data, cmap="viridis", vmin=0.0, vmax=1.0, aspect="auto", interpolation="nearest")
         ax.set_xticks(range(len(labels)), labels, fontsize=8, rotation=35, ha="right", rotation_mode="anchor")
         ax.set_yticks(range(len(problems)), problems, fontsize=8)
         ax.set_xlabel("configuration and round")
         ax.set_ylabel("problem")
-        ax.set_title(f"{dataset}: fraction of candidates correct")
+        ax.set_title(
+            f"{dataset}: fraction of candidates correct\n"
+            "flags over seeds: T truncated · U answer without box · P box not parsed · F backend failed",
+            fontsize=9,
+        )
         for b in bounds[:-1]:
             ax.axvline(b - 0.5, color="white", linewidth=2)
-        if data.size <= 400:
-            for (i, j), v in np.ndenumerate(data):
-                if not np.isnan(v):
-                    ax.text(
-                        j,
-                        i,
-                        f"{v:.2f}",
-                        ha="center",
-                        va="center",
-                        fontsize=7,
-                        color="white" if v < 0.6 else "black",
-                    )
+        for (i, j), v in np.ndenumerate(data):
+            flag = marks[j].get(problems[i], "")
+            if data.size <= 400:
+                text = ("" if np.isnan(v) else f"{v:.2f}") + (f"\n{flag}" if flag else "")
+                if text:
+                    colour = "black" if np.isnan(v) or v >= 0.6 else "white"
+                    ax.text(j, i, text, ha="center", va="center", fontsize=6, color=colour)
+            elif flag:
+                ax.plot(j + 0.3, i - 0.3, marker="^", color="red", markersize=3)
     if image is not None:
         fig.colorbar(image, ax=axes[:, 0].tolist(), label="fraction correct\n(mean over seeds)", shrink=0.9)
     else:
         axes[0][0].text(0.5, 0.5, "no complete units yet", ha="center", va="center")
         axes[0][0].set_axis_off()
     fig.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+_AXES: dict[str, tuple[str, Callable[[ParetoPoint], float | None]]] = {
+    "tokens": ("decode tokens per question", lambda p: p.tokens),
+    "seconds": ("machine seconds per question (this machine)", lambda p: p.seconds),
+    "cost": ("cost per question", lambda p: p.cost),
+}
+
+
+def pareto(points: list[ParetoPoint], currency: str | None, path: Path) -> Path:
+    """Rows: datasets; columns: pass@1 against decode tokens, machine seconds and cost per question.
+    One marker per (configuration, round), labelled; the Pareto front as a step line. A column
+    without values (no timed records, no price table) says why it is empty."""
+    plt = _pyplot()
+    datasets = list(dict.fromkeys(p.dataset for p in points)) or ["(no complete units)"]
+    configs = list(dict.fromkeys(p.config for p in points))
+    fig, axes = plt.subplots(
+        len(datasets),
+        len(_AXES),
+        figsize=(6.0 * len(_AXES), 4.6 * len(datasets) + 0.3 * len(configs)),
+        squeeze=False,
+        layout="constrained",
+    )
+    colours = plt.get_cmap("tab10")
+    for row, dataset in zip(axes, datasets, strict=True):
+        mine = [p for p in points if p.dataset == dataset]
+        for ax, (axis, (label, value)) in zip(row, _AXES.items(), strict=True):
+            shown = [p for p in mine if value(p) is not None]
+            if axis == "cost" and currency:
+                label = f"{label} ({currency})"
+            ax.set_xlabel(label)
+            ax.set_ylabel("pass@1 (%)")
+            ax.set_title(f"{dataset}: accuracy vs {axis}")
+            ax.grid(alpha=0.3)
+            if not shown:
+                why = {"cost": "no price table (--prices)", "seconds": "no timed records"}.get(
+                    axis, "no points"
+                )
+                ax.text(0.5, 0.5, why, ha="center", va="center", transform=ax.transAxes)
+                continue
+            for p in shown:
+                colour = colours(configs.index(p.config) % 10)
+                ax.plot(value(p), 100 * p.accuracy, marker="o", color=colour, linestyle="none")
+                ax.annotate(
+                    f"r{p.round}",
+                    (value(p), 100 * p.accuracy),
+                    textcoords="offset points",
+                    xytext=(4, 4),
+                    fontsize=7,
+                )
+            best = front(shown, value)
+            ax.step(
+                [value(p) for p in best],
+                [100 * p.accuracy for p in best],
+                where="post",
+                color="black",
+                linewidth=1,
+                label="Pareto front",
+            )
+            ax.set_ylim(-3, 103)
+    handles = [
+        plt.Line2D([], [], marker="o", linestyle="none", color=colours(i % 10), label=c)
+        for i, c in enumerate(configs)
+    ]
+    handles.append(plt.Line2D([], [], color="black", label="Pareto front"))
+    fig.legend(handles=handles, loc="outside lower center", ncol=2, fontsize=8)
+    fig.savefig(path, dpi=110)
     plt.close(fig)
     return path

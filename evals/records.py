@@ -16,7 +16,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import NamedTuple
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, Field, ValidationError
 
 from evals.grading import Grade, Reason
 from mrsa.domain import Candidate, FinishReason, Usage
@@ -56,6 +56,18 @@ class CandidateRecord(BaseModel):
     tail_tokens: int = 0
     source_tokens: int = 0
     tail: str = ""
+    job_started_at: float | None = Field(
+        None, description="Wall clock when this session created the candidate's job (None: not timed)."
+    )
+    started_at: float | None = Field(None, description="Wall clock when its generation started.")
+    finished_at: float | None = Field(None, description="Wall clock when its generation finished.")
+
+    @property
+    def busy_s(self) -> float | None:
+        """Seconds the candidate's generation took (its requests in flight, running or queued)."""
+        if self.started_at is None or self.finished_at is None:
+            return None
+        return max(0.0, self.finished_at - self.started_at)
 
     @property
     def key(self) -> RecordKey:
@@ -66,7 +78,14 @@ class CandidateRecord(BaseModel):
         return UnitKey(self.config, self.dataset, self.problem, self.seed)
 
     @classmethod
-    def build(cls, unit: UnitKey, cand: Candidate, boxed: str | None, grade: Grade) -> CandidateRecord:
+    def build(
+        cls,
+        unit: UnitKey,
+        cand: Candidate,
+        boxed: str | None,
+        grade: Grade,
+        job_started_at: float | None = None,
+    ) -> CandidateRecord:
         return cls(
             config=unit.config,
             dataset=unit.dataset,
@@ -88,6 +107,9 @@ class CandidateRecord(BaseModel):
             tail_tokens=cand.tail_tokens,
             source_tokens=cand.source_tokens,
             tail=cand.tail,
+            job_started_at=job_started_at,
+            started_at=cand.started_at,
+            finished_at=cand.finished_at,
         )
 
     def to_candidate(self) -> Candidate:
@@ -110,6 +132,18 @@ class CandidateRecord(BaseModel):
             tail_tokens=self.tail_tokens,
             source_tokens=self.source_tokens,
         )
+
+
+def append_lines(path: Path, items: Iterable[BaseModel]) -> int:
+    """Append ``items`` as JSON lines in one write, flushed and fsynced; return how many."""
+    lines = [json.dumps(item.model_dump(mode="json"), ensure_ascii=False) + "\n" for item in items]
+    if not lines:
+        return 0
+    with path.open("a", encoding="utf-8") as fh:
+        fh.write("".join(lines))
+        fh.flush()
+        os.fsync(fh.fileno())
+    return len(lines)
 
 
 class RecordLogError(ValueError):
@@ -151,14 +185,7 @@ class RecordLog:
                 fh.truncate(keep)
 
     def append(self, records: Iterable[CandidateRecord]) -> int:
-        lines = [json.dumps(r.model_dump(mode="json"), ensure_ascii=False) + "\n" for r in records]
-        if not lines:
-            return 0
-        with self.path.open("a", encoding="utf-8") as fh:
-            fh.write("".join(lines))
-            fh.flush()
-            os.fsync(fh.fileno())
-        return len(lines)
+        return append_lines(self.path, records)
 
     def count(self) -> int:
         return len(self.load())

@@ -6,18 +6,20 @@ order), so a resumed sweep ends with the same report as one that ran straight th
 
 from __future__ import annotations
 
-from collections import Counter
+from collections import Counter, defaultdict
 from pathlib import Path
 
 from pydantic import BaseModel
 
-from evals import plots
+from evals import pareto, plots
 from evals.costs import SweepCosts, cost_lines, sweep_costs
+from evals.flags import FlagGroup, cell_letters, flag_lines, group_flags
 from evals.grading import REASONS, Grader
-from evals.metrics import BOOTSTRAP_RESAMPLES, Estimate, RoundMetrics, all_rounds, problem_grid
+from evals.metrics import BOOTSTRAP_RESAMPLES, Estimate, RoundMetrics, SeedSpread, all_rounds, problem_grid
 from evals.records import UnitKey
 from evals.rundir import METRICS, REPORT, Manifest, RunDir
 from evals.scoring import score
+from evals.timing import Hardware, SweepTiming, hardware_of, sweep_timing, timing_lines
 from mrsa.params import RSAParams
 from mrsa.prices import PriceTable
 
@@ -96,15 +98,36 @@ class ReportData(BaseModel):
     incomplete: list[UnitKey]
     records: int
     costs: SweepCosts
+    flags: list[FlagGroup]
+    timing: SweepTiming
+    pareto: list[pareto.ParetoPoint]
 
 
-def compute(run: RunDir, grader: Grader | None, prices: PriceTable | None = None) -> ReportData:
-    """Metrics of every (configuration, dataset) from the run folder (complete units only), and the
-    sweep's tokens and cost (every record)."""
+def compute(
+    run: RunDir, grader: Grader | None, prices: PriceTable | None = None, hardware: Hardware | None = None
+) -> ReportData:
+    """Metrics of every (configuration, dataset) from the run folder (complete units only), the
+    sweep's tokens and cost (every record), flags (every record), and time and throughput
+    (``hardware``: as ``mrsa report --gpus`` states it, else as the sessions recorded it)."""
     manifest = run.load_manifest()
     records = run.records.load()
     scored = score(manifest, records, grader)
     incomplete = set(scored.incomplete)
+    failures = run.failures.load()
+    units: dict[tuple[str, str], list[UnitKey]] = defaultdict(list)
+    for unit in manifest.units():
+        units[(unit.config, unit.dataset)].append(unit)
+    flags = []
+    for (config_id, dataset), members in units.items():
+        params = manifest.config(config_id).params
+        populations = [params.stage_population(r) for r in range(params.stages)]
+        flags.append(
+            FlagGroup(
+                config=config_id,
+                dataset=dataset,
+                **group_flags(members, records.values(), populations, failures).model_dump(),
+            )
+        )
     reasons: dict[tuple[str, str], Counter[str]] = {}
     for rec in records.values():
         if rec.unit not in incomplete:
@@ -127,6 +150,8 @@ def compute(run: RunDir, grader: Grader | None, prices: PriceTable | None = None
                     reasons={reason: counts.get(reason, 0) for reason in REASONS},
                 )
             )
+    complete = {key: [u for u in members if u not in incomplete] for key, members in units.items()}
+    timing = sweep_timing(manifest, list(records.values()), complete, hardware_of(manifest, hardware), prices)
     return ReportData(
         manifest=manifest,
         groups=groups,
@@ -136,6 +161,9 @@ def compute(run: RunDir, grader: Grader | None, prices: PriceTable | None = None
         incomplete=scored.incomplete,
         records=scored.records,
         costs=sweep_costs(records.values(), manifest.model, prices),
+        flags=flags,
+        timing=timing,
+        pareto=pareto.points([(g.config, g.dataset, g.rounds) for g in groups], timing.groups),
     )
 
 
@@ -242,6 +270,37 @@ def _params_row(cid: str, p: RSAParams) -> str:
     )
 
 
+def _spread(s: SeedSpread) -> str:
+    """``mean [t interval] · mean ± std``, in %."""
+    interval = "" if s.low is None or s.high is None else f" [{100 * s.low:.1f}, {100 * s.high:.1f}]"
+    return f"{100 * s.mean:.1f}{interval} · {100 * s.mean:.1f} ± {100 * s.std:.1f}"
+
+
+def seed_lines(data: ReportData) -> list[str]:
+    """avg@k: the mean over seeds (whole RSA runs) with its interval, and the per-seed spread."""
+    lines = [
+        "",
+        "## avg@k over seeds",
+        "",
+        "Each seed is a whole, independent RSA run over the problems. avg@k is the mean of the k seeds' "
+        "accuracies with a 95% Student-t interval over seeds (none with one seed), then the per-seed "
+        "spread as mean ± sample standard deviation; the bootstrap over problems (from the table above) "
+        "is beside it. In %.",
+        "",
+        "| configuration | dataset | round | k | pass@1 avg@k [95% CI] · mean ± std | per seed | "
+        "maj@N avg@k [95% CI] · mean ± std | pass@1, bootstrap over problems |",
+        "|---|---|---:|---:|---|---|---|---|",
+    ]
+    for g in data.groups:
+        for r in g.rounds:
+            per_seed = ", ".join(f"{seed}: {100 * v:.1f}" for seed, v in r.pass1_seeds.per_seed.items())
+            lines.append(
+                f"| `{g.config}` | {g.dataset} | {r.round} | {r.pass1_seeds.seeds} | {_spread(r.pass1_seeds)} | "
+                f"{per_seed} | {_spread(r.maj_seeds)} | {_pct(r.pass1)} |"
+            )
+    return lines
+
+
 def island_lines(data: ReportData) -> list[str]:
     """The per-island table, for configurations with islands (none: no section)."""
     rows = [
@@ -326,7 +385,9 @@ def render_markdown(data: ReportData) -> str:
                     f"{_tok(r.decode_tokens)} | {_tok(r.prompt_tokens)} | {100 * r.truncation_rate:.1f}% | "
                     f"{100 * r.no_answer_rate:.1f}% |"
                 )
+    lines += seed_lines(data)
     lines += island_lines(data)
+    lines += flag_lines(data.flags)
     lines += ["", "## Baselines at matched decode budgets", ""]
     if data.baselines:
         lines += [
@@ -375,6 +436,7 @@ def render_markdown(data: ReportData) -> str:
             f"| {pub.source} | {pub.model} | {pub.benchmark} | {pub.configuration} | {pub.single} | {pub.rsa} | {cells} |"
         )
     lines += cost_lines(data.costs)
+    lines += timing_lines(data.timing)
     lines += [
         "",
         "## Plots",
@@ -382,6 +444,13 @@ def render_markdown(data: ReportData) -> str:
         f"![Accuracy against cumulative decode tokens, by round]({plots.ACCURACY_PNG})",
         "",
         f"![Fraction of candidates correct, per problem and round]({plots.GRID_PNG})",
+        "",
+        f"![Accuracy against tokens, time and cost per question, with the Pareto front]({plots.PARETO_PNG})",
+        "",
+        "The grid's letters count flags over a problem's seeds: T truncated, U answer without box, P box "
+        "not parsed, F backend failed. The Pareto plot has one point per configuration and round "
+        "(pass@1 against decode tokens, machine seconds and cost per question); the line joins the "
+        "points no other point beats on both axes.",
         "",
         "## Grading",
         "",
@@ -412,26 +481,35 @@ def render_markdown(data: ReportData) -> str:
         f"- **95% intervals**: percentile bootstrap over problems ({BOOTSTRAP_RESAMPLES} resamples, fixed "
         "seed): problems are the independent unit; candidates and seeds of one problem are not. With few "
         "problems the intervals are wide and coarse.",
+        "- **avg@k**: seeds are independent whole runs; the mean of the per-seed accuracies with a "
+        "Student-t interval over the k seeds, and mean ± sample std (the spread a rerun would show).",
         "",
     ]
     return "\n".join(lines)
 
 
 def write_report(
-    run: RunDir, grader: Grader | None, prices: PriceTable | None = None
+    run: RunDir, grader: Grader | None, prices: PriceTable | None = None, hardware: Hardware | None = None
 ) -> tuple[ReportData, list[Path]]:
-    """Compute and write ``report.md``, ``metrics.json`` and the two plots; return the paths."""
-    data = compute(run, grader, prices)
+    """Compute and write ``report.md``, ``metrics.json`` and the three plots; return the paths."""
+    data = compute(run, grader, prices, hardware)
     series: dict[str, dict[str, list[RoundMetrics]]] = {}
     grids: dict[str, dict[str, dict[str, list[float]]]] = {}
+    letters: dict[str, dict[str, dict[str, list[str]]]] = {}
     for g in data.groups:
         series.setdefault(g.config, {})[g.dataset] = g.rounds
         grids.setdefault(g.config, {})[g.dataset] = g.grid
+    for f in data.flags:
+        stages = len(f.rounds)
+        letters.setdefault(f.config, {})[f.dataset] = {
+            problem: [cell_letters(runs, r) for r in range(stages)] for problem, runs in f.problems.items()
+        }
     paths = [
         run.path / REPORT,
         run.path / METRICS,
         plots.accuracy_vs_tokens(series, run.path / plots.ACCURACY_PNG),
-        plots.problem_grid(grids, run.path / plots.GRID_PNG),
+        plots.problem_grid(grids, run.path / plots.GRID_PNG, letters),
+        plots.pareto(data.pareto, data.timing.currency, run.path / plots.PARETO_PNG),
     ]
     (run.path / REPORT).write_text(render_markdown(data), encoding="utf-8")
     (run.path / METRICS).write_text(

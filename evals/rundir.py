@@ -21,10 +21,12 @@ from pydantic import BaseModel, Field
 
 from evals.configs import SweepConfig
 from evals.datasets import Dataset
+from evals.failures import FailureLog
 from evals.records import RecordLog, UnitKey
 
 MANIFEST = "manifest.json"
 RECORDS = "records.jsonl"
+FAILURES = "failures.jsonl"
 REPORT = "report.md"
 METRICS = "metrics.json"
 
@@ -61,6 +63,8 @@ class Session(BaseModel):
     store: str = Field("memory", description="'memory', or the Redis URL (password redacted).")
     new_records: int = 0
     failed_units: int = 0
+    gpus: int | None = Field(None, description="GPUs serving the model, as the user stated (--gpus).")
+    gpu_name: str | None = Field(None, description="Their kind, as the user stated (--gpu-name).")
 
 
 class Manifest(BaseModel):
@@ -168,6 +172,7 @@ class RunDir:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.records = RecordLog(path / RECORDS)
+        self.failures = FailureLog(path / FAILURES)
 
     @property
     def manifest_path(self) -> Path:

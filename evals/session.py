@@ -54,6 +54,8 @@ class SessionOptions(BaseModel):
     jobs: int | None = Field(None, description="Jobs in flight; None: enough to keep the server full.")
     grade_timeout_s: float = 10.0
     grade_workers: int = 2
+    gpus: int | None = Field(None, description="GPUs serving the model, as the user states them.")
+    gpu_name: str | None = None
 
 
 def plan_manifest(
@@ -123,6 +125,8 @@ async def run_session(
             mrsa_version=mrsa_version(),
             git_revision=git_revision(),
             store="memory" if options.redis_url is None else redact(options.redis_url),
+            gpus=options.gpus,
+            gpu_name=options.gpu_name,
         )
         earlier = len(manifest.sessions)
         manifest.sessions.append(session)
@@ -147,6 +151,7 @@ async def run_session(
                     stale_namespaces=[f"{manifest.run_id}-{i}" for i in range(earlier)]
                     if options.redis_url is not None
                     else [],
+                    failures=run.failures,
                 )
             finally:
                 if watcher is not None:

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 
 from evals.configs import SweepConfig
 from evals.datasets import Problem
+from evals.failures import FailureLog
 from evals.grading import Grader, boxed_answer
 from evals.records import CandidateRecord, RecordKey, RecordLog, UnitKey
 from mrsa.backends.base import Backend
@@ -123,16 +124,17 @@ class RecordWriter:
         self.golds = golds
         self.stats = stats
         self.written: set[RecordKey] = set()
-        self._queue: asyncio.Queue[tuple[UnitKey, Candidate] | None] = asyncio.Queue()
+        self._queue: asyncio.Queue[tuple[UnitKey, Candidate, float | None] | None] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run())
 
-    def put(self, unit: UnitKey, cand: Candidate) -> None:
+    def put(self, unit: UnitKey, cand: Candidate, job_started_at: float | None = None) -> None:
+        """Queue ``cand`` of ``unit``; ``job_started_at``: when this session created its job."""
         if self._task is not None and self._task.done():
             self._task.result()  # surface a crashed writer
-        self._queue.put_nowait((unit, cand))
+        self._queue.put_nowait((unit, cand, job_started_at))
 
     async def close(self) -> None:
         self._queue.put_nowait(None)
@@ -150,19 +152,20 @@ class RecordWriter:
             if None in batch:
                 return
 
-    async def _write(self, items: list[tuple[UnitKey, Candidate]]) -> None:
-        fresh: list[tuple[UnitKey, Candidate, str | None]] = []
-        for unit, cand in items:
+    async def _write(self, items: list[tuple[UnitKey, Candidate, float | None]]) -> None:
+        fresh: list[tuple[UnitKey, Candidate, str | None, float | None]] = []
+        for unit, cand, started in items:
             key: RecordKey = (*unit, cand.round, cand.index)
             if key not in self.written:
                 self.written.add(key)
-                fresh.append((unit, cand, boxed_answer(cand.content, cand.trace)))
+                fresh.append((unit, cand, boxed_answer(cand.content, cand.trace), started))
         if not fresh:
             return
-        pairs = [(self.golds[(u.dataset, u.problem)], boxed) for u, _, boxed in fresh]
+        pairs = [(self.golds[(u.dataset, u.problem)], boxed) for u, _, boxed, _ in fresh]
         grades = await asyncio.to_thread(self.grader.grade_many, pairs)
         records = [
-            CandidateRecord.build(u, c, boxed, g) for (u, c, boxed), g in zip(fresh, grades, strict=True)
+            CandidateRecord.build(u, c, boxed, g, started)
+            for (u, c, boxed, started), g in zip(fresh, grades, strict=True)
         ]
         await asyncio.to_thread(self.log.append, records)
         self.stats.candidates_done += len(records)
@@ -180,8 +183,10 @@ async def _run_unit(
     writer: RecordWriter,
     model: str | None,
     stats: SweepStats,
+    failures: FailureLog | None,
 ) -> None:
     spec = unit.spec(model)
+    started = time.time()
     # The job starts with what is already recorded: the engine skips stored candidates and plans
     # later rounds as usual.
     await store.create_job(
@@ -193,7 +198,7 @@ async def _run_unit(
     async def on_event(event: Event) -> None:
         if event.type == "candidate" and event.round is not None and event.index is not None:
             for cand in await store.get_candidates(job_id, event.round, [event.index]):
-                writer.put(unit.key, cand)
+                writer.put(unit.key, cand, started)
 
     try:
         result = await runner.wait(job_id, on_event)
@@ -201,12 +206,14 @@ async def _run_unit(
         for r in range(spec.params.stages):
             for cand in await store.get_candidates(job_id, r):
                 if (cand.round, cand.index) not in seen:
-                    writer.put(unit.key, cand)  # the writer drops what it already has
+                    writer.put(unit.key, cand, started)  # the writer drops what it already has
         if result.status == JobStatus.succeeded:
             stats.units_done += 1
         else:
             stats.units_failed += 1
             stats.errors.append(f"{unit.key.config} {unit.key.problem} seed {unit.key.seed}: {result.error}")
+            if failures is not None:
+                await asyncio.to_thread(failures.append, unit.key, str(result.error))
     finally:
         await store.forget(job_id)  # recorded (or the sweep is interrupted): the log has them
 
@@ -225,11 +232,13 @@ async def run_sweep(
     model: str | None = None,
     namespace: str = "",
     stale_namespaces: Sequence[str] = (),
+    failures: FailureLog | None = None,
 ) -> None:
     """Run every unit not yet complete in ``log``; records are appended as candidates finish.
 
     ``stale_namespaces``: earlier sessions of this sweep on the same (persistent) store, whose
-    unfinished jobs are cancelled so workers drop them."""
+    unfinished jobs are cancelled so workers drop them. ``failures``: where units whose job failed
+    are logged (the report flags them)."""
     log.repair()
     existing = log.load()
     by_unit: dict[UnitKey, list[CandidateRecord]] = {}
@@ -265,7 +274,7 @@ async def run_sweep(
                 active.add(job_id)
                 try:
                     await _run_unit(
-                        runner, store, unit, job_id, by_unit.get(unit.key, []), writer, model, stats
+                        runner, store, unit, job_id, by_unit.get(unit.key, []), writer, model, stats, failures
                     )
                 finally:
                     active.discard(job_id)

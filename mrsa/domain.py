@@ -144,6 +144,9 @@ class Candidate(BaseModel):
     )
     tail_tokens: int = Field(0, description="Length of the tail in model tokens.")
     source_tokens: int = Field(0, description="Length in model tokens of the text the tail was cut from.")
+    started_at: float | None = Field(
+        None, description="Wall clock when its generation started (None: not recorded)."
+    )
     finished_at: float = Field(default_factory=time.time)
 
     @property

@@ -39,7 +39,7 @@ class SamplingParams(BaseModel):
 
 
 class RSAParams(BaseModel):
-    """Parameters of one Markovian RSA run (DESIGN §1)."""
+    """Parameters of one Markovian RSA run (docs/design.md#the-algorithm)."""
 
     model_config = ConfigDict(extra="forbid")
 

@@ -20,6 +20,7 @@ and old jobs priced again; nothing stored depends on it.
 from __future__ import annotations
 
 import json
+import math
 import tomllib
 from pathlib import Path
 
@@ -40,11 +41,18 @@ class Price(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    prompt: float = Field(ge=0, description="Per million prompt tokens not served from the prefix cache.")
-    cached_prompt: float | None = Field(
-        None, ge=0, description="Per million prompt tokens served from the prefix cache; unset: `prompt`."
+    # Finite only: TOML reads ``inf`` and ``nan``, JSON ``Infinity`` and ``NaN``, and a price that
+    # is not a number would make every cost shown with it one that JSON cannot carry.
+    prompt: float = Field(
+        ge=0, allow_inf_nan=False, description="Per million prompt tokens not served from the prefix cache."
     )
-    decode: float = Field(ge=0, description="Per million decode (generated) tokens.")
+    cached_prompt: float | None = Field(
+        None,
+        ge=0,
+        allow_inf_nan=False,
+        description="Per million prompt tokens served from the prefix cache; unset: `prompt`.",
+    )
+    decode: float = Field(ge=0, allow_inf_nan=False, description="Per million decode (generated) tokens.")
 
 
 class PriceTable(BaseModel):
@@ -61,7 +69,9 @@ class PriceTable(BaseModel):
         return None
 
     def cost(self, usage: Usage, model: str | None) -> Cost | None:
-        """What ``usage`` cost for ``model``; None when the table has no price for it."""
+        """What ``usage`` cost for ``model``; None when the table has no price for it, or when the
+        cost is too large for a float (a finite price of 1e308 times a million tokens): a cost
+        that is not a finite number is not shown, since no JSON reply could carry it."""
         found = self.price_of(model)
         if found is None:
             return None
@@ -71,6 +81,8 @@ class PriceTable(BaseModel):
         prompt = (usage.prompt_tokens - cached) * price.prompt / PER
         cached_cost = cached * cached_rate / PER
         decode = usage.decode_tokens * price.decode / PER
+        if not math.isfinite(prompt + cached_cost + decode):
+            return None
         return Cost(
             currency=self.currency,
             priced_as=key,

@@ -113,8 +113,8 @@ class Settings(BaseSettings):
     worker_backend_hold_s: float = Field(
         600.0,
         ge=0,
-        description="How long a worker holds a task while its backend is down or busy before failing "
-        "the job, seconds (0 = fail at once).",
+        description="How long a worker retries a task whose backend requests keep failing (down, busy, "
+        "timing out) before failing the job, seconds (0 = fail at once).",
     )
     worker_shutdown_grace_s: float = Field(
         30.0, ge=0, description="On SIGTERM, time to finish in-flight tasks before releasing them, seconds."
@@ -141,6 +141,34 @@ class Settings(BaseSettings):
     )
     api_max_streams: int = Field(
         1_000, ge=1, description="Event streams and waiting chat completions of the whole API (503 above)."
+    )
+    api_passthrough_max_bytes: int = Field(
+        64 * 2**20,
+        ge=1024,
+        description="Largest reply body a chat passthrough relays, bytes; a longer one is cut there.",
+    )
+    api_passthrough_timeout_s: float = Field(
+        1_800.0,
+        gt=0,
+        description="Total time of one chat passthrough (the backend's silence before its reply "
+        "included), seconds; then it is cut.",
+    )
+    api_passthrough_idle_s: float = Field(
+        300.0,
+        gt=0,
+        description="Longest silence of the backend within a chat passthrough's reply body, seconds; "
+        "then it is cut.",
+    )
+    api_max_passthroughs_per_key: int = Field(
+        64, ge=1, description="Chat passthroughs open per API key (429 above)."
+    )
+    api_max_passthroughs: int = Field(
+        512, ge=1, description="Chat passthroughs open in the whole API (503 above)."
+    )
+    api_passthrough_drain_s: float = Field(
+        10.0,
+        ge=0,
+        description="On SIGTERM, time open chat passthroughs get to finish before they are cut, seconds.",
     )
     allow_no_auth: bool = Field(
         False, description="Let `mrsa serve` listen on a non-loopback interface without API keys."

@@ -31,7 +31,7 @@ from mrsa.domain import (
 )
 from mrsa.params import RSAParams
 from mrsa.settings import Settings
-from mrsa.store.base import ActiveLimitReached, ReclaimResult, Store, TaskQueue
+from mrsa.store.base import ActiveLimitReached, IdempotencyClaim, ReclaimResult, Store, TaskQueue
 
 MAX_DELIVERIES = 3
 SETTINGS = Settings(max_deliveries=MAX_DELIVERIES)
@@ -263,8 +263,8 @@ class StoreContract:
         assert [j.id for j in await store.list_jobs(limit=1)] == ["c"]
 
     async def test_create_job_twice_enqueues_once(self, store: Store) -> None:
-        await store.create_job(make_job("a"), tasks_of("a", n=3))
-        await store.create_job(make_job("a", owner="mallory"), tasks_of("a", n=3))
+        assert await store.create_job(make_job("a"), tasks_of("a", n=3)) is True
+        assert await store.create_job(make_job("a", owner="mallory"), tasks_of("a", n=3)) is False
         assert (await store.stats()).queued == 3
         assert (await store.get_job("a")).owner == "local"
 
@@ -337,21 +337,22 @@ class StoreContract:
         }
 
     async def test_idempotency_key_claims(self, store: Store) -> None:
-        assert await store.claim_idempotency_key("alice", "k1", "job-1", ttl_s=60) is None
-        assert await store.claim_idempotency_key("alice", "k1", "job-2", ttl_s=60) == "job-1"
-        assert await store.claim_idempotency_key("bob", "k1", "job-3", ttl_s=60) is None  # per owner
-        assert await store.claim_idempotency_key("alice", "k2", "job-4", ttl_s=60) is None
+        assert await store.claim_idempotency_key("alice", "k1", "job-1", "fp-a", ttl_s=60) is None
+        earlier = await store.claim_idempotency_key("alice", "k1", "job-2", "fp-b", ttl_s=60)
+        assert earlier == IdempotencyClaim("job-1", "fp-a")  # the first claim's id and fingerprint
+        assert await store.claim_idempotency_key("bob", "k1", "job-3", "fp-a", ttl_s=60) is None  # per owner
+        assert await store.claim_idempotency_key("alice", "k2", "job-4", "fp-a", ttl_s=60) is None
         claims = await asyncio.gather(
-            *(store.claim_idempotency_key("carol", "k", f"j{i}", 60) for i in range(8))
+            *(store.claim_idempotency_key("carol", "k", f"j{i}", f"fp{i}", 60) for i in range(8))
         )
         assert claims.count(None) == 1
-        winner = f"j{claims.index(None)}"
-        assert all(c in (None, winner) for c in claims)
+        winner = claims.index(None)
+        assert all(c in (None, IdempotencyClaim(f"j{winner}", f"fp{winner}")) for c in claims)
 
     async def test_idempotency_key_expires(self, store: Store) -> None:
-        assert await store.claim_idempotency_key("alice", "k", "job-1", ttl_s=1) is None
+        assert await store.claim_idempotency_key("alice", "k", "job-1", "fp", ttl_s=1) is None
         await asyncio.sleep(1.2)
-        assert await store.claim_idempotency_key("alice", "k", "job-2", ttl_s=1) is None
+        assert await store.claim_idempotency_key("alice", "k", "job-2", "fp", ttl_s=1) is None
 
     async def test_mark_running_only_from_queued(self, store: Store) -> None:
         await store.create_job(make_job("j1"), [])

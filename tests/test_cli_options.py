@@ -323,14 +323,20 @@ def test_serve_lays_its_flags_on_the_environment(monkeypatch: pytest.MonkeyPatch
 
     apps: list[Settings] = []
     monkeypatch.setattr(mrsa.api.app, "create_app", lambda settings: apps.append(settings) or object())
-    monkeypatch.setattr("uvicorn.run", lambda app, **kw: None)
+    monkeypatch.setattr("mrsa.api.server.run_server", lambda app, **kw: True)
     monkeypatch.setenv("MRSA_API_MAX_ACTIVE_JOBS", "3")
     monkeypatch.setenv("MRSA_API_MAX_PROBLEM_BYTES", "500")
+    monkeypatch.setenv("MRSA_API_PASSTHROUGH_IDLE_S", "7.5")
+    monkeypatch.setenv("MRSA_API_PASSTHROUGH_MAX_BYTES", "4096")
     monkeypatch.setenv("MRSA_REDIS_URL", REDIS)
-    result = CliRunner().invoke(app, ["serve", "--max-problem-bytes", "10", "--context-length", "2048"])
+    result = CliRunner().invoke(
+        app,
+        ["serve", "--max-problem-bytes", "10", "--context-length", "2048", "--passthrough-max-bytes", "2048"],
+    )
     assert result.exit_code == 0, result.output
     [s] = apps
     assert (s.api_max_active_jobs, s.api_max_problem_bytes, s.backend_context_length) == (3, 10, 2048)
+    assert (s.api_passthrough_idle_s, s.api_passthrough_max_bytes) == (7.5, 2048)
     assert s.redis_url == REDIS and s.allow_no_auth is False
     monkeypatch.setenv("MRSA_BACKEND_KIND", "nope")
     result = CliRunner().invoke(app, ["serve"])

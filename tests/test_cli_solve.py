@@ -105,6 +105,9 @@ def test_trace_shows_each_prompt_holding_its_parents_tails(
         assert rec["responses"][0]["finish_reason"] in ("stop", "length")
 
 
+NOTE = "This ran the embedded SmolLM2-135M-Instruct on the CPU: a pipeline check, not a math model."
+
+
 def test_human_output_has_answer_and_round_table() -> None:
     proc = run(
         "solve", "--preset", "smoke", "--rounds", "0", "--population", "2", "--subset", "1", "What is 2+2?"
@@ -112,6 +115,33 @@ def test_human_output_has_answer_and_round_table() -> None:
     assert proc.returncode == 0, proc.stderr
     assert "answer:" in proc.stdout
     assert "Rounds" in proc.stdout and "decode tokens" in proc.stdout
+    # after the answer, one line says what ran and how to run the same problem on a real server
+    lines = proc.stdout.rstrip("\n").splitlines()
+    answer_at = next(i for i, line in enumerate(lines) if line.startswith("answer:"))
+    assert lines[answer_at + 1 :] == [
+        f"{NOTE} For real answers, point mrsa at a server: "
+        "mrsa solve --backend http://HOST:8000 --preset zaya1 'What is 2+2?'"
+    ]
+
+
+def test_json_output_has_no_note() -> None:
+    """--json stays one JSON object on stdout: the note is in neither stream."""
+    proc = run(
+        "solve", "--preset", "smoke", "--rounds", "0", "--population", "1", "--subset", "1", "--json", "1+1"
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["status"] == "succeeded"
+    assert "pipeline check" not in proc.stdout + proc.stderr
+
+
+def test_no_note_when_a_backend_is_given(embedded_url: str) -> None:
+    """The same model, reached by URL: mrsa cannot tell what serves it, so it says nothing."""
+    proc = run(
+        "solve", "--backend", embedded_url, "--preset", "smoke", "--rounds", "0", "--population", "1",
+        "--subset", "1", "What is 2+2?",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "answer:" in proc.stdout and "pipeline check" not in proc.stdout + proc.stderr
 
 
 def test_invalid_parameters_exit_2_naming_the_field() -> None:

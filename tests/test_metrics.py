@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import statistics
 
 import pytest
 from hypothesis import given
@@ -19,6 +20,8 @@ from evals.metrics import (
     pass_at_k,
     problem_grid,
     round_metrics,
+    seed_spread,
+    t975,
 )
 from evals.voting import majority_choice, majority_choice_plain
 
@@ -165,3 +168,78 @@ def test_majority_vote_follows_the_engine_rule() -> None:
     for answers, finished in ((["7", "7", "9"], [False, False, True]), (["5", "6", "6", "5"], [False] * 4)):
         assert majority_choice_plain(answers, finished) == majority_choice(answers, finished)
     assert majority_choice_plain([r"\frac{1}{2}", "3", "0.5", "3"], [True, True, True, False]) == 1
+
+
+# -- avg@k over seeds ------------------------------------------------------------------------------
+
+
+def run_of(problem: str, seed: int, correct: list[bool]) -> RunOutcome:
+    return RunOutcome(
+        problem=problem,
+        seed=seed,
+        rounds=[
+            RoundOutcome(
+                correct=correct,
+                truncated=[False] * len(correct),
+                answered=[True] * len(correct),
+                decode_tokens=0,
+                prompt_tokens=0,
+                majority_correct=sum(correct) * 2 > len(correct),
+            )
+        ],
+    )
+
+
+def test_avg_at_k_by_hand() -> None:
+    # seed 0: problem a 4/4, b 0/4 → 0.5; seed 1: a 2/4, b 1/4 → 0.375; seed 2: a 4/4, b 2/4 → 0.75
+    runs = [
+        run_of("a", 0, [True] * 4),
+        run_of("b", 0, [False] * 4),
+        run_of("a", 1, [True, True, False, False]),
+        run_of("b", 1, [True, False, False, False]),
+        run_of("a", 2, [True] * 4),
+        run_of("b", 2, [True, True, False, False]),
+    ]
+    m = round_metrics(runs, 0)
+    s = m.pass1_seeds
+    assert s.seeds == 3 and s.per_seed == {0: 0.5, 1: 0.375, 2: 0.75}
+    assert s.mean == pytest.approx(0.541666666) == pytest.approx(m.pass1.value)
+    assert s.std == pytest.approx(0.190941, abs=1e-6)  # sample std of 0.5, 0.375, 0.75
+    half = 4.303 * 0.190941 / math.sqrt(3)
+    assert (s.low, s.high) == pytest.approx((0.541667 - half, 0.541667 + half), abs=1e-5)
+    assert m.maj_seeds.per_seed == {0: 0.5, 1: 0.0, 2: 0.5}  # a's majority right at seeds 0, 2
+
+
+@given(
+    st.lists(
+        st.lists(st.lists(st.booleans(), min_size=1, max_size=6), min_size=1, max_size=5),
+        min_size=1,
+        max_size=6,
+    )
+)
+def test_avg_at_k_is_the_mean_of_per_seed_scores(seeds: list[list[list[bool]]]) -> None:
+    """Seeds as whole runs over the same problems: the spread is the seeds' own mean and std, the
+    interval holds the mean, and with one seed there is none."""
+    problems = min(len(s) for s in seeds)
+    runs = [run_of(f"p{j}", i, seed[j]) for i, seed in enumerate(seeds) for j in range(problems)]
+    spread = seed_spread(runs, lambda r: sum(r.rounds[0].correct) / len(r.rounds[0].correct))
+    expected = [statistics.fmean(sum(c) / len(c) for c in seed[:problems]) for seed in seeds]
+    assert list(spread.per_seed.values()) == pytest.approx(expected)
+    assert spread.mean == pytest.approx(statistics.fmean(expected))
+    if len(seeds) == 1:
+        assert spread.std == 0 and spread.low is None and spread.high is None
+    else:
+        assert spread.std == pytest.approx(statistics.stdev(expected))
+        assert spread.low is not None and spread.high is not None
+        assert spread.low <= spread.mean <= spread.high
+        assert spread.high - spread.mean == pytest.approx(spread.mean - spread.low)
+
+
+def test_t_quantiles() -> None:
+    assert t975(1) == 12.706 and t975(30) == 2.042
+    for df, value in ((40, 2.021), (60, 2.000), (120, 1.980), (10_000, 1.960)):
+        assert t975(df) == pytest.approx(value, abs=1e-3)
+    values = [t975(df) for df in range(1, 500)]
+    assert all(a > b > 1.959 for a, b in itertools.pairwise(values))
+    with pytest.raises(ValueError):
+        t975(0)

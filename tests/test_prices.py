@@ -9,15 +9,21 @@ import subprocess
 import sys
 from pathlib import Path
 
+import httpx
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from benchmarks.simulator.process import running_simulator
-from mrsa.backends.openai import parse_chat_reply
+from mrsa.api.app import create_app
+from mrsa.api.deps import ApiConfig, ApiDeps, BackendHandle
+from mrsa.backends.openai import OpenAICompatibleBackend, parse_chat_reply
 from mrsa.cli.solve import render_result
 from mrsa.domain import JobResult, Usage
 from mrsa.prices import Price, PriceFileError, PriceTable, load_prices
+from mrsa.settings import Settings
+from mrsa.store.memory import MemoryStore
+from workers.inprocess import InProcessRunner
 
 TOML = """
 currency = "EUR"
@@ -82,6 +88,21 @@ def test_cost_is_additive_and_never_negative(
         ("[models.m]\nprompt = 1\ndecode = 1\nwat = 3\n", "p.toml", "models.m.wat"),
         ("models = {}\n", "p.toml", "models"),
         ("[models.m\n", "p.toml", "not valid TOML"),
+        # Not finite: TOML's inf and nan, a literal too large for a float, JSON's Infinity and NaN.
+        (
+            "[models.m]\nprompt = inf\ndecode = 1\n",
+            "p.toml",
+            "models.m.prompt: Input should be a finite number",
+        ),
+        ("[models.m]\nprompt = 1\ndecode = nan\n", "p.toml", "models.m.decode: Input should be a finite"),
+        ("[models.m]\nprompt = 1\ncached_prompt = 1e400\ndecode = 1\n", "p.toml", "models.m.cached_prompt"),
+        ("[models.m]\nprompt = -inf\ndecode = 1\n", "p.toml", "models.m.prompt"),
+        (
+            '{"models": {"m": {"prompt": Infinity, "decode": 1}}}',
+            "p.json",
+            "models.m.prompt: Input should be",
+        ),
+        ('{"models": {"*": {"prompt": 1, "decode": NaN}}}', "p.json", "models.*.decode: Input should be"),
         ("{", "p.json", "not valid JSON"),
     ],
 )
@@ -193,3 +214,58 @@ def test_report_costs_per_job_and_per_sweep(tmp_path: Path) -> None:
         timeout=120,
     )
     assert proc.returncode == 2 and "models.*.decode" in proc.stderr and "Traceback" not in proc.stderr
+
+
+async def test_a_cost_too_large_for_a_float_is_left_out_never_a_500() -> None:
+    """A finite price whose cost overflows a float (1e308 per million tokens): the finished chat
+    completion and the job's result answer 200 with no cost, as JSON can carry no infinity."""
+    table = PriceTable(models={"*": Price(prompt=1e308, decode=1e308)})
+    assert table.cost(Usage(prompt_tokens=10, decode_tokens=20), "m") is None
+    assert table.cost(Usage(prompt_tokens=0, decode_tokens=0), "m") is not None  # 0 × 1e308 is finite
+    flags = ["--step-base-ms=1", "--step-per-seq-ms=0", "--prefill-ms-per-token=0", "--block-size=4"]
+    with running_simulator(flags) as url:
+        backend = OpenAICompatibleBackend(url, dialect="vllm")
+        store = MemoryStore()
+        deps = ApiDeps(
+            store=store, backend=BackendHandle(None, backend=backend), config=ApiConfig(prices=table)
+        )
+        transport = httpx.ASGITransport(app=create_app(Settings(), deps), raise_app_exceptions=False)
+        try:
+            async with (
+                httpx.AsyncClient(transport=transport, base_url="http://api.test", timeout=90) as api,
+                InProcessRunner(backend, store, capacity=2),
+            ):
+                body = {
+                    "model": "m",
+                    "messages": [{"role": "user", "content": "What is 6*7?"}],
+                    "preset": "smoke",
+                    "population": 2,
+                    "budget": 24,
+                    "tail": 12,
+                }
+                chat = await api.post("/v1/chat/completions", json=body)
+                assert chat.status_code == 200, chat.text
+                info = chat.json()["mrsa"]
+                assert info.get("cost") is None and chat.json()["usage"]["completion_tokens"] > 0
+                result = await api.get(f"/v1/jobs/{info['job_id']}/result")
+                assert result.status_code == 200, result.text
+                assert result.json()["cost"] is None and result.json()["usage"]["decode_tokens"] > 0
+        finally:
+            await backend.aclose()
+
+
+def test_serve_refuses_to_start_with_a_price_that_is_not_finite(tmp_path: Path) -> None:
+    prices = tmp_path / "prices.toml"
+    prices.write_text("[models.m]\nprompt = 1\ndecode = inf\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MRSA_")}
+    proc = subprocess.run(
+        [sys.executable, "-m", "mrsa", "serve", "--redis", "redis://127.0.0.1:1", "--prices", str(prices)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert (
+        "models.m.decode: Input should be a finite number" in proc.stderr and "Traceback" not in proc.stderr
+    )

@@ -16,6 +16,7 @@ from evals.datasets import Dataset, Problem
 from evals.records import CandidateRecord
 from evals.report import compute, render_markdown, write_report
 from evals.rundir import BackendEntry, Manifest, RunDir, Session, dataset_entry
+from evals.timing import Hardware
 
 ANSWERS = {"aime2025": ["70", "588", "16", "117", "279"], "hmmt_feb2025": ["103", "3375", r"\frac{1}{576}"]}
 
@@ -154,6 +155,29 @@ def test_report_markdown_and_plots(run: RunDir) -> None:
     for png in paths[2:]:
         data_bytes = png.read_bytes()
         assert data_bytes.startswith(b"\x89PNG") and len(data_bytes) > 10_000
+
+
+def test_records_without_times_leave_the_time_numbers_empty(run: RunDir) -> None:
+    """Records written before candidates were timed (this synthetic run's): no machine seconds,
+    latency or throughput, no GPU-hours although the hardware is stated, and the report says "—";
+    the Pareto plot still has the tokens panel and the flags are counted all the same."""
+    data, _ = write_report(run, None, hardware=Hardware(gpus=8, gpu_name="H100"))
+    t = data.timing
+    # the session never closed and no record has a finish time: a span of 0, no throughput
+    assert t.timed_records == 0 and t.wall_s == 0 and t.decode_tokens_per_s is None
+    assert t.decode_tokens == 0 and t.busy_s == 0 and t.hardware.gpus == 8
+    rows = [r for g in t.groups for r in g.rounds]
+    assert rows and all(
+        r.machine_s is None and r.latency_s is None and r.gpu_hours_per_question is None and r.timed_runs == 0
+        for r in rows
+    )
+    assert all(p.seconds is None and p.cost is None and p.tokens > 0 for p in data.pareto)
+    text = (run.path / "report.md").read_text()
+    assert "**Hardware:** 8 × H100" in text and "| — | — | — | — | — | — |" in text
+    assert (run.path / "pareto.png").read_bytes().startswith(b"\x89PNG")
+    truncated = sum(r.truncated for f in data.flags for r in f.rounds)
+    records = run.records.load().values()
+    assert truncated == sum(r.finish_reason == "length" for r in records) > 0
 
 
 def test_report_does_not_depend_on_record_order(tmp_path: Path) -> None:

@@ -4,6 +4,9 @@ sub-folders, no links out, no file type that is not a report's)."""
 
 from __future__ import annotations
 
+import asyncio
+import errno
+import json
 import os
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -15,6 +18,8 @@ from evals.configs import SweepConfig
 from evals.rundir import Manifest, RunDir
 from mrsa.api.app import create_app
 from mrsa.api.deps import ApiConfig, ApiDeps
+from mrsa.api.errors import ApiError
+from mrsa.api.reports import ReportsDir, open_regular
 from mrsa.params import resolve_params
 from mrsa.settings import Settings
 from mrsa.store.memory import MemoryStore
@@ -23,12 +28,13 @@ KEY = "reports-key-81d2"
 AUTH = {"Authorization": f"Bearer {KEY}"}
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 32
 SECRET = "secret outside the reports folder"
+OUTSIDE_MODEL = "model-of-a-run-outside-the-folder"
 
 
-def make_run(root: Path, name: str, *, report: bool = True) -> Path:
+def make_run(root: Path, name: str, *, report: bool = True, model: str = "tiny-model") -> Path:
     run = RunDir(root / name)
     config = SweepConfig(id="smoke", preset="smoke", overrides={}, params=resolve_params("smoke"))
-    run.save_manifest(Manifest(model="tiny-model", seeds=[0], configs=[config], datasets=[], grading={}))
+    run.save_manifest(Manifest(model=model, seeds=[0], configs=[config], datasets=[], grading={}))
     if report:
         (run.path / "report.md").write_text(
             "# mrsa benchmark report\n\n| a | b |\n|---|---:|\n| x | 1 |\n\n![plot](accuracy_vs_tokens.png)\n",
@@ -47,7 +53,8 @@ def reports_dir(tmp_path: Path) -> Path:
     outside = tmp_path / "outside"
     outside.mkdir()
     (outside / "secret.txt").write_text(SECRET, encoding="utf-8")
-    make_run(outside, "elsewhere")
+    make_run(outside, "elsewhere", model=OUTSIDE_MODEL)
+    (outside / "elsewhere" / "report.md").write_text(SECRET, encoding="utf-8")
     run = make_run(root, "sweep-a")
     make_run(root, "sweep-b", report=False)
     (root / "not-a-run").mkdir()  # no manifest.json: not listed
@@ -145,3 +152,65 @@ async def test_nothing_outside_the_run_folders_is_reachable(api: httpx.AsyncClie
     assert r.status_code in (404, 422), (path, r.status_code)
     assert SECRET not in r.text and "every candidate" not in r.text
     assert r.json()["message"]  # the API's error shape, naming what was not found or not valid
+
+
+@pytest.fixture
+def linked_files(reports_dir: Path, tmp_path: Path) -> Path:
+    """Run folders whose manifest is a link out of the folder, a FIFO, or a link to a sibling's
+    manifest, and a run whose report.md is a link out."""
+    elsewhere = tmp_path / "outside" / "elsewhere"
+    for name, target in (("linked-manifest", elsewhere), ("sibling-manifest", reports_dir / "sweep-a")):
+        run = reports_dir / name
+        run.mkdir()
+        os.symlink(target / "manifest.json", run / "manifest.json")
+        (run / "metrics.json").write_text("{}", encoding="utf-8")
+    fifo = reports_dir / "fifo-manifest"
+    fifo.mkdir()
+    os.mkfifo(fifo / "manifest.json")
+    linked_report = make_run(reports_dir, "linked-report", report=False)
+    os.symlink(elsewhere / "report.md", linked_report / "report.md")
+    return reports_dir
+
+
+async def test_no_manifest_or_report_is_read_through_a_link(linked_files: Path) -> None:
+    async with app_for(linked_files) as api:
+        listing = await asyncio.wait_for(api.get("/v1/reports", headers=AUTH), 10)  # a FIFO does not hang it
+        assert listing.status_code == 200
+        names = {rep["name"] for rep in listing.json()["reports"]}
+        # A run folder whose manifest is a link (out of the folder or not) or a FIFO is no run.
+        assert names == {"sweep-a", "sweep-b", "broken", "linked-report"}
+        assert OUTSIDE_MODEL not in listing.text
+        for name in ("linked-manifest", "sibling-manifest", "fifo-manifest"):
+            for path in (f"/v1/reports/{name}", f"/v1/reports/{name}/files/manifest.json"):
+                r = await asyncio.wait_for(api.get(path, headers=AUTH), 10)
+                assert r.status_code == 404 and OUTSIDE_MODEL not in r.text, (path, r.text)
+        # A report.md that is a link is neither inlined, listed, counted as a report nor served.
+        view = (await api.get("/v1/reports/linked-report", headers=AUTH)).json()
+        assert view["markdown"] is None and not view["has_report"]
+        assert "report.md" not in [f["name"] for f in view["files"]] and SECRET not in json.dumps(view)
+        served = await api.get("/v1/reports/linked-report/files/report.md", headers=AUTH)
+        assert served.status_code == 404 and SECRET not in served.text
+
+
+def test_a_link_swapped_in_after_the_listing_is_not_followed(reports_dir: Path, tmp_path: Path) -> None:
+    """The read opens the name itself without following links: a file replaced by a link between
+    the listing and the read (``mrsa report`` racing an attacker) is refused, not followed."""
+    reports = ReportsDir(reports_dir)
+    run = reports_dir / "sweep-a"
+    assert reports.view("sweep-a").model == "tiny-model"
+    (run / "manifest.json").unlink()
+    os.symlink(tmp_path / "outside" / "elsewhere" / "manifest.json", run / "manifest.json")
+    with pytest.raises(ApiError) as caught:
+        reports.view("sweep-a")
+    assert caught.value.status == 404
+    with pytest.raises(ApiError):
+        reports.file("sweep-a", "manifest.json")
+    (run / "metrics.json").unlink()
+    os.symlink(tmp_path / "outside" / "secret.txt", run / "metrics.json")
+    run_fd = os.open(run, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        with pytest.raises(OSError) as refused:  # the open itself refuses the link (ELOOP)
+            open_regular("metrics.json", run_fd)
+    finally:
+        os.close(run_fd)
+    assert refused.value.errno == errno.ELOOP

@@ -68,7 +68,7 @@ def test_the_env_twin_allows_it(monkeypatch: pytest.MonkeyPatch) -> None:
 
     get_settings.cache_clear()
     seen: list[str] = []
-    monkeypatch.setattr("uvicorn.run", lambda app, **kw: seen.append(kw["host"]))
+    monkeypatch.setattr("mrsa.api.server.run_server", lambda app, **kw: seen.append(kw["host"]) or True)
     result = CliRunner().invoke(app, ["serve", "--host", "0.0.0.0", "--redis", "redis://127.0.0.1:9/0"])
     assert result.exit_code == 0, result.output
     assert seen == ["0.0.0.0"]

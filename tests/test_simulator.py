@@ -10,6 +10,8 @@ from pathlib import Path
 
 import httpx
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from benchmarks.simulator.model import (
     PrefixCache,
@@ -24,6 +26,7 @@ from benchmarks.simulator.model import (
     sample_output,
 )
 from benchmarks.simulator.process import running_simulator
+from benchmarks.simulator.script import Scripted, load_script, scripted_for
 from mrsa.backends.base import BackendRequestError, GenerationRequest, Message
 from mrsa.backends.factory import detect_kind
 from mrsa.backends.http import HttpOptions
@@ -174,3 +177,46 @@ async def test_mrsa_vllm_client_speaks_to_the_simulator(simulator_url: str) -> N
         assert (await client.get("/sim/trace")).json()["points"]
         assert (await client.post("/sim/reset")).status_code == 204
         assert (await client.get("/sim/stats")).json()["requests"] == 0
+
+
+@given(st.integers(0, 10**6), st.sampled_from(["draw", "right", "wrong", "unboxed", "unparsed", "runaway"]))
+def test_a_scripted_problem_behaves_as_its_script_says(seed: int, behaviour: str) -> None:
+    config = SimConfig(median_tokens=60, length_sigma=0.0, runaway_share=0.0, correct_share=0.5)
+    gold = r"\frac{7}{3}\sqrt{3}"
+    scripted = Scripted(problem="Compute x.", answer=gold, behaviour=behaviour)  # type: ignore[arg-type]
+    out = sample_output(config, "Solve: Compute x.", seed, 400, "key", scripted)
+    content = out.text.split("</think>")[-1]
+    finished = out.finish_reason == "stop"
+    answer = extract_answer(content, out.text, finished)
+    if behaviour == "runaway":
+        assert out.finish_reason == "length" and answer is None
+        return
+    assert finished
+    if behaviour == "right":
+        assert answer == gold and "\\boxed{" in content
+    elif behaviour == "wrong":
+        assert answer is not None and answer != gold and "\\boxed{" in content
+    elif behaviour == "unboxed":
+        # no box; the engine's fallback still finds an answer in "The answer is …" (here the last
+        # number of the LaTeX), so the candidate counts as "answer without box"
+        assert "\\boxed" not in out.text and content.endswith(f"The answer is {gold}.") and answer
+    elif behaviour == "unparsed":
+        assert answer == "\\quad"
+    else:  # drawn: the gold answer or a wrong number, boxed
+        assert answer is not None and "\\boxed{" in content
+
+
+def test_the_script_matches_a_prompt_to_the_problem_it_quotes(tmp_path: Path) -> None:
+    path = tmp_path / "answers.jsonl"
+    path.write_text(
+        '{"problem": "Find x.", "answer": "1"}\n\n'
+        '{"id": "a", "problem": "Find x. Then find y.", "answer": "2", "sim": "error"}\n'
+    )
+    script = load_script(str(path))
+    assert [s.behaviour for s in script] == ["draw", "error"]
+    assert scripted_for(script, "Problem: Find x. Then find y. Think.") == script[1]  # the longer one
+    assert scripted_for(script, "Problem: Find x.") == script[0]
+    assert scripted_for(script, "Something else") is None
+    path.write_text('{"problem": "p", "answer": "1", "sim": "sometimes"}\n')
+    with pytest.raises(ValueError, match=r"answers.jsonl:1: sim must be one of"):
+        load_script(str(path))

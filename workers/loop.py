@@ -6,10 +6,13 @@ for another worker.
 
 When the store is unreachable the loop backs off (exponentially, with jitter) and tries again; a
 task that hit the outage is left pending and is reclaimed after the idle timeout, so a Redis
-restart costs time, never a candidate. When the backend is out (down, restarting, saturated: an
-``outage`` error after the HTTP client's retries), the worker holds the task — in flight and
-heartbeated — retrying it with the same backoff, takes no new tasks meanwhile, and fails the job
-only once the backend has been out for ``backend_hold_s``: a vLLM restart costs time, never a job.
+restart costs time, never a candidate. A task whose request fails with an ``outage`` error (down,
+restarting, saturated, timed out: after the HTTP client's retries) is kept — in flight and
+heartbeated — and retried with the same backoff, and its job fails only once it has failed so for
+``backend_hold_s``: a vLLM restart costs time, never a job. Whether the rest of the worker stops
+taking tasks meanwhile is decided by :class:`~workers.backend_hold.BackendHold`: only when the
+*backend* is out (several tasks failing in a row, or a failed health probe), not for one request
+that stalls or fails while the backend serves the others.
 With a :class:`~mrsa.backends.pressure.BackendPressure` (``MRSA_BACKEND_METRICS_URL``), the worker
 also takes no new tasks while the router's or server's queue is longer than allowed; in-flight
 tasks run on."""
@@ -32,6 +35,7 @@ from mrsa.backends.pressure import BackendPressure
 from mrsa.domain import Task
 from mrsa.engine.runner import TaskRunner
 from mrsa.store.base import Delivery, StoreUnavailable, TaskQueue
+from workers.backend_hold import BackendHold
 
 log = logging.getLogger("mrsa.worker")
 
@@ -53,6 +57,8 @@ class WorkerOptions:
     backoff_cap_s: float = 10.0
     reclaim_check_s: float = 5.0  # at most this long between reclaim checks (released tasks)
     backend_hold_s: float = 600.0  # hold a task this long while the backend is out; 0 = fail at once
+    backend_out_after: int = 3  # distinct tasks failing in a row that mean the backend is out
+    backend_probe_timeout_s: float = 10.0  # a health probe slower than this failed
 
     @property
     def reclaim_every_s(self) -> float:
@@ -129,7 +135,11 @@ class Worker:
         self._cancelled_jobs: set[str] = set()
         self._dead: list[Delivery] = []  # reported dead by reclaim: fail their jobs, then dead-letter
         self._outage = _Outage(self.options)
-        self._held = 0  # tasks waiting for the backend to come back
+        self.hold = BackendHold(
+            runner.backend.health,
+            out_after=self.options.backend_out_after,
+            probe_timeout_s=self.options.backend_probe_timeout_s,
+        )
         self._force = asyncio.Event()
         self.completed = 0
         self.reclaimed = 0
@@ -152,6 +162,7 @@ class Worker:
             await self._take_loop(stop)
         finally:
             await self._drain()
+            await self.hold.aclose()
             await cancel_until_done(side)
             for t in side:
                 if t.done() and not t.cancelled():
@@ -161,10 +172,10 @@ class Worker:
         loop = asyncio.get_running_loop()
         last_reclaim = float("-inf")
         while not stop.is_set():
-            # While tasks wait for the backend, or its queue is long, take no new ones (another
-            # worker's backend may have room).
+            # While the backend is out, or its queue is long, take no new tasks (another worker's
+            # backend may have room). One task retrying after its own failure holds nothing.
             pressed = self.pressure is not None and self.pressure.holding
-            free = 0 if self._held or pressed else self.options.capacity - len(self._running)
+            free = 0 if self.hold.holding or pressed else self.options.capacity - len(self._running)
             if free <= 0:
                 await self._wait_for_slot(stop, pressed)
                 continue
@@ -288,8 +299,9 @@ class Worker:
                     log.warning("ack of %s failed (store unavailable); it will be redelivered", task.key)
 
     async def _run_holding(self, task: Task) -> None:
-        """Run ``task``; on a backend outage, hold it and try again with backoff until it runs or
-        the outage has lasted ``backend_hold_s`` (then the error, saying so, fails the job)."""
+        """Run ``task``; on an outage error, keep it and try again with backoff until it runs or it
+        has failed so for ``backend_hold_s`` (then the error, saying so, fails the job). Each
+        failure is reported to :attr:`hold`, which decides whether the backend is out."""
         hold_s = self.options.backend_hold_s
         loop = asyncio.get_running_loop()
         since: float | None = None
@@ -298,27 +310,41 @@ class Worker:
             while True:
                 try:
                     await self.runner.run_task(task)
-                    if since is not None:
-                        log.info("task %s ran after the backend was out %.1fs", task.key, loop.time() - since)
-                    return
                 except BackendError as exc:
                     if not exc.outage or hold_s <= 0:
                         raise
-                    now = loop.time()
                     if since is None:
-                        since = now
-                        self._held += 1
-                        if self._held == 1:
-                            log.warning("backend out (%s); holding tasks for up to %.0fs", exc, hold_s)
-                    if now - since >= hold_s:
-                        exc.args = (f"{exc}; the backend stayed out for {now - since:.0f}s (backend hold)",)
+                        since = loop.time()
+                        self.hold.retrying(+1)
+                    out = await self.hold.failed(task.key, exc)
+                    waited = loop.time() - since
+                    if waited >= hold_s:
+                        why = (
+                            "the backend stayed out"
+                            if out
+                            else "the request kept failing while the backend answered its health probe"
+                        )
+                        exc.args = (f"{exc}; {why} for {waited:.0f}s (backend hold)",)
                         raise
+                    if tries == 0 and not out:
+                        log.warning(
+                            "task %s failed (%s); the backend answers its health probe: retrying this "
+                            "task alone for up to %.0fs, taking tasks on",
+                            task.key,
+                            exc,
+                            hold_s,
+                        )
                     tries += 1
                     cap = min(self.options.backoff_cap_s, self.options.backoff_s * 2 ** min(tries - 1, 16))
                     await asyncio.sleep(random.uniform(cap / 2, cap))
+                else:
+                    self.hold.succeeded()
+                    if since is not None:
+                        log.info("task %s ran after failing for %.1fs", task.key, loop.time() - since)
+                    return
         finally:
             if since is not None:
-                self._held -= 1
+                self.hold.retrying(-1)
 
     async def _fail(self, job_id: str, error: BaseException) -> bool:
         """Fail the job; ``False`` (leave the task pending, to fail it again later) when the store

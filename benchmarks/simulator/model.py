@@ -27,6 +27,8 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Literal
 
+from .script import Scripted
+
 FinishReason = Literal["stop", "length"]
 
 _WORDS = [
@@ -103,6 +105,8 @@ class SimConfig:
     # Off: every generation is right with ``correct_share``, whatever it was shown.
     difficulty: bool = False
     hard_share: float = 0.25
+    # Scripted answers and behaviours per problem (see ``script.py``): a JSONL path. Empty: off.
+    answers: str = ""
 
     def step_s(self, batch: int) -> float:
         """Wall time of one decode step with ``batch`` running sequences."""
@@ -227,22 +231,40 @@ def shown_answers(prompt: str, problem_key: str) -> list[str]:
 
 
 def sample_output(
-    config: SimConfig, prompt: str, seed: int | str | None, max_tokens: int, problem_key: str
+    config: SimConfig,
+    prompt: str,
+    seed: int | str | None,
+    max_tokens: int,
+    problem_key: str,
+    scripted: Scripted | None = None,
 ) -> Output:
     """The generation for (prompt, seed): its length and answer are a pure function of both, so
-    the same workload costs the same whoever schedules it."""
+    the same workload costs the same whoever schedules it. A ``scripted`` problem (``--answers``)
+    has its gold answer as the right one and behaves as its script says."""
     rng = _rng("output", seed, prompt)
     runaway = rng.random() < config.runaway_share
     drawn = rng.lognormvariate(math.log(config.median_tokens), config.length_sigma)
     answers = problem_answers(problem_key)
     if config.hostile_answer and HOSTILE in problem_key:
         answers[0] = config.hostile_answer
-    if config.difficulty:
+    behaviour = "draw"
+    if scripted is not None:
+        answers[0], behaviour = scripted.answer, scripted.behaviour
+        runaway = runaway or behaviour == "runaway"
+    if behaviour in ("right", "unboxed"):
+        answer = answers[0]
+    elif behaviour == "wrong":
+        answer = rng.choice(answers[1:])
+    elif config.difficulty:
         difficulty = Difficulty.of(problem_key, config.hard_share)
         answer = difficulty.answer(rng, answers[0], shown_answers(prompt, problem_key))
     else:
         answer = answers[0] if rng.random() < config.correct_share else rng.choice(answers[1:])
     closing = f"\n</think>\n\nThe answer is \\boxed{{{answer}}}."
+    if behaviour == "unboxed":
+        closing = f"\n</think>\n\nThe answer is {answer}."
+    elif behaviour == "unparsed":
+        closing = "\n</think>\n\nThe answer is \\boxed{\\quad}."
     natural = max(len(closing) + 16, round(drawn))
     if runaway or natural + 1 > max_tokens:  # + the EOS
         return Output(_filler(rng, "<think>\n", max_tokens), "length")

@@ -28,6 +28,7 @@ from .model import (
     render_chat,
     sample_output,
 )
+from .script import load_script, scripted_for
 
 
 def _error(status: int, message: str, kind: str = "BadRequestError") -> JSONResponse:
@@ -81,6 +82,7 @@ def create_app(config: SimConfig) -> FastAPI:
         finally:
             await sched.stop()
 
+    script = load_script(config.answers)
     app = FastAPI(title="mrsa inference-server simulator", lifespan=lifespan)
     registry = CollectorRegistry()
     registry.register(_SchedulerMetrics(app, config.model))
@@ -123,10 +125,15 @@ def create_app(config: SimConfig) -> FastAPI:
         seen[key] = seen.get(key, 0) + 1
         if body.get("stream") and not streams:
             return _error(400, "the simulator streams chat completions only")
+        scripted = scripted_for(script, prompt)
+        if scripted is not None and scripted.behaviour == "error":
+            return _error(500, "simulated engine failure (--answers script: error)", "InternalServerError")
         n = int(body.get("n") or 1)
         seed = body.get("seed")
         outputs = [
-            sample_output(config, prompt, None if seed is None else f"{seed}:{i}", max_tokens, problem_key)
+            sample_output(
+                config, prompt, None if seed is None else f"{seed}:{i}", max_tokens, problem_key, scripted
+            )
             for i in range(n)
         ]
         hashes = block_hashes(ids, config.block_size)

@@ -15,7 +15,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field
 
 DATA_DIR = Path(__file__).resolve().parent
-SHIPPED: tuple[str, ...] = ("aime2024", "aime2025", "aime2026", "hmmt_feb2025")
+SHIPPED: tuple[str, ...] = ("aime2024", "aime2025", "aime2026", "hmmt_feb2025", "hmmt_feb2026")
 
 
 class DatasetError(ValueError):

@@ -59,6 +59,12 @@ def config_from(settings: Settings) -> ApiConfig:
         max_active_jobs=settings.api_max_active_jobs,
         max_streams_per_key=settings.api_max_streams_per_key,
         max_streams=settings.api_max_streams,
+        passthrough_max_bytes=settings.api_passthrough_max_bytes,
+        passthrough_timeout_s=settings.api_passthrough_timeout_s,
+        passthrough_idle_s=settings.api_passthrough_idle_s,
+        max_passthroughs_per_key=settings.api_max_passthroughs_per_key,
+        max_passthroughs=settings.api_max_passthroughs,
+        passthrough_drain_s=settings.api_passthrough_drain_s,
         reports_dir=settings.reports_dir,
         prices=load_optional(settings.prices_file),
     )

@@ -15,6 +15,8 @@ from pathlib import Path
 
 from fastapi import Request
 
+from mrsa.api.passthrough_slots import Passthroughs
+from mrsa.api.relay import RelayLimits
 from mrsa.api.streams import StreamSlots
 from mrsa.backends.base import Backend, BackendError
 from mrsa.backends.factory import make_backend
@@ -49,6 +51,14 @@ class ApiConfig:
     # Event streams and waiting chat completions (each holds a connection of the store's events pool).
     max_streams_per_key: int = 64
     max_streams: int = 1_000
+    # Chat requests passed through to the backend (mrsa.api.relay): bytes relayed, total and idle
+    # deadlines, open ones per key and in all, and the time they get on shutdown.
+    passthrough_max_bytes: int = 64 * 2**20
+    passthrough_timeout_s: float = 1_800.0
+    passthrough_idle_s: float = 300.0
+    max_passthroughs_per_key: int = 64
+    max_passthroughs: int = 512
+    passthrough_drain_s: float = 10.0
     metrics_cache_s: float = 5.0
     # Run folders of sweeps served under /v1/reports (MRSA_REPORTS_DIR); None = none.
     reports_dir: Path | None = None
@@ -131,6 +141,7 @@ class ApiDeps:
     backend: BackendHandle = field(default_factory=lambda: BackendHandle(None))
     config: ApiConfig = field(default_factory=ApiConfig)
     slots: StreamSlots = field(init=False)
+    passthroughs: Passthroughs = field(init=False)
     # Submitting, ending and reading jobs: the engine's part that needs no backend.
     jobs: JobService = field(init=False)
 
@@ -138,6 +149,14 @@ class ApiDeps:
         self.jobs = JobService(self.store)
         self.slots = StreamSlots(
             self.config.max_streams_per_key, self.config.max_streams, self.config.retry_after_s
+        )
+        c = self.config
+        self.passthroughs = Passthroughs(
+            RelayLimits(c.passthrough_max_bytes, c.passthrough_timeout_s, c.passthrough_idle_s),
+            c.max_passthroughs_per_key,
+            c.max_passthroughs,
+            c.passthrough_drain_s,
+            c.retry_after_s,
         )
 
 

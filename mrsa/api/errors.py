@@ -172,8 +172,9 @@ def responses(*codes: int) -> dict[int | str, dict[str, Any]]:
         409: "The job is not in a state that allows this.",
         413: "The request body is too large (or its JSON nested too deeply).",
         422: "Invalid input; `detail[].loc` names the field.",
-        429: "Too many jobs in flight (or event streams open) for this key; retry after `Retry-After` seconds.",
-        503: "The job store is unavailable (or every event-stream slot is taken); retry after "
-        "`Retry-After` seconds.",
+        429: "Too many jobs in flight (or event streams, or chat passthroughs, open) for this key; retry "
+        "after `Retry-After` seconds.",
+        503: "The job store is unavailable (or every event-stream or passthrough slot is taken); retry "
+        "after `Retry-After` seconds.",
     }
     return {c: {"model": ErrorResponse, "description": text.get(c, "Error.")} for c in codes}

@@ -8,6 +8,7 @@ it has no task runner, so the API process can never start a generation.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -121,34 +122,33 @@ async def submit(
     """Enqueue ``spec`` for ``principal`` (already validated), honouring the idempotency key and the
     in-flight limit.
 
-    With a key, the job id is claimed first: a replay finds the earlier id and returns that job. A
-    key whose job was never created (the first request hit the in-flight limit) creates it now.
+    With a key, the job id is claimed first, together with a fingerprint of the request, in one
+    atomic step. Of concurrent requests with one key exactly one makes the job: a different
+    request is a 422 as soon as it meets the claim (whether or not the job exists yet); the same
+    request returns the claimed job (``replayed``), creating it under the claimed id when it is
+    not stored — its first request was refused (429) or is creating it at this moment, and the
+    store's create says which of the two creates made it.
     """
     job_id = new_job_id()
     if idempotency_key is not None:
-        earlier = await deps.store.claim_idempotency_key(
-            principal.owner, idempotency_key, job_id, deps.config.idempotency_ttl_s
+        fingerprint = request_fingerprint(spec)
+        claim = await deps.store.claim_idempotency_key(
+            principal.owner, idempotency_key, job_id, fingerprint, deps.config.idempotency_ttl_s
         )
-        if earlier is not None:
-            job = await deps.store.get_job(earlier)
-            if job is not None:
-                if job.spec != spec:
-                    raise invalid(
-                        key_loc,
-                        f"Idempotency-Key: already used for job {earlier} with a different request",
-                    )
-                return Submitted(job, replayed=True)
-            job_id = earlier
+        if claim is not None:
+            job_id = claim.job_id
+            if claim.fingerprint is not None and claim.fingerprint != fingerprint:
+                raise _key_conflict(key_loc, job_id)
+            earlier = await deps.store.get_job(job_id)
+            if earlier is not None:
+                if earlier.spec != spec:  # a claim without a fingerprint, stored by an older release
+                    raise _key_conflict(key_loc, job_id)
+                return Submitted(earlier, replayed=True)
     try:
         # The store checks the key's in-flight count and adds the job in one atomic step: concurrent
         # submissions cannot overshoot the limit.
-        job = await deps.jobs.submit(
-            spec,
-            owner=principal.owner,
-            job_id=job_id,
-            warnings=warnings,
-            max_active=deps.config.max_active_jobs,
-        )
+        job = Job(id=job_id, spec=spec, owner=principal.owner, warnings=list(warnings))
+        created = await deps.jobs.create(job, max_active=deps.config.max_active_jobs)
     except ActiveLimitReached as exc:
         raise ApiError(
             429,
@@ -156,7 +156,22 @@ async def submit(
             "wait for one to finish or cancel one",
             headers={"Retry-After": str(deps.config.retry_after_s)},
         ) from None
-    return Submitted(job, replayed=False)
+    if created:
+        return Submitted(job, replayed=False)
+    # Another request with the same key and body created it between our claim and our create.
+    existing = await deps.store.get_job(job_id)
+    if existing is None or existing.spec != spec:
+        raise _key_conflict(key_loc, job_id)
+    return Submitted(existing, replayed=True)
+
+
+def request_fingerprint(spec: JobSpec) -> str:
+    """What identifies a submission for its Idempotency-Key: a digest of the resolved job spec."""
+    return hashlib.sha256(spec.model_dump_json().encode()).hexdigest()[:32]
+
+
+def _key_conflict(key_loc: tuple[str, ...], job_id: str) -> ApiError:
+    return invalid(key_loc, f"Idempotency-Key: already used for job {job_id} with a different request")
 
 
 # -- lookup and views ----------------------------------------------------------------------------

@@ -4,24 +4,27 @@
 RSA request: a body with none of the RSA fields (our knobs other than OpenAI's own sampling fields,
 ``preset``, the proxy's fields and aliases, an ``rsa`` object), or with ``"rsa": false``, ``tools``,
 ``n`` > 1 or the proxy's ``rsa_t: 0`` is forwarded. :func:`forward` sends the body bytes unchanged
-to the configured backend's ``/v1/chat/completions`` and answers with the backend's status and
-body, streamed chunk by chunk when the backend streams. mrsa's own API key is checked and not
-forwarded (it is mrsa's, not the backend's).
+to the configured backend's ``/v1/chat/completions`` and answers with the backend's status, its
+allowed headers (:mod:`mrsa.api.reply_headers`) and its body relayed as it arrives, under the
+passthrough limits (:mod:`mrsa.api.relay`, :mod:`mrsa.api.passthrough_slots`). mrsa's own API key
+is checked and not forwarded (it is mrsa's, not the backend's).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 from fastapi import Request
-from fastapi.responses import Response, StreamingResponse
+from fastapi.responses import Response
 
+from mrsa.api.deps import ApiDeps
 from mrsa.api.errors import ApiError
 from mrsa.api.proxy_fields import BY_NAME
+from mrsa.api.relay import RelayResponse
+from mrsa.api.reply_headers import is_event_stream, media_type, relayed_headers
 from mrsa.backends.http import backend_base_url
 from mrsa.params import RSAParams, knobs
 
@@ -33,19 +36,6 @@ RSA_FIELDS = frozenset(BY_NAME) | (frozenset(knobs(RSAParams)) - OPENAI_NATIVE) 
 PASSTHROUGH_HEADER = "X-Mrsa-Passthrough"
 # Request headers sent on; the rest (auth, cookies, hop-by-hop, encodings) stay here.
 FORWARDED_REQUEST_HEADERS = ("content-type", "accept", "user-agent", "x-request-id")
-# Reply headers not copied back: they describe this hop's framing, not the content.
-HOP_BY_HOP = frozenset(
-    {
-        "connection",
-        "keep-alive",
-        "transfer-encoding",
-        "content-length",
-        "content-encoding",
-        "upgrade",
-        "trailer",
-    }
-)
-TIMEOUT = httpx.Timeout(connect=10.0, read=600.0, write=60.0, pool=10.0)
 
 
 def parse_body(raw: bytes) -> Any:
@@ -76,8 +66,10 @@ def passthrough_reason(payload: Any) -> str | None:
     return "no RSA fields"
 
 
-async def forward(request: Request, body: bytes, backend_url: str | None, reason: str) -> Response:
-    """Send ``body`` to the backend's chat endpoint; its reply (any status) is the response."""
+async def forward(request: Request, body: bytes, deps: ApiDeps, owner: str, reason: str) -> Response:
+    """Send ``body`` to the backend's chat endpoint; its reply (any status) is the response,
+    relayed as it arrives under the passthrough limits (:mod:`mrsa.api.relay`)."""
+    backend_url = deps.backend.url
     if backend_url is None:
         # A 4xx, not a 503: this server will never pass it through; the client can ask for RSA.
         raise ApiError(
@@ -89,46 +81,34 @@ async def forward(request: Request, body: bytes, backend_url: str | None, reason
     url = f"{backend_base_url(backend_url)}/v1/chat/completions"
     headers = {k: v for k in FORWARDED_REQUEST_HEADERS if (v := request.headers.get(k)) is not None}
     headers["accept-encoding"] = "identity"  # bytes back as the backend wrote them
-    client = httpx.AsyncClient(timeout=TIMEOUT)
+    relay = deps.passthroughs.start(owner, url)  # 429/503 over the limits
     try:
-        upstream = await client.send(
-            client.build_request("POST", url, content=body, headers=headers), stream=True
+        upstream = await relay.open(
+            request.receive, httpx.Request("POST", url, content=body, headers=headers)
         )
-    except httpx.HTTPError as exc:
-        await client.aclose()
-        raise ApiError(
-            502, f"passthrough ({reason}): backend {url} did not answer: {type(exc).__name__}: {exc}"
-        ) from None
+    except ApiError as exc:
+        await relay.aclose()
+        raise ApiError(exc.status, f"passthrough ({reason}): {exc.message}") from None
+    except BaseException:
+        await relay.aclose()
+        raise
+    if upstream is None:  # the client left while the backend was still silent
+        await relay.aclose()
+        log.info("chat passthrough (%s): the client left before the backend answered", reason)
+        return Response(status_code=499)
     log.info("chat completion passed through (%s): backend answered %s", reason, upstream.status_code)
-    reply_headers = {k: v for k, v in upstream.headers.items() if k.lower() not in HOP_BY_HOP}
-    reply_headers[PASSTHROUGH_HEADER] = reason
-    media_type = upstream.headers.get("content-type")
-    if media_type is not None and media_type.startswith("text/event-stream"):
-        return StreamingResponse(
-            _relay(client, upstream),
-            status_code=upstream.status_code,
-            headers=reply_headers,
-            media_type=media_type,
-        )
-    try:
-        content = await upstream.aread()
-    except httpx.HTTPError as exc:
+    raw = list(upstream.headers.raw)
+    declared = upstream.headers.get("content-length")
+    length = int(declared) if declared is not None and declared.isdigit() else None
+    if length is not None and length > deps.passthroughs.limits.max_bytes:
+        await relay.aclose()
         raise ApiError(
-            502, f"passthrough ({reason}): backend {url} broke off: {type(exc).__name__}: {exc}"
-        ) from None
-    finally:
-        await upstream.aclose()
-        await client.aclose()
-    return Response(content, status_code=upstream.status_code, headers=reply_headers, media_type=media_type)
-
-
-async def _relay(client: httpx.AsyncClient, upstream: httpx.Response) -> AsyncIterator[bytes]:
-    """The backend's stream as it arrives; closing it (the client left) closes the backend's."""
-    try:
-        async for chunk in upstream.aiter_raw():
-            yield chunk
-    except httpx.HTTPError as exc:  # the backend broke off mid-stream: end ours, say why in the log
-        log.warning("passthrough stream from the backend broke off: %s: %s", type(exc).__name__, exc)
-    finally:
-        await upstream.aclose()
-        await client.aclose()
+            502,
+            f"passthrough ({reason}): the backend's reply of {length} bytes is larger than the passthrough "
+            f"limit of {deps.passthroughs.limits.max_bytes} bytes (MRSA_API_PASSTHROUGH_MAX_BYTES)",
+        )
+    keep_length = length is not None and "transfer-encoding" not in upstream.headers
+    reply_headers = relayed_headers(raw, keep_length=keep_length)
+    reply_headers.append((PASSTHROUGH_HEADER.lower().encode(), reason.encode()))
+    media = media_type(reply_headers)
+    return RelayResponse(relay, upstream.status_code, reply_headers, event_stream=is_event_stream(media))

@@ -80,8 +80,8 @@ class ChatRoute(APIRoute):
             reason = passthrough_reason(parse_body(raw))
             if reason is None:
                 return await rsa_handler(request)
-            authenticate(request, await bearer(request))
-            return await forward(request, raw, get_deps(request).backend.url, reason)
+            principal = authenticate(request, await bearer(request))
+            return await forward(request, raw, get_deps(request), principal.owner, reason)
 
         return handler
 
@@ -115,8 +115,13 @@ DISCONNECT_REASON = "cancelled: the chat-completions client disconnected"
         },
         502: {
             "model": ErrorResponse,
-            "description": "The job failed (its reason is the message).",
+            "description": "The job failed (its reason is the message); or, passed through, the backend did "
+            "not answer or declared a reply larger than `MRSA_API_PASSTHROUGH_MAX_BYTES`.",
             "headers": {IGNORED_HEADER: IGNORED_HEADER_DOC},
+        },
+        504: {
+            "model": ErrorResponse,
+            "description": "Passed through: the backend sent no reply within `MRSA_API_PASSTHROUGH_TIMEOUT_S`.",
         },
     },
 )
@@ -125,7 +130,10 @@ async def chat_completions(
 ) -> JSONResponse | StreamingResponse | EventSourceResponse:
     """Run Markovian RSA on the conversation and answer in OpenAI's schema. A request without RSA
     fields (or with `"rsa": false`, `tools`, `n` > 1) is passed through to the backend unchanged and
-    answered as the backend answered it (header `X-Mrsa-Passthrough` says why)."""
+    answered as the backend answered it (header `X-Mrsa-Passthrough` says why): its status, its
+    content and OpenAI/vLLM client headers (others dropped), its body relayed as it arrives — cut
+    at `MRSA_API_PASSTHROUGH_MAX_BYTES` or a deadline (an event stream then ends with an `error`
+    event, another body is broken off)."""
     problem = body.problem()
     if not problem:
         raise invalid(("body", "messages"), "messages: needs a user message with text (the problem)")

@@ -8,10 +8,11 @@ runs them in its thread pool, so reading files never blocks the event loop.
 
 from __future__ import annotations
 
-from typing import Annotated
+from collections.abc import Iterator
+from typing import Annotated, BinaryIO
 
 from fastapi import APIRouter, Depends, Path
-from fastapi.responses import FileResponse
+from fastapi.responses import StreamingResponse
 
 from mrsa.api.auth import Principal, authenticate
 from mrsa.api.deps import ApiDeps, get_deps
@@ -52,7 +53,7 @@ def get_report(name: RunName, _: Auth, deps: Deps) -> ReportView:
 
 @router.get(
     "/{name}/files/{file_name}",
-    response_class=FileResponse,
+    response_class=StreamingResponse,
     summary="A file of a sweep report",
     responses={
         **responses(404, 422),
@@ -66,7 +67,28 @@ def get_report(name: RunName, _: Auth, deps: Deps) -> ReportView:
         },
     },
 )
-def get_report_file(name: RunName, file_name: FileName, _: Auth, deps: Deps) -> FileResponse:
-    """A file directly inside the run folder (no sub-folders, no links out of it)."""
-    path, media_type = ReportsDir(deps.config.reports_dir).file(name, file_name)
-    return FileResponse(path, media_type=media_type, headers=FILE_HEADERS)
+def get_report_file(name: RunName, file_name: FileName, _: Auth, deps: Deps) -> StreamingResponse:
+    """A file directly inside the run folder (no sub-folders, no links)."""
+    opened = ReportsDir(deps.config.reports_dir).file(name, file_name)
+    # Sent from the descriptor opened without following links, never reopened by its path (a link
+    # put in its place meanwhile would be followed). Starlette runs this iterator in its threads.
+    return StreamingResponse(
+        _chunks(opened.file, opened.size),
+        media_type=opened.media_type,
+        headers={**FILE_HEADERS, "Content-Length": str(opened.size)},
+    )
+
+
+CHUNK_BYTES = 64 * 1024
+
+
+def _chunks(file: BinaryIO, size: int) -> Iterator[bytes]:
+    """The file's first ``size`` bytes (its size when opened: the Content-Length sent), then close it."""
+    with file:
+        left = size
+        while left > 0:
+            chunk = file.read(min(CHUNK_BYTES, left))
+            if not chunk:
+                return
+            left -= len(chunk)
+            yield chunk

@@ -21,10 +21,20 @@ from mrsa.api.errors import ApiError
 class StreamSlots:
     """Counts of open streams (one API process; asyncio, so no lock is needed)."""
 
-    def __init__(self, per_key: int, total: int, retry_after_s: int) -> None:
+    def __init__(
+        self,
+        per_key: int,
+        total: int,
+        retry_after_s: int,
+        *,
+        what: str = "event streams and waiting chat completions",
+        settings: tuple[str, str] = ("MRSA_API_MAX_STREAMS_PER_KEY", "MRSA_API_MAX_STREAMS"),
+    ) -> None:
         self.per_key = per_key
         self.total = total
         self.retry_after_s = retry_after_s
+        self.what = what  # named in the 429/503 messages, with the settings that bound them
+        self.settings = settings
         self.open: Counter[str] = Counter()
 
     def acquire(self, owner: str) -> StreamSlot:
@@ -33,14 +43,14 @@ class StreamSlots:
         if self.open[owner] >= self.per_key:
             raise ApiError(
                 429,
-                f"too many event streams and waiting chat completions open for this key "
-                f"({self.open[owner]} of {self.per_key}); close one (MRSA_API_MAX_STREAMS_PER_KEY)",
+                f"too many {self.what} open for this key "
+                f"({self.open[owner]} of {self.per_key}); close one ({self.settings[0]})",
                 headers=retry,
             )
         if sum(self.open.values()) >= self.total:
             raise ApiError(
                 503,
-                f"the API has {self.total} event streams open (MRSA_API_MAX_STREAMS); retry shortly",
+                f"the API has {self.total} {self.what} open ({self.settings[1]}); retry shortly",
                 headers=retry,
             )
         self.open[owner] += 1

@@ -6,11 +6,12 @@ change of pins makes a new folder and never reuses a half-built one. Creation ho
 so two processes (two pytest sessions, a test and ``mrsa backend``) never build the same env at
 once; a finished env is marked by a ``.ready`` file written last.
 
-Each env is locked like mrsa's own (``uv.lock``): a committed requirements file pins every package
-the env holds, and a locked env is installed from it alone (``pip install --no-deps -r LOCK``), so
-a new machine gets what the suite passed with whatever its caches hold. pip, not uv, installs
-them: the vLLM env's CPU build of torch is a wheel that pip finds on these machines' disk (its
-``find-links``), and uv does not look there. :func:`relock` writes a lock by building the env
+Each env is locked like mrsa's own (``requirements/lock.txt``): a committed requirements file
+pins every package the env holds, with hashes, and a locked env is installed from it alone
+(``pip install --no-deps --require-hashes``), so a new machine gets what the suite passed with
+whatever its caches hold. pip installs them: the vLLM env's CPU build of torch is a wheel that pip
+finds on these machines' disk (its ``find-links``), and pip's wheel cache reuses the
+llama-cpp-python compiled for mrsa's env. :func:`relock` writes a lock by building the env
 from its unpinned steps in a scratch folder and freezing what they installed (so uninstalls and
 ``--no-deps`` steps are honoured); ``make lock`` runs it.
 """
@@ -22,9 +23,11 @@ import fcntl
 import hashlib
 import json
 import os
+import platform
 import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -150,36 +153,31 @@ def _build(
 
 
 def _install_lock(spec: EnvSpec, env: Path, out: IO[str], log: Path, say: Callable[[str], None]) -> None:
-    """Install exactly the lock's pins, nothing resolved. uv installs them when it is at hand (mrsa's
-    dev environment has it): it reuses the wheels it built for mrsa's own env (llama-cpp-python, a
-    6-minute compile) and downloads in parallel. Pins with a local version (``torch==2.13.0+cpu``)
-    are not on PyPI: pip installs those, from where its configuration finds them."""
+    """Install exactly the lock's pins, hash-checked, nothing resolved. pip's wheel cache is keyed by
+    the sdist's hash, so the llama-cpp-python that ``make setup`` compiled for mrsa's own env (the
+    same pin and hash) is reused, not compiled again. Pins with a local version
+    (``torch==2.13.0+cpu``) are not on the index and carry no hash: they are installed first, from
+    where pip's configuration finds them (``--require-hashes`` refuses a bare pin)."""
     assert spec.lock is not None
     if not spec.lock.is_file():
         raise BundledEnvError(f"the {spec.name} environment's lock {spec.lock} is missing (make lock)")
-    pins = [f"{name}=={version}" for name, version in lock_pins(spec.lock).items()]
-    local = [pin for pin in pins if "+" in pin]
-    uv = _uv()
+    entries = lock_entries(spec.lock)
+    local = [entry.pin for entry in entries.values() if "+" in entry.version]
+    hashed = [entry.text for entry in entries.values() if "+" not in entry.version]
     environ = {**os.environ, **dict(spec.environment)}
     _run([spec.python, "-m", "venv", str(env)], out, log)
-    python = str(env_python(env))
+    pip = [str(env_python(env)), "-m", "pip", "install", "--disable-pip-version-check", "--no-deps"]
     if local:
         say(f"pip install {' '.join(local)}")
-        _run([python, "-m", "pip", "install", "--no-deps", *local], out, log, environ)
-    rest = [pin for pin in pins if pin not in local]
+        _run([*pip, *local], out, log, environ)
     requirements = env / "mrsa-lock.txt"
-    requirements.write_text("\n".join(rest) + "\n")
-    if uv is not None:
-        say(f"uv pip install --no-deps -r {spec.lock.name} ({len(rest)} packages)")
-        argv = [uv, "pip", "install", "--python", python, "--no-deps", "-r", str(requirements)]
-    else:
-        say(f"pip install --no-deps -r {spec.lock.name} ({len(rest)} packages)")
-        argv = [python, "-m", "pip", "install", "--no-deps", "-r", str(requirements)]
-    _run(argv, out, log, environ)
+    requirements.write_text("\n".join(hashed) + "\n")
+    say(f"pip install --no-deps --require-hashes -r {spec.lock.name} ({len(hashed)} packages)")
+    _run([*pip, "--require-hashes", "-r", str(requirements)], out, log, environ)
 
 
 def _uv() -> str | None:
-    """uv beside this interpreter (mrsa's own venv), else on PATH, else None."""
+    """uv beside this interpreter (mrsa's own venv, dev extra), else on PATH, else None."""
     return shutil.which("uv", path=str(Path(sys.executable).parent)) or shutil.which("uv")
 
 
@@ -207,24 +205,78 @@ def relock(spec: EnvSpec, progress: Callable[[str], None] | None = None) -> Path
     pins = sorted((line for line in frozen.splitlines() if "==" in line), key=str.lower)
     header = (
         f"# The {spec.name} environment, every package pinned: written by `make lock` "
-        "(mrsa.backends.bundled_envs.relock)\n# from the steps in the code; installed with "
-        "`pip install --no-deps -r` this file.\n"
+        "(mrsa.backends.bundled_envs.relock)\n# from the steps in the code; installed as it "
+        "stands, hash-checked, nothing resolved (bundled_envs._install_lock).\n"
     )
     spec.lock.parent.mkdir(parents=True, exist_ok=True)
-    spec.lock.write_text(header + "\n".join(pins) + "\n")
+    spec.lock.write_text(header + with_hashes(pins))
     say(f"{spec.lock}: {len(pins)} packages")
     return spec.lock
 
 
+def with_hashes(pins: Sequence[str]) -> str:
+    """The pins as a hash-checked requirements text: uv looks up each release's hashes on the
+    index (``--no-deps``: the pins are the whole set already). Local versions (a CPU torch build
+    from pip's find-links) are not on the index and stay as bare pins."""
+    uv = _uv()
+    if uv is None:
+        raise BundledEnvError("relocking needs uv (it is in mrsa's dev extra)")
+    public = [pin for pin in pins if "+" not in pin]
+    argv = [uv, "pip", "compile", "--quiet", "--no-header", "--no-annotate", "--no-deps", "--generate-hashes"]
+    with tempfile.TemporaryDirectory() as scratch:
+        source = Path(scratch) / "pins.in"
+        source.write_text("\n".join(public) + "\n")
+        compiled = subprocess.run(
+            [*argv, "--python-version", platform.python_version(), str(source)],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    local = [pin for pin in pins if "+" in pin]
+    return compiled + "".join(f"{pin}\n" for pin in local)
+
+
+@dataclass(frozen=True)
+class LockEntry:
+    """One package of a lock: its pin line and the whole text of its entry (hashes included)."""
+
+    name: str
+    version: str
+    text: str
+
+    @property
+    def pin(self) -> str:
+        return f"{self.name}=={self.version}"
+
+
+def lock_entries(lock: Path) -> dict[str, LockEntry]:
+    """``{normalised name: entry}`` of a requirements lock, with or without ``--hash`` lines."""
+    entries: dict[str, LockEntry] = {}
+    current: list[str] = []
+
+    def close() -> None:
+        if current:
+            name, _, version = current[0].split(";", 1)[0].rstrip(" \\").partition("==")
+            key = name.strip().lower().replace("_", "-").replace(".", "-")
+            entries[key] = LockEntry(name.strip(), version.strip(), "\n".join(current))
+            current.clear()
+
+    for raw in lock.read_text().splitlines():
+        line = raw.split("#", 1)[0].rstrip()
+        if not line.strip():
+            continue
+        if line[0].isspace():
+            current.append(line)
+        else:
+            close()
+            current.append(line)
+    close()
+    return entries
+
+
 def lock_pins(lock: Path) -> dict[str, str]:
-    """``{normalised name: version}`` of a lock file (comments and blank lines skipped)."""
-    pins: dict[str, str] = {}
-    for line in lock.read_text().splitlines():
-        line = line.split("#", 1)[0].strip()
-        if line:
-            name, _, version = line.partition("==")
-            pins[name.strip().lower().replace("_", "-").replace(".", "-")] = version.strip()
-    return pins
+    """``{normalised name: version}`` of a lock file."""
+    return {key: entry.version for key, entry in lock_entries(lock).items()}
 
 
 def _run(argv: Sequence[str], out: IO[str], log: Path, environ: dict[str, str] | None = None) -> None:

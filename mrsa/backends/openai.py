@@ -1,7 +1,7 @@
 """OpenAI-compatible backend client covering the dialects of vLLM, SGLang, llama.cpp's
 ``llama-server`` and llama-cpp-python's ``llama_cpp.server``.
 
-Dialect differences handled here (DESIGN §3):
+Dialect differences handled here (docs/design.md#backends):
 
 ========================  ============  ==========================  =====================  ==========
 dialect                   ``n``         tokenize / detokenize       token ids returned     prefill

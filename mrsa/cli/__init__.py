@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import typer
 
 from mrsa.cli import client
@@ -12,6 +14,7 @@ from mrsa.cli.report_cmd import report
 from mrsa.cli.serve_cmd import serve
 from mrsa.cli.solve import solve
 from mrsa.cli.worker_cmd import worker
+from mrsa.version import version_line
 
 app = typer.Typer(
     name="mrsa",
@@ -20,6 +23,29 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(version_line())
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            callback=_print_version,
+            is_eager=True,
+            help="Print mrsa's version (with the git revision when run from a checkout) and exit.",
+        ),
+    ] = False,
+) -> None:
+    """Markovian RSA: recursive self-aggregation of reasoning tails, as a CLI, a job service and benchmarks."""
+
+
 app.command()(solve)
 app.command()(backend)
 app.command()(worker)

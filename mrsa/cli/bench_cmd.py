@@ -22,6 +22,8 @@ from mrsa.cli.options import (
     BackendKindOpt,
     BackendOpt,
     ConcurrencyOpt,
+    GpuNameOpt,
+    GpusOpt,
     QuietOpt,
     RetriesOpt,
     TimeoutOpt,
@@ -115,9 +117,10 @@ def bench(
         list[str],
         typer.Option(
             "--dataset",
+            "--datasets",
             "-d",
-            help="aime2024, aime2025, aime2026, hmmt_feb2025, a generated arith:LEVEL[:N[:SEED]] "
-            "(e.g. arith:add1x1:81), or a JSONL path; repeatable.",
+            help="aime2024, aime2025, aime2026, hmmt_feb2025, hmmt_feb2026, a generated "
+            "arith:LEVEL[:N[:SEED]] (e.g. arith:add1x1:81), or a JSONL path; repeatable.",
         ),
     ],
     out: Annotated[Path, typer.Option("--out", "-o", help="Run folder (created; an existing one resumes).")],
@@ -166,6 +169,8 @@ def bench(
             "memory; mrsa worker processes on the same Redis share the work.",
         ),
     ] = None,
+    gpus: GpusOpt = None,
+    gpu_name: GpuNameOpt = None,
 ) -> None:
     """Run Markovian RSA over benchmark problems (datasets × presets/grid × seeds), grade every
     candidate, append records to RUN_DIR/records.jsonl as they finish, and resume when rerun."""
@@ -198,6 +203,8 @@ def bench(
             fail(f"{name}: must be ≥ 1", EXIT_USAGE)
     if grade_timeout <= 0 or grade_workers < 1:
         fail("grade-timeout must be > 0 and grade-workers ≥ 1", EXIT_USAGE)
+    if gpu_name is not None and gpus is None:
+        fail("gpu-name: say how many with --gpus N too", EXIT_USAGE)
     seed_list = parse_seeds(seeds)
     try:
         datasets = [load_dataset(d) for d in dict.fromkeys(dataset)]
@@ -240,6 +247,8 @@ def bench(
         jobs=jobs,
         grade_timeout_s=grade_timeout,
         grade_workers=min(grade_workers, os.cpu_count() or 1),
+        gpus=gpus,
+        gpu_name=gpu_name,
     )
 
     async def show_progress(stats: SweepStats) -> None:

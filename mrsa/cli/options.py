@@ -133,3 +133,17 @@ PricesOpt = Annotated[
         "env MRSA_PRICES_FILE): results show their cost.",
     ),
 ]
+
+GpusOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--gpus",
+        min=1,
+        help="GPUs serving the model (as you state it; mrsa cannot see them): the report gives "
+        "GPU-hours per question.",
+    ),
+]
+GpuNameOpt = Annotated[
+    str | None,
+    typer.Option("--gpu-name", help="Their kind, e.g. H100-80GB (shown beside GPU-hours)."),
+]

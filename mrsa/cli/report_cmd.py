@@ -12,7 +12,7 @@ import typer
 from pydantic import ValidationError
 
 from mrsa.cli.common import EXIT_USAGE, fail, out_console
-from mrsa.cli.options import PricesOpt
+from mrsa.cli.options import GpuNameOpt, GpusOpt, PricesOpt
 from mrsa.prices import PriceFileError, load_optional
 from mrsa.settings import Settings
 
@@ -27,14 +27,21 @@ def report(
     ] = 10.0,
     json_out: Annotated[bool, typer.Option("--json", help="Print the metrics as JSON on stdout.")] = False,
     prices_file: PricesOpt = None,
+    gpus: GpusOpt = None,
+    gpu_name: GpuNameOpt = None,
 ) -> None:
-    """Compute per-round metrics, baselines and the comparison with published results of a run
-    folder; write report.md, metrics.json, accuracy_vs_tokens.png and problem_grid.png into it."""
+    """Compute per-round metrics, avg@k over seeds, flags, time and throughput, baselines and the
+    comparison with published results of a run folder; write report.md, metrics.json,
+    accuracy_vs_tokens.png, problem_grid.png and pareto.png into it. --gpus overrides the hardware
+    mrsa bench recorded."""
     from evals.grading import Grader
     from evals.records import RecordLogError
     from evals.report import write_report
     from evals.rundir import RunDir
+    from evals.timing import Hardware
 
+    if gpu_name is not None and gpus is None:
+        fail("gpu-name: say how many with --gpus N too", EXIT_USAGE)
     if importlib.util.find_spec("matplotlib") is None:
         fail("mrsa report draws its plots with matplotlib: pip install 'mrsa[eval]'")
     try:
@@ -48,7 +55,8 @@ def report(
         )
     try:
         with Grader(workers=1, timeout_s=grade_timeout) as grader:
-            data, paths = write_report(run, grader, prices)
+            hardware = Hardware(gpus=gpus, gpu_name=gpu_name) if gpus is not None else None
+            data, paths = write_report(run, grader, prices, hardware)
     except (ValidationError, RecordLogError, json.JSONDecodeError) as exc:
         fail(f"run_dir: cannot read {run_dir}: {str(exc).splitlines()[0]}", EXIT_USAGE)
     if json_out:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -103,12 +104,64 @@ def serve(
         ),
     ] = None,
     prices_file: PricesOpt = None,
+    api_passthrough_max_bytes: Annotated[
+        int | None,
+        typer.Option(
+            "--passthrough-max-bytes",
+            min=1024,
+            help="Largest reply a chat passthrough relays, bytes; a longer one is cut "
+            "(env MRSA_API_PASSTHROUGH_MAX_BYTES; default 64 MiB).",
+        ),
+    ] = None,
+    api_passthrough_timeout_s: Annotated[
+        float | None,
+        typer.Option(
+            "--passthrough-timeout",
+            min=0.001,
+            help="Total seconds of one chat passthrough, the backend's wait included "
+            "(env MRSA_API_PASSTHROUGH_TIMEOUT_S; default 1800).",
+        ),
+    ] = None,
+    api_passthrough_idle_s: Annotated[
+        float | None,
+        typer.Option(
+            "--passthrough-idle-timeout",
+            min=0.001,
+            help="Longest silence within a passthrough's reply body, seconds "
+            "(env MRSA_API_PASSTHROUGH_IDLE_S; default 300).",
+        ),
+    ] = None,
+    api_max_passthroughs_per_key: Annotated[
+        int | None,
+        typer.Option(
+            "--max-passthroughs-per-key",
+            min=1,
+            help="Chat passthroughs open per key, 429 above "
+            "(env MRSA_API_MAX_PASSTHROUGHS_PER_KEY; default 64).",
+        ),
+    ] = None,
+    api_max_passthroughs: Annotated[
+        int | None,
+        typer.Option(
+            "--max-passthroughs",
+            min=1,
+            help="Chat passthroughs open in all, 503 above (env MRSA_API_MAX_PASSTHROUGHS; default 512).",
+        ),
+    ] = None,
+    api_passthrough_drain_s: Annotated[
+        float | None,
+        typer.Option(
+            "--passthrough-drain",
+            min=0,
+            help="On SIGTERM, seconds open passthroughs get before they are cut "
+            "(env MRSA_API_PASSTHROUGH_DRAIN_S; default 10).",
+        ),
+    ] = None,
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
 ) -> None:
     """Serve the REST API (OpenAPI docs at /docs) and the web console (/ui/) until Ctrl-C or SIGTERM."""
-    import uvicorn
-
     from mrsa.api.app import create_app
+    from mrsa.api.server import STARTUP_FAILURE, run_server
 
     settings = settings_from_flags(Settings, ctx.params, ctx)
     if not settings.redis_url:
@@ -122,5 +175,6 @@ def serve(
         app = create_app(settings)
     except PriceFileError as exc:
         fail(str(exc), EXIT_USAGE)
-    # uvicorn reports a failed startup (e.g. Redis unreachable after the retry window) and exits 3.
-    uvicorn.run(app, host=host, port=port, log_level=log_level.lower(), proxy_headers=True)
+    # uvicorn reports a failed startup (e.g. Redis unreachable after the retry window): exit 3.
+    if not run_server(app, host=host, port=port, log_level=log_level.lower()):
+        sys.exit(STARTUP_FAILURE)

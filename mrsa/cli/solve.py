@@ -19,6 +19,7 @@ from mrsa.backends.embedded import EmbeddedUnavailable
 from mrsa.backends.factory import open_backend
 from mrsa.backends.http import HttpOptions
 from mrsa.cli.common import EXIT_USAGE, err_console, fail, out_console, print_json, settings_from_flags
+from mrsa.cli.embedded_note import embedded_note
 from mrsa.cli.options import (
     BackendKindOpt,
     BackendOpt,
@@ -298,5 +299,7 @@ def solve(
         print_json(result)
     else:
         render_result(result)
+        if settings.backend_url is None:
+            out_console.print(embedded_note(problem, file), markup=False, soft_wrap=True)
     if result.status != JobStatus.succeeded:
         raise typer.Exit(1)

@@ -69,8 +69,10 @@ def worker(
         float | None,
         typer.Option(
             "--backend-hold",
-            help="While the backend is down or busy, hold tasks this long before failing their jobs, "
-            "seconds; 0 = fail at once (env MRSA_WORKER_BACKEND_HOLD_S).",
+            help="Retry a task whose backend requests keep failing (down, busy, timing out) this long "
+            "before failing its job, seconds; 0 = fail at once. The worker takes no new tasks meanwhile "
+            "only when the backend is out: 3 tasks failing in a row or a failed health probe "
+            "(env MRSA_WORKER_BACKEND_HOLD_S).",
         ),
     ] = None,
     worker_metrics_port: Annotated[

@@ -6,6 +6,7 @@ samples and budgets with the ``final_*`` settings (:meth:`~mrsa.params.RSAParams
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 
 from mrsa.backends.base import Backend, GenerationRequest, GenerationResult, Message
@@ -176,6 +177,7 @@ async def generate_candidate(
 
     With tail_mode ``summarize`` the tail is a summary the model writes (one more call, counted in
     the candidate's usage and apart in ``summary_usage``) wherever a later call reads the tail."""
+    started_at = time.time()
     params = job.spec.params
     select = task.kind == "select"
     prompt = build_prompt(params, job.spec.problem, parents)
@@ -218,4 +220,5 @@ async def generate_candidate(
         tail=tail.text,
         tail_tokens=tail.tokens,
         source_tokens=tail.source_tokens,
+        started_at=started_at,
     )

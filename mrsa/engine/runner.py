@@ -1,4 +1,4 @@
-"""The event-driven job engine (DESIGN §2): no coordinator process.
+"""The event-driven job engine (docs/design.md#rounds-without-a-coordinator): no coordinator process.
 
 A job is stored and its round-0 tasks enqueued. Whoever runs a task generates that candidate and
 stores it; the same atomic store write enqueues every next-round task whose K parents are now all

@@ -119,9 +119,19 @@ class JobService:
         """Store a job and enqueue its round-0 tasks (raises ActiveLimitReached when ``owner``
         already has ``max_active`` jobs in flight)."""
         job = Job(id=job_id or new_job_id(), spec=spec, owner=owner, warnings=list(warnings))
-        await self.store.create_job(job, round_tasks(job.id, spec.params, 0), max_active=max_active)
-        await self.store.add_event(job.id, Event(type="status", job_id=job.id, status=JobStatus.queued))
+        await self.create(job, max_active)
         return job
+
+    async def create(self, job: Job, max_active: int | None = None) -> bool:
+        """Store ``job`` and enqueue its round-0 tasks, as :meth:`submit`; ``True`` when this call
+        created it, ``False`` when a job of its id already existed (then nothing was stored,
+        enqueued or announced)."""
+        created = await self.store.create_job(
+            job, round_tasks(job.id, job.spec.params, 0), max_active=max_active
+        )
+        if created:
+            await self.store.add_event(job.id, Event(type="status", job_id=job.id, status=JobStatus.queued))
+        return created
 
     async def round_summaries(self, job: Job) -> list[RoundSummary]:
         """Summaries of the job's stored rounds, from round 0 up to the first one with nothing stored."""

@@ -30,7 +30,7 @@ Implementations: :mod:`mrsa.store.memory` (in-process, what ``mrsa solve`` runs 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from pydantic import BaseModel, Field
 
@@ -123,8 +123,9 @@ class JobStore(Protocol):
         tasks: Sequence[Task],
         max_active: int | None = None,
         stored: Sequence[Candidate] = (),
-    ) -> None:
-        """Store a new job and enqueue its round-0 tasks (a second create of one id is a no-op).
+    ) -> bool:
+        """Store a new job and enqueue its round-0 tasks; ``True`` when this call created it,
+        ``False`` when a job of that id already existed (a second create of one id is a no-op).
 
         With ``max_active``, raise :class:`ActiveLimitReached` instead when the owner already has
         that many jobs not terminal — checked and added in one atomic step, so concurrent
@@ -160,11 +161,15 @@ class JobStore(Protocol):
         until their retention ends)."""
         ...
 
-    async def claim_idempotency_key(self, owner: str, key: str, job_id: str, ttl_s: int) -> str | None:
-        """Record that ``owner``'s ``key`` made ``job_id`` (for ``ttl_s`` seconds).
+    async def claim_idempotency_key(
+        self, owner: str, key: str, job_id: str, fingerprint: str, ttl_s: int
+    ) -> IdempotencyClaim | None:
+        """Record that ``owner``'s ``key`` made ``job_id`` from the request ``fingerprint`` (for
+        ``ttl_s`` seconds).
 
-        Returns the job id recorded earlier when the key was already used (and records nothing),
-        else ``None``. Atomic: of concurrent claims of one key exactly one gets ``None``.
+        Returns the claim recorded earlier when the key was already used (and records nothing),
+        else ``None``. Atomic: of concurrent claims of one key exactly one gets ``None``, and every
+        other one gets that winner's job id and fingerprint.
         """
         ...
 
@@ -269,6 +274,14 @@ class Store(JobStore, TaskQueue, Protocol):
         them at once (a long sweep would hold every trace otherwise); Redis leaves them to the
         retention TTL that every finished job's keys already have."""
         ...
+
+
+class IdempotencyClaim(NamedTuple):
+    """What an Idempotency-Key was first used for: the job id it claimed and a fingerprint of the
+    request (``None`` for a claim stored before fingerprints were: compare the job's spec)."""
+
+    job_id: str
+    fingerprint: str | None
 
 
 TERMINAL = frozenset({JobStatus.succeeded, JobStatus.failed, JobStatus.cancelled})

@@ -16,7 +16,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from mrsa.domain import Candidate, ChunkCheckpoint, Event, Job, JobResult, JobStatus, Task
-from mrsa.store.base import ActiveLimitReached, Delivery, QueueStats, ReclaimResult, TaskContext
+from mrsa.store.base import (
+    ActiveLimitReached,
+    Delivery,
+    IdempotencyClaim,
+    QueueStats,
+    ReclaimResult,
+    TaskContext,
+)
 
 
 @dataclass
@@ -52,7 +59,7 @@ class MemoryStore:
         self._dead: list[Delivery] = []
         self._cond = asyncio.Condition()
         self._jobs: dict[str, _JobState] = {}
-        self._idempotency: dict[tuple[str, str], tuple[str, float]] = {}
+        self._idempotency: dict[tuple[str, str], tuple[IdempotencyClaim, float]] = {}
         self._events_changed = asyncio.Condition()
 
     # -- lifecycle --------------------------------------------------------------------------------
@@ -176,9 +183,9 @@ class MemoryStore:
         tasks: Sequence[Task],
         max_active: int | None = None,
         stored: Sequence[Candidate] = (),
-    ) -> None:
+    ) -> bool:
         if job.id in self._jobs:
-            return
+            return False
         if max_active is not None:  # nothing awaited between the check and the insert: atomic
             active = sum(
                 1 for s in self._jobs.values() if s.job.owner == job.owner and not s.job.status.terminal
@@ -190,6 +197,7 @@ class MemoryStore:
             state.candidates.setdefault((cand.round, cand.index), cand.model_copy(deep=True))
         self._jobs[job.id] = state
         await self.enqueue(tasks)
+        return True
 
     async def get_job(self, job_id: str) -> Job | None:
         st = self._jobs.get(job_id)
@@ -230,12 +238,15 @@ class MemoryStore:
         tally = Counter(s.job.status for s in self._jobs.values())
         return {status: tally.get(status, 0) for status in JobStatus}
 
-    async def claim_idempotency_key(self, owner: str, key: str, job_id: str, ttl_s: int) -> str | None:
+    async def claim_idempotency_key(
+        self, owner: str, key: str, job_id: str, fingerprint: str, ttl_s: int
+    ) -> IdempotencyClaim | None:
+        # Nothing is awaited between the read and the write: atomic in the event loop.
         now = time.monotonic()
         existing = self._idempotency.get((owner, key))
         if existing is not None and existing[1] > now:
             return existing[0]
-        self._idempotency[(owner, key)] = (job_id, now + ttl_s)
+        self._idempotency[(owner, key)] = (IdempotencyClaim(job_id, fingerprint), now + ttl_s)
         return None
 
     async def mark_running(self, job_id: str) -> bool:

@@ -7,7 +7,7 @@ Layout (``p`` is the key prefix, ``mrsa`` by default)::
     p:jobs                     Sorted set of job ids by creation time (all owners)
     p:owner:{owner}:jobs       Sorted set of one owner's job ids by creation time
     p:owner:{owner}:active     Set of one owner's non-terminal job ids
-    p:idem:{owner}:{key}       Idempotency key → job id (with its own TTL)
+    p:idem:{owner}:{key}       Idempotency key → "{job id} {request fingerprint}" (with its own TTL)
     p:status:{queued,running}  Sets of the job ids in that status (the jobs-by-status gauge)
     p:status:{terminal status} Sorted sets of finished job ids by finish time (pruned past retention)
     p:job:{id}                 Hash: spec, owner, status, round, timestamps, error, answer, result,
@@ -86,6 +86,7 @@ from mrsa.store import redis_scripts as lua
 from mrsa.store.base import (
     ActiveLimitReached,
     Delivery,
+    IdempotencyClaim,
     QueueStats,
     ReclaimResult,
     StoreUnavailable,
@@ -408,7 +409,7 @@ class RedisStore:
         tasks: Sequence[Task],
         max_active: int | None = None,
         stored: Sequence[Candidate] = (),
-    ) -> None:
+    ) -> bool:
         fields: dict[str, str] = {
             "spec": job.spec.model_dump_json(),
             "owner": job.owner,
@@ -450,6 +451,7 @@ class RedisStore:
         if int(created) < 0:
             assert max_active is not None
             raise ActiveLimitReached(-int(created), max_active)
+        return int(created) == 1
 
     async def get_job(self, job_id: str) -> Job | None:
         with self._r.unavailable():
@@ -542,12 +544,18 @@ class RedisStore:
             out[status] = int(next(counts))
         return out
 
-    async def claim_idempotency_key(self, owner: str, key: str, job_id: str, ttl_s: int) -> str | None:
+    async def claim_idempotency_key(
+        self, owner: str, key: str, job_id: str, fingerprint: str, ttl_s: int
+    ) -> IdempotencyClaim | None:
         with self._r.unavailable():
             old = await self._r.claim_key(
-                keys=[self._r.idempotency(owner, key)], args=[job_id, max(1, ttl_s)]
+                keys=[self._r.idempotency(owner, key)], args=[f"{job_id} {fingerprint}", max(1, ttl_s)]
             )
-        return cast(str | None, old)
+        if old is None:
+            return None
+        # "{job id} {fingerprint}"; a bare job id was claimed before fingerprints were stored.
+        earlier, _, earlier_fingerprint = cast(str, old).partition(" ")
+        return IdempotencyClaim(earlier, earlier_fingerprint or None)
 
     async def mark_running(self, job_id: str) -> bool:
         with self._r.unavailable():

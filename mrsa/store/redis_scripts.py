@@ -184,7 +184,8 @@ if ttl > 0 then redis.call('PEXPIRE', KEYS[2], ttl) end
 return id
 """
 
-# KEYS: idempotency key. ARGV: job id, ttl seconds. Returns the earlier job id or false.
+# KEYS: idempotency key. ARGV: claim ("{job id} {fingerprint}"), ttl seconds. Returns the earlier
+# claim, or false when this call made it.
 CLAIM_KEY = """
 local old = redis.call('GET', KEYS[1])
 if old then return old end

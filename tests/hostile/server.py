@@ -4,14 +4,15 @@ event loop, so the production client's aiohttp wire (timeouts, body reads) is wh
 It answers discovery like vLLM (``/v1/models``, ``/version``, ``/health``), tokenizes one token per
 character, and answers each chat completion with the next behaviour of its script (the last one
 repeats): a valid reply, a lie (``choices: []``, negative counts, lone surrogates…), a status with
-headers, a trickle of bytes or a huge body. ``GET /metrics`` answers with its own behaviour, for the
-workers' reader of a router's metrics.
+headers, hostile headers, a trickle of bytes, a stall, a huge body or an endless event stream.
+``GET /metrics`` answers with its own behaviour, for the workers' reader of a router's metrics.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -77,6 +78,17 @@ def trickle(every_s: float, limit: int = 10_000) -> Behaviour:
     return answer
 
 
+def when_asked(needle: str, matched: Behaviour, otherwise: Behaviour) -> Behaviour:
+    """``matched`` for a chat completion whose messages contain ``needle``, else ``otherwise``:
+    one request's fault (a prompt the server stalls on) while it serves every other request."""
+
+    async def answer(request: web.Request) -> web.StreamResponse:
+        messages = (await request.json()).get("messages", [])
+        return await (matched if needle in json.dumps(messages) else otherwise)(request)
+
+    return answer
+
+
 def huge(size: int, *, declared: bool) -> Behaviour:
     """A body of ``size`` bytes: announced in ``Content-Length`` (and only begun), or chunked."""
 
@@ -101,12 +113,52 @@ def huge(size: int, *, declared: bool) -> Behaviour:
     return answer
 
 
+def stall(first: bytes = b"{", content_type: str = "application/json") -> Behaviour:
+    """Headers and ``first`` at once, then silence for as long as the client stays."""
+
+    async def answer(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": content_type})
+        await response.prepare(request)
+        await response.write(first)
+        await asyncio.Event().wait()  # until aiohttp cancels the handler: the client left
+        return response
+
+    return answer
+
+
+def with_headers(headers: list[tuple[str, str]], body: bytes, content_type: str) -> Behaviour:
+    """``body`` with exactly these headers (repeats kept), as a hostile backend chooses them."""
+
+    async def answer(request: web.Request) -> web.StreamResponse:
+        response = web.Response(body=body, content_type=content_type)
+        for name, value in headers:
+            response.headers.add(name, value)
+        return response
+
+    return answer
+
+
+def events_forever(event: bytes = b'data: {"choices": []}\n\n') -> Behaviour:
+    """A server-sent event stream that never ends, as fast as it is read."""
+
+    async def answer(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        with contextlib.suppress(ConnectionError):
+            while True:
+                await response.write(event * 512)
+        return response
+
+    return answer
+
+
 class HostileServer:
     """The server and its script; ``requests`` records every chat completion body received."""
 
     def __init__(self) -> None:
         self.script: list[Behaviour] = [reply(completion())]
         self.calls = 0
+        self.open_chats = 0  # chat completions being answered now
         self.requests: list[dict[str, Any]] = []
         self.paths: list[str] = []
         self.url = ""
@@ -124,7 +176,16 @@ class HostileServer:
         self.requests.append(await request.json())
         behaviour = self.script[min(self.calls, len(self.script) - 1)]
         self.calls += 1
-        return await behaviour(request)
+        self.open_chats += 1
+        try:
+            return await behaviour(request)
+        finally:  # also when aiohttp cancels the handler because the client closed the connection
+            self.open_chats -= 1
+
+    def connections(self) -> int:
+        """Client connections open to this server now, as it sees them (idle keep-alive ones too)."""
+        server = self._runner.server if self._runner is not None else None
+        return len(server.connections) if server is not None else 0
 
     async def _tokenize(self, request: web.Request) -> web.StreamResponse:
         text = (await request.json())["prompt"]
