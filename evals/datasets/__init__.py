@@ -1,5 +1,6 @@
-"""Benchmark datasets: the shipped JSONL files next to this module, or any JSONL file of
-``{"id", "problem", "answer"}`` objects (extra keys are ignored).
+"""Benchmark datasets: the shipped JSONL files next to this module, any JSONL file of
+``{"id", "problem", "answer"}`` objects (extra keys are ignored), or a generated arithmetic set
+named ``arith:LEVEL[:N[:SEED]]`` (:mod:`evals.arith`).
 
 Loading is all-or-nothing: a malformed line raises :class:`DatasetError` naming the file and the
 line number, so a sweep never starts on half a dataset.
@@ -79,8 +80,29 @@ def parse_jsonl(text: str, source: str) -> list[Problem]:
     return problems
 
 
+def _generated(spec: str) -> Dataset:
+    """A generated arithmetic set, held as the JSONL text it would be in a file, so its digest in a
+    run's manifest proves a resumed sweep generated the same problems."""
+    from evals.arith import ArithSpecError, dataset_name, generate, parse_spec, to_jsonl
+
+    try:
+        level, n, seed = parse_spec(spec)
+        text = to_jsonl(generate(level, n, seed))
+    except ArithSpecError as exc:
+        raise DatasetError(f"dataset: {exc}") from None
+    return Dataset(
+        name=dataset_name(level, n, seed),
+        path=spec,
+        sha256=hashlib.sha256(text.encode("utf-8")).hexdigest(),
+        problems=parse_jsonl(text, spec),
+    )
+
+
 def load_dataset(name_or_path: str) -> Dataset:
-    """A shipped dataset by name (``aime2025``) or any JSONL file by path."""
+    """A shipped dataset by name (``aime2025``), a generated one (``arith:add2x2:200:0``) or any
+    JSONL file by path."""
+    if name_or_path.startswith("arith:"):
+        return _generated(name_or_path)
     path = shipped_path(name_or_path) if name_or_path in SHIPPED else Path(name_or_path)
     if not path.is_file():
         raise DatasetError(

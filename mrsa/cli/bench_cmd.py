@@ -119,7 +119,8 @@ def bench(
             "--dataset",
             "--datasets",
             "-d",
-            help="aime2024, aime2025, aime2026, hmmt_feb2025, hmmt_feb2026, or a JSONL path; repeatable.",
+            help="aime2024, aime2025, aime2026, hmmt_feb2025, hmmt_feb2026, a generated "
+            "arith:LEVEL[:N[:SEED]] (e.g. arith:add1x1:81), or a JSONL path; repeatable.",
         ),
     ],
     out: Annotated[Path, typer.Option("--out", "-o", help="Run folder (created; an existing one resumes).")],
