@@ -282,15 +282,6 @@ class MemoryStore:
             keys = [i for i in indices if (round_index, i) in st.candidates]
         return [st.candidates[(round_index, i)].model_copy(deep=True) for i in keys]
 
-    async def advance_round(self, job_id: str, from_round: int, tasks: Sequence[Task]) -> bool:
-        st = self._state(job_id)
-        if st.job.status.terminal or st.job.round != from_round:
-            return False
-        st.job.round = from_round + 1
-        st.job.updated_at = time.time()
-        await self.enqueue(tasks)
-        return True
-
     async def complete_rounds(
         self,
         job_id: str,

@@ -24,8 +24,7 @@ create is a no-op; with ``max_active`` the owner's in-flight count is checked in
 ``save_candidate`` (HSETNX, then HINCRBY of the round's counter only when new, then XADD of
 each next-round task whose parents are now all stored and that is not in the released set),
 ``complete_rounds`` (moves the round pointer over complete rounds, XADD of the selection task when
-it passes the last one), ``advance_round`` (compare-and-set of the round pointer + XADD; nothing
-for a terminal job), ``finish_job``/``cancel_job`` (once; then a TTL of ``retention_s`` on every key
+it passes the last one), ``finish_job``/``cancel_job`` (once; then a TTL of ``retention_s`` on every key
 of the job), ``reclaim`` (XAUTOCLAIM + delivery counts from XPENDING; a task delivered too often
 is reported, not run), ``move_to_dead_letters`` (XACK + XDEL + RPUSH, once), ``heartbeat`` and
 ``release`` (XCLAIM ... JUSTID of the ids the consumer still owns). Keys a
@@ -137,7 +136,6 @@ class _Redis:
         self.create = s(lua.CREATE)
         self.mark_running = s(lua.MARK_RUNNING)
         self.save_candidate = s(lua.SAVE_CANDIDATE)
-        self.advance = s(lua.ADVANCE)
         self.complete_rounds = s(lua.COMPLETE_ROUNDS)
         self.terminate = s(lua.TERMINATE)
         self.save_checkpoint = s(lua.SAVE_CHECKPOINT)
@@ -202,7 +200,6 @@ class _Redis:
             self.create,
             self.mark_running,
             self.save_candidate,
-            self.advance,
             self.complete_rounds,
             self.terminate,
             self.save_checkpoint,
@@ -598,18 +595,6 @@ class RedisStore:
                 return []
             values = await self._r.client.hmget(key, [str(i) for i in indices])
         return [Candidate.model_validate_json(v) for v in values if v is not None]
-
-    async def advance_round(self, job_id: str, from_round: int, tasks: Sequence[Task]) -> bool:
-        with self._r.unavailable():
-            won = int(
-                await self._r.advance(
-                    keys=[self._r.job(job_id), self._r.tasks],
-                    args=[from_round, _now(), *(t.model_dump_json() for t in tasks)],
-                )
-            )
-        if won < 0:
-            raise KeyError(f"unknown job {job_id!r}")
-        return won == 1
 
     async def complete_rounds(
         self,

@@ -122,19 +122,6 @@ return {old, r}
 """
 )
 
-# KEYS: job, tasks. ARGV: from_round, now, task JSON... Returns 1 (won), 0 (lost), -1 (unknown).
-ADVANCE = (
-    _TERMINAL
-    + """
-local st = redis.call('HMGET', KEYS[1], 'status', 'round')
-if not st[1] then return -1 end
-if terminal(st[1]) or tonumber(st[2]) ~= tonumber(ARGV[1]) then return 0 end
-redis.call('HSET', KEYS[1], 'round', tonumber(ARGV[1]) + 1, 'updated_at', ARGV[2])
-for i = 3, #ARGV do redis.call('XADD', KEYS[2], '*', 'task', ARGV[i]) end
-return 1
-"""
-)
-
 # KEYS: job, checkpoints, events. ARGV: id, status, error JSON, answer JSON, result JSON ('' for
 # none: keep the answer), now, retention seconds, key prefix. Returns 1 (done), 0 (already terminal),
 # -1 (unknown).
