@@ -330,8 +330,11 @@ class RedisStore:
         return out
 
     async def ack(self, delivery: Delivery) -> None:
+        # One packet, XACK then XDEL, without MULTI/EXEC: nothing reads between the two (an entry
+        # acked but not yet deleted is invisible to XREADGROUP ">" and to reclaim), and MULTI/EXEC
+        # doubled the commands redis-py packs and parses on every candidate's hot path.
         with self._r.unavailable():
-            async with self._r.client.pipeline(transaction=True) as pipe:
+            async with self._r.client.pipeline(transaction=False) as pipe:
                 pipe.xack(self._r.tasks, GROUP, delivery.id)
                 pipe.xdel(self._r.tasks, delivery.id)
                 await pipe.execute()
