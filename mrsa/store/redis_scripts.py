@@ -171,6 +171,13 @@ if ttl > 0 then redis.call('PEXPIRE', KEYS[2], ttl) end
 return id
 """
 
+# KEYS: tasks. ARGV: group, entry id. XACK + XDEL as one step, so the stream holds only queued and
+# in-flight tasks (stats counts XLEN - pending as queued). Returns the number deleted.
+ACK = """
+redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
+return redis.call('XDEL', KEYS[1], ARGV[2])
+"""
+
 # KEYS: idempotency key. ARGV: claim ("{job id} {fingerprint}"), ttl seconds. Returns the earlier
 # claim, or false when this call made it.
 CLAIM_KEY = """
