@@ -21,7 +21,7 @@ from typing import Literal
 from pydantic import BaseModel
 
 from mrsa.engine.answers import last_boxed
-from mrsa.engine.equivalence import Comparison, Equivalence, compare, symbolic
+from mrsa.engine.equivalence import Comparison, Equivalence, compare
 from mrsa.settings import get_settings
 
 Reason = Literal["correct", "wrong", "no_boxed", "parse_error", "timeout"]
@@ -60,17 +60,6 @@ def grade_answer(gold: str, answer: str | None) -> Grade:
         return Grade(correct=False, reason="no_boxed", answer=answer)
     max_chars = get_settings().equivalence_max_chars
     return _grade(answer, compare(gold, answer, max_chars), max_chars)
-
-
-def symbolic_equal(gold: str, answer: str) -> bool:
-    """math-verify's verdict alone (no string shortcut): used by tests to show the symbolic path
-    accepts every shipped gold answer."""
-    return symbolic(gold, answer).equal
-
-
-def grade_text(gold: str, text: str) -> Grade:
-    """Grade a whole model output strictly: the last ``\\boxed{}``, else ``no_boxed``."""
-    return grade_answer(gold, last_boxed(text))
 
 
 class Grader:

@@ -12,8 +12,6 @@ from pydantic import BaseModel
 from evals.metrics import RoundMetrics
 from evals.timing import GroupTiming
 
-AXES: tuple[str, ...] = ("tokens", "seconds", "cost")
-
 
 class ParetoPoint(BaseModel):
     config: str

@@ -388,24 +388,6 @@ class StoreContract:
         assert [c.index for c in missing] == [1]  # unknown indices are skipped
         assert await store.get_candidates("j1", 0, []) == []
 
-    async def test_advance_round_is_a_compare_and_set(self, store: Store) -> None:
-        await store.create_job(make_job("j1"), [])
-        assert await store.advance_round("j1", 0, tasks_of("j1", 1)) is True
-        assert (await store.get_job("j1")).round == 1
-        # A redelivered completion of round 0, or a stale pointer, loses and enqueues nothing.
-        assert await store.advance_round("j1", 0, tasks_of("j1", 1)) is False
-        assert await store.advance_round("j1", 5, tasks_of("j1", 6)) is False
-        taken = await take_all(store)
-        assert [(t.round, t.index) for t in taken] == [(1, 0), (1, 1), (1, 2)]
-        assert await store.advance_round("j1", 1, tasks_of("j1", 2)) is True
-        assert (await store.get_job("j1")).round == 2
-
-    async def test_concurrent_advances_have_one_winner(self, store: Store) -> None:
-        await store.create_job(make_job("j1"), [])
-        wins = await asyncio.gather(*(store.advance_round("j1", 0, tasks_of("j1", 1)) for _ in range(8)))
-        assert sorted(wins) == [False] * 7 + [True]
-        assert len(await take_all(store)) == 3
-
     async def test_save_candidate_releases_a_child_once_its_parents_are_stored(self, store: Store) -> None:
         await store.create_job(make_job("j1"), [])
         child_a = Task(job_id="j1", round=1, index=0, parents=[0, 2])
@@ -521,8 +503,6 @@ class StoreContract:
         assert job.status == JobStatus.succeeded and job.answer == "42" and job.finished_at is not None
         result = await store.get_result("j1")
         assert result is not None and result.status == JobStatus.succeeded and result.answer == "42"
-        # A terminal job does not advance.
-        assert await store.advance_round("j1", 0, tasks_of("j1", 1)) is False
         assert await take_all(store) == []
 
     async def test_failed_job_keeps_the_error(self, store: Store) -> None:
@@ -544,7 +524,6 @@ class StoreContract:
         assert {t.job_id for t in taken} <= {"j1", "j2"}
         assert await store.cancel_job("j1") is False
         assert await store.finish_job("j1", make_result("j1")) is False
-        assert await store.advance_round("j1", 0, tasks_of("j1", 1)) is False
         assert (await store.get_job("j1")).status == JobStatus.cancelled
         await store.finish_job("j2", make_result("j2"))
         assert await store.cancel_job("j2") is False  # already terminal

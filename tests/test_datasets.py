@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from evals.datasets import SHIPPED, DatasetError, load_dataset, parse_jsonl
-from evals.grading import Grader, boxed_answer, grade_answer, symbolic_equal
+from evals.grading import Grader, boxed_answer, grade_answer
+from mrsa.engine.equivalence import symbolic
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -49,7 +50,7 @@ def test_every_gold_answer_is_equal_to_itself_symbolically() -> None:
         p.id
         for name in SHIPPED
         for p in load_dataset(name).problems
-        if not symbolic_equal(p.answer, p.answer)
+        if not symbolic(p.answer, p.answer).equal
     ]
     assert failures == []
 

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from evals.grading import Grader, boxed_answer, grade_answer, grade_text
+from evals.grading import Grader, boxed_answer, grade_answer
 from evals.records import CandidateRecord
 from evals.scoring import round_outcome
 from evals.voting import majority_choice
@@ -141,11 +141,13 @@ def test_strict_boxed_extraction(text: str, expected: str | None) -> None:
 
 
 def test_reasons() -> None:
-    assert grade_text("70", "The answer is 70.").reason == "no_boxed"
-    assert grade_text("70", r"\boxed{70}").reason == "correct"
-    assert grade_text("70", r"\boxed{71}").reason == "wrong"
-    assert grade_text("70", r"\boxed{\sqrt}").reason == "parse_error"
-    assert grade_text("70", r"\boxed{\frac{}").reason == "no_boxed"  # unbalanced: no box at all
+    assert grade_answer("70", boxed_answer("The answer is 70.")).reason == "no_boxed"
+    assert grade_answer("70", boxed_answer(r"\boxed{70}")).reason == "correct"
+    assert grade_answer("70", boxed_answer(r"\boxed{71}")).reason == "wrong"
+    assert grade_answer("70", boxed_answer(r"\boxed{\sqrt}")).reason == "parse_error"
+    assert (
+        grade_answer("70", boxed_answer(r"\boxed{\frac{}")).reason == "no_boxed"
+    )  # unbalanced: no box at all
     assert grade_answer("70", "???").reason == "parse_error"
     assert grade_answer("70", None).reason == "no_boxed"
     # the answer part of a candidate wins over its reasoning

@@ -64,7 +64,6 @@ async def test_finished_job_keys_get_the_retention_ttl(store: RedisStore) -> Non
         "mrsa:job:j1:votes",
     ]
     assert all([await client.ttl(k) == -1 for k in keys])  # no expiry while the job runs
-    await store.advance_round("j1", 0, [])
     assert await store.finish_job("j1", make_result("j1")) is True
     for key in keys:
         assert 3500 < await client.ttl(key) <= 3600, key

@@ -141,6 +141,7 @@ class Worker:
             probe_timeout_s=self.options.backend_probe_timeout_s,
         )
         self._force = asyncio.Event()
+        self._finished = asyncio.Event()  # set when a task in flight ends: a slot may be free
         self.completed = 0
         self.reclaimed = 0
         self.released = 0
@@ -245,15 +246,17 @@ class Worker:
         """Until a task finishes or ``stop``; when the backend's queue holds the worker
         (``pressed``), also until it opens, and at most one reading interval (a reading that
         goes stale holds nothing, and no event says so)."""
-        tasks: list[asyncio.Future[Any]] = [t for _, t in self._running.values()]
+        # One event for "a task ended" instead of waiting on every task in flight: asyncio.wait
+        # adds and removes a callback on each of them, O(capacity) work on every freed slot.
+        self._finished.clear()
         stopper = asyncio.create_task(stop.wait())
-        waiters = [stopper]
+        waiters = [stopper, asyncio.create_task(self._finished.wait())]
         timeout: float | None = None
         if pressed and self.pressure is not None:
             waiters.append(asyncio.create_task(self.pressure.opened.wait()))
             timeout = self.pressure.interval_s
         try:
-            await asyncio.wait([*tasks, *waiters], timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
         finally:
             for waiter in waiters:
                 waiter.cancel()
@@ -262,9 +265,13 @@ class Worker:
         if delivery.id in self._running:
             return
         task = asyncio.create_task(self._handle(delivery))
+        task.add_done_callback(self._task_ended)
         self._running[delivery.id] = (delivery, task)
         metrics.TASKS_IN_FLIGHT.set(len(self._running))
         log.debug("started %s (delivery %d)", delivery.task.key, delivery.deliveries)
+
+    def _task_ended(self, _task: asyncio.Task[None]) -> None:
+        self._finished.set()
 
     async def _handle(self, delivery: Delivery) -> None:
         task = delivery.task

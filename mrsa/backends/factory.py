@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Literal, cast
+from typing import cast
 
 from mrsa.backends.base import Backend, BackendError, BackendUnavailable
 from mrsa.backends.embedded import CONTEXT_LENGTH, MODEL_ALIAS, EmbeddedServer
@@ -14,7 +14,6 @@ from mrsa.backends.openai import DIALECTS, Dialect, OpenAICompatibleBackend
 from mrsa.backends.tracing import TracingBackend
 from mrsa.backends.wire import Wire
 
-BackendKind = Literal["auto", "vllm", "sglang", "llamacpp", "llama-cpp-python", "triton"]
 BACKEND_KINDS: tuple[str, ...] = ("auto", *DIALECTS, "triton")
 
 

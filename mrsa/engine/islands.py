@@ -15,8 +15,6 @@ islands aggregate at least once whenever T allows it).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 
 def phases(islands: int) -> int:
     """Phases of a schedule with M islands: one per island count M, M/2, …, 1."""
@@ -54,22 +52,3 @@ def island_members(population: int, count: int, island: int) -> range:
     """Candidate indices of ``island`` when the population is split into ``count`` islands."""
     size = island_size(population, count)
     return range(island * size, (island + 1) * size)
-
-
-@dataclass(frozen=True)
-class Merge:
-    """At ``stage`` the population goes from ``before`` islands to ``after`` (= before / 2)."""
-
-    stage: int
-    before: int
-    after: int
-
-
-def merge_schedule(islands: int, rounds: int) -> list[Merge]:
-    """Every merge of a job with M = ``islands`` and T = ``rounds``, in stage order."""
-    merges = []
-    for stage in range(1, rounds + 1):
-        before, after = islands_at(islands, rounds, stage - 1), islands_at(islands, rounds, stage)
-        if after != before:
-            merges.append(Merge(stage=stage, before=before, after=after))
-    return merges

@@ -203,14 +203,6 @@ class JobStore(Protocol):
         """The round's stored clustered answers, ``None`` before any."""
         ...
 
-    async def advance_round(self, job_id: str, from_round: int, tasks: Sequence[Task]) -> bool:
-        """Move the job's round pointer from ``from_round`` to ``from_round + 1`` and enqueue ``tasks``.
-
-        Exactly one caller wins for a given ``from_round``; the others get ``False`` and enqueue
-        nothing. Does nothing for a job in a terminal state.
-        """
-        ...
-
     async def complete_rounds(
         self,
         job_id: str,

@@ -296,15 +296,6 @@ class MemoryStore:
         stored = self._state(job_id).votes.get(round_index)
         return None if stored is None else stored.model_copy(deep=True)
 
-    async def advance_round(self, job_id: str, from_round: int, tasks: Sequence[Task]) -> bool:
-        st = self._state(job_id)
-        if st.job.status.terminal or st.job.round != from_round:
-            return False
-        st.job.round = from_round + 1
-        st.job.updated_at = time.time()
-        await self.enqueue(tasks)
-        return True
-
     async def complete_rounds(
         self,
         job_id: str,

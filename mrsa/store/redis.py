@@ -24,8 +24,7 @@ create is a no-op; with ``max_active`` the owner's in-flight count is checked in
 ``save_candidate`` (HSETNX, then HINCRBY of the round's counter only when new, then XADD of
 each next-round task whose parents are now all stored and that is not in the released set),
 ``complete_rounds`` (moves the round pointer over complete rounds, XADD of the selection task when
-it passes the last one), ``advance_round`` (compare-and-set of the round pointer + XADD; nothing
-for a terminal job), ``finish_job``/``cancel_job`` (once; then a TTL of ``retention_s`` on every key
+it passes the last one), ``finish_job``/``cancel_job`` (once; then a TTL of ``retention_s`` on every key
 of the job), ``reclaim`` (XAUTOCLAIM + delivery counts from XPENDING; a task delivered too often
 is reported, not run), ``move_to_dead_letters`` (XACK + XDEL + RPUSH, once), ``heartbeat`` and
 ``release`` (XCLAIM ... JUSTID of the ids the consumer still owns). Keys a
@@ -33,7 +32,7 @@ script builds itself (round hashes, in ``finish_job``) are not declared, so this
 with replicas), not Redis Cluster.
 
 Delivery (see :mod:`mrsa.store.base`: a task may run more than once): XREADGROUP hands tasks to a
-consumer; ``ack`` is XACK + XDEL in one MULTI (so the stream holds only queued and in-flight
+consumer; ``ack`` is XACK + XDEL in one script (so the stream holds only queued and in-flight
 tasks); ``heartbeat`` re-claims the consumer's own pending ids with XCLAIM ... JUSTID, which resets
 their idle time without counting a delivery (every id in one call: one script per heartbeat,
 whatever the number of tasks in flight); ``release`` does the same with IDLE set to ten years;
@@ -61,7 +60,7 @@ one candidate task makes **7** — XREADGROUP (``take``), one pipeline of HMGET 
 candidate / HMGET parents (``load_task``), EVALSHA (``save_candidate``, which also releases the
 next round's ready tasks), HGETALL of the round and EVALSHA (``save_round_votes``: the round's
 answers clustered and stored with it, so round views and results never cluster), EVALSHA
-(``add_event``), MULTI/XACK/XDEL/EXEC (``ack``); candidates that arrive while their round is being
+(``add_event``), EVALSHA (``ack``: XACK + XDEL); candidates that arrive while their round is being
 clustered share the next run, and skip those two. On top, per
 round 1 (``complete_rounds``) plus its event (none after the last round), and per job 4 + (T+1) + 3
 (create + event; first ``mark_running`` + event; ``finish``: get_job, one HGETALL per round, the
@@ -150,12 +149,12 @@ class _Redis:
         self.create = s(lua.CREATE)
         self.mark_running = s(lua.MARK_RUNNING)
         self.save_candidate = s(lua.SAVE_CANDIDATE)
-        self.advance = s(lua.ADVANCE)
         self.complete_rounds = s(lua.COMPLETE_ROUNDS)
         self.terminate = s(lua.TERMINATE)
         self.save_newest = s(lua.SAVE_NEWEST)  # checkpoints and round votes
         self.add_event = s(lua.ADD_EVENT)
         self.claim_key = s(lua.CLAIM_KEY)
+        self.ack = s(lua.ACK)
         self.touch = s(lua.TOUCH)
         self.reclaim = s(lua.RECLAIM)
         self.bury = s(lua.BURY)
@@ -219,12 +218,12 @@ class _Redis:
             self.create,
             self.mark_running,
             self.save_candidate,
-            self.advance,
             self.complete_rounds,
             self.terminate,
             self.save_newest,
             self.add_event,
             self.claim_key,
+            self.ack,
             self.touch,
             self.reclaim,
             self.bury,
@@ -350,11 +349,10 @@ class RedisStore:
         return out
 
     async def ack(self, delivery: Delivery) -> None:
+        # One script, atomic as MULTI/EXEC was, but one command to pack and one reply to parse
+        # instead of four of each on every candidate's hot path.
         with self._r.unavailable():
-            async with self._r.client.pipeline(transaction=True) as pipe:
-                pipe.xack(self._r.tasks, GROUP, delivery.id)
-                pipe.xdel(self._r.tasks, delivery.id)
-                await pipe.execute()
+            await self._r.ack(keys=[self._r.tasks], args=[GROUP, delivery.id])
 
     async def _touch(self, consumer: str, deliveries: Sequence[Delivery], idle_ms: int) -> None:
         if not deliveries:
@@ -632,18 +630,6 @@ class RedisStore:
         with self._r.unavailable():
             raw = await self._r.client.hget(self._r.votes(job_id), str(round_index))
         return RoundVotes.model_validate_json(raw) if raw else None
-
-    async def advance_round(self, job_id: str, from_round: int, tasks: Sequence[Task]) -> bool:
-        with self._r.unavailable():
-            won = int(
-                await self._r.advance(
-                    keys=[self._r.job(job_id), self._r.tasks],
-                    args=[from_round, _now(), *(t.model_dump_json() for t in tasks)],
-                )
-            )
-        if won < 0:
-            raise KeyError(f"unknown job {job_id!r}")
-        return won == 1
 
     async def complete_rounds(
         self,

@@ -122,19 +122,6 @@ return {old, r}
 """
 )
 
-# KEYS: job, tasks. ARGV: from_round, now, task JSON... Returns 1 (won), 0 (lost), -1 (unknown).
-ADVANCE = (
-    _TERMINAL
-    + """
-local st = redis.call('HMGET', KEYS[1], 'status', 'round')
-if not st[1] then return -1 end
-if terminal(st[1]) or tonumber(st[2]) ~= tonumber(ARGV[1]) then return 0 end
-redis.call('HSET', KEYS[1], 'round', tonumber(ARGV[1]) + 1, 'updated_at', ARGV[2])
-for i = 3, #ARGV do redis.call('XADD', KEYS[2], '*', 'task', ARGV[i]) end
-return 1
-"""
-)
-
 # KEYS: job, checkpoints, events. ARGV: id, status, error JSON, answer JSON, result JSON ('' for
 # none: keep the answer), now, retention seconds, key prefix. Returns 1 (done), 0 (already terminal),
 # -1 (unknown).
@@ -186,6 +173,13 @@ local id = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', 'event', ARG
 local ttl = redis.call('PTTL', KEYS[1])
 if ttl > 0 then redis.call('PEXPIRE', KEYS[2], ttl) end
 return id
+"""
+
+# KEYS: tasks. ARGV: group, entry id. XACK + XDEL as one step, so the stream holds only queued and
+# in-flight tasks (stats counts XLEN - pending as queued). Returns the number deleted.
+ACK = """
+redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
+return redis.call('XDEL', KEYS[1], ARGV[2])
 """
 
 # KEYS: idempotency key. ARGV: claim ("{job id} {fingerprint}"), ttl seconds. Returns the earlier
