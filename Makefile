@@ -43,7 +43,7 @@ lock: setup
 	$(BIN)/uv pip compile --universal --python-version 3.11 --all-extras --generate-hashes --upgrade \
 	  --custom-compile-command "make lock" pyproject.toml -o $(LOCK)
 	$(MAKE) --no-print-directory setup
-	$(BIN)/python -m mrsa.backends.env_locks --refresh
+	$(BIN)/python -m mrsa.servers.env_locks --refresh
 	$(BIN)/python -m tests.deploy_tools --relock
 
 # The newest releases of every dependency (not the lock) in a venv of their own, through lint, types
@@ -55,7 +55,7 @@ test-latest: system-deps
 	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(LATEST_VENV)/bin/python -m pip install -q --disable-pip-version-check \
 	  --upgrade --upgrade-strategy eager -e ".[$(EXTRAS)]"
 	$(MAKE) --no-print-directory VENV=$(LATEST_VENV) \
-	  PYTEST_ARGS="--deselect tests/test_locks.py::test_the_environment_holds_exactly_the_locked_versions" checks
+	  PYTEST_ARGS="--deselect tests/deploy/test_locks.py::test_the_environment_holds_exactly_the_locked_versions" checks
 
 demo: setup
 	$(BIN)/mrsa solve --preset smoke $(DEMO_FLAGS) "$(PROBLEM)"
@@ -66,7 +66,7 @@ redis-server:
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq redis-server >/dev/null; }
 
-# The Sentinel failover tests and the multi-host test (tests/test_netns_multihost.py): redis-sentinel
+# The Sentinel failover tests and the multi-host test (tests/deploy/test_netns_multihost.py): redis-sentinel
 # and iproute2's `ip` (network namespaces), Debian packages, installed when missing.
 ha-tools:
 	@missing=""; \
@@ -97,10 +97,10 @@ typecheck:
 # before pytest so no test's timeout covers a first build; the test fixtures find them there.
 # vLLM's (~3.4 GB, ~3 min) also dequantises the embedded model to a Hugging Face folder (~20 s).
 bundled-envs:
-	$(BIN)/python -m mrsa.backends.bundled_triton
-	$(BIN)/python -m mrsa.backends.bundled_vllm
+	$(BIN)/python -m mrsa.servers.bundled_triton
+	$(BIN)/python -m mrsa.servers.bundled_vllm
 
-# The validators of deploy/ (tests/test_deploy_manifests.py), built once under the same cache:
+# The validators of deploy/ (tests/deploy/test_deploy_manifests.py), built once under the same cache:
 # checkov in a private env (its pins clash with mrsa's) and the npm @kubernetes-models CRD
 # validators (Node.js from Debian when it is missing). Reruns find them and take a second.
 deploy-validators:

@@ -1,5 +1,5 @@
 """Adaptive compute, measured: one problem set run with adaptive compute off and on, side by side in
-one run, against the simulator's per-problem difficulty model (``benchmarks/simulator``,
+one run, against the simulator's per-problem difficulty model (``testkit/simulator``,
 ``--difficulty``).
 
 The simulator's outputs are a pure function of (prompt, seed), and mrsa's prompts and seeds are a
@@ -33,15 +33,15 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
-from benchmarks.simulator.model import Difficulty, problem_answers
-from benchmarks.simulator.process import running_simulator
 from mrsa.backends.http import HttpOptions
 from mrsa.backends.openai import OpenAICompatibleBackend
 from mrsa.domain import JobResult, JobSpec, JobStatus
 from mrsa.params import RSAParams
+from testkit.simulator.model import Difficulty, problem_answers
+from testkit.simulator.process import running_simulator
 from workers.inprocess import InProcessRunner
 
-KEY_CHARS = 200  # what the simulator keys a problem by (benchmarks/simulator/server.py)
+KEY_CHARS = 200  # what the simulator keys a problem by (testkit/simulator/server.py)
 HARD_SHARE = 0.25
 
 

@@ -31,13 +31,13 @@ from typing import Any
 
 from redis.asyncio.connection import AbstractConnection
 
-from benchmarks.redis_process import RedisProcess, RedisUnavailable
 from mrsa.backends.base import BackendInfo, GenerationRequest, GenerationResult
 from mrsa.domain import JobSpec
 from mrsa.params import RSAParams
 from mrsa.settings import Settings
 from mrsa.store.base import Store
 from mrsa.store.opening import open_store
+from testkit.redis_process import RedisProcess, RedisUnavailable
 from workers.inprocess import InProcessRunner
 
 ANSWER = "We multiply step by step and check the result carefully. So the answer is \\boxed{42}."

@@ -19,11 +19,11 @@ from collections.abc import Callable
 
 import httpx
 
-from benchmarks.simulator.process import running_simulator
 from mrsa.backends.base import GenerationRequest, Message
 from mrsa.backends.http import HttpOptions
 from mrsa.backends.openai import OpenAICompatibleBackend
 from mrsa.backends.wire import BodyTooLarge, Wire, WireError, WireRequest, WireResponse, WireTimeout
+from testkit.simulator.process import running_simulator
 
 
 class HttpxWire:

@@ -1,5 +1,5 @@
 """How close mrsa keeps an inference server to its limit: one fixed workload against the simulator
-(``benchmarks/simulator``), run by mrsa in-process, by mrsa through Redis with 1, 2 and 4 worker
+(``testkit/simulator``), run by mrsa in-process, by mrsa through Redis with 1, 2 and 4 worker
 processes, and by two baselines, all with the same concurrency limit, side by side in one run.
 
 Workload: 30 AIME 2025 problems, N=16, K=4, T=2, with a scaled-down budget and tail.
@@ -60,8 +60,6 @@ import httpx
 
 from benchmarks.counted_worker import warm_up
 from benchmarks.dispatch_overhead import redis_server
-from benchmarks.server_metrics import LoadSamples, read_vllm_counters, sampling_load
-from benchmarks.simulator.process import ROOT, running_simulator
 from evals.datasets import load_dataset
 from mrsa.backends.base import GenerationRequest, Message
 from mrsa.backends.http import HttpOptions
@@ -73,6 +71,8 @@ from mrsa.engine.tails import make_tail, tail_source_text
 from mrsa.params import RSAParams
 from mrsa.settings import Settings
 from mrsa.store.opening import open_store
+from testkit.server_metrics import LoadSamples, read_vllm_counters, sampling_load
+from testkit.simulator.process import ROOT, running_simulator
 from workers.inprocess import InProcessRunner
 
 BASELINES = ("round-batch", "per-job")
@@ -208,7 +208,7 @@ def worker_processes(
 
 
 async def run_redis(url: str, workload: Workload, workers: int, folder: Path, verbose: bool) -> Run:
-    from mrsa.engine.service import JobService
+    from mrsa.engine.job_service import JobService
 
     with redis_server() as redis_url:
         async with open_store(redis_url, Settings()) as store:

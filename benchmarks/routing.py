@@ -18,7 +18,7 @@ the replicas is drawn anew).
     .venv/bin/python -m benchmarks.routing            # table
     .venv/bin/python -m benchmarks.routing --json     # one JSON object per policy
 
-The replicas are ``python -m benchmarks.simulator`` processes; the fronts (``benchmarks/router.py``)
+The replicas are ``python -m testkit.simulator`` processes; the fronts (``testkit/router.py``)
 and mrsa (``InProcessRunner``, memory store) run in this process. Only loopback traffic.
 """
 
@@ -37,13 +37,13 @@ from typing import Any, cast
 
 import httpx
 
-from benchmarks.router import Policy, running_router
-from benchmarks.simulator.process import SimulatorProcess
 from evals.datasets import load_dataset
 from mrsa.backends.http import HttpOptions
 from mrsa.backends.openai import OpenAICompatibleBackend
 from mrsa.domain import JobSpec, JobStatus
 from mrsa.params import RSAParams
+from testkit.router import Policy, running_router
+from testkit.simulator.process import SimulatorProcess
 from workers.inprocess import InProcessRunner
 
 HEADER = "x-mrsa-lineage"

@@ -4,7 +4,7 @@
     .venv/bin/python -m benchmarks.soak --jobs 40 --json     # a quick run, one JSON object
 
 Everything runs as separate processes on loopback: a real ``redis-server`` (AOF), ``mrsa serve``,
-two ``mrsa worker`` and the inference-server simulator (``benchmarks/simulator``). The jobs
+two ``mrsa worker`` and the inference-server simulator (``testkit/simulator``). The jobs
 are submitted through the REST API at once; while they drain, one worker is SIGKILLed (a
 replacement starts) once ``--kill-after`` of them are finished, and Redis is stopped and started
 again on its AOF once ``--redis-restart-after`` are. Every API request's latency is recorded,
@@ -32,10 +32,10 @@ from typing import Any
 
 import httpx
 
-from benchmarks.processes import child_processes, http_ok
-from benchmarks.redis_process import RedisProcess
-from benchmarks.simulator.process import running_simulator
-from mrsa.backends.server_process import free_port
+from mrsa.servers.server_process import free_port
+from testkit.processes import child_processes, http_ok
+from testkit.redis_process import RedisProcess
+from testkit.simulator.process import running_simulator
 
 KEY = "soak-key"
 TERMINAL = {"succeeded", "failed", "cancelled"}

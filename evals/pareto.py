@@ -9,7 +9,7 @@ from collections.abc import Callable, Sequence
 
 from pydantic import BaseModel
 
-from evals.metrics import RoundMetrics
+from evals.accuracy import RoundMetrics
 from evals.timing import GroupTiming
 
 

@@ -6,7 +6,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from evals.metrics import RoundMetrics
+from evals.accuracy import RoundMetrics
 from evals.pareto import ParetoPoint, front
 
 ACCURACY_PNG = "accuracy_vs_tokens.png"

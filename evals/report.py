@@ -12,10 +12,10 @@ from pathlib import Path
 from pydantic import BaseModel
 
 from evals import pareto, plots
+from evals.accuracy import BOOTSTRAP_RESAMPLES, Estimate, RoundMetrics, SeedSpread, all_rounds, problem_grid
 from evals.costs import SweepCosts, cost_lines, sweep_costs
 from evals.flags import FlagGroup, cell_letters, flag_lines, group_flags
 from evals.grading import REASONS, Grader
-from evals.metrics import BOOTSTRAP_RESAMPLES, Estimate, RoundMetrics, SeedSpread, all_rounds, problem_grid
 from evals.records import UnitKey
 from evals.rundir import METRICS, REPORT, Manifest, RunDir
 from evals.scoring import score

@@ -9,8 +9,8 @@ from collections.abc import Sequence
 
 from pydantic import BaseModel
 
+from evals.accuracy import IslandOutcome, RoundOutcome, RunOutcome
 from evals.grading import Grader
-from evals.metrics import IslandOutcome, RoundOutcome, RunOutcome
 from evals.records import CandidateRecord, RecordKey, UnitKey
 from evals.rundir import Manifest
 from evals.voting import majority_choice, majority_choice_plain

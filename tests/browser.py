@@ -18,7 +18,7 @@ import pytest
 from playwright.sync_api import BrowserContext, ViewportSize, sync_playwright
 from playwright.sync_api import Error as PlaywrightError
 
-from benchmarks.simulator.process import ROOT
+from testkit.simulator.process import ROOT
 
 CHROMIUM = os.environ.get("MRSA_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = [

@@ -13,8 +13,8 @@ from typing import Any
 
 import httpx
 
-from benchmarks.processes import Child, child_processes, http_ok
-from mrsa.backends.server_process import free_port
+from mrsa.servers.server_process import free_port
+from testkit.processes import Child, child_processes, http_ok
 from tests.plugins.redis_server import RedisServer
 
 API_KEY = "console-key-7d21"

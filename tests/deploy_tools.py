@@ -4,7 +4,7 @@ pytest, so no test's timeout has to cover a first build:
 
 * **checkov** (PyPI), the static security check, in a private venv: its pins (an exact
   ``jsonschema``, ``networkx``, ``boto3`` …) clash with mrsa's (the pattern of
-  :mod:`mrsa.backends.bundled_envs`);
+  :mod:`mrsa.servers.bundled_envs`);
 * the **CRD validators** of KEDA, the Prometheus Operator and the Gateway API: the npm packages
   ``@kubernetes-models/*``, whose validation functions are generated from each project's Go API
   types (the ones its published CRDs are generated from), installed with npm into a folder of
@@ -23,7 +23,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from mrsa.backends.bundled_envs import EnvSpec, cache_root, ensure_env, file_lock, relock, tail_of
+from mrsa.servers.bundled_envs import EnvSpec, cache_root, ensure_env, file_lock, relock, tail_of
 
 CHECKOV_VERSION = "3.3.30"
 # Exact versions: a new release of a model package can change what it accepts.

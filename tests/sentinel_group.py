@@ -15,8 +15,8 @@ from pathlib import Path
 
 import redis
 
-from benchmarks.redis_process import RedisProcess, answers_ping
-from mrsa.backends.server_process import free_port
+from mrsa.servers.server_process import free_port
+from testkit.redis_process import RedisProcess, answers_ping
 
 MASTER_NAME = "mrsa-ha"
 DOWN_AFTER_MS = 1000  # how long a silent master takes to be declared down

@@ -9,9 +9,9 @@ import sys
 from pydantic import ValidationError
 
 from mrsa.backends.base import BackendError
-from mrsa.backends.embedded import EmbeddedUnavailable
+from mrsa.servers.embedded import EmbeddedUnavailable
 from mrsa.settings import WorkerSettings, describe_settings_error
-from workers.service import run
+from workers.worker_process import run
 
 USAGE = """usage: python -m workers
 

@@ -12,8 +12,8 @@ from collections.abc import Awaitable, Callable
 from mrsa.backends.base import Backend
 from mrsa.domain import Event, Job, JobResult, JobSpec
 from mrsa.engine.follow import follow
+from mrsa.engine.job_service import JobService
 from mrsa.engine.runner import TaskRunner
-from mrsa.engine.service import JobService
 from mrsa.store.base import Store
 from mrsa.store.memory import MemoryStore
 from workers.loop import Worker, WorkerOptions

@@ -29,7 +29,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from mrsa import metrics
+from mrsa import telemetry
 from mrsa.backends.base import BackendError
 from mrsa.backends.pressure import BackendPressure
 from mrsa.domain import Task
@@ -190,7 +190,7 @@ class Worker:
                     got = await self.queue.take(self.consumer, free, self._block_ms(stop))
                 self._outage.ok()
             except StoreUnavailable as exc:
-                metrics.STORE_UNAVAILABLE.inc()
+                telemetry.STORE_UNAVAILABLE.inc()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), self._outage.delay(exc))
                 continue
@@ -209,7 +209,7 @@ class Worker:
         result.dead = [d for d in result.dead if d.id not in self._running]
         if result.deliveries:
             self.reclaimed += len(result.deliveries)
-            metrics.TASKS_RECLAIMED.inc(len(result.deliveries))
+            telemetry.TASKS_RECLAIMED.inc(len(result.deliveries))
             log.info(
                 "reclaimed %d task(s) from silent consumers: %s",
                 len(result.deliveries),
@@ -235,7 +235,7 @@ class Worker:
             except Exception:  # bad data must not crash every worker that meets this task
                 log.exception("could not fail job %s of dead-lettered task %s", d.task.job_id, d.task.key)
             if await self.queue.move_to_dead_letters(d):
-                metrics.TASKS_DEAD.inc()
+                telemetry.TASKS_DEAD.inc()
                 log.error("dead-lettered %s", dead_letter_reason(d))
             self._dead.pop(0)
 
@@ -267,7 +267,7 @@ class Worker:
         task = asyncio.create_task(self._handle(delivery))
         task.add_done_callback(self._task_ended)
         self._running[delivery.id] = (delivery, task)
-        metrics.TASKS_IN_FLIGHT.set(len(self._running))
+        telemetry.TASKS_IN_FLIGHT.set(len(self._running))
         log.debug("started %s (delivery %d)", delivery.task.key, delivery.deliveries)
 
     def _task_ended(self, _task: asyncio.Task[None]) -> None:
@@ -285,19 +285,19 @@ class Worker:
                 raise
         except StoreUnavailable as exc:
             ack = False
-            metrics.STORE_UNAVAILABLE.inc()
+            telemetry.STORE_UNAVAILABLE.inc()
             log.warning("task %s left pending, store unavailable: %s", task.key, exc)
         except BackendError as exc:
-            metrics.TASK_FAILURES.labels(exc.kind).inc()
+            telemetry.TASK_FAILURES.labels(exc.kind).inc()
             log.error("task %s failed, failing job %s: %s", task.key, task.job_id, exc)
             ack = await self._fail(task.job_id, exc)
         except Exception as exc:  # a bug or bad data: fail the job with the reason, never hang it
-            metrics.TASK_FAILURES.labels("internal").inc()
+            telemetry.TASK_FAILURES.labels("internal").inc()
             log.exception("task %s crashed", task.key)
             ack = await self._fail(task.job_id, exc)
         finally:
             self._running.pop(delivery.id, None)
-            metrics.TASKS_IN_FLIGHT.set(len(self._running))
+            telemetry.TASKS_IN_FLIGHT.set(len(self._running))
             if ack:
                 try:
                     await self.queue.ack(delivery)
@@ -375,7 +375,7 @@ class Worker:
     async def _stats_loop(self) -> None:
         while True:
             with contextlib.suppress(StoreUnavailable):
-                metrics.observe_queue(await self.queue.stats(idle_ms=self.options.reclaim_idle_ms))
+                telemetry.observe_queue(await self.queue.stats(idle_ms=self.options.reclaim_idle_ms))
             await asyncio.sleep(self.options.stats_interval_s)
 
     async def _cancel_loop(self) -> None:
@@ -404,7 +404,7 @@ class Worker:
             )
             return
         self.released += len(deliveries)
-        metrics.TASKS_RELEASED.inc(len(deliveries))
+        telemetry.TASKS_RELEASED.inc(len(deliveries))
         log.info(
             "released %d unfinished task(s): %s", len(deliveries), ", ".join(d.task.key for d in deliveries)
         )

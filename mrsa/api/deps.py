@@ -21,7 +21,7 @@ from mrsa.api.streams import StreamSlots
 from mrsa.backends.base import Backend, BackendError
 from mrsa.backends.factory import make_backend
 from mrsa.backends.http import HttpOptions
-from mrsa.engine.service import JobService
+from mrsa.engine.job_service import JobService
 from mrsa.prices import PriceTable
 from mrsa.store.base import Store
 

@@ -1,7 +1,7 @@
 """Job operations behind the routes: validate and enqueue, look up with ownership, view, cancel.
 
 The API enqueues only. It submits and reads jobs through the engine's
-:class:`~mrsa.engine.service.JobService` (``deps.jobs``), the same one the workers end jobs with;
+:class:`~mrsa.engine.job_service.JobService` (``deps.jobs``), the same one the workers end jobs with;
 it has no task runner, so the API process can never start a generation.
 """
 
@@ -22,9 +22,9 @@ from mrsa.api.errors import ApiError, from_validation_errors, invalid
 from mrsa.api.schemas import PROBLEM_PREVIEW_CHARS, JobLinks, JobProgress, JobView
 from mrsa.backends.base import BackendError
 from mrsa.domain import Event, Job, JobResult, JobSpec, JobStatus, RoundSummary
+from mrsa.engine.job_service import new_job_id
 from mrsa.engine.limits import ContextBudgetError, check_context
 from mrsa.engine.prompts import UnknownPromptSetError, check_prompt_set
-from mrsa.engine.service import new_job_id
 from mrsa.params import DEFAULT_PRESET, RSAParams, UnknownPresetError, resolve_params
 from mrsa.prices import priced
 from mrsa.store.base import ActiveLimitReached
@@ -222,7 +222,7 @@ async def view(deps: ApiDeps, job: Job, *, with_progress: bool = False) -> JobVi
 
 
 async def result_of(deps: ApiDeps, job: Job) -> JobResult:
-    """The result of a terminal job (:meth:`~mrsa.engine.service.JobService.result`), priced when the
+    """The result of a terminal job (:meth:`~mrsa.engine.job_service.JobService.result`), priced when the
     API has a price table; 409 for one still running."""
     if not job.status.terminal:
         raise ApiError(
@@ -234,7 +234,7 @@ async def result_of(deps: ApiDeps, job: Job) -> JobResult:
 
 
 async def round_of(deps: ApiDeps, job: Job, round_index: int) -> RoundSummary:
-    """One round's summary (:meth:`~mrsa.engine.service.JobService.round_summary`); 404 past the
+    """One round's summary (:meth:`~mrsa.engine.job_service.JobService.round_summary`); 404 past the
     job's last round."""
     last = deps.jobs.last_round(job)
     if round_index > last:

@@ -1,4 +1,4 @@
-"""``/metrics`` of the API: the shared metric objects of :mod:`mrsa.metrics`, the queue gauges and
+"""``/metrics`` of the API: the shared metric objects of :mod:`mrsa.telemetry`, the queue gauges and
 jobs by status read from the store at scrape time, and the API's own request metrics."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import time
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Gauge, Histogram, generate_latest
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from mrsa import metrics
+from mrsa import telemetry
 from mrsa.domain import JobStatus
 from mrsa.store.base import Store
 
@@ -41,7 +41,7 @@ class StoreGauges:
     async def refresh(self) -> None:
         if time.monotonic() - self._at < self.cache_s:
             return
-        metrics.observe_queue(await self.store.stats(self.reclaim_idle_ms))
+        telemetry.observe_queue(await self.store.stats(self.reclaim_idle_ms))
         counts = await self.store.count_by_status()  # exact: an index the store keeps per status
         for status in JobStatus:
             JOBS_BY_STATUS.labels(status.value).set(counts.get(status, 0))

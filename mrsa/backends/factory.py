@@ -8,11 +8,11 @@ from pathlib import Path
 from typing import cast
 
 from mrsa.backends.base import Backend, BackendError, BackendUnavailable
-from mrsa.backends.embedded import CONTEXT_LENGTH, MODEL_ALIAS, EmbeddedServer
 from mrsa.backends.http import HttpClient, HttpOptions, backend_base_url
 from mrsa.backends.openai import DIALECTS, Dialect, OpenAICompatibleBackend
 from mrsa.backends.tracing import TracingBackend
 from mrsa.backends.wire import Wire
+from mrsa.servers.embedded import CONTEXT_LENGTH, MODEL_ALIAS, EmbeddedServer
 
 BACKEND_KINDS: tuple[str, ...] = ("auto", *DIALECTS, "triton")
 

@@ -27,7 +27,7 @@ from typing import Any
 from asyncio_throttle.throttler import Throttler
 from pydantic import BaseModel, Field
 
-from mrsa import metrics
+from mrsa import telemetry
 from mrsa.backends.base import (
     BackendBusy,
     BackendError,
@@ -364,7 +364,7 @@ class HttpClient:
                     reply = await self._send(
                         method, path, body, timeout_s or self.options.timeout_s, deadline_s, lineage
                     )
-                    metrics.BACKEND_LATENCY.labels(self.backend_kind, label).observe(
+                    telemetry.BACKEND_LATENCY.labels(self.backend_kind, label).observe(
                         time.perf_counter() - started
                     )
                 if 200 <= reply.status < 300:
@@ -376,22 +376,22 @@ class HttpClient:
                         last = exc
                     except BackendError as exc:  # a server's own error inside a 2xx body (Triton)
                         if not exc.retryable:
-                            metrics.BACKEND_ERRORS.labels(self.backend_kind, exc.kind).inc()
+                            telemetry.BACKEND_ERRORS.labels(self.backend_kind, exc.kind).inc()
                             raise
                         last = exc
                 else:
                     last = self._classify(reply.status, reply.body, url)
                     if not last.retryable:
-                        metrics.BACKEND_ERRORS.labels(self.backend_kind, last.kind).inc()
+                        telemetry.BACKEND_ERRORS.labels(self.backend_kind, last.kind).inc()
                         raise last
             except BackendUnavailable as exc:
                 last = exc
             except ReplyTooLargeError as exc:
-                metrics.BACKEND_ERRORS.labels(self.backend_kind, exc.kind).inc()
+                telemetry.BACKEND_ERRORS.labels(self.backend_kind, exc.kind).inc()
                 raise
-            metrics.BACKEND_ERRORS.labels(self.backend_kind, last.kind).inc()
+            telemetry.BACKEND_ERRORS.labels(self.backend_kind, last.kind).inc()
             if attempt + 1 < attempts:
-                metrics.BACKEND_RETRIES.labels(self.backend_kind, last.kind).inc()
+                telemetry.BACKEND_RETRIES.labels(self.backend_kind, last.kind).inc()
                 delay = _retry_after(reply.headers.get("retry-after") if reply is not None else None)
                 if delay is not None:
                     delay = min(delay, self.options.retry_after_cap_s)

@@ -24,7 +24,7 @@ from collections.abc import Sequence
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from mrsa import metrics
+from mrsa import telemetry
 from mrsa.backends.wire import AiohttpWire, BodyTooLarge, Wire, WireError, WireRequest
 
 log = logging.getLogger("mrsa.worker")
@@ -140,7 +140,7 @@ class BackendPressure:
         try:
             value = await self._fetch()
         except (WireError, BodyTooLarge, TimeoutError, ValueError) as exc:
-            metrics.BACKEND_METRICS_ERRORS.inc()
+            telemetry.BACKEND_METRICS_ERRORS.inc()
             if not self._failing:
                 log.warning("backend metrics %s unreadable (%s); not holding on them", self.url, exc)
                 self._failing = True
@@ -152,9 +152,9 @@ class BackendPressure:
                 self._failing = False
             self.waiting = value
             self._read_at = asyncio.get_running_loop().time()
-            metrics.BACKEND_WAITING.set(value)
+            telemetry.BACKEND_WAITING.set(value)
         holding = self.holding
-        metrics.WORKER_BACKPRESSURE.set(1 if holding else 0)
+        telemetry.WORKER_BACKPRESSURE.set(1 if holding else 0)
         if holding and not was_holding:
             log.info(
                 "backend queue %g > %d (%s): taking no new tasks", self.waiting, self.max_waiting, self.url

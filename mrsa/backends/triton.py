@@ -50,12 +50,12 @@ from mrsa.backends.base import (
     GenerationRequest,
     GenerationResult,
 )
-from mrsa.backends.bundled_triton import BUNDLED_MODEL, ensure_tokenizer, to_stderr
 from mrsa.backends.http import HttpClient, HttpOptions, context_overflow, error_text, with_default_concurrency
 from mrsa.backends.openai import normalise_finish_reason
 from mrsa.backends.triton_prompt import LocalTokenizer
 from mrsa.backends.wire import Wire
 from mrsa.domain import FinishReason
+from mrsa.servers.bundled_triton import BUNDLED_MODEL, ensure_tokenizer, to_stderr
 
 _DEFAULT_CAPACITY = 256
 # A condition that passes: answered differently if the same request is sent again later.

@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from mrsa.cli import client
+from mrsa.cli import jobs_cmd
 from mrsa.cli.backend_cmd import backend
 from mrsa.cli.bench_cmd import bench
 from mrsa.cli.grade_cmd import grade
@@ -50,9 +50,9 @@ app.command()(solve)
 app.command()(backend)
 app.command()(worker)
 app.command()(serve)
-for command in (client.submit, client.status, client.watch, client.result, client.cancel):
+for command in (jobs_cmd.submit, jobs_cmd.status, jobs_cmd.watch, jobs_cmd.result, jobs_cmd.cancel):
     app.command()(command)
-app.command("list")(client.list_jobs)
+app.command("list")(jobs_cmd.list_jobs)
 app.command()(bench)
 app.command()(report)
 app.command(context_settings={"ignore_unknown_options": True})(grade)  # negative golds: -984

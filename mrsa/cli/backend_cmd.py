@@ -9,10 +9,10 @@ from typing import Annotated
 
 import typer
 
-from mrsa.backends.bundled_triton import BUNDLED_MODEL, TritonServer, TritonUnavailable
-from mrsa.backends.bundled_vllm import MAX_MODEL_LEN, MAX_NUM_SEQS, VllmServer, VllmUnavailable
-from mrsa.backends.embedded import CONTEXT_LENGTH, EmbeddedServer, EmbeddedUnavailable
 from mrsa.cli.common import EXIT_USAGE, err_console, fail
+from mrsa.servers.bundled_triton import BUNDLED_MODEL, TritonServer, TritonUnavailable
+from mrsa.servers.bundled_vllm import MAX_MODEL_LEN, MAX_NUM_SEQS, VllmServer, VllmUnavailable
+from mrsa.servers.embedded import CONTEXT_LENGTH, EmbeddedServer, EmbeddedUnavailable
 
 KINDS = ("local", "triton", "vllm")
 

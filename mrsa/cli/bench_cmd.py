@@ -16,7 +16,6 @@ from rich.live import Live
 from rich.table import Table
 
 from mrsa.backends.base import BackendError
-from mrsa.backends.embedded import EmbeddedUnavailable
 from mrsa.cli.common import EXIT_USAGE, err_console, fail, out_console, print_json, settings_from_flags
 from mrsa.cli.options import (
     BackendKindOpt,
@@ -31,6 +30,7 @@ from mrsa.cli.options import (
 )
 from mrsa.engine.limits import ContextBudgetError
 from mrsa.params import PRESETS
+from mrsa.servers.embedded import EmbeddedUnavailable
 from mrsa.settings import Settings
 from mrsa.store.base import StoreUnavailable
 

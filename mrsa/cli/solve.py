@@ -15,7 +15,6 @@ from rich.live import Live
 from rich.table import Table
 
 from mrsa.backends.base import BackendError
-from mrsa.backends.embedded import EmbeddedUnavailable
 from mrsa.backends.factory import open_backend
 from mrsa.backends.http import HttpOptions
 from mrsa.cli.common import EXIT_USAGE, err_console, fail, out_console, print_json, settings_from_flags
@@ -39,6 +38,7 @@ from mrsa.engine.limits import ContextBudgetError, check_context
 from mrsa.engine.prompts import UnknownPromptSetError, check_prompt_set
 from mrsa.params import PRESETS, RSAParams, UnknownPresetError, describe_validation_error, resolve_params
 from mrsa.prices import PriceFileError, load_optional, priced
+from mrsa.servers.embedded import EmbeddedUnavailable
 from mrsa.settings import Settings, get_settings
 from mrsa.store.base import StoreUnavailable
 from mrsa.store.opening import open_store

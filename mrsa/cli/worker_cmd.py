@@ -13,9 +13,9 @@ from typing import Annotated
 import typer
 
 from mrsa.backends.base import BackendError
-from mrsa.backends.embedded import EmbeddedUnavailable
 from mrsa.cli.common import fail, settings_from_flags
 from mrsa.cli.options import BackendKindOpt, PriorityOpt, RedisOpt, TokenizerOpt
+from mrsa.servers.embedded import EmbeddedUnavailable
 from mrsa.settings import WorkerSettings
 
 
@@ -124,11 +124,11 @@ def worker(
 ) -> None:
     """Run Markovian RSA tasks from Redis: as many at a time as the backend can serve; SIGTERM
     finishes (or releases) in-flight tasks and exits."""
-    from workers import service
+    from workers import worker_process
 
     settings = settings_from_flags(WorkerSettings, ctx.params, ctx)
     try:
-        service.run(settings, verbose)
+        worker_process.run(settings, verbose)
     except (BackendError, EmbeddedUnavailable) as exc:
         fail(str(exc))
     except OSError as exc:  # e.g. the metrics port is taken

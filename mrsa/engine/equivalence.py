@@ -51,7 +51,7 @@ from typing import Any
 
 from math_verify import LatexExtractionConfig, parse, verify
 
-from mrsa import metrics
+from mrsa import telemetry
 from mrsa.engine.answers import normalise_answer
 from mrsa.engine.pool import Call, DeadlinePool
 from mrsa.settings import EQUIVALENCE_MAX_CHARS, EQUIVALENCE_TIMEOUT_S, EQUIVALENCE_WORKERS, get_settings
@@ -386,14 +386,14 @@ class Equivalence:
             merged.setdefault(root[j], []).extend(m)
         groups = sorted((sorted(g) for g in merged.values()), key=lambda g: g[0])
         if timeouts:
-            metrics.EQUIVALENCE_FALLBACKS.labels("timeout").inc(timeouts)
+            telemetry.EQUIVALENCE_FALLBACKS.labels("timeout").inc(timeouts)
             log.warning(
                 "math-verify overran its %gs limit on %d distinct answer(s): each is its own class",
                 self.timeout_s,
                 timeouts,
             )
         if oversized:
-            metrics.EQUIVALENCE_FALLBACKS.labels("oversized").inc(oversized)
+            telemetry.EQUIVALENCE_FALLBACKS.labels("oversized").inc(oversized)
         return Clustering(groups=groups, timeouts=timeouts, oversized=oversized)
 
 

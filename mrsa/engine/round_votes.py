@@ -21,7 +21,7 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from mrsa import metrics
+from mrsa import telemetry
 from mrsa.domain import Candidate, RoundVotes
 from mrsa.engine.equivalence import Equivalence
 from mrsa.store.base import JobStore
@@ -34,7 +34,7 @@ async def cluster_round(
     candidate indices; candidates without an answer are in no class."""
     voters = [c for c in candidates if c.answer is not None]
     clustering = await equivalence.acluster([c.answer for c in voters if c.answer is not None])
-    metrics.ROUND_CLUSTERINGS.inc()
+    telemetry.ROUND_CLUSTERINGS.inc()
     return RoundVotes(
         round=round_index,
         tallied=len(candidates),

@@ -9,19 +9,19 @@ the prompts and results are exactly those of a round-by-round run, only sooner. 
 complete and :func:`mrsa.engine.adaptive.decide` has said to go on, so a stop saves the whole round. The worker that
 completes a round moves the job's round pointer (over every complete round: they can finish out
 of order) and, after round T, selects the answer and finishes the job (through the
-:class:`~mrsa.engine.service.JobService`). Releases are recorded in the store, so a redelivered
+:class:`~mrsa.engine.job_service.JobService`). Releases are recorded in the store, so a redelivered
 completion never enqueues a task twice.
 """
 
 from __future__ import annotations
 
-from mrsa import metrics
+from mrsa import telemetry
 from mrsa.backends.base import Backend
 from mrsa.domain import Candidate, Event, Job, JobStatus, Task
 from mrsa.engine.adaptive import decide
 from mrsa.engine.generation import generate_candidate, ordered_parents
+from mrsa.engine.job_service import JobService
 from mrsa.engine.planning import release_tasks, round_tasks, selection_task
-from mrsa.engine.service import JobService
 from mrsa.store.base import JobStore
 
 
@@ -66,9 +66,9 @@ class TaskRunner:
                 self.backend, self.store, job, task, parents, self._priority(task)
             )
             count = await self.store.save_candidate(job.id, cand, children)
-            metrics.CANDIDATES.labels(cand.finish_reason).inc()
-            metrics.DECODE_TOKENS.inc(cand.usage.decode_tokens)
-            metrics.PROMPT_TOKENS.inc(cand.usage.prompt_tokens)
+            telemetry.CANDIDATES.labels(cand.finish_reason).inc()
+            telemetry.DECODE_TOKENS.inc(cand.usage.decode_tokens)
+            telemetry.PROMPT_TOKENS.inc(cand.usage.prompt_tokens)
             # Votes before the event: a reader the event sends to the round finds them counting this
             # candidate (the API never clusters: mrsa.engine.round_votes).
             await self.jobs.tally(job.id, task.round)
@@ -109,7 +109,7 @@ class TaskRunner:
         )
         adaptive = params.adaptive and last.round == after - 1 and after <= params.rounds
         for done in range(max(before, 0), after):
-            metrics.ROUNDS_COMPLETED.inc()
+            telemetry.ROUNDS_COMPLETED.inc()
             if done < params.rounds and not adaptive:  # an adaptive job announces a round once it plans it
                 await self.store.add_event(job.id, Event(type="round", job_id=job.id, round=done + 1))
         if adaptive:
@@ -125,7 +125,7 @@ class TaskRunner:
         emits the round's event."""
         stop = decide(job.spec.params, await self.jobs.round_summaries(job))
         if stop is not None:
-            metrics.EARLY_STOPS.labels(stop.reason).inc()
+            telemetry.EARLY_STOPS.labels(stop.reason).inc()
             await self.jobs.finish(job.id, early_stop=stop)
             return
         await self.store.save_candidate(job.id, last, round_tasks(job.id, job.spec.params, next_round))

@@ -54,7 +54,7 @@ commands keep theirs (the API's streams and waiting chat completions).
 Errors: a connection error or timeout (also Redis still loading its AOF after a restart) raises
 :class:`~mrsa.store.base.StoreUnavailable`, so a worker leaves its task pending and retries later.
 
-Round trips per candidate (counted by ``tests/test_store_redis.py::test_round_trips_per_candidate``,
+Round trips per candidate (counted by ``tests/store/test_store_redis.py::test_round_trips_per_candidate``,
 which counts what the client sends, a pipeline, a MULTI or a script being one): a worker running
 one candidate task makes **7** — XREADGROUP (``take``), one pipeline of HMGET job / HGET stored
 candidate / HMGET parents (``load_task``), EVALSHA (``save_candidate``, which also releases the

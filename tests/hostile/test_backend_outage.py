@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.simulator.process import SimulatorProcess
 from mrsa.backends.http import HttpOptions
 from mrsa.backends.openai import OpenAICompatibleBackend
 from mrsa.domain import JobSpec, JobStatus
 from mrsa.params import RSAParams
+from testkit.simulator.process import SimulatorProcess
 from workers.inprocess import InProcessRunner
 from workers.loop import WorkerOptions
 

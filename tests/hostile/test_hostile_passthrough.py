@@ -22,9 +22,10 @@ import httpx
 import openai
 import pytest
 
-from benchmarks.processes import Child, child_processes, clean_env
 from mrsa.api.passthrough import PASSTHROUGH_HEADER
-from mrsa.backends.server_process import free_port
+from mrsa.servers.server_process import free_port
+from testkit.processes import Child, child_processes, clean_env
+from tests.engine.test_equivalence_limits import HealthProbe
 from tests.hostile.server import (
     HostileServer,
     completion,
@@ -37,7 +38,6 @@ from tests.hostile.server import (
     with_headers,
 )
 from tests.plugins.redis_server import RedisServer
-from tests.test_equivalence_limits import HealthProbe
 
 KEY_A, KEY_B = "key-a-passthrough", "key-b-passthrough"
 PLAIN: dict[str, Any] = {"model": "served-model", "messages": [{"role": "user", "content": "hi"}]}

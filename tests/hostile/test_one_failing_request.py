@@ -26,12 +26,12 @@ from typing import Any
 import httpx
 import pytest
 
-from benchmarks.processes import Child, child_processes, clean_env
 from mrsa.backends.http import HttpOptions
 from mrsa.backends.openai import OpenAICompatibleBackend
-from mrsa.backends.server_process import free_port
 from mrsa.domain import JobSpec, JobStatus
 from mrsa.params import RSAParams
+from mrsa.servers.server_process import free_port
+from testkit.processes import Child, child_processes, clean_env
 from tests.hostile.server import (
     Behaviour,
     HostileServer,

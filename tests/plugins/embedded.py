@@ -8,9 +8,9 @@ from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
-from mrsa.backends.embedded import CONTEXT_LENGTH, MODEL_ALIAS, EmbeddedServer
 from mrsa.backends.http import HttpOptions
 from mrsa.backends.openai import OpenAICompatibleBackend
+from mrsa.servers.embedded import CONTEXT_LENGTH, MODEL_ALIAS, EmbeddedServer
 from tests.plugins.servers import ServerHandle
 
 HAVE_LOCAL = (

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.redis_process import RedisProcess, RedisUnavailable
+from testkit.redis_process import RedisProcess, RedisUnavailable
 
 
 class RedisServer(RedisProcess):

@@ -1,5 +1,5 @@
 """What a real inference-server fixture hands the tests: one shape for every server, so the
-backend contract (tests/test_backend_contract.py) runs unchanged against each of them."""
+backend contract (tests/backends/test_backend_contract.py) runs unchanged against each of them."""
 
 from __future__ import annotations
 

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from mrsa.backends.bundled_triton import BUNDLED_MODEL, TritonServer, TritonUnavailable, ensure_tokenizer
+from mrsa.servers.bundled_triton import BUNDLED_MODEL, TritonServer, TritonUnavailable, ensure_tokenizer
 from tests.plugins.servers import ServerHandle, fail_with_log
 
 

@@ -2,7 +2,7 @@
 the embedded SmolLM2-135M, started once per test session and stopped at its end.
 
 Its venv and the dequantised model are built by ``make test`` (``make bundled-envs``) before pytest runs
-(``python -m mrsa.backends.bundled_vllm``), so the session's first vLLM test only pays the server's
+(``python -m mrsa.servers.bundled_vllm``), so the session's first vLLM test only pays the server's
 start-up (25-50 s here). Run alone on a fresh machine, the fixture builds them itself (it calls the same
 ``prepare``): pytest-timeout's 600 s counts fixture setup inside the first test that needs it, and
 the build takes about 3-5 min here, so that still fits.
@@ -15,8 +15,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from mrsa.backends.bundled_vllm import VllmServer, VllmUnavailable
-from mrsa.backends.embedded import MODEL_ALIAS
+from mrsa.servers.bundled_vllm import VllmServer, VllmUnavailable
+from mrsa.servers.embedded import MODEL_ALIAS
 from tests.plugins.servers import ServerHandle, fail_with_log
 
 

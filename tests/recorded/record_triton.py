@@ -3,7 +3,7 @@
     python -m tests.recorded.record_triton            # starts the bundled Triton itself
 
 Each file is ``{"method", "path", "body", "status", "reply"}``: what was sent and what the real
-server (tritonserver 2.51 from nvidia-pytriton 0.7.0) answered. ``tests/test_backend_wire.py``
+server (tritonserver 2.51 from nvidia-pytriton 0.7.0) answered. ``tests/backends/test_backend_wire.py``
 replays them, so the client is checked against the server's own shapes, not documentation.
 """
 

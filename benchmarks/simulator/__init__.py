@@ -1,2 +1,0 @@
-"""An inference-server simulator for load tests: the vLLM subset mrsa speaks, continuous batching,
-a prefix cache and seeded outputs. ``python -m benchmarks.simulator --help``."""
