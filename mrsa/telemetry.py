@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from prometheus_client import Counter, Gauge, Histogram
-
-if TYPE_CHECKING:
-    from mrsa.store.base import QueueStats
 
 BACKEND_LATENCY = Histogram(
     "mrsa_backend_request_seconds",
@@ -64,7 +61,21 @@ QUEUE_PENDING_RECLAIM = Gauge(
 QUEUE_DEAD = Gauge("mrsa_queue_tasks_dead", "Tasks in the dead-letter list.")
 
 
-def observe_queue(stats: QueueStats) -> None:
+class QueueReading(Protocol):
+    """The counts of one queue reading (``mrsa.store.base.QueueStats`` has them): described here
+    rather than imported, so this module stays below the store (the architecture contract)."""
+
+    @property
+    def queued(self) -> int: ...
+    @property
+    def in_flight(self) -> int: ...
+    @property
+    def reclaimable(self) -> int: ...
+    @property
+    def dead(self) -> int: ...
+
+
+def observe_queue(stats: QueueReading) -> None:
     """Set the queue gauges from one ``TaskQueue.stats()`` reading."""
     QUEUE_QUEUED.set(stats.queued)
     QUEUE_IN_FLIGHT.set(stats.in_flight)
