@@ -86,9 +86,12 @@ chromium:
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq \
 	    chromium fonts-dejavu-core fonts-liberation >/dev/null; }
 
+# lint-imports: the architecture contract of pyproject.toml's [tool.importlinter] (no module imports
+# upward or across the layers of docs/architecture.md); --no-cache leaves no cache folder behind.
 lint:
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports --no-cache
 
 typecheck:
 	$(BIN)/mypy
@@ -119,4 +122,4 @@ checks: lint typecheck bundled-envs deploy-validators
 test: setup system-deps checks
 
 clean:
-	rm -rf $(VENV) $(LATEST_VENV) .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) $(LATEST_VENV) .mypy_cache .ruff_cache .pytest_cache .import_linter_cache
