@@ -23,8 +23,8 @@ from prometheus_client import REGISTRY
 
 from mrsa.api.app import create_app
 from mrsa.api.auth import owner_of
+from mrsa.api.chat.schemas import ChatCompletionRequest
 from mrsa.api.deps import ApiConfig, ApiDeps, BackendHandle
-from mrsa.api.openai_schemas import ChatCompletionRequest
 from mrsa.backends.openai import OpenAICompatibleBackend
 from mrsa.backends.wire import MockWire, WireError, WireRequest, WireResponse
 from mrsa.domain import Event, JobSpec, JobStatus
