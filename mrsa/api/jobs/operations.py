@@ -9,16 +9,12 @@ generation.
 
 from __future__ import annotations
 
-import logging
-
 from mrsa.api.auth import Principal
 from mrsa.api.deps import ApiDeps
 from mrsa.api.errors import ApiError
 from mrsa.api.jobs.schemas import PROBLEM_PREVIEW_CHARS, JobLinks, JobProgress, JobView
 from mrsa.domain import Event, Job, JobResult, JobStatus, RoundSummary
 from mrsa.prices import priced
-
-log = logging.getLogger("mrsa.api")
 
 CANCEL_REASON = "cancelled through the API"
 
