@@ -4,7 +4,7 @@ Everything a user can set is a field of :class:`RSAParams` (or of a group in it,
 ``sampling``) with a description and limits. The other surfaces are derived from those fields, so a new
 knob is one edit here: the CLI's flags (:func:`mrsa.cli.options.rsa_flags`), the REST API's overrides
 (:data:`mrsa.api.schemas.ParamOverrides`) and the chat request's extra fields
-(:data:`mrsa.api.openai_schemas.ChatCompletionRequest`). The flat surfaces (flags, chat fields) name
+(:data:`mrsa.api.chat.schemas.ChatCompletionRequest`). The flat surfaces (flags, chat fields) name
 a group's fields on their own (``--temperature``); :func:`knobs` and :func:`nest_overrides` are the one
 place that flattens and nests them.
 """

@@ -16,12 +16,12 @@ from fastapi import FastAPI
 from mrsa.api import errors
 from mrsa.api.auth import KeyRing
 from mrsa.api.body_limit import BodyLimit
+from mrsa.api.chat.routes import router as chat_router
 from mrsa.api.deps import ApiConfig, ApiDeps, BackendHandle
-from mrsa.api.metrics import RequestMetrics, StoreGauges
-from mrsa.api.routes_jobs import router as jobs_router
-from mrsa.api.routes_openai import router as openai_router
-from mrsa.api.routes_ops import router as ops_router
-from mrsa.api.routes_reports import router as reports_router
+from mrsa.api.jobs.routes import router as jobs_router
+from mrsa.api.ops.prometheus import RequestMetrics, StoreGauges
+from mrsa.api.ops.routes import router as ops_router
+from mrsa.api.reports.routes import router as reports_router
 from mrsa.console import serving as console
 from mrsa.prices import load_optional
 from mrsa.settings import Settings, get_settings
@@ -132,7 +132,7 @@ def create_app(settings: Settings | None = None, deps: ApiDeps | None = None) ->
         )
     errors.install(app)
     app.include_router(jobs_router)
-    app.include_router(openai_router)
+    app.include_router(chat_router)
     app.include_router(ops_router)
     app.include_router(reports_router)
     console.install(app)

@@ -15,8 +15,8 @@ from pathlib import Path
 
 from fastapi import Request
 
-from mrsa.api.passthrough_slots import Passthroughs
-from mrsa.api.relay import RelayLimits
+from mrsa.api.chat.passthrough_slots import Passthroughs
+from mrsa.api.chat.relay import RelayLimits
 from mrsa.api.streams import StreamSlots
 from mrsa.backends.base import Backend, BackendError
 from mrsa.backends.factory import make_backend
@@ -51,7 +51,7 @@ class ApiConfig:
     # Event streams and waiting chat completions (each holds a connection of the store's events pool).
     max_streams_per_key: int = 64
     max_streams: int = 1_000
-    # Chat requests passed through to the backend (mrsa.api.relay): bytes relayed, total and idle
+    # Chat requests passed through to the backend (mrsa.api.chat.relay): bytes relayed, total and idle
     # deadlines, open ones per key and in all, and the time they get on shutdown.
     passthrough_max_bytes: int = 64 * 2**20
     passthrough_timeout_s: float = 1_800.0

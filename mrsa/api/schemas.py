@@ -1,4 +1,6 @@
-"""The REST API's request and response models (its wire contract next to :mod:`mrsa.domain`).
+"""The wire models every endpoint shares (the API's contract next to :mod:`mrsa.domain`): the error
+body, and the parameter overrides a job request and a chat request both carry. Each endpoint's own
+models are in its package (``jobs/schemas.py``, ``chat/schemas.py``, …).
 
 Parameter overrides are derived from :class:`~mrsa.params.RSAParams` field by field
 (:func:`overrides_model`): every field is optional and carries the same description and bounds (so
@@ -11,14 +13,10 @@ from __future__ import annotations
 import copy
 from typing import TYPE_CHECKING, Any, cast
 
-from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator
-from pydantic.config import JsonDict
+from pydantic import BaseModel, ConfigDict, Field, create_model
 from pydantic.fields import FieldInfo
 
-from mrsa.domain import JobStatus
 from mrsa.params import DEFAULT_PRESET, PRESETS, RSAParams, group_model
-
-PROBLEM_PREVIEW_CHARS = 160
 
 
 def optional_field(field: FieldInfo) -> tuple[Any, FieldInfo]:
@@ -71,102 +69,6 @@ PRESET_DESCRIPTION = (
 )
 
 
-class JobRequest(BaseModel):
-    """A Markovian RSA job to run: the problem, a preset, parameter overrides and a model id."""
-
-    model_config = ConfigDict(
-        extra="forbid",
-        json_schema_extra={
-            "examples": [{"problem": "What is 7*6?", "preset": "smoke", "params": {"population": 4}}]
-        },
-    )
-
-    problem: str = Field(
-        min_length=1,
-        description="The problem statement (LaTeX allowed). Its size is limited (MRSA_API_MAX_PROBLEM_BYTES).",
-    )
-    preset: str | None = Field(
-        None,
-        description=PRESET_DESCRIPTION,
-        # x-presets: each preset's values (nested like ``params``), for forms that show them.
-        json_schema_extra={"enum": [*PRESETS, None], "x-presets": cast(JsonDict, copy.deepcopy(PRESETS))},
-    )
-    params: ParamOverrides = Field(default_factory=ParamOverrides, description="Overrides of the preset.")
-    model: str | None = Field(
-        None, max_length=256, description="Model id recorded on the job and sent to the inference server."
-    )
-
-    @field_validator("problem")
-    @classmethod
-    def _not_blank(cls, value: str) -> str:
-        if not value.strip():
-            raise ValueError("problem: must not be empty or only whitespace")
-        return value.strip()
-
-
-class JobProgress(BaseModel):
-    """Where a job is: its current round and how many of that round's candidates are stored."""
-
-    round: int = Field(description="Current round (0 … T; T+1 while the final aggregation runs).")
-    rounds: int = Field(description="T: aggregation rounds after round 0.")
-    population: int = Field(
-        description="Candidates of the current round (N; final_population in the last stage)."
-    )
-    done: int | None = Field(
-        None, description="Candidates of the current round stored so far (in a job's own view only)."
-    )
-
-
-class JobLinks(BaseModel):
-    """Where to follow a job."""
-
-    job: str
-    result: str
-    events: str
-    cancel: str
-
-
-class JobView(BaseModel):
-    """A job as the API shows it to its owner."""
-
-    id: str
-    status: JobStatus
-    problem_preview: str = Field(description=f"The first {PROBLEM_PREVIEW_CHARS} characters of the problem.")
-    model: str | None = None
-    preset: str | None = Field(None, description="The preset the job's parameters were resolved from.")
-    params: RSAParams
-    progress: JobProgress
-    answer: str | None = Field(None, description="The selected answer once the job succeeded.")
-    error: str | None = Field(None, description="Why the job failed or was cancelled.")
-    created_at: float
-    updated_at: float
-    finished_at: float | None = None
-    warnings: list[str] = Field(
-        default_factory=list,
-        description="What could not be checked when the job was accepted (e.g. the context check).",
-    )
-    links: JobLinks
-
-
-class JobList(BaseModel):
-    jobs: list[JobView]
-
-
-class SubmitResponse(BaseModel):
-    """What ``POST /v1/jobs`` answers (202): the job's id and where to follow it."""
-
-    id: str
-    status: JobStatus
-    replayed: bool = Field(
-        False, description="True when an earlier request with this Idempotency-Key made it."
-    )
-    warnings: list[str] = Field(
-        default_factory=list,
-        description="What could not be checked when the job was accepted (e.g. the context check).",
-    )
-    links: JobLinks
-
-
 class FieldError(BaseModel):
     loc: list[str | int] = Field(description="Where the invalid value is, e.g. ['body', 'params', 'subset'].")
     msg: str
@@ -189,14 +91,3 @@ class ErrorResponse(BaseModel):
     error: OpenAIErrorDetail | None = Field(
         None, description="The same error in OpenAI's shape (on /v1/chat/completions only)."
     )
-
-
-class ReadyResponse(BaseModel):
-    ready: bool
-    checks: dict[str, str] = Field(
-        description="Each dependency's state: 'ok', 'not configured' or the error."
-    )
-
-
-class HealthResponse(BaseModel):
-    status: str = "ok"

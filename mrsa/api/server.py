@@ -2,7 +2,7 @@
 
 uvicorn waits for every open response before it stops; a chat passthrough to a stalled backend
 would hold a shutdown for as long as the backend stalls. The signal starts the passthroughs' drain
-(:meth:`mrsa.api.passthrough_slots.Passthroughs.request_drain`), which cuts them after
+(:meth:`mrsa.api.chat.passthrough_slots.Passthroughs.request_drain`), which cuts them after
 ``MRSA_API_PASSTHROUGH_DRAIN_S``.
 """
 

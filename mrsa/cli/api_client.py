@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 import httpx
 from pydantic import BaseModel, ValidationError
 
-from mrsa.api.schemas import JobList, JobView, SubmitResponse
+from mrsa.api.jobs.schemas import JobList, JobView, SubmitResponse
 from mrsa.domain import Event, JobResult
 
 M = TypeVar("M", bound=BaseModel)

@@ -18,7 +18,7 @@ import typer
 from rich.live import Live
 from rich.table import Table
 
-from mrsa.api.schemas import JobView
+from mrsa.api.jobs.schemas import JobView
 from mrsa.cli.api_client import ApiClient, ApiClientError
 from mrsa.cli.common import EXIT_FAILURE, EXIT_USAGE, err_console, fail, out_console, print_json
 from mrsa.cli.options import (

@@ -23,8 +23,8 @@ from prometheus_client import REGISTRY
 
 from mrsa.api.app import create_app
 from mrsa.api.auth import owner_of
+from mrsa.api.chat.schemas import ChatCompletionRequest
 from mrsa.api.deps import ApiConfig, ApiDeps, BackendHandle
-from mrsa.api.openai_schemas import ChatCompletionRequest
 from mrsa.backends.openai import OpenAICompatibleBackend
 from mrsa.backends.wire import MockWire, WireError, WireRequest, WireResponse
 from mrsa.domain import Event, JobSpec, JobStatus
@@ -942,3 +942,99 @@ async def test_an_event_stream_ends_cleanly_when_the_store_goes_away(
     assert r.status_code == 200
     events = list(sse_events(r.text))
     assert [e[1] for e in events] == ["status"] and events[0][0]  # the id to resume from
+
+
+# -- one submission pipeline (mrsa/api/submission.py) ---------------------------------------------
+
+
+def jobs_submitted(endpoint: str) -> float:
+    return REGISTRY.get_sample_value("mrsa_api_jobs_submitted_total", {"endpoint": endpoint}) or 0.0
+
+
+async def test_job_and_chat_routes_make_the_same_job_through_one_pipeline(redis_store: RedisStore) -> None:
+    app, _ = make_app(redis_store)
+    owner = owner_of(KEY1)
+    messages = [{"role": "user", "content": "What is 7*6?"}]
+    knobs = {"population": 2, "subset": 2, "budget": 24, "tail": 12, "seed": 5}
+    async with client_for(app) as api:
+        before = {e: jobs_submitted(e) for e in ("jobs", "chat")}
+        problem = conversation_problem([("user", "What is 7*6?")])
+        body = {"problem": problem, "preset": "smoke", "params": knobs, "model": "m"}
+        first = await api.post("/v1/jobs", json=body, headers={**H1, "Idempotency-Key": "same-job"})
+        assert first.status_code == 202
+        replay = await api.post("/v1/jobs", json=body, headers={**H1, "Idempotency-Key": "same-job"})
+        assert replay.json()["replayed"] is True and replay.json()["id"] == first.json()["id"]
+
+        chat = asyncio.create_task(
+            api.post(
+                "/v1/chat/completions",
+                json={"model": "m", "messages": messages, "preset": "smoke", **knobs},
+                headers=H1,
+            )
+        )
+        chat_job = None
+        for _ in range(500):  # the chat request waits for its job: find it, then end it
+            chat_job = next(
+                (j for j in await redis_store.list_jobs(owner=owner) if j.id != first.json()["id"]), None
+            )
+            if chat_job is not None:
+                break
+            await asyncio.sleep(0.01)
+        assert chat_job is not None, "the chat request created no job"
+        assert (await api.post(f"/v1/jobs/{chat_job.id}/cancel", headers=H1)).status_code == 200
+        answered = await chat
+        assert answered.status_code == 409 and answered.headers["x-should-retry"] == "false"
+
+        job = await redis_store.get_job(first.json()["id"])
+        assert job is not None and chat_job.spec == job.spec  # the same resolved spec from either route
+        # Each route counts its new jobs under its own label; the replay made no job and counts none.
+        assert jobs_submitted("jobs") - before["jobs"] == 1
+        assert jobs_submitted("chat") - before["chat"] == 1
+
+
+async def test_submission_errors_name_the_field_where_each_route_carries_it(redis_store: RedisStore) -> None:
+    app, _ = make_app(redis_store, max_problem_bytes=20)
+    async with client_for(app) as api:
+        cases = [
+            # (job request, chat request fields, where the job route's 422 points, the chat route's);
+            # a chat request runs RSA (is not passed through) when it has an RSA field
+            (
+                {"problem": "x" * 21},
+                {"messages": [{"role": "user", "content": "x" * 21}], "preset": "smoke"},
+                ["body", "problem"],
+                ["body", "messages"],
+            ),
+            (
+                {"problem": "1+1?", "params": {"prompts": "no-such-set"}},
+                {"messages": [{"role": "user", "content": "1+1?"}], "prompts": "no-such-set"},
+                ["body", "params", "prompts"],
+                ["body", "prompts"],
+            ),
+            (
+                {"problem": "1+1?", "preset": "no-such-preset"},
+                {"messages": [{"role": "user", "content": "1+1?"}], "preset": "no-such-preset"},
+                ["body", "preset"],
+                ["body", "preset"],
+            ),
+        ]
+        for job_body_, chat_fields, job_loc, chat_loc in cases:
+            r = await api.post("/v1/jobs", json=job_body_, headers=H1)
+            assert r.status_code == 422 and r.json()["detail"][0]["loc"] == job_loc, r.text
+            r = await api.post("/v1/chat/completions", json={"model": "m", **chat_fields}, headers=H1)
+            assert r.status_code == 422 and r.json()["detail"][0]["loc"] == chat_loc, r.text
+        assert await redis_store.list_jobs(owner=owner_of(KEY1)) == []
+
+
+async def test_a_chat_request_refused_a_stream_slot_creates_no_job(redis_store: RedisStore) -> None:
+    app, _ = make_app(redis_store, max_streams_per_key=0)
+    async with client_for(app) as api:
+        before = jobs_submitted("chat")
+        r = await api.post(
+            "/v1/chat/completions",
+            json={"model": "m", "messages": [{"role": "user", "content": "1+1?"}], "preset": "smoke"},
+            headers=H1,
+        )
+        assert r.status_code == 429 and "MRSA_API_MAX_STREAMS_PER_KEY" in r.json()["message"]
+        # The slot is taken between validating and submitting: a refused slot leaves nothing behind.
+        assert await redis_store.list_jobs(owner=owner_of(KEY1)) == []
+        assert jobs_submitted("chat") == before

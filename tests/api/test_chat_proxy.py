@@ -14,10 +14,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from mrsa.api.chat.passthrough import PASSTHROUGH_HEADER, passthrough_reason
+from mrsa.api.chat.proxy_fields import PROXY_FIELDS, ProxyFieldConflict
+from mrsa.api.chat.schemas import ChatCompletionRequest
 from mrsa.api.deps import BackendHandle
-from mrsa.api.openai_schemas import ChatCompletionRequest
-from mrsa.api.passthrough import PASSTHROUGH_HEADER, passthrough_reason
-from mrsa.api.proxy_fields import PROXY_FIELDS, ProxyFieldConflict
 from mrsa.backends.factory import make_backend
 from mrsa.engine.prompts import aggregation_prompt, conversation_problem, round0_prompt
 from mrsa.params import RSAParams, resolve_params

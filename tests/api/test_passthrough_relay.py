@@ -4,8 +4,8 @@ tests/hostile/test_hostile_passthrough.py.)"""
 
 from __future__ import annotations
 
-from mrsa.api.relay import EventFraming, error_event
-from mrsa.api.reply_headers import relayed_headers
+from mrsa.api.chat.relay import EventFraming, error_event
+from mrsa.api.chat.reply_headers import relayed_headers
 
 
 def raw(*pairs: tuple[str, str]) -> list[tuple[bytes, bytes]]:

@@ -19,7 +19,7 @@ from evals.rundir import Manifest, RunDir
 from mrsa.api.app import create_app
 from mrsa.api.deps import ApiConfig, ApiDeps
 from mrsa.api.errors import ApiError
-from mrsa.api.reports import ReportsDir, open_regular
+from mrsa.api.reports.folders import ReportsDir, open_regular
 from mrsa.params import resolve_params
 from mrsa.settings import Settings
 from mrsa.store.memory import MemoryStore

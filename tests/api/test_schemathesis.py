@@ -28,9 +28,9 @@ from schemathesis.generation.modes import GenerationMode
 from schemathesis.python import asgi
 from schemathesis.specs.openapi.checks import negative_data_rejection, positive_data_acceptance
 
-from mrsa.api import jobs
 from mrsa.api.app import create_app
 from mrsa.api.deps import ApiDeps
+from mrsa.api.jobs import operations as jobs
 from mrsa.settings import Settings
 from mrsa.store.opening import open_store
 from tests.plugins.redis_server import RedisServer

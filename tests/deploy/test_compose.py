@@ -19,7 +19,7 @@ import yaml
 from prometheus_client import REGISTRY
 
 from mrsa import telemetry as shared_metrics
-from mrsa.api import metrics as api_metrics
+from mrsa.api.ops import prometheus as api_metrics
 from mrsa.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]

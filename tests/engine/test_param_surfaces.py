@@ -165,8 +165,8 @@ EXTENDED = textwrap.dedent(
     from typer.testing import CliRunner
     import mrsa.cli.jobs_cmd
     from mrsa.api.app import create_app
-    from mrsa.api.openai_schemas import ChatCompletionRequest
-    from mrsa.api.schemas import JobRequest, SubmitResponse
+    from mrsa.api.chat.schemas import ChatCompletionRequest
+    from mrsa.api.jobs.schemas import JobRequest, SubmitResponse
     from mrsa.cli import app
     from mrsa.settings import Settings
 

@@ -22,7 +22,7 @@ import httpx
 import openai
 import pytest
 
-from mrsa.api.passthrough import PASSTHROUGH_HEADER
+from mrsa.api.chat.passthrough import PASSTHROUGH_HEADER
 from mrsa.servers.server_process import free_port
 from testkit.processes import Child, child_processes, clean_env
 from tests.engine.test_equivalence_limits import HealthProbe

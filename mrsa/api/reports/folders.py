@@ -25,10 +25,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO, NamedTuple
 
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import ValidationError
 
 from evals.rundir import MANIFEST, REPORT, Manifest
 from mrsa.api.errors import ApiError
+from mrsa.api.reports.schemas import ReportFile, ReportList, ReportSummary, ReportView
 
 # The files of a run folder the API hands out, by suffix. records.jsonl is left out: it holds every
 # candidate's full text and can be gigabytes; the report's tables and plots are what is shown.
@@ -49,39 +50,6 @@ MAX_MANIFEST_BYTES = 4 * 2**20
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 # O_NONBLOCK: opening a FIFO does not wait for a writer (it is then refused as not a regular file).
 _FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
-
-
-class ReportFile(BaseModel):
-    name: str
-    size: int = Field(description="Bytes.")
-    media_type: str
-    url: str = Field(description="Where to download it (same auth as the rest of /v1).")
-
-
-class ReportSummary(BaseModel):
-    """One run folder as listed."""
-
-    name: str = Field(description="The run folder's name (its id in the URLs).")
-    modified_at: float = Field(description="Last change of the run folder's files, Unix seconds.")
-    has_report: bool = Field(description="Whether `mrsa report` has written report.md into it.")
-    model: str | None = Field(None, description="The model of the sweep, from its manifest.")
-    configs: list[str] = Field(default_factory=list, description="Configuration ids of the sweep.")
-    datasets: list[str] = Field(default_factory=list, description="Dataset names of the sweep.")
-    error: str | None = Field(None, description="Why the manifest could not be read, if it could not.")
-
-
-class ReportList(BaseModel):
-    configured: bool = Field(
-        description="Whether the server has a reports folder (MRSA_REPORTS_DIR / mrsa serve --reports-dir)."
-    )
-    reports: list[ReportSummary] = Field(description="Newest first.")
-
-
-class ReportView(ReportSummary):
-    """One run folder: its files and, when ``mrsa report`` wrote it, report.md's text."""
-
-    files: list[ReportFile]
-    markdown: str | None = Field(None, description="report.md (tables in Markdown), when present.")
 
 
 class _Found(NamedTuple):

@@ -9,8 +9,8 @@ in ``mrsa.ignored_fields`` (a misspelt RSA parameter such as ``populaton`` shows
 The RSA fields are :class:`~mrsa.params.RSAParams`' knobs, flat (:func:`mrsa.params.knobs`: the
 sampling group's ``temperature``, ``top_p`` and ``top_k`` are OpenAI's own fields), each optional with
 the same description and bounds (:func:`chat_request_model`), and Zyphra's RSA proxy fields and
-aliases (:mod:`mrsa.api.proxy_fields`), in the body or in its ``rsa`` object. Which requests run RSA
-at all and which are passed through to the backend is :mod:`mrsa.api.passthrough`'s decision.
+aliases (:mod:`mrsa.api.chat.proxy_fields`), in the body or in its ``rsa`` object. Which requests run RSA
+at all and which are passed through to the backend is :mod:`mrsa.api.chat.passthrough`'s decision.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
 
-from mrsa.api.proxy_fields import (
+from mrsa.api.chat.proxy_fields import (
     BY_NAME,
     PROXY_FIELDS,
     RESPONSE_DEFAULTS,

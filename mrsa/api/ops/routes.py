@@ -10,8 +10,8 @@ from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
 
 from mrsa.api.deps import ApiDeps, get_deps
-from mrsa.api.metrics import CONTENT_TYPE, StoreGauges, render
-from mrsa.api.schemas import HealthResponse, ReadyResponse
+from mrsa.api.ops.prometheus import CONTENT_TYPE, StoreGauges, render
+from mrsa.api.ops.schemas import HealthResponse, ReadyResponse
 from mrsa.store.base import StoreUnavailable
 
 router = APIRouter(tags=["operations"])

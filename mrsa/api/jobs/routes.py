@@ -1,4 +1,5 @@
-"""``/v1/jobs``: submit, list, status, result, cancel, events and candidate inspection."""
+"""``/v1/jobs``: submit, list, status, result, cancel, events and candidate inspection (the routes:
+they validate, call :mod:`mrsa.api.submission` or :mod:`mrsa.api.jobs.operations`, and return)."""
 
 from __future__ import annotations
 
@@ -8,15 +9,15 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
 from sse_starlette import EventSourceResponse
 
-from mrsa.api import jobs
 from mrsa.api.auth import Principal, authenticate
 from mrsa.api.deps import ApiDeps, get_deps
 from mrsa.api.errors import ApiError, invalid, responses
-from mrsa.api.metrics import JOBS_SUBMITTED
-from mrsa.api.schemas import JobList, JobRequest, JobView, SubmitResponse
-from mrsa.api.sse import EVENT_ID_PART_MAX, EVENT_ID_PATTERN, event_id_fits, job_events
+from mrsa.api.jobs import operations as jobs
+from mrsa.api.jobs.events import EVENT_ID_PART_MAX, EVENT_ID_PATTERN, event_id_fits, job_events
+from mrsa.api.jobs.schemas import JobList, JobRequest, JobView, SubmitResponse
 from mrsa.api.streams import SlotEventSourceResponse
-from mrsa.domain import Candidate, JobResult, JobSpec, RoundSummary
+from mrsa.api.submission import Submission, prepare, submit
+from mrsa.domain import Candidate, JobResult, RoundSummary
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=responses(401, 503))
 
@@ -52,15 +53,8 @@ async def submit_job(
 
     202 with the job id and a ``Location`` header. With an ``Idempotency-Key`` seen before for the
     same request, the earlier job is returned instead (``replayed: true``)."""
-    jobs.check_problem_size(deps, body.problem)
-    params = jobs.resolve(body.preset, body.params.as_dict())
-    spec = JobSpec(
-        problem=body.problem, params=params, model=body.model, preset=jobs.preset_name(body.preset)
-    )
-    warnings = await jobs.check_budget(deps, spec)
-    done = await jobs.submit(deps, principal, spec, idempotency_key, warnings=warnings)
-    if not done.replayed:
-        JOBS_SUBMITTED.labels("jobs").inc()
+    submission = Submission(body.problem, body.preset, body.params.as_dict(), body.model, endpoint="jobs")
+    done = await submit(deps, principal, await prepare(deps, submission), idempotency_key)
     response.headers["Location"] = f"/v1/jobs/{done.job.id}"
     return SubmitResponse(
         id=done.job.id,

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import asyncio
 
+from mrsa.api.chat.relay import Relay, RelayLimits
 from mrsa.api.errors import ApiError
-from mrsa.api.relay import Relay, RelayLimits
 from mrsa.api.streams import StreamSlots
 
 

@@ -5,8 +5,8 @@ RSA request: a body with none of the RSA fields (our knobs other than OpenAI's o
 ``preset``, the proxy's fields and aliases, an ``rsa`` object), or with ``"rsa": false``, ``tools``,
 ``n`` > 1 or the proxy's ``rsa_t: 0`` is forwarded. :func:`forward` sends the body bytes unchanged
 to the configured backend's ``/v1/chat/completions`` and answers with the backend's status, its
-allowed headers (:mod:`mrsa.api.reply_headers`) and its body relayed as it arrives, under the
-passthrough limits (:mod:`mrsa.api.relay`, :mod:`mrsa.api.passthrough_slots`). mrsa's own API key
+allowed headers (:mod:`mrsa.api.chat.reply_headers`) and its body relayed as it arrives, under the
+passthrough limits (:mod:`mrsa.api.chat.relay`, :mod:`mrsa.api.chat.passthrough_slots`). mrsa's own API key
 is checked and not forwarded (it is mrsa's, not the backend's).
 """
 
@@ -20,11 +20,11 @@ import httpx
 from fastapi import Request
 from fastapi.responses import Response
 
+from mrsa.api.chat.proxy_fields import BY_NAME
+from mrsa.api.chat.relay import RelayResponse
+from mrsa.api.chat.reply_headers import is_event_stream, media_type, relayed_headers
 from mrsa.api.deps import ApiDeps
 from mrsa.api.errors import ApiError
-from mrsa.api.proxy_fields import BY_NAME
-from mrsa.api.relay import RelayResponse
-from mrsa.api.reply_headers import is_event_stream, media_type, relayed_headers
 from mrsa.backends.http import backend_base_url
 from mrsa.params import RSAParams, knobs
 
@@ -68,7 +68,7 @@ def passthrough_reason(payload: Any) -> str | None:
 
 async def forward(request: Request, body: bytes, deps: ApiDeps, owner: str, reason: str) -> Response:
     """Send ``body`` to the backend's chat endpoint; its reply (any status) is the response,
-    relayed as it arrives under the passthrough limits (:mod:`mrsa.api.relay`)."""
+    relayed as it arrives under the passthrough limits (:mod:`mrsa.api.chat.relay`)."""
     backend_url = deps.backend.url
     if backend_url is None:
         # A 4xx, not a 503: this server will never pass it through; the client can ask for RSA.

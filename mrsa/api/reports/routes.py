@@ -17,7 +17,8 @@ from fastapi.responses import StreamingResponse
 from mrsa.api.auth import Principal, authenticate
 from mrsa.api.deps import ApiDeps, get_deps
 from mrsa.api.errors import responses
-from mrsa.api.reports import NAME_PATTERN, ReportList, ReportsDir, ReportView
+from mrsa.api.reports.folders import NAME_PATTERN, ReportsDir
+from mrsa.api.reports.schemas import ReportList, ReportView
 
 router = APIRouter(prefix="/v1/reports", tags=["reports"], responses=responses(401))
 

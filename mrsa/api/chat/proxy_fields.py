@@ -4,7 +4,7 @@ Zyphra's vLLM fork ships an OpenAI-compatible RSA proxy (``examples/online_servi
 ``examples/markovian_rsa/rsa_proxy_server.py``). Its clients send RSA settings as extra chat body
 fields with its own names (``rsa_n``, ``rsa_t``, ``short_resp_len``…) and eval-style aliases
 (``rsa_short_resp_len``…). :data:`PROXY_FIELDS` lists every one of them with what it sets here;
-the chat request model declares them (:func:`mrsa.api.openai_schemas.chat_request_model`),
+the chat request model declares them (:func:`mrsa.api.chat.schemas.chat_request_model`),
 :func:`proxy_overrides` turns their values into knob values, and docs/zyphra-proxy.md shows the
 table (a test checks that every name below appears there).
 

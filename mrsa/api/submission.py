@@ -1,8 +1,16 @@
-"""Job operations behind the routes: validate and enqueue, look up with ownership, view, cancel.
+"""The one submission pipeline: every endpoint that creates a job goes validate → spec → budget →
+submit through here (``POST /v1/jobs`` and ``POST /v1/chat/completions`` today).
 
-The API enqueues only. It submits and reads jobs through the engine's
-:class:`~mrsa.engine.job_service.JobService` (``deps.jobs``), the same one the workers end jobs with;
-it has no task runner, so the API process can never start a generation.
+An endpoint reads its request into a :class:`Submission` — the problem, preset, overrides and model,
+and where its request carries each (:class:`FieldLocs`, so a 422 names the field as the client
+sent it) — then calls :func:`prepare` (problem size, preset + overrides resolved and validated, the
+job spec, the context check against the backend) and :func:`submit` (the idempotency key, the
+in-flight limit, the job created, ``mrsa_api_jobs_submitted_total`` counted). The two are separate
+steps so an endpoint can reserve what the job's answer will hold in between (the chat route takes
+an event-stream slot there, so a refused slot creates no job).
+
+The API enqueues only: jobs are created through the engine's
+:class:`~mrsa.engine.job_service.JobService` (``deps.jobs``), and the API has no task runner.
 """
 
 from __future__ import annotations
@@ -11,7 +19,7 @@ import asyncio
 import hashlib
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import ValidationError
@@ -19,19 +27,90 @@ from pydantic import ValidationError
 from mrsa.api.auth import Principal
 from mrsa.api.deps import ApiDeps
 from mrsa.api.errors import ApiError, from_validation_errors, invalid
-from mrsa.api.schemas import PROBLEM_PREVIEW_CHARS, JobLinks, JobProgress, JobView
+from mrsa.api.ops.prometheus import JOBS_SUBMITTED
 from mrsa.backends.base import BackendError
-from mrsa.domain import Event, Job, JobResult, JobSpec, JobStatus, RoundSummary
+from mrsa.domain import Job, JobSpec
 from mrsa.engine.job_service import new_job_id
 from mrsa.engine.limits import ContextBudgetError, check_context
 from mrsa.engine.prompts import UnknownPromptSetError, check_prompt_set
 from mrsa.params import DEFAULT_PRESET, RSAParams, UnknownPresetError, resolve_params
-from mrsa.prices import priced
 from mrsa.store.base import ActiveLimitReached
 
 log = logging.getLogger("mrsa.api")
 
-CANCEL_REASON = "cancelled through the API"
+Loc = tuple[str | int, ...]
+
+
+@dataclass(frozen=True)
+class FieldLocs:
+    """Where a request carries each part of a submission, as 422s name it (``detail[].loc``)."""
+
+    problem: Loc = ("body", "problem")
+    params: Loc = ("body", "params")
+    preset: Loc = ("body", "preset")
+    idempotency_key: Loc = ("header", "Idempotency-Key")
+
+
+@dataclass(frozen=True)
+class Submission:
+    """A job as an endpoint read it from its request, not yet validated."""
+
+    problem: str
+    preset: str | None
+    overrides: dict[str, Any]
+    model: str | None
+    # The endpoint's label on mrsa_api_jobs_submitted_total.
+    endpoint: str
+    locs: FieldLocs = field(default_factory=FieldLocs)
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A validated submission: the job spec and what could not be checked (the job's warnings)."""
+
+    submission: Submission
+    spec: JobSpec
+    warnings: list[str]
+
+
+@dataclass
+class Submitted:
+    job: Job
+    replayed: bool
+
+
+async def prepare(deps: ApiDeps, submission: Submission) -> Prepared:
+    """Validate → spec → budget: a 422 naming the field for a problem over the size limit, an
+    unknown preset or prompt set, invalid parameters or a job that cannot fit the backend's
+    context."""
+    locs = submission.locs
+    check_problem_size(deps, submission.problem, locs.problem)
+    params = resolve(submission.preset, submission.overrides, loc=locs.params, preset_loc=locs.preset)
+    spec = JobSpec(
+        problem=submission.problem,
+        params=params,
+        model=submission.model,
+        preset=preset_name(submission.preset),
+    )
+    warnings = await check_budget(deps, spec, loc=locs.params)
+    return Prepared(submission, spec, warnings)
+
+
+async def submit(
+    deps: ApiDeps, principal: Principal, prepared: Prepared, idempotency_key: str | None = None
+) -> Submitted:
+    """Enqueue a prepared job for ``principal`` (:func:`create`) and count it when it is new."""
+    done = await create(
+        deps,
+        principal,
+        prepared.spec,
+        idempotency_key,
+        key_loc=prepared.submission.locs.idempotency_key,
+        warnings=prepared.warnings,
+    )
+    if not done.replayed:
+        JOBS_SUBMITTED.labels(prepared.submission.endpoint).inc()
+    return done
 
 
 # -- validation ----------------------------------------------------------------------------------
@@ -40,8 +119,8 @@ CANCEL_REASON = "cancelled through the API"
 def resolve(
     preset: str | None,
     overrides: dict[str, Any],
-    loc: tuple[str, ...] = ("body", "params"),
-    preset_loc: tuple[str, ...] = ("body", "preset"),
+    loc: Loc = ("body", "params"),
+    preset_loc: Loc = ("body", "preset"),
 ) -> RSAParams:
     """Preset + overrides → validated parameters, or a 422 naming the field."""
     try:
@@ -61,14 +140,14 @@ def preset_name(preset: str | None) -> str:
     return preset or DEFAULT_PRESET
 
 
-def check_problem_size(deps: ApiDeps, problem: str, loc: tuple[str | int, ...] = ("body", "problem")) -> None:
+def check_problem_size(deps: ApiDeps, problem: str, loc: Loc = ("body", "problem")) -> None:
     size = len(problem.encode("utf-8"))
     limit = deps.config.max_problem_bytes
     if size > limit:
         raise invalid(loc, f"problem: {size} bytes is over the limit of {limit} bytes", "too_long")
 
 
-async def check_budget(deps: ApiDeps, spec: JobSpec, loc: tuple[str, ...] = ("body", "params")) -> list[str]:
+async def check_budget(deps: ApiDeps, spec: JobSpec, loc: Loc = ("body", "params")) -> list[str]:
     """Refuse a job that cannot fit the backend's context (when the API has a backend to ask).
 
     Returns the job's warnings: why the check could not run, if it could not. A backend that is
@@ -102,21 +181,15 @@ async def check_budget(deps: ApiDeps, spec: JobSpec, loc: tuple[str, ...] = ("bo
     return [warning]
 
 
-# -- submission ----------------------------------------------------------------------------------
+# -- creation ------------------------------------------------------------------------------------
 
 
-@dataclass
-class Submitted:
-    job: Job
-    replayed: bool
-
-
-async def submit(
+async def create(
     deps: ApiDeps,
     principal: Principal,
     spec: JobSpec,
     idempotency_key: str | None = None,
-    key_loc: tuple[str, ...] = ("header", "Idempotency-Key"),
+    key_loc: Loc = ("header", "Idempotency-Key"),
     warnings: Sequence[str] = (),
 ) -> Submitted:
     """Enqueue ``spec`` for ``principal`` (already validated), honouring the idempotency key and the
@@ -170,85 +243,5 @@ def request_fingerprint(spec: JobSpec) -> str:
     return hashlib.sha256(spec.model_dump_json().encode()).hexdigest()[:32]
 
 
-def _key_conflict(key_loc: tuple[str, ...], job_id: str) -> ApiError:
+def _key_conflict(key_loc: Loc, job_id: str) -> ApiError:
     return invalid(key_loc, f"Idempotency-Key: already used for job {job_id} with a different request")
-
-
-# -- lookup and views ----------------------------------------------------------------------------
-
-
-async def owned_job(deps: ApiDeps, principal: Principal, job_id: str) -> Job:
-    """The job, or 404 — also for another key's job, so ids cannot be probed."""
-    job = await deps.store.get_job(job_id)
-    if job is None or not principal.may_see(job.owner):
-        raise ApiError(404, f"no job {job_id!r}")
-    return job
-
-
-def links(job_id: str) -> JobLinks:
-    base = f"/v1/jobs/{job_id}"
-    return JobLinks(job=base, result=f"{base}/result", events=f"{base}/events", cancel=f"{base}/cancel")
-
-
-async def view(deps: ApiDeps, job: Job, *, with_progress: bool = False) -> JobView:
-    params = job.spec.params
-    done: int | None = None
-    if with_progress and not job.status.terminal:
-        done = len(await deps.store.get_candidates(job.id, job.round))
-    problem = job.spec.problem
-    return JobView(
-        id=job.id,
-        status=job.status,
-        problem_preview=problem
-        if len(problem) <= PROBLEM_PREVIEW_CHARS
-        else problem[:PROBLEM_PREVIEW_CHARS] + "…",
-        model=job.spec.model,
-        preset=job.spec.preset,
-        params=params,
-        progress=JobProgress(
-            round=job.round,
-            rounds=params.rounds,
-            population=params.stage_population(job.round),
-            done=done,
-        ),
-        answer=job.answer,
-        error=job.error,
-        created_at=job.created_at,
-        updated_at=job.updated_at,
-        finished_at=job.finished_at,
-        warnings=job.warnings,
-        links=links(job.id),
-    )
-
-
-async def result_of(deps: ApiDeps, job: Job) -> JobResult:
-    """The result of a terminal job (:meth:`~mrsa.engine.job_service.JobService.result`), priced when the
-    API has a price table; 409 for one still running."""
-    if not job.status.terminal:
-        raise ApiError(
-            409,
-            f"job {job.id} is {job.status.value} (round {job.round}/{job.spec.params.rounds}); "
-            "its result is not ready: follow its events or retry later",
-        )
-    return priced(await deps.jobs.result(job), deps.config.prices)
-
-
-async def round_of(deps: ApiDeps, job: Job, round_index: int) -> RoundSummary:
-    """One round's summary (:meth:`~mrsa.engine.job_service.JobService.round_summary`); 404 past the
-    job's last round."""
-    last = deps.jobs.last_round(job)
-    if round_index > last:
-        raise ApiError(404, f"job {job.id} has no round {round_index}: its rounds are 0 … {last}")
-    return await deps.jobs.round_summary(job, round_index)
-
-
-async def cancel(deps: ApiDeps, job: Job, reason: str = CANCEL_REASON) -> Job:
-    """Cancel a job that is not finished; cancelling a cancelled job again is a no-op."""
-    if not job.status.terminal and await deps.store.cancel_job(job.id, reason):
-        await deps.store.add_event(
-            job.id, Event(type="done", job_id=job.id, status=JobStatus.cancelled, error=reason)
-        )
-    current = await deps.store.get_job(job.id) or job
-    if current.status != JobStatus.cancelled:
-        raise ApiError(409, f"job {job.id} already {current.status.value}; it cannot be cancelled")
-    return current
