@@ -31,7 +31,9 @@ def optional_field(field: FieldInfo) -> tuple[Any, FieldInfo]:
 class Overrides(BaseModel):
     """Fields to change on top of a preset; :func:`overrides_model` derives the fields."""
 
-    model_config = ConfigDict(extra="forbid")
+    # strict: a JSON ``true`` is no integer (pydantic's lax mode would read it as 1); numbers
+    # still fill float fields.
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     def as_dict(self) -> dict[str, Any]:
         """The overrides that are set, for :func:`mrsa.params.resolve_params`."""
