@@ -6,7 +6,7 @@ fixture that yields a fresh, empty store opened for :data:`MAX_DELIVERIES` deliv
     class TestMemoryStore(StoreContract):
         @pytest.fixture
         async def store(self) -> AsyncIterator[Store]:
-            async with open_store(None, SETTINGS) as store:
+            async with open_store(SETTINGS.model_copy(update={"redis_url": None})) as store:
                 yield store
 
 Only behaviour promised by :mod:`mrsa.store.base` is tested here (event ids are opaque strings,

@@ -94,7 +94,7 @@ async def survives_a_worker_sigkilled_mid_job(
         proc = service.cli("submit", "--json", *submit_args, problem)
         assert proc.returncode == 0, proc.stderr
         ids.append(json.loads(proc.stdout)["id"])
-    async with open_store(service.redis_url, Settings()) as store:
+    async with open_store(Settings(redis_url=service.redis_url)) as store:
 
         async def victim_holds_a_task() -> bool:
             return await pending_of(store, "victim") >= 1

@@ -55,7 +55,7 @@ class Janitor(threading.Thread):
         asyncio.run(self._main())
 
     async def _main(self) -> None:
-        async with open_store(self.redis_url, Settings()) as store:
+        async with open_store(Settings(redis_url=self.redis_url)) as store:
             deps = ApiDeps(store=store)
             while not self.done.is_set():
                 for job in await store.list_jobs(None, 50):

@@ -493,7 +493,7 @@ async def test_the_stream_length_keda_reads_counts_queued_and_running_tasks(
     length is the tasks queued plus those in flight (an ack deletes its entry), while the group's
     lag counts only the queued ones, so it would read 0, and let the HPA remove busy workers, as
     soon as the workers have taken everything."""
-    async with open_store(redis_server.url, Settings()) as store:
+    async with open_store(Settings(redis_url=redis_server.url)) as store:
         assert isinstance(store, RedisStore)
         await store.create_job(make_job("j1"), tasks_of("j1", n=5))
         taken = await store.take("w1", count=2, block_ms=100)

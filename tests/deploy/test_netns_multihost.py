@@ -145,7 +145,7 @@ async def test_partition_heal_and_redis_failover_across_five_hosts(tmp_path: Pat
             assert reply.status_code in (200, 201, 202), reply.text
             ids.append(reply.json()["id"])
 
-        async with open_store(redis_url, Settings()) as store:
+        async with open_store(Settings(redis_url=redis_url)) as store:
             assert isinstance(store, RedisStore)
 
             async def worker1_holds_tasks() -> bool:

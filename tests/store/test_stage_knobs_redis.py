@@ -60,7 +60,7 @@ async def run(store: Store) -> tuple[JobResult, list[dict[str, Any]]]:
 
 
 async def test_redis_runs_the_same_job_as_memory(redis_server: RedisServer) -> None:
-    async with open_store(redis_server.url, Settings()) as redis_store:
+    async with open_store(Settings(redis_url=redis_server.url)) as redis_store:
         on_redis, redis_requests = await run(redis_store)
     on_memory, memory_requests = await run(MemoryStore())
     assert on_redis.status == on_memory.status == JobStatus.succeeded

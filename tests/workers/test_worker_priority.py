@@ -32,7 +32,7 @@ POPULATION = 2
 
 async def run_one_job(redis_url: str, worker: Child) -> None:
     """Submit a job of ``ROUNDS`` + 1 rounds and wait (polling, with a deadline) until it succeeds."""
-    async with open_store(redis_url, Settings()) as store:
+    async with open_store(Settings(redis_url=redis_url)) as store:
         params = resolve_params(
             "smoke",
             {"population": POPULATION, "subset": 2, "rounds": ROUNDS, "budget": 48, "tail": 16},

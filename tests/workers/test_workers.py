@@ -156,7 +156,7 @@ async def redis_store(redis_server: RedisServer) -> AsyncIterator[RedisStore]:
 
 @contextlib.asynccontextmanager
 async def open_redis_store(url: str, **settings: Any) -> AsyncIterator[RedisStore]:
-    async with open_store(url, Settings(**settings)) as store:
+    async with open_store(Settings(redis_url=url, **settings)) as store:
         assert isinstance(store, RedisStore)
         yield store
 
