@@ -872,7 +872,9 @@ async def test_event_streams_are_capped_per_key_and_leave_the_pool_to_other_requ
     redis_server: RedisServer,
 ) -> None:
     """One key's streams cannot take the connections other keys' requests need."""
-    async with open_store(Settings(redis_url=redis_server.url), max_connections=4, events_connections=6) as store:
+    async with open_store(
+        Settings(redis_url=redis_server.url), max_connections=4, events_connections=6
+    ) as store:
         deps = ApiDeps(
             store=store,
             config=ApiConfig(

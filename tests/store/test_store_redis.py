@@ -208,7 +208,9 @@ async def test_open_store_stops_waiting_when_told(redis_server: RedisServer) -> 
 
 async def test_event_reads_can_have_a_pool_of_their_own(redis_server: RedisServer) -> None:
     """With ``events_connections``, blocked event reads do not take the other commands' connections."""
-    async with open_store(Settings(redis_url=redis_server.url), max_connections=2, events_connections=4) as store:
+    async with open_store(
+        Settings(redis_url=redis_server.url), max_connections=2, events_connections=4
+    ) as store:
         await store.create_job(make_job("j1"), [])
         readers = [asyncio.create_task(store.read_events("j1", None, block_ms=1500)) for _ in range(4)]
         await asyncio.sleep(0.2)  # all four blocked in XREAD
@@ -306,7 +308,9 @@ async def test_more_concurrent_commands_than_connections_wait_for_one(redis_serv
     """A worker with hundreds of tasks in flight issues more concurrent commands than its pool
     holds: they queue for a connection instead of failing (redis-py's default pool raises
     MaxConnectionsError past its limit, which left tasks pending until reclaim)."""
-    async with open_store(Settings(redis_url=redis_server.url, redis_prefix="burst"), max_connections=4) as store:
+    async with open_store(
+        Settings(redis_url=redis_server.url, redis_prefix="burst"), max_connections=4
+    ) as store:
         await store.create_job(make_job("j1"), [])
         blocking = asyncio.create_task(store.read_events("j1", None, block_ms=300))  # holds one
         saves = [store.save_candidate("j1", make_candidate(0, i)) for i in range(200)]

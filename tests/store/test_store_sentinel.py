@@ -189,7 +189,9 @@ def sentinels(tmp_path: Path) -> Iterator[SentinelGroup]:
 
 @pytest.fixture
 async def store(sentinels: SentinelGroup) -> AsyncIterator[Store]:
-    async with open_store(Settings(redis_url=sentinels.url(), max_deliveries=5), events_connections=2) as opened:
+    async with open_store(
+        Settings(redis_url=sentinels.url(), max_deliveries=5), events_connections=2
+    ) as opened:
         yield opened
 
 
