@@ -32,9 +32,9 @@ from dataclasses import asdict, dataclass, field
 
 from evals.grading import grade_answer
 from mrsa.backends.base import Backend
-from mrsa.backends.factory import open_backend
 from mrsa.domain import CandidateSummary, JobResult, JobSpec, JobStatus, Vote
 from mrsa.params import resolve_params
+from mrsa.runtime import RuntimeSettings, open_backend
 from workers.inprocess import InProcessRunner
 
 DEFAULT_PROBLEMS: tuple[tuple[str, str], ...] = (
@@ -136,7 +136,7 @@ async def main_async(args: argparse.Namespace) -> list[Row]:
     rows = []
     if not args.json:
         print_header(args.rounds)
-    async with open_backend(args.backend, "auto") as backend:
+    async with open_backend(RuntimeSettings(backend_url=args.backend, backend_kind="auto")) as backend:
         for problem, gold in args.problem or DEFAULT_PROBLEMS:
             for budget in args.budgets:
                 row = await measure(backend, problem, gold, budget, args.seeds, args.rounds)

@@ -34,9 +34,9 @@ from redis.asyncio.connection import AbstractConnection
 from mrsa.backends.base import BackendInfo, GenerationRequest, GenerationResult
 from mrsa.domain import JobSpec
 from mrsa.params import RSAParams
-from mrsa.settings import Settings
 from mrsa.store.base import Store
 from mrsa.store.opening import open_store
+from mrsa.store.settings import StoreSettings
 from testkit.redis_process import RedisProcess, RedisUnavailable
 from workers.inprocess import InProcessRunner
 
@@ -159,10 +159,10 @@ async def main_async(as_json: bool, repeats: int) -> None:
     with redis_server() as url:
 
         def memory_store() -> AbstractAsyncContextManager[Store]:
-            return open_store(None, Settings())
+            return open_store(StoreSettings(redis_url=None))
 
         def redis_store() -> AbstractAsyncContextManager[Store]:
-            return open_store(url, Settings(redis_prefix=f"bench{time.monotonic_ns()}"))
+            return open_store(StoreSettings(redis_url=url, redis_prefix=f"bench{time.monotonic_ns()}"))
 
         if not as_json:
             print(

@@ -69,8 +69,8 @@ from mrsa.engine import prompts
 from mrsa.engine.planning import plan_subsets, request_seed
 from mrsa.engine.tails import make_tail, tail_source_text
 from mrsa.params import RSAParams
-from mrsa.settings import Settings
 from mrsa.store.opening import open_store
+from mrsa.store.settings import StoreSettings
 from testkit.server_metrics import LoadSamples, read_vllm_counters, sampling_load
 from testkit.simulator.process import ROOT, running_simulator
 from workers.inprocess import InProcessRunner
@@ -211,7 +211,7 @@ async def run_redis(url: str, workload: Workload, workers: int, folder: Path, ve
     from mrsa.engine.job_service import JobService
 
     with redis_server() as redis_url:
-        async with open_store(redis_url, Settings()) as store:
+        async with open_store(StoreSettings(redis_url=redis_url)) as store:
             with worker_processes(url, redis_url, workers, workload.concurrency, folder) as procs:
                 service = JobService(store)
                 t0 = time.perf_counter()

@@ -22,7 +22,7 @@ from pydantic import BaseModel
 
 from mrsa.engine.answers import last_boxed
 from mrsa.engine.equivalence import Comparison, Equivalence, compare
-from mrsa.settings import get_settings
+from mrsa.engine.settings import equivalence_settings
 
 Reason = Literal["correct", "wrong", "no_boxed", "parse_error", "timeout"]
 REASONS: tuple[Reason, ...] = ("correct", "wrong", "no_boxed", "parse_error", "timeout")
@@ -58,7 +58,7 @@ def grade_answer(gold: str, answer: str | None) -> Grade:
     :class:`Grader` adds one)."""
     if answer is None or not answer.strip():
         return Grade(correct=False, reason="no_boxed", answer=answer)
-    max_chars = get_settings().equivalence_max_chars
+    max_chars = equivalence_settings().equivalence_max_chars
     return _grade(answer, compare(gold, answer, max_chars), max_chars)
 
 
@@ -70,7 +70,7 @@ class Grader:
 
     def __init__(self, workers: int = 2, timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
         self.equivalence = Equivalence(
-            timeout_s, get_settings().equivalence_max_chars, workers, name="grading"
+            timeout_s, equivalence_settings().equivalence_max_chars, workers, name="grading"
         )
 
     def __enter__(self) -> Grader:

@@ -1,7 +1,8 @@
-"""One ``mrsa bench`` session: open the store and the backend, merge this sweep into the run
-folder's manifest, record the session in it, and run the sweep.
+"""One ``mrsa bench`` session: open the runtime (store and backend, :func:`mrsa.runtime.open_runtime`),
+merge this sweep into the run folder's manifest, record the session in it, and run the sweep.
 
-The CLI (``mrsa/cli/bench_cmd.py``) parses flags into :class:`SessionOptions`, plans the sweep
+The CLI (``mrsa/cli/bench_cmd.py``) parses flags into the runtime's settings (which backend, which
+store, every backend setting) and :class:`SessionOptions` (what only a session has), plans the sweep
 (:func:`plan_manifest`, :func:`evals.sweep.plan_units`) and renders progress; everything between
 is here.
 """
@@ -32,25 +33,17 @@ from evals.rundir import (
     mrsa_version,
 )
 from evals.sweep import SweepStats, Unit, check_contexts, run_sweep
-from mrsa.backends.factory import open_backend
-from mrsa.backends.http import HttpOptions
+from mrsa.backends.base import Backend
 from mrsa.engine.equivalence import FLOAT_ROUNDING
-from mrsa.settings import Settings
-from mrsa.store.opening import open_store
+from mrsa.runtime import BackendOptions, RuntimeSettings, open_runtime
 from mrsa.urls import redact
 
 
 class SessionOptions(BaseModel):
-    """How a session runs: the backend, the store, and how much runs at once."""
+    """What only a session has (the backend and the store come from the runtime's settings): its
+    trace, how many jobs run at once, grading, and the hardware as the user states it."""
 
-    backend_url: str | None = Field(None, description="Inference server; None: the embedded model.")
-    backend_kind: str = "auto"
-    model: str | None = None
-    tokenizer: Path | None = Field(None, description="Triton: the served model's tokenizer.")
-    http: HttpOptions = Field(default_factory=HttpOptions)
     trace_dir: Path | None = Field(None, description="Append every backend request/response here.")
-    redis_url: str | None = Field(None, description="Run the jobs through this Redis; None: in memory.")
-    concurrency: int | None = Field(None, description="Requests in flight; None: the server's capacity.")
     jobs: int | None = Field(None, description="Jobs in flight; None: enough to keep the server full.")
     grade_timeout_s: float = 10.0
     grade_workers: int = 2
@@ -88,28 +81,21 @@ async def run_session(
     golds: dict[tuple[str, str], str],
     stats: SweepStats,
     options: SessionOptions,
-    settings: Settings,
+    settings: RuntimeSettings,
     watch: Callable[[SweepStats], Coroutine[Any, Any, None]] | None = None,
 ) -> None:
-    """Run the session; ``watch(stats)`` runs alongside the sweep (progress) and is cancelled when
-    it ends. Raises :class:`~evals.rundir.ManifestConflict` when the run folder's manifest
-    disagrees with ``plan``, ``ContextBudgetError`` when a configuration cannot fit the model's
-    context, and the store's and backend's errors."""
-    async with contextlib.AsyncExitStack() as stack:
-        # The store before the backend: a wrong Redis URL fails before a model starts.
-        store = await stack.enter_async_context(open_store(options.redis_url, settings))
-        backend = await stack.enter_async_context(
-            open_backend(
-                options.backend_url,
-                options.backend_kind,
-                model=options.model,
-                options=options.http,
-                trace_dir=options.trace_dir,
-                tokenizer=options.tokenizer,
-            )
-        )
-        info = await backend.info()
+    """Run the session on the runtime of ``settings``; ``watch(stats)`` runs alongside the sweep
+    (progress) and is cancelled when it ends. Raises :class:`~evals.rundir.ManifestConflict` when
+    the run folder's manifest disagrees with ``plan``, ``ContextBudgetError`` when a configuration
+    cannot fit the model's context, and the store's and backend's errors."""
+
+    async def fits(backend: Backend) -> None:
         await check_contexts(backend, units)
+
+    backend_options = BackendOptions(trace_dir=options.trace_dir)
+    async with open_runtime(settings, backend=backend_options, check=fits) as runtime:
+        backend, info = runtime.ready()
+        store = runtime.store
         plan = plan.model_copy(update={"model": info.model})
         manifest = merge(run.load_manifest(), plan) if run.exists() else plan
         session = Session(
@@ -124,7 +110,7 @@ async def run_session(
             ),
             mrsa_version=mrsa_version(),
             git_revision=git_revision(),
-            store="memory" if options.redis_url is None else redact(options.redis_url),
+            store="memory" if settings.redis_url is None else redact(settings.redis_url),
             gpus=options.gpus,
             gpu_name=options.gpu_name,
         )
@@ -143,13 +129,13 @@ async def run_session(
                     golds,
                     stats,
                     store=store,
-                    capacity=options.concurrency or info.capacity,
+                    capacity=runtime.capacity,
                     max_jobs=options.jobs,
                     model=info.model,
                     namespace=f"{manifest.run_id}-{earlier}",
                     # A persistent store may still hold earlier sessions' unfinished jobs.
                     stale_namespaces=[f"{manifest.run_id}-{i}" for i in range(earlier)]
-                    if options.redis_url is not None
+                    if settings.redis_url is not None
                     else [],
                     failures=run.failures,
                 )

@@ -25,11 +25,26 @@ import tomllib
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from mrsa.domain import Cost, JobResult, Usage
+from mrsa.env import ENV_PREFIX
 
 PER = 1_000_000
 ANY_MODEL = "*"
+
+
+class PriceSettings(BaseSettings):
+    """Where the price table is (``MRSA_PRICES_FILE``): ``mrsa solve``, ``mrsa report`` and the API."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore")
+
+    prices_file: Path | None = Field(
+        None,
+        description="Price table (TOML or JSON; per million prompt, cached-prompt and decode tokens, by "
+        "model id) for the cost of a job (mrsa.prices): results show their cost.",
+        json_schema_extra={"flag": "--prices"},
+    )
 
 
 class PriceFileError(ValueError):

@@ -6,7 +6,7 @@ fixture that yields a fresh, empty store opened for :data:`MAX_DELIVERIES` deliv
     class TestMemoryStore(StoreContract):
         @pytest.fixture
         async def store(self) -> AsyncIterator[Store]:
-            async with open_store(None, SETTINGS) as store:
+            async with open_store(SETTINGS.model_copy(update={"redis_url": None})) as store:
                 yield store
 
 Only behaviour promised by :mod:`mrsa.store.base` is tested here (event ids are opaque strings,
@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import time
 
+from mrsa.cli.settings import Settings
 from mrsa.domain import (
     Candidate,
     ChunkCheckpoint,
@@ -31,7 +32,6 @@ from mrsa.domain import (
     Usage,
 )
 from mrsa.params import RSAParams
-from mrsa.settings import Settings
 from mrsa.store.base import ActiveLimitReached, IdempotencyClaim, ReclaimResult, Store, TaskQueue
 
 MAX_DELIVERIES = 3

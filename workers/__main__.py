@@ -1,5 +1,5 @@
 """``python -m workers``: one worker, configured by the environment alone (``MRSA_*``; the
-variables are the fields of :class:`mrsa.settings.Settings`). ``mrsa worker`` is the same worker
+variables are the fields of :class:`workers.settings.WorkerSettings`). ``mrsa worker`` is the same worker
 with flags on top of the environment; this entry point needs no part of the CLI."""
 
 from __future__ import annotations
@@ -9,8 +9,9 @@ import sys
 from pydantic import ValidationError
 
 from mrsa.backends.base import BackendError
+from mrsa.env import describe_settings_error
 from mrsa.servers.embedded import EmbeddedUnavailable
-from mrsa.settings import WorkerSettings, describe_settings_error
+from workers.settings import WorkerSettings
 from workers.worker_process import run
 
 USAGE = """usage: python -m workers

@@ -23,7 +23,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import random
 import socket
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -32,6 +31,7 @@ from typing import Any
 from mrsa import telemetry
 from mrsa.backends.base import BackendError
 from mrsa.backends.pressure import BackendPressure
+from mrsa.backoff import backoff_delay
 from mrsa.domain import Task
 from mrsa.engine.runner import TaskRunner
 from mrsa.store.base import Delivery, StoreUnavailable, TaskQueue
@@ -105,8 +105,7 @@ class _Outage:
             self.started = loop.time()
             log.warning("store unavailable (%s); retrying with backoff", exc)
         self.failures += 1
-        cap = min(self.options.backoff_cap_s, self.options.backoff_s * 2 ** min(self.failures - 1, 16))
-        return random.uniform(cap / 2, cap)
+        return backoff_delay(self.options.backoff_s, self.options.backoff_cap_s, self.failures)
 
     def ok(self) -> None:
         if self.failures:
@@ -342,8 +341,9 @@ class Worker:
                             hold_s,
                         )
                     tries += 1
-                    cap = min(self.options.backoff_cap_s, self.options.backoff_s * 2 ** min(tries - 1, 16))
-                    await asyncio.sleep(random.uniform(cap / 2, cap))
+                    await asyncio.sleep(
+                        backoff_delay(self.options.backoff_s, self.options.backoff_cap_s, tries)
+                    )
                 else:
                     self.hold.succeeded()
                     if since is not None:

@@ -2,7 +2,9 @@
 task loop to the backend's capacity, serve Prometheus metrics, and stop gracefully on a signal.
 
 ``mrsa worker`` (the environment with flags on top) and ``python -m workers`` (the environment
-alone) both build a :class:`~mrsa.settings.WorkerSettings` and hand it to :func:`run`.
+alone) both build a :class:`~workers.settings.WorkerSettings` and hand it to :func:`run`; the store
+and the backend come from the composition root (:func:`mrsa.runtime.open_runtime`), which waits for
+both with back-off.
 """
 
 from __future__ import annotations
@@ -12,23 +14,19 @@ import contextlib
 import gc
 import logging
 import math
-import random
 import signal
-from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager
 from http.server import ThreadingHTTPServer
 
-from mrsa.backends.base import Backend, BackendError, BackendInfo
-from mrsa.backends.factory import open_backend
 from mrsa.backends.pressure import BackendPressure
 from mrsa.engine.job_service import JobService
 from mrsa.engine.runner import TaskRunner
-from mrsa.settings import WorkerSettings
-from mrsa.store.base import Store, StoreUnavailable
-from mrsa.store.opening import open_store
+from mrsa.runtime import BackendOptions, Runtime, Stopped, StoreOptions, open_runtime
+from mrsa.store.base import StoreUnavailable
 from mrsa.urls import redact
 from workers.health import WorkerHealth, start_health_server
 from workers.loop import Worker, WorkerOptions, consumer_name
+from workers.settings import WorkerSettings
 
 log = logging.getLogger("mrsa.worker")
 
@@ -45,51 +43,18 @@ def configure_logging(consumer: str, level: int = logging.INFO) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-async def _wait(stop: asyncio.Event, seconds: float) -> None:
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(stop.wait(), seconds)
-
-
-def connect_redis(settings: WorkerSettings, stop: asyncio.Event) -> AbstractAsyncContextManager[Store]:
-    """The store, retrying with backoff until Redis answers; raises StoreUnavailable if ``stop``
-    is set first."""
-    return open_store(settings.redis_url, settings, wait_s=math.inf, stop=stop)
-
-
-@contextlib.asynccontextmanager
-async def connect_backend(
+def open_worker_runtime(
     settings: WorkerSettings, stop: asyncio.Event
-) -> AsyncIterator[tuple[Backend, BackendInfo] | None]:
-    """The backend (the embedded model when no URL is set), retrying while the server is not up
-    yet (a vLLM server takes minutes to load); yields ``None`` if stopped first."""
-    delay = 1.0
-    warned = False
-    while not stop.is_set():
-        async with contextlib.AsyncExitStack() as stack:
-            try:
-                backend = await stack.enter_async_context(
-                    open_backend(
-                        settings.backend_url,
-                        settings.backend_kind,
-                        model=settings.model,
-                        options=settings.http_options(),
-                        tokenizer=settings.tokenizer,
-                        priority=settings.backend_priority,
-                    )
-                )
-                info = await backend.info()
-            except BackendError as exc:
-                if not exc.retryable:
-                    raise
-                if not warned:
-                    log.warning("waiting for the backend: %s", exc)
-                    warned = True
-            else:
-                yield backend, info
-                return
-        await _wait(stop, random.uniform(delay / 2, delay))
-        delay = min(delay * 2, 15.0)
-    yield None
+) -> AbstractAsyncContextManager[Runtime]:
+    """The worker's runtime: Redis and the backend (the embedded model when no URL is set), each
+    retried with back-off until it answers (Redis may still be loading, a vLLM server takes minutes
+    to load); raises :class:`~mrsa.runtime.Stopped` if ``stop`` is set first."""
+    return open_runtime(
+        settings,
+        store=StoreOptions(wait_s=math.inf),
+        backend=BackendOptions(wait=True),
+        stop=stop,
+    )
 
 
 def backend_pressure(settings: WorkerSettings) -> BackendPressure | None:
@@ -161,56 +126,52 @@ async def serve(settings: WorkerSettings, stop: asyncio.Event | None = None) -> 
         )
         async with contextlib.AsyncExitStack() as stack:
             try:
-                store = await stack.enter_async_context(connect_redis(settings, stop))
-            except StoreUnavailable:
-                if stop.is_set():
-                    return None
-                raise
-            async with connect_backend(settings, stop) as connected:
-                if connected is None:
-                    return None
-                backend, info = connected
-                capacity = settings.backend_concurrency or info.capacity
-                options = WorkerOptions(
-                    capacity=capacity,
-                    reclaim_idle_ms=int(settings.worker_reclaim_idle_s * 1000),
-                    heartbeat_s=settings.worker_heartbeat_s,
-                    shutdown_grace_s=settings.worker_shutdown_grace_s,
-                    backend_hold_s=settings.worker_backend_hold_s,
-                )
-                pressure = backend_pressure(settings)
-                if pressure is not None:
-                    stack.push_async_callback(pressure.aclose)
-                worker = Worker(
-                    TaskRunner(JobService(store), backend),
-                    store,
-                    options,
-                    consumer=consumer,
-                    pressure=pressure,
-                )
-                log.info(
-                    "worker %s ready: redis %s, backend %s (%s, model %s), %d task(s) at a time",
-                    consumer,
-                    redact(settings.redis_url or ""),  # set: WorkerSettings requires it
-                    info.url,
-                    info.kind,
-                    info.model,
-                    capacity,
-                )
-                if not stop.is_set():
-                    health.state = "ready"
-                await worker.run(stop)
-                health.state = "draining"
-                with contextlib.suppress(StoreUnavailable):
-                    await store.forget_consumer(consumer)
-                log.info(
-                    "worker %s stopped: %d task(s) done, %d reclaimed, %d released",
-                    consumer,
-                    worker.completed,
-                    worker.reclaimed,
-                    worker.released,
-                )
-                return worker
+                runtime = await stack.enter_async_context(open_worker_runtime(settings, stop))
+            except Stopped:
+                return None
+            backend, info = runtime.ready()
+            store = runtime.store
+            capacity = runtime.capacity
+            options = WorkerOptions(
+                capacity=capacity,
+                reclaim_idle_ms=int(settings.worker_reclaim_idle_s * 1000),
+                heartbeat_s=settings.worker_heartbeat_s,
+                shutdown_grace_s=settings.worker_shutdown_grace_s,
+                backend_hold_s=settings.worker_backend_hold_s,
+            )
+            pressure = backend_pressure(settings)
+            if pressure is not None:
+                stack.push_async_callback(pressure.aclose)
+            worker = Worker(
+                TaskRunner(JobService(store), backend),
+                store,
+                options,
+                consumer=consumer,
+                pressure=pressure,
+            )
+            log.info(
+                "worker %s ready: redis %s, backend %s (%s, model %s), %d task(s) at a time",
+                consumer,
+                redact(settings.redis_url or ""),  # set: WorkerSettings requires it
+                info.url,
+                info.kind,
+                info.model,
+                capacity,
+            )
+            if not stop.is_set():
+                health.state = "ready"
+            await worker.run(stop)
+            health.state = "draining"
+            with contextlib.suppress(StoreUnavailable):
+                await store.forget_consumer(consumer)
+            log.info(
+                "worker %s stopped: %d task(s) done, %d reclaimed, %d released",
+                consumer,
+                worker.completed,
+                worker.reclaimed,
+                worker.released,
+            )
+            return worker
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)

@@ -1,8 +1,8 @@
 """The FastAPI application factory.
 
-``create_app(settings)`` opens the Redis store (and a backend client when ``MRSA_BACKEND_URL`` is
-set) at startup and closes them at shutdown; ``create_app(deps=...)`` runs on ready dependencies
-(tests).
+``create_app(settings)`` opens its runtime at startup (:func:`mrsa.runtime.open_runtime`: the Redis
+store, and a backend client built on first use when ``MRSA_BACKEND_URL`` is set, with every backend
+setting) and closes it at shutdown; ``create_app(deps=...)`` runs on ready dependencies (tests).
 """
 
 from __future__ import annotations
@@ -22,10 +22,10 @@ from mrsa.api.jobs.routes import router as jobs_router
 from mrsa.api.ops.prometheus import RequestMetrics, StoreGauges
 from mrsa.api.ops.routes import router as ops_router
 from mrsa.api.reports.routes import router as reports_router
+from mrsa.api.settings import ApiSettings
 from mrsa.console import serving as console
 from mrsa.prices import load_optional
-from mrsa.settings import Settings, get_settings
-from mrsa.store.opening import open_store
+from mrsa.runtime import BackendOptions, StoreOptions, open_runtime
 
 DESCRIPTION = """\
 Markovian RSA (recursive self-aggregation of reasoning tails) as a job service.
@@ -52,7 +52,7 @@ def _version() -> str:
         return "0"
 
 
-def config_from(settings: Settings) -> ApiConfig:
+def config_from(settings: ApiSettings) -> ApiConfig:
     return ApiConfig(
         api_keys=settings.api_key_list(),
         max_problem_bytes=settings.api_max_problem_bytes,
@@ -77,41 +77,34 @@ API_REDIS_CONNECTIONS = 256
 
 
 @contextlib.asynccontextmanager
-async def _open_deps(settings: Settings) -> AsyncIterator[ApiDeps]:
-    """The store (retried for a while: compose may start the API before Redis is ready) and the
-    backend handle, closed on exit."""
+async def _open_deps(settings: ApiSettings, config: ApiConfig) -> AsyncIterator[ApiDeps]:
+    """The runtime's store (retried for a while: compose may start the API before Redis is ready)
+    and its deferred backend, closed on exit."""
     if not settings.redis_url:
         raise RuntimeError("the API needs Redis: set MRSA_REDIS_URL or pass --redis URL")
-    async with open_store(
-        settings.redis_url,
-        settings,
+    store = StoreOptions(
         max_connections=API_REDIS_CONNECTIONS,
         events_connections=settings.api_max_streams,
         wait_s=STARTUP_WAIT_S,
-    ) as store:
-        backend = BackendHandle(
-            settings.backend_url,
-            settings.backend_kind,
-            model=settings.model,
-            context_length=settings.backend_context_length,
-            tokenizer=settings.tokenizer,
-        )
-        try:
-            yield ApiDeps(store=store, backend=backend, config=config_from(settings))
-        finally:
-            await backend.aclose()
+    )
+    async with open_runtime(settings, store=store, backend=BackendOptions(defer=True)) as runtime:
+        backend = BackendHandle(settings.backend_url, deferred=runtime.deferred)
+        yield ApiDeps(store=runtime.store, backend=backend, config=config)
 
 
-def create_app(settings: Settings | None = None, deps: ApiDeps | None = None) -> FastAPI:
-    """The API. With ``deps`` the caller owns (and closes) the store and backend."""
-    settings = settings or get_settings()
+def create_app(settings: ApiSettings | None = None, deps: ApiDeps | None = None) -> FastAPI:
+    """The API. With ``deps`` the caller owns (and closes) the store and backend. Its config is
+    built once (the price file read once)."""
+    settings = settings or ApiSettings()
     config = deps.config if deps is not None else config_from(settings)
     reclaim_idle_ms = int(settings.worker_reclaim_idle_s * 1000)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with contextlib.AsyncExitStack() as stack:
-            ready = deps if deps is not None else await stack.enter_async_context(_open_deps(settings))
+            ready = (
+                deps if deps is not None else await stack.enter_async_context(_open_deps(settings, config))
+            )
             app.state.deps = ready
             app.state.gauges = StoreGauges(
                 ready.store, cache_s=ready.config.metrics_cache_s, reclaim_idle_ms=reclaim_idle_ms

@@ -2,13 +2,13 @@
 an optional backend client (asked about context length and health only — the API process never
 generates), and the limits.
 
-``create_app`` builds :class:`ApiDeps` from :class:`~mrsa.settings.Settings` at startup, or takes
-ready ones (tests pass a store opened on their own event loop).
+``create_app`` builds :class:`ApiDeps` from :class:`~mrsa.api.settings.ApiSettings` at startup
+(its store and backend through :func:`mrsa.runtime.open_runtime`), or takes ready ones (tests pass
+a store opened on their own event loop).
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,12 +17,13 @@ from fastapi import Request
 
 from mrsa.api.chat.passthrough_slots import Passthroughs
 from mrsa.api.chat.relay import RelayLimits
+from mrsa.api.settings import default
 from mrsa.api.streams import StreamSlots
 from mrsa.backends.base import Backend, BackendError
-from mrsa.backends.factory import make_backend
-from mrsa.backends.http import HttpOptions
+from mrsa.backends.settings import BackendSettings
 from mrsa.engine.job_service import JobService
 from mrsa.prices import PriceTable
+from mrsa.runtime import DeferredBackend
 from mrsa.store.base import Store
 
 log = logging.getLogger("mrsa.api")
@@ -33,11 +34,12 @@ JSON_ESCAPE_RATIO = 6
 
 @dataclass
 class ApiConfig:
-    """Limits and timings of the API (the env-backed ones come from ``Settings``)."""
+    """Limits and timings of the API. The env-backed ones are :class:`~mrsa.api.settings.ApiSettings`'
+    fields, their defaults read from there (written once); the rest are fixed here."""
 
     api_keys: list[str] = field(default_factory=list)
-    max_problem_bytes: int = 100_000
-    max_active_jobs: int = 16
+    max_problem_bytes: int = default("api_max_problem_bytes")
+    max_active_jobs: int = default("api_max_active_jobs")
     retry_after_s: int = 10
     idempotency_ttl_s: int = 86_400
     # Event stream: how long one store read waits before the stream re-checks the job.
@@ -49,16 +51,16 @@ class ApiConfig:
     keepalive_s: float = 10.0
     context_check_timeout_s: float = 20.0
     # Event streams and waiting chat completions (each holds a connection of the store's events pool).
-    max_streams_per_key: int = 64
-    max_streams: int = 1_000
+    max_streams_per_key: int = default("api_max_streams_per_key")
+    max_streams: int = default("api_max_streams")
     # Chat requests passed through to the backend (mrsa.api.chat.relay): bytes relayed, total and idle
     # deadlines, open ones per key and in all, and the time they get on shutdown.
-    passthrough_max_bytes: int = 64 * 2**20
-    passthrough_timeout_s: float = 1_800.0
-    passthrough_idle_s: float = 300.0
-    max_passthroughs_per_key: int = 64
-    max_passthroughs: int = 512
-    passthrough_drain_s: float = 10.0
+    passthrough_max_bytes: int = default("api_passthrough_max_bytes")
+    passthrough_timeout_s: float = default("api_passthrough_timeout_s")
+    passthrough_idle_s: float = default("api_passthrough_idle_s")
+    max_passthroughs_per_key: int = default("api_max_passthroughs_per_key")
+    max_passthroughs: int = default("api_max_passthroughs")
+    passthrough_drain_s: float = default("api_passthrough_drain_s")
     metrics_cache_s: float = 5.0
     # Run folders of sweeps served under /v1/reports (MRSA_REPORTS_DIR); None = none.
     reports_dir: Path | None = None
@@ -75,7 +77,9 @@ class ApiConfig:
 
 
 class BackendHandle:
-    """A backend client created on first use (the server may start after the API), then reused."""
+    """The API's backend: a client built on first use (the server may start after the API) from
+    the backend settings by the composition root (:class:`mrsa.runtime.DeferredBackend`: every
+    backend setting applies), then reused; or a ready client (tests)."""
 
     def __init__(
         self,
@@ -86,15 +90,24 @@ class BackendHandle:
         context_length: int | None = None,
         tokenizer: Path | None = None,
         backend: Backend | None = None,
+        deferred: DeferredBackend | None = None,
     ) -> None:
-        self.url = url if backend is None else backend.url
-        self.kind = kind
-        self.model = model
-        self.context_length = context_length
-        self.tokenizer = tokenizer
+        if deferred is None and backend is None:
+            settings = BackendSettings(
+                backend_url=url,
+                backend_kind=kind,
+                model=model,
+                backend_context_length=context_length,
+                tokenizer=tokenizer,
+            )
+            deferred = DeferredBackend(settings)
+        self._deferred = deferred
         self._backend = backend
         self._owned = backend is None
-        self._lock = asyncio.Lock()
+        # The server's root (normalised once, where the client is built): passthroughs are sent here.
+        self.url = backend.url if backend is not None else deferred.url if deferred is not None else None
+        # The router's affinity header (MRSA_BACKEND_ROUTING_HEADER): a passthrough sends on a client's own.
+        self.routing_header = deferred.settings.backend_routing_header if deferred is not None else None
 
     @property
     def configured(self) -> bool:
@@ -103,20 +116,9 @@ class BackendHandle:
     async def get(self) -> Backend | None:
         """The client, or ``None`` when no backend is configured. Raises BackendError when the server
         cannot be reached to detect its kind (the next call tries again)."""
-        if self._backend is not None or self.url is None:
+        if self._backend is not None or self._deferred is None:
             return self._backend
-        async with self._lock:
-            if self._backend is None:
-                options = HttpOptions(timeout_s=30.0, max_retries=1, concurrency=4)
-                self._backend = await make_backend(
-                    self.url,
-                    self.kind,
-                    model=self.model,
-                    options=options,
-                    context_length=self.context_length,
-                    tokenizer=self.tokenizer,
-                )
-        return self._backend
+        return await self._deferred.get()
 
     async def health(self) -> str:
         """'ok', 'not configured', or why the backend is not healthy."""
@@ -130,9 +132,8 @@ class BackendHandle:
             return str(exc)
 
     async def aclose(self) -> None:
-        if self._owned and self._backend is not None:
-            await self._backend.aclose()
-            self._backend = None
+        if self._owned and self._deferred is not None:
+            await self._deferred.aclose()
 
 
 @dataclass

@@ -1,18 +1,21 @@
-"""Build a backend from a URL and a kind, detecting the server's dialect when asked to."""
+"""Build a backend client from a URL and a kind, detecting the server's dialect when asked to.
+
+What to build it from (the settings, the embedded model when there is no URL, tracing) is the
+composition root's (:mod:`mrsa.runtime`); this module knows only the clients.
+"""
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import cast
+from typing import TYPE_CHECKING, cast
 
 from mrsa.backends.base import Backend, BackendError, BackendUnavailable
 from mrsa.backends.http import HttpClient, HttpOptions, backend_base_url
 from mrsa.backends.openai import DIALECTS, Dialect, OpenAICompatibleBackend
-from mrsa.backends.tracing import TracingBackend
 from mrsa.backends.wire import Wire
-from mrsa.servers.embedded import CONTEXT_LENGTH, MODEL_ALIAS, EmbeddedServer
+
+if TYPE_CHECKING:  # the Triton client is imported where it is built
+    from mrsa.backends.triton import TokenizerFinder
 
 BACKEND_KINDS: tuple[str, ...] = ("auto", *DIALECTS, "triton")
 
@@ -20,7 +23,7 @@ BACKEND_KINDS: tuple[str, ...] = ("auto", *DIALECTS, "triton")
 async def detect_kind(url: str, options: HttpOptions | None = None, *, wire: Wire | None = None) -> str:
     """Probe ``url`` for its server type. Raises :class:`BackendUnavailable` naming the URL."""
     opts = (options or HttpOptions()).model_copy(update={"max_retries": 0})
-    client = HttpClient(url, opts, backend_kind="probe", wire=wire)
+    client = HttpClient(backend_base_url(url), opts, backend_kind="probe", wire=wire)
     try:
         probes: list[tuple[str, str, dict[str, str] | None, str]] = [
             ("GET", "/v2/health/ready", None, "triton"),
@@ -54,13 +57,14 @@ async def make_backend(
     tokenizer: Path | None = None,
     wire: Wire | None = None,
     priority: bool = False,
+    find_tokenizer: TokenizerFinder | None = None,
 ) -> Backend:
-    """A backend client for ``url`` (its root, with or without ``/v1``); ``kind='auto'`` probes
-    the server first. ``priority``: send each request's priority (vLLM, started with
-    ``--scheduling-policy priority``; other servers are sent none)."""
+    """A backend client for ``url`` (its root, with or without ``/v1``: the client normalises it);
+    ``kind='auto'`` probes the server first. ``priority``: send each request's priority (vLLM,
+    started with ``--scheduling-policy priority``; other servers are sent none).
+    ``find_tokenizer``: Triton without ``tokenizer``, where to look for the served model's."""
     if kind not in BACKEND_KINDS:
         raise ValueError(f"backend kind: unknown {kind!r}; choose one of {', '.join(BACKEND_KINDS)}")
-    url = backend_base_url(url)
     if kind == "auto":
         kind = await detect_kind(url, options, wire=wire)
     if kind == "triton":
@@ -73,6 +77,7 @@ async def make_backend(
             options=options,
             wire=wire,
             context_length=context_length,
+            find_tokenizer=find_tokenizer,
         )
     return OpenAICompatibleBackend(
         url,
@@ -83,44 +88,3 @@ async def make_backend(
         wire=wire,
         enable_priority=priority,
     )
-
-
-@contextlib.asynccontextmanager
-async def open_backend(
-    url: str | None,
-    kind: str = "auto",
-    *,
-    model: str | None = None,
-    options: HttpOptions | None = None,
-    trace_dir: Path | None = None,
-    tokenizer: Path | None = None,
-    priority: bool = False,
-) -> AsyncIterator[Backend]:
-    """A ready backend for the duration of the block: ``url`` if given, else the embedded model
-    (started here, stopped on exit — also on errors and Ctrl-C)."""
-    server: EmbeddedServer | None = None
-    try:
-        if url is None:
-            server = EmbeddedServer()
-            await server.start()
-            opts = (options or HttpOptions()).model_copy(update={"concurrency": 1})
-            backend: Backend = OpenAICompatibleBackend(
-                server.url,
-                dialect="llama-cpp-python",
-                model=model or MODEL_ALIAS,
-                options=opts,
-                context_length=CONTEXT_LENGTH,
-            )
-        else:
-            backend = await make_backend(
-                url, kind, model=model, options=options, tokenizer=tokenizer, priority=priority
-            )
-        if trace_dir is not None:
-            backend = TracingBackend(backend, trace_dir)
-        try:
-            yield backend
-        finally:
-            await backend.aclose()
-    finally:
-        if server is not None:
-            server.stop()

@@ -267,7 +267,7 @@ class HttpClient:
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         classify: Classifier = classify_status,
     ) -> None:
-        self.base_url = backend_base_url(base_url)
+        self.base_url = base_url  # the server's root, normalised by the backend client that builds this
         self.options = options or HttpOptions()
         self.backend_kind = backend_kind
         auth = {"authorization": f"Bearer {self.options.api_key}"} if self.options.api_key else {}

@@ -25,7 +25,8 @@ retried, anything else is a final error quoting the server.
 Triton has no tokenizer endpoint and ``text_input`` is raw text, so this client needs the served
 model's tokenizer locally (:mod:`mrsa.backends.triton_prompt`; ``--tokenizer``: ``tokenizer.json``,
 or the folder holding it and ``tokenizer_config.json``; for the bundled model, served by
-``mrsa backend --kind triton``, the one built from its GGUF is found by the model's name). The chat
+``mrsa backend --kind triton``, the one built from its GGUF is found by the model's name: the
+runtime hands the client a ``find_tokenizer`` from :mod:`mrsa.servers`, so no client imports a launcher). The chat
 template from there renders the messages (``add_generation_prompt=True``); an assistant prefill is
 appended raw, so prefill is supported. The server has no ``n``: ``n > 1`` is fanned out as separate
 requests with consecutive seeds.
@@ -37,6 +38,7 @@ import asyncio
 import contextlib
 import json
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -50,14 +52,24 @@ from mrsa.backends.base import (
     GenerationRequest,
     GenerationResult,
 )
-from mrsa.backends.http import HttpClient, HttpOptions, context_overflow, error_text, with_default_concurrency
+from mrsa.backends.bundled import BUNDLED_MODEL
+from mrsa.backends.http import (
+    HttpClient,
+    HttpOptions,
+    backend_base_url,
+    context_overflow,
+    error_text,
+    with_default_concurrency,
+)
 from mrsa.backends.openai import normalise_finish_reason
 from mrsa.backends.triton_prompt import LocalTokenizer
 from mrsa.backends.wire import Wire
 from mrsa.domain import FinishReason
-from mrsa.servers.bundled_triton import BUNDLED_MODEL, ensure_tokenizer, to_stderr
 
 _DEFAULT_CAPACITY = 256
+
+# The served model's name (None: the server named none) → its tokenizer's path, or None if unknown.
+TokenizerFinder = Callable[[str | None], Path | None]
 # A condition that passes: answered differently if the same request is sent again later.
 _TRANSIENT_PATTERNS = re.compile(
     r"out of memory|\bOOM\b|busy|try again|retry|timed? ?out|timeout|deadline|temporar|unavailable|"
@@ -132,11 +144,13 @@ class TritonBackend:
         options: HttpOptions | None = None,
         wire: Wire | None = None,
         context_length: int | None = None,
+        find_tokenizer: TokenizerFinder | None = None,
     ) -> None:
-        self._url = url.rstrip("/")
+        self._url = backend_base_url(url)
+        self._find_bundled = find_tokenizer
         self.model = model
         self.tokenizer = LocalTokenizer(tokenizer) if tokenizer is not None else None
-        self._looked_for_bundled = tokenizer is not None
+        self._looked_for_bundled = tokenizer is not None or find_tokenizer is None
         self.context_length = context_length  # else the model config's, else the tokenizer's (info)
         opts = with_default_concurrency(options, _DEFAULT_CAPACITY)
         self.http = HttpClient(self._url, opts, backend_kind="triton", wire=wire, classify=classify_triton)
@@ -283,18 +297,18 @@ class TritonBackend:
     # -- generation --------------------------------------------------------------------------------
 
     async def _find_tokenizer(self) -> None:
-        """Without ``--tokenizer``: the bundled model's own, when that is the model served (built
-        offline from its GGUF the first time, in a thread: that may take a minute)."""
-        if self._looked_for_bundled:
+        """Without ``--tokenizer``: ask ``find_tokenizer`` (the runtime's: the bundled model's own,
+        when that is the model served) for a path, in a thread (a first build may take a minute)."""
+        if self._looked_for_bundled or self._find_bundled is None:
             return
         model = self.model
         if model is None:
             with contextlib.suppress(BackendRequestError):  # no model to tell: the error says --tokenizer
                 model = await self._model_name()
         self._looked_for_bundled = True
-        if model != BUNDLED_MODEL:
-            return
-        self.tokenizer = LocalTokenizer(await asyncio.to_thread(ensure_tokenizer, to_stderr))
+        found = await asyncio.to_thread(self._find_bundled, model)
+        if found is not None:
+            self.tokenizer = LocalTokenizer(found)
 
     def _require_tokenizer(self, what: str) -> LocalTokenizer:
         if self.tokenizer is None:

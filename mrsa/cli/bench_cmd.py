@@ -17,21 +17,11 @@ from rich.table import Table
 
 from mrsa.backends.base import BackendError
 from mrsa.cli.common import EXIT_USAGE, err_console, fail, out_console, print_json, settings_from_flags
-from mrsa.cli.options import (
-    BackendKindOpt,
-    BackendOpt,
-    ConcurrencyOpt,
-    GpuNameOpt,
-    GpusOpt,
-    QuietOpt,
-    RetriesOpt,
-    TimeoutOpt,
-    TokenizerOpt,
-)
+from mrsa.cli.options import BACKEND_FLAGS, GpuNameOpt, GpusOpt, QuietOpt, setting_flags
+from mrsa.cli.settings import Settings
 from mrsa.engine.limits import ContextBudgetError
 from mrsa.params import PRESETS
 from mrsa.servers.embedded import EmbeddedUnavailable
-from mrsa.settings import Settings
 from mrsa.store.base import StoreUnavailable
 
 if TYPE_CHECKING:
@@ -112,7 +102,9 @@ def _summary(data: ReportData) -> Table:
     return table
 
 
+@setting_flags(Settings, *BACKEND_FLAGS, "redis_url")
 def bench(
+    ctx: typer.Context,
     dataset: Annotated[
         list[str],
         typer.Option(
@@ -137,19 +129,12 @@ def bench(
     ] = None,
     seeds: Annotated[str, typer.Option(help="A count (2 → seeds 0,1) or a list (0,3,7).")] = "1",
     limit: Annotated[int | None, typer.Option(help="Only the first N problems of each dataset.")] = None,
-    backend: BackendOpt = None,
-    backend_kind: BackendKindOpt = None,
-    model: Annotated[str | None, typer.Option(help="Model id (env MRSA_MODEL).")] = None,
-    concurrency: ConcurrencyOpt = None,
-    tokenizer: TokenizerOpt = None,
     jobs: Annotated[
         int | None,
         typer.Option(
             help="Jobs (problem × seed × config) in flight (default: enough to keep the server full)."
         ),
     ] = None,
-    timeout: TimeoutOpt = None,
-    retries: RetriesOpt = None,
     grade_timeout: Annotated[float, typer.Option(help="Grading time limit per answer, seconds.")] = 10.0,
     grade_workers: Annotated[int, typer.Option(help="Grading processes.")] = 2,
     progress_every: Annotated[
@@ -161,14 +146,6 @@ def bench(
     ] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print the summary as JSON on stdout.")] = False,
     quiet: QuietOpt = False,
-    redis: Annotated[
-        str | None,
-        typer.Option(
-            "--redis",
-            help="Run the sweep's jobs through Redis at this URL (env MRSA_REDIS_URL) instead of in "
-            "memory; mrsa worker processes on the same Redis share the work.",
-        ),
-    ] = None,
     gpus: GpusOpt = None,
     gpu_name: GpuNameOpt = None,
 ) -> None:
@@ -184,21 +161,9 @@ def bench(
     from evals.sweep import SweepStats, plan_units
 
     logging.getLogger("math_verify").setLevel(logging.ERROR)  # its signal timeouts are off on purpose
-    settings = settings_from_flags(
-        Settings,
-        {
-            "backend_url": backend,
-            "backend_kind": backend_kind,
-            "model": model,
-            "tokenizer": tokenizer,
-            "redis_url": redis,
-            "backend_timeout_s": timeout,
-            "backend_retries": retries,
-            "backend_concurrency": concurrency,
-        },
-    )
-    backend_url, kind = settings.backend_url, settings.backend_kind
-    for name, value in (("concurrency", concurrency), ("jobs", jobs), ("limit", limit)):
+    settings = settings_from_flags(Settings, ctx.params, ctx)  # the backend and store flags, over MRSA_*
+    backend_url = settings.backend_url
+    for name, value in (("jobs", jobs), ("limit", limit)):
         if value is not None and value < 1:
             fail(f"{name}: must be ≥ 1", EXIT_USAGE)
     if grade_timeout <= 0 or grade_workers < 1:
@@ -216,7 +181,6 @@ def bench(
         configs = build_configs(preset or ["smoke" if backend_url is None else "zaya1"], grid)
     except ConfigError as exc:
         fail(str(exc), EXIT_USAGE)
-    options = settings.http_options()  # concurrency unset: the server's capacity
 
     run = RunDir(out)
     if out.exists() and not out.is_dir():
@@ -236,14 +200,7 @@ def bench(
     units = plan_units(configs, problems, seed_list)
     stats = SweepStats()
     session = SessionOptions(
-        backend_url=backend_url,
-        backend_kind=kind,
-        model=settings.model,
-        tokenizer=settings.tokenizer,
-        http=options,
         trace_dir=trace,
-        redis_url=settings.redis_url,
-        concurrency=concurrency,
         jobs=jobs,
         grade_timeout_s=grade_timeout,
         grade_workers=min(grade_workers, os.cpu_count() or 1),

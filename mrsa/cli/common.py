@@ -10,10 +10,11 @@ from typing import Any, NoReturn, TypeVar
 
 import typer
 from pydantic import BaseModel, ValidationError
+from pydantic_settings import BaseSettings
 from rich.console import Console
 from rich.markup import escape
 
-from mrsa.settings import Settings, describe_settings_error
+from mrsa.env import describe_settings_error
 
 err_console = Console(stderr=True, highlight=False)
 out_console = Console(highlight=False)
@@ -29,14 +30,14 @@ def fail(message: str, code: int = EXIT_FAILURE) -> NoReturn:
     raise typer.Exit(code)
 
 
-S = TypeVar("S", bound=Settings)
+S = TypeVar("S", bound=BaseSettings)
 
 
 def settings_from_flags(model: type[S], flags: Mapping[str, Any], ctx: typer.Context | None = None) -> S:
     """``model`` read from the environment (``MRSA_*``) with the flags that were given on top
     (pydantic-settings ranks init arguments above the environment, the environment above defaults).
 
-    ``flags`` maps :class:`~mrsa.settings.Settings` fields to the command's values, ``None`` for a
+    ``flags`` maps the settings' fields to the command's values, ``None`` for a
     flag not given; entries that are no field of ``model`` (a command's other parameters) are left
     out. A command whose parameters are named after the fields they set passes ``ctx.params`` and
     ``ctx``; then a bad value exits 2 naming its flag as the user typed it (one from the

@@ -25,18 +25,15 @@ from mrsa.cli.options import (
     FileOpt,
     ProblemArg,
     rsa_flags,
+    setting_option,
 )
+from mrsa.cli.settings import ClientSettings, get_settings
 from mrsa.cli.solve import Progress, build_params, read_problem, render_result
 from mrsa.domain import JobStatus
 from mrsa.params import DEFAULT_PRESET, PRESETS, RSAParams
-from mrsa.settings import get_settings
 
-ApiOpt = Annotated[
-    str | None, typer.Option("--api", help="Base URL of the mrsa API (env MRSA_API_URL).", show_default=False)
-]
-KeyOpt = Annotated[
-    str | None, typer.Option("--api-key", help="API key (env MRSA_API_KEY).", show_default=False)
-]
+ApiOpt = Annotated[str | None, setting_option(ClientSettings, "api_url")]
+KeyOpt = Annotated[str | None, setting_option(ClientSettings, "api_key")]
 JsonOpt = Annotated[
     bool, typer.Option("--json", help="Print JSON on stdout (one object; watch: one per event).")
 ]

@@ -2,11 +2,10 @@
 
 One definition per flag keeps names, defaults and help texts from drifting apart between ``solve``,
 ``submit``, ``bench``, ``serve`` and ``worker``. The Markovian RSA flags are not written here at
-all but derived from :class:`~mrsa.params.RSAParams`' fields (:func:`rsa_flags`); the backend flags
-that set a :class:`~mrsa.settings.Settings` field spell their flag, so a command may name its
-parameter after the field (see :func:`mrsa.cli.common.settings_from_flags`). Help texts name environment variables in
-parentheses: typer renders help as rich markup, where ``[env …]`` would be taken for a style tag
-and vanish.
+all but derived from :class:`~mrsa.params.RSAParams`' fields (:func:`rsa_flags`), and the flags of
+settings from the settings' fields (:func:`setting_flags`: flag, type, help and environment
+variable), so a command's parameter is named after the field it sets (see
+:func:`mrsa.cli.common.settings_from_flags`).
 """
 
 from __future__ import annotations
@@ -23,8 +22,9 @@ from typing import Annotated, Any, Literal, TypeVar, cast
 import typer
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
+from rich.markup import escape
 
-from mrsa.backends.factory import BACKEND_KINDS
+from mrsa.env import env_name
 from mrsa.params import knobs, nest_overrides
 
 R = TypeVar("R")
@@ -86,53 +86,77 @@ def rsa_flags(params: type[BaseModel]) -> Callable[[Callable[..., R]], Callable[
     return decorate
 
 
-# -- the backend (solve, bench, serve, worker) -----------------------------------------------------
+# -- settings (solve, bench, serve, worker, the client commands) ----------------------------------
 
-BackendOpt = Annotated[
-    str | None,
-    typer.Option("--backend", help="Inference server URL (env MRSA_BACKEND_URL); unset = embedded model."),
-]
-BackendKindOpt = Annotated[
-    str | None, typer.Option(help=f"Server type: {', '.join(BACKEND_KINDS)} (env MRSA_BACKEND_KIND).")
-]
-TokenizerOpt = Annotated[
-    Path | None,
-    typer.Option(
-        help="Triton only: the served model's tokenizer.json (or its folder) (env MRSA_TOKENIZER); "
-        "the bundled model's is found by its name."
-    ),
-]
-ConcurrencyOpt = Annotated[
-    int | None, typer.Option("--concurrency", help="Requests in flight (default: server capacity).")
-]
-TimeoutOpt = Annotated[float | None, typer.Option("--timeout", help="Backend read timeout, seconds.")]
-RetriesOpt = Annotated[int | None, typer.Option("--retries", help="Backend retries on 429/5xx/timeouts.")]
-PriorityOpt = Annotated[
-    bool | None,
-    typer.Option(
-        "--priority",
-        help="Send each request's priority, later rounds first (env MRSA_BACKEND_PRIORITY): vLLM only, "
-        "started with --scheduling-policy priority (it rejects prioritised requests otherwise).",
-    ),
-]
-RedisOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--redis",
-        help="Redis URL of the job store and queue: redis://, rediss:// or redis+sentinel://HOST:PORT,.../MASTER/DB (env MRSA_REDIS_URL).",
-    ),
-]
+
+def setting_option(model: type[BaseModel], name: str) -> Any:
+    """The ``typer.Option`` of one setting: its flag (the field's ``flag``, else ``--name``) and help
+    (its description and environment variable). The value is checked by the settings model, so a
+    bad one exits 2 naming the flag (:func:`mrsa.cli.common.settings_from_flags`)."""
+    field = model.model_fields[name]
+    extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
+    flag = str(extra.get("flag") or "--" + name.replace("_", "-"))
+    # Parentheses, not brackets: typer renders help as rich markup, where "[env …]" would vanish.
+    help_text = f"{(field.description or '').rstrip('.')} (env {env_name(name)})."
+    if field.default is not None and not isinstance(field.default, bool) and field.default != "":
+        help_text += f" Default: {field.default}."
+    return typer.Option(flag, help=escape(help_text), show_default=False)
+
+
+def _setting_annotation(model: type[BaseModel], name: str) -> Any:
+    kind = model.model_fields[name].annotation
+    if typing.get_origin(kind) in (typing.Union, types.UnionType):
+        [kind] = [k for k in typing.get_args(kind) if k is not types.NoneType]  # int | None -> int
+    return Annotated[cast(Any, kind) | None, setting_option(model, name)]
+
+
+def setting_flags(model: type[BaseModel], *names: str) -> Callable[[Callable[..., R]], Callable[..., R]]:
+    """Give a command one option per named setting of ``model``, generated from the field (type,
+    flag, description, environment variable): one definition per setting, as :func:`rsa_flags`
+    does for the knobs. The command takes ``ctx: typer.Context`` and reads them from
+    ``ctx.params`` (:func:`mrsa.cli.common.settings_from_flags`); unset ones are ``None``, so the
+    environment and the defaults apply."""
+    flags = {name: _setting_annotation(model, name) for name in names}
+
+    def decorate(command: Callable[..., R]) -> Callable[..., R]:
+        signature = inspect.signature(command, eval_str=True)  # typer needs types, not strings
+        given = list(signature.parameters.values())
+        if "ctx" not in signature.parameters:
+            raise TypeError(f"{command.__name__}: setting_flags needs a 'ctx: typer.Context' parameter")
+        added = [Parameter(name, KEYWORD_ONLY, default=None, annotation=a) for name, a in flags.items()]
+        parameters = [*given, *added]
+
+        @functools.wraps(command)
+        def with_flags(*args: Any, **kwargs: Any) -> R:
+            for name in flags:
+                kwargs.pop(name, None)
+            return command(*args, **kwargs)
+
+        with_flags.__signature__ = signature.replace(parameters=parameters)  # type: ignore[attr-defined]
+        with_flags.__annotations__ = {
+            **{p.name: p.annotation for p in parameters},
+            "return": signature.return_annotation,
+        }
+        return with_flags
+
+    return decorate
+
+
+# The backend settings every command that runs Markovian RSA takes; each adds its own.
+BACKEND_FLAGS = (
+    "backend_url",
+    "backend_kind",
+    "model",
+    "tokenizer",
+    "backend_concurrency",
+    "backend_timeout_s",
+    "backend_retries",
+    "backend_priority",
+    "backend_routing_header",
+)
+
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")]
 
-
-PricesOpt = Annotated[
-    Path | None,
-    typer.Option(
-        "--prices",
-        help="Price table (TOML or JSON, per million prompt / cached-prompt / decode tokens by model id; "
-        "env MRSA_PRICES_FILE): results show their cost.",
-    ),
-]
 
 GpusOpt = Annotated[
     int | None,

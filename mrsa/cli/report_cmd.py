@@ -12,9 +12,8 @@ import typer
 from pydantic import ValidationError
 
 from mrsa.cli.common import EXIT_USAGE, fail, out_console
-from mrsa.cli.options import GpuNameOpt, GpusOpt, PricesOpt
-from mrsa.prices import PriceFileError, load_optional
-from mrsa.settings import Settings
+from mrsa.cli.options import GpuNameOpt, GpusOpt, setting_option
+from mrsa.prices import PriceFileError, PriceSettings, load_optional
 
 
 def report(
@@ -26,7 +25,7 @@ def report(
         ),
     ] = 10.0,
     json_out: Annotated[bool, typer.Option("--json", help="Print the metrics as JSON on stdout.")] = False,
-    prices_file: PricesOpt = None,
+    prices_file: Annotated[Path | None, setting_option(PriceSettings, "prices_file")] = None,
     gpus: GpusOpt = None,
     gpu_name: GpuNameOpt = None,
 ) -> None:
@@ -45,7 +44,7 @@ def report(
     if importlib.util.find_spec("matplotlib") is None:
         fail("mrsa report draws its plots with matplotlib: pip install 'mrsa[eval]'")
     try:
-        prices = load_optional(prices_file or Settings().prices_file)
+        prices = load_optional(prices_file or PriceSettings().prices_file)
     except PriceFileError as exc:
         fail(str(exc), EXIT_USAGE)
     run = RunDir(run_dir)

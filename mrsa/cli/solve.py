@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import sys
 import time
 from pathlib import Path
@@ -14,34 +13,19 @@ from pydantic import ValidationError
 from rich.live import Live
 from rich.table import Table
 
-from mrsa.backends.base import BackendError
-from mrsa.backends.factory import open_backend
-from mrsa.backends.http import HttpOptions
+from mrsa.backends.base import Backend, BackendError
 from mrsa.cli.common import EXIT_USAGE, err_console, fail, out_console, print_json, settings_from_flags
 from mrsa.cli.embedded_note import embedded_note
-from mrsa.cli.options import (
-    BackendKindOpt,
-    BackendOpt,
-    ConcurrencyOpt,
-    FileOpt,
-    PricesOpt,
-    PriorityOpt,
-    ProblemArg,
-    QuietOpt,
-    RetriesOpt,
-    TimeoutOpt,
-    TokenizerOpt,
-    rsa_flags,
-)
+from mrsa.cli.options import BACKEND_FLAGS, FileOpt, ProblemArg, QuietOpt, rsa_flags, setting_flags
+from mrsa.cli.settings import Settings
 from mrsa.domain import Event, JobResult, JobSpec, JobStatus
 from mrsa.engine.limits import ContextBudgetError, check_context
 from mrsa.engine.prompts import UnknownPromptSetError, check_prompt_set
 from mrsa.params import PRESETS, RSAParams, UnknownPresetError, describe_validation_error, resolve_params
 from mrsa.prices import PriceFileError, load_optional, priced
+from mrsa.runtime import BackendOptions, RuntimeSettings, open_runtime
 from mrsa.servers.embedded import EmbeddedUnavailable
-from mrsa.settings import Settings, get_settings
 from mrsa.store.base import StoreUnavailable
-from mrsa.store.opening import open_store
 
 PRESET_HELP = (
     f"Named parameter set: {', '.join(PRESETS)}. Default: smoke on the embedded model, zaya1 with --backend."
@@ -171,38 +155,20 @@ def render_result(result: JobResult) -> None:
 
 
 async def _solve(
-    spec: JobSpec,
-    backend_url: str | None,
-    backend_kind: str,
-    options: HttpOptions,
-    concurrency: int | None,
-    trace_dir: Path | None,
-    tokenizer: Path | None,
-    show_progress: bool,
-    redis_url: str | None = None,
-    priority: bool = False,
+    spec: JobSpec, settings: RuntimeSettings, trace_dir: Path | None, show_progress: bool
 ) -> JobResult:
+    """Run ``spec`` on the runtime of ``settings`` (:func:`mrsa.runtime.open_runtime`): in memory,
+    or through Redis when ``settings.redis_url`` is set."""
     from workers.inprocess import InProcessRunner
 
-    async with contextlib.AsyncExitStack() as stack:
-        # The store before the backend: a wrong Redis URL fails before a model starts.
-        store = await stack.enter_async_context(open_store(redis_url, get_settings()))
-        backend = await stack.enter_async_context(
-            open_backend(
-                backend_url,
-                backend_kind,
-                model=spec.model,
-                options=options,
-                trace_dir=trace_dir,
-                tokenizer=tokenizer,
-                priority=priority,
-            )
-        )
-        info = await backend.info()
+    async def fits(backend: Backend) -> None:
         await check_context(backend, spec)
+
+    async with open_runtime(settings, backend=BackendOptions(trace_dir=trace_dir), check=fits) as runtime:
+        backend, info = runtime.ready()
         if spec.model is None and info.model is not None:
             spec = spec.model_copy(update={"model": info.model})
-        capacity = concurrency or info.capacity
+        store, capacity = runtime.store, runtime.capacity
         async with InProcessRunner(backend, store, capacity=capacity) as runner:
             progress = Progress(spec.params)
             if not show_progress:
@@ -227,6 +193,7 @@ async def _solve(
             return await runner.solve(spec, log_line)
 
 
+@setting_flags(Settings, *BACKEND_FLAGS, "redis_url", "prices_file")
 @rsa_flags(RSAParams)
 def solve(
     ctx: typer.Context,
@@ -235,15 +202,6 @@ def solve(
     preset: Annotated[str | None, typer.Option(help=PRESET_HELP)] = None,
     *,
     overrides: dict[str, Any],
-    backend_url: BackendOpt = None,
-    backend_kind: BackendKindOpt = None,
-    model: Annotated[
-        str | None, typer.Option(help="Model id (env MRSA_MODEL); default: the server's first.")
-    ] = None,
-    backend_concurrency: ConcurrencyOpt = None,
-    backend_timeout_s: TimeoutOpt = None,
-    backend_retries: RetriesOpt = None,
-    backend_priority: PriorityOpt = None,
     json_out: Annotated[
         bool, typer.Option("--json", help="Print one JSON object (the result) on stdout.")
     ] = False,
@@ -251,16 +209,6 @@ def solve(
         Path | None, typer.Option("--trace", help="Write every backend request/response to DIR.")
     ] = None,
     quiet: QuietOpt = False,
-    tokenizer: TokenizerOpt = None,
-    prices_file: PricesOpt = None,
-    redis_url: Annotated[
-        str | None,
-        typer.Option(
-            "--redis",
-            help="Run the job through Redis at this URL (env MRSA_REDIS_URL) instead of in memory; "
-            "workers on the same Redis help with it.",
-        ),
-    ] = None,
 ) -> None:
     """Solve one problem with Markovian RSA and print the answer with per-round stats."""
     settings = settings_from_flags(Settings, ctx.params, ctx)  # the backend flags, over MRSA_*
@@ -272,20 +220,7 @@ def solve(
     except PriceFileError as exc:
         fail(str(exc), EXIT_USAGE)
     try:
-        result = asyncio.run(
-            _solve(
-                spec,
-                settings.backend_url,
-                settings.backend_kind,
-                settings.http_options(),
-                settings.backend_concurrency,
-                trace,
-                settings.tokenizer,
-                show_progress=not (quiet or json_out),
-                redis_url=settings.redis_url,
-                priority=settings.backend_priority,
-            )
-        )
+        result = asyncio.run(_solve(spec, settings, trace, show_progress=not (quiet or json_out)))
     except KeyboardInterrupt:
         fail("cancelled (Ctrl-C); the embedded server was stopped", 130)
     except ContextBudgetError as exc:

@@ -54,7 +54,12 @@ from math_verify import LatexExtractionConfig, parse, verify
 from mrsa import telemetry
 from mrsa.engine.answers import normalise_answer
 from mrsa.engine.pool import Call, DeadlinePool
-from mrsa.settings import EQUIVALENCE_MAX_CHARS, EQUIVALENCE_TIMEOUT_S, EQUIVALENCE_WORKERS, get_settings
+from mrsa.engine.settings import (
+    EQUIVALENCE_MAX_CHARS,
+    EQUIVALENCE_TIMEOUT_S,
+    EQUIVALENCE_WORKERS,
+    equivalence_settings,
+)
 
 log = logging.getLogger(__name__)
 
@@ -407,6 +412,6 @@ def shared_equivalence() -> Equivalence:
     global _SHARED
     with _SHARED_LOCK:
         if _SHARED is None:
-            s = get_settings()
+            s = equivalence_settings()
             _SHARED = Equivalence(s.equivalence_timeout_s, s.equivalence_max_chars, s.equivalence_workers)
         return _SHARED

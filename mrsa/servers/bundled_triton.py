@@ -315,6 +315,12 @@ def to_stderr(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
+def bundled_tokenizer(model: str | None) -> Path | None:
+    """The tokenizer of ``model`` when it is the bundled one (built the first time), else ``None``:
+    the Triton client's ``find_tokenizer`` (:class:`mrsa.backends.triton.TritonBackend`)."""
+    return ensure_tokenizer(to_stderr) if model == BUNDLED_MODEL else None
+
+
 def main() -> None:
     """``python -m mrsa.servers.bundled_triton``: build the Triton environment and the bundled
     model's tokenizer now (``make test`` does, so no test's timeout has to cover a first build)."""

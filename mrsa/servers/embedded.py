@@ -15,9 +15,10 @@ from pathlib import Path
 
 import httpx
 
+from mrsa.backends.bundled import BUNDLED_MODEL
 from mrsa.servers.server_process import ServerProcess, default_threads
 
-MODEL_ALIAS = "smollm2-135m-instruct"
+MODEL_ALIAS = BUNDLED_MODEL
 CONTEXT_LENGTH = 8192
 
 

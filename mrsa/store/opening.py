@@ -2,10 +2,10 @@
 
 Memory when there is no URL (``mrsa solve``, ``mrsa bench``), Redis otherwise (the API, the
 workers, and ``--redis`` runs; a ``redis+sentinel://`` URL reaches the master Sentinel names and
-follows its failovers, see :mod:`mrsa.store.redis_address`); the key prefix, delivery limit and retention come from
-:class:`~mrsa.settings.Settings`. A Redis that does not answer yet (compose starts the API and the
-workers with it; Redis may still be loading its data) is retried for up to ``wait_s`` seconds,
-with jittered exponential backoff.
+follows its failovers, see :mod:`mrsa.store.redis_address`); the URL, key prefix, delivery limit
+and retention come from :class:`~mrsa.store.settings.StoreSettings`. A Redis that does not answer
+yet (compose starts the API and the workers with it; Redis may still be loading its data) is
+retried for up to ``wait_s`` seconds, with jittered exponential back-off (:mod:`mrsa.backoff`).
 """
 
 from __future__ import annotations
@@ -13,12 +13,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 from collections.abc import AsyncIterator
 
-from mrsa.settings import Settings
+from mrsa.backoff import Backoff, pause
 from mrsa.store.base import Store, StoreUnavailable
 from mrsa.store.memory import MemoryStore
+from mrsa.store.settings import StoreSettings
 
 log = logging.getLogger("mrsa.store")
 
@@ -28,15 +28,14 @@ LONGEST_RETRY_S = 10.0
 
 @contextlib.asynccontextmanager
 async def open_store(
-    url: str | None,
-    settings: Settings,
+    settings: StoreSettings,
     *,
     max_connections: int | None = None,
     events_connections: int | None = None,
     wait_s: float = 0.0,
     stop: asyncio.Event | None = None,
 ) -> AsyncIterator[Store]:
-    """The store at ``url`` (memory when ``None``), closed when the block ends.
+    """The store at ``settings.redis_url`` (memory when unset), closed when the block ends.
 
     Redis only: ``max_connections`` caps the connection pool (default
     :data:`mrsa.store.redis.MAX_CONNECTIONS`); ``events_connections`` gives event reads a pool of
@@ -44,10 +43,12 @@ async def open_store(
     Redis that does not answer (0: fail at once, ``math.inf``: until ``stop`` is set); then, or when
     ``stop`` is set first, the last :class:`StoreUnavailable` is raised."""
     store: Store
-    if url is None:
+    if settings.redis_url is None:
         store = MemoryStore(max_deliveries=settings.max_deliveries)
     else:
-        store = await _connect(url, settings, max_connections, events_connections, wait_s, stop)
+        store = await _connect(
+            settings.redis_url, settings, max_connections, events_connections, wait_s, stop
+        )
     try:
         yield store
     finally:
@@ -56,7 +57,7 @@ async def open_store(
 
 async def _connect(
     url: str,
-    settings: Settings,
+    settings: StoreSettings,
     max_connections: int | None,
     events_connections: int | None,
     wait_s: float,
@@ -66,8 +67,7 @@ async def _connect(
 
     loop = asyncio.get_running_loop()
     deadline = loop.time() + wait_s
-    delay = FIRST_RETRY_S
-    warned = False
+    backoff = Backoff(FIRST_RETRY_S, LONGEST_RETRY_S)
     while True:
         try:
             return await redis.connect(
@@ -83,15 +83,7 @@ async def _connect(
             left = deadline - loop.time()
             if left <= 0 or (stop is not None and stop.is_set()):
                 raise
-            if not warned:
+            if backoff.attempts == 0:
                 log.warning("waiting for redis: %s", exc)
-                warned = True
-            pause = min(random.uniform(delay / 2, delay), left)
-            if stop is None:
-                await asyncio.sleep(pause)
-            else:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), pause)
-                if stop.is_set():
-                    raise
-            delay = min(delay * 2, LONGEST_RETRY_S)
+            if await pause(min(backoff.next(), left), stop):
+                raise

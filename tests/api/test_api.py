@@ -27,11 +27,11 @@ from mrsa.api.chat.schemas import ChatCompletionRequest
 from mrsa.api.deps import ApiConfig, ApiDeps, BackendHandle
 from mrsa.backends.openai import OpenAICompatibleBackend
 from mrsa.backends.wire import MockWire, WireError, WireRequest, WireResponse
+from mrsa.cli.settings import Settings
 from mrsa.domain import Event, JobSpec, JobStatus
 from mrsa.engine.job_service import JobService
 from mrsa.engine.prompts import conversation_problem
 from mrsa.params import RSAParams
-from mrsa.settings import Settings
 from mrsa.store.base import StoreUnavailable
 from mrsa.store.opening import open_store
 from mrsa.store.redis import RedisStore
@@ -55,7 +55,7 @@ def job_body(problem: str = "What is 7*6?", **extra: Any) -> dict[str, Any]:
 
 @pytest.fixture
 async def redis_store(redis_server: RedisServer) -> AsyncIterator[RedisStore]:
-    async with open_store(redis_server.url, Settings()) as store:
+    async with open_store(Settings(redis_url=redis_server.url)) as store:
         assert isinstance(store, RedisStore)
         yield store
 
@@ -872,7 +872,9 @@ async def test_event_streams_are_capped_per_key_and_leave_the_pool_to_other_requ
     redis_server: RedisServer,
 ) -> None:
     """One key's streams cannot take the connections other keys' requests need."""
-    async with open_store(redis_server.url, Settings(), max_connections=4, events_connections=6) as store:
+    async with open_store(
+        Settings(redis_url=redis_server.url), max_connections=4, events_connections=6
+    ) as store:
         deps = ApiDeps(
             store=store,
             config=ApiConfig(

@@ -82,7 +82,7 @@ async def survives_a_worker_sigkilled_mid_job(
 ) -> None:
     """Two workers; ``victim`` is SIGKILLed while it holds a task: the survivor reclaims it and
     both jobs end with T+1 whole rounds of N candidates (none lost, none doubled)."""
-    from mrsa.settings import Settings
+    from mrsa.cli.settings import Settings
     from mrsa.store.opening import open_store
     from tests.workers.test_workers import pending_of, until
 
@@ -94,7 +94,7 @@ async def survives_a_worker_sigkilled_mid_job(
         proc = service.cli("submit", "--json", *submit_args, problem)
         assert proc.returncode == 0, proc.stderr
         ids.append(json.loads(proc.stdout)["id"])
-    async with open_store(service.redis_url, Settings()) as store:
+    async with open_store(Settings(redis_url=service.redis_url)) as store:
 
         async def victim_holds_a_task() -> bool:
             return await pending_of(store, "victim") >= 1

@@ -13,10 +13,10 @@ import pytest
 
 from mrsa.api.app import create_app
 from mrsa.api.deps import ApiConfig, ApiDeps
+from mrsa.cli.settings import Settings
 from mrsa.domain import Candidate, FinishReason, Usage
 from mrsa.engine.job_service import JobService
 from mrsa.params import PRESETS
-from mrsa.settings import Settings
 from mrsa.store.memory import MemoryStore
 
 KEY1, KEY2 = "rounds-key-one-4e1a", "rounds-key-two-77b0"

@@ -20,8 +20,8 @@ import pytest
 
 from mrsa.api.app import create_app
 from mrsa.api.deps import ApiConfig, ApiDeps
+from mrsa.cli.settings import Settings
 from mrsa.servers.server_process import free_port
-from mrsa.settings import Settings
 from mrsa.store.memory import MemoryStore
 from testkit.processes import child_processes, http_ok
 from tests.plugins.redis_server import RedisServer

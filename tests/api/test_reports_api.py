@@ -20,8 +20,8 @@ from mrsa.api.app import create_app
 from mrsa.api.deps import ApiConfig, ApiDeps
 from mrsa.api.errors import ApiError
 from mrsa.api.reports.folders import ReportsDir, open_regular
+from mrsa.cli.settings import Settings
 from mrsa.params import resolve_params
-from mrsa.settings import Settings
 from mrsa.store.memory import MemoryStore
 
 KEY = "reports-key-81d2"

@@ -31,7 +31,7 @@ from schemathesis.specs.openapi.checks import negative_data_rejection, positive_
 from mrsa.api.app import create_app
 from mrsa.api.deps import ApiDeps
 from mrsa.api.jobs import operations as jobs
-from mrsa.settings import Settings
+from mrsa.cli.settings import Settings
 from mrsa.store.opening import open_store
 from tests.plugins.redis_server import RedisServer
 
@@ -55,7 +55,7 @@ class Janitor(threading.Thread):
         asyncio.run(self._main())
 
     async def _main(self) -> None:
-        async with open_store(self.redis_url, Settings()) as store:
+        async with open_store(Settings(redis_url=self.redis_url)) as store:
             deps = ApiDeps(store=store)
             while not self.done.is_set():
                 for job in await store.list_jobs(None, 50):

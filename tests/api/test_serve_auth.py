@@ -50,7 +50,7 @@ def test_no_keys_on_another_interface_is_refused_unless_allowed(caplog: pytest.L
 def test_the_cli_refuses_before_starting(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("MRSA_API_KEYS", raising=False)
     monkeypatch.delenv("MRSA_ALLOW_NO_AUTH", raising=False)
-    from mrsa.settings import get_settings
+    from mrsa.cli.settings import get_settings
 
     get_settings.cache_clear()
     result = CliRunner().invoke(app, ["serve", "--host", "0.0.0.0", "--redis", "redis://127.0.0.1:9/0"])
@@ -64,7 +64,7 @@ def test_the_env_twin_allows_it(monkeypatch: pytest.MonkeyPatch) -> None:
     """MRSA_ALLOW_NO_AUTH=1 lets serve go on (it then fails on the unreachable Redis, not on auth)."""
     monkeypatch.delenv("MRSA_API_KEYS", raising=False)
     monkeypatch.setenv("MRSA_ALLOW_NO_AUTH", "1")
-    from mrsa.settings import get_settings
+    from mrsa.cli.settings import get_settings
 
     get_settings.cache_clear()
     seen: list[str] = []

@@ -15,11 +15,11 @@ from mrsa.backends.pressure import BackendPressure, waiting_requests
 from mrsa.backends.wire import MockWire, WireRequest, WireResponse
 from mrsa.domain import JobSpec, JobStatus
 from mrsa.params import RSAParams
-from mrsa.settings import WorkerSettings
 from testkit.simulator.process import running_simulator
 from tests.fakes import FakeBackend
 from workers.inprocess import InProcessRunner
 from workers.loop import WorkerOptions
+from workers.settings import WorkerSettings
 from workers.worker_process import backend_pressure
 
 VLLM = """\

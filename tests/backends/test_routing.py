@@ -17,10 +17,11 @@ from mrsa.backends.base import GenerationRequest, Message
 from mrsa.backends.http import HEADER_NAME_PATTERN, HttpClient, HttpOptions
 from mrsa.backends.openai import OpenAICompatibleBackend
 from mrsa.backends.wire import MockWire, WireRequest, WireResponse
+from mrsa.cli.settings import Settings
 from mrsa.domain import JobSpec, Task
 from mrsa.engine.planning import lineage_key
+from mrsa.env import describe_settings_error
 from mrsa.params import RSAParams
-from mrsa.settings import Settings, describe_settings_error
 from tests.fakes import FakeBackend
 from workers.inprocess import InProcessRunner
 from workers.loop import WorkerOptions

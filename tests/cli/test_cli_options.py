@@ -1,9 +1,9 @@
 """Flags shared by the commands (:mod:`mrsa.cli.options`): backend concurrency stays the server's
 unless the user sets one, and the help shows the environment variables. The commands' settings are
 one pydantic-settings model: ``mrsa worker``'s flags override ``MRSA_*``, which override the defaults
-(:class:`mrsa.settings.WorkerSettings`); ``python -m workers`` reads the same model from the
+(:class:`workers.settings.WorkerSettings`); ``python -m workers`` reads the same model from the
 environment alone and needs no part of the CLI; ``mrsa solve`` and ``mrsa serve`` lay their flags on
-:class:`~mrsa.settings.Settings` the same way."""
+:class:`~mrsa.cli.settings.Settings` the same way."""
 
 from __future__ import annotations
 
@@ -27,8 +27,9 @@ from mrsa.backends.base import BackendError
 from mrsa.backends.http import HttpOptions, with_default_concurrency
 from mrsa.cli import app
 from mrsa.cli.common import settings_from_flags
-from mrsa.settings import Settings, WorkerSettings, get_settings
+from mrsa.cli.settings import Settings, get_settings
 from workers.__main__ import main as python_m_workers
+from workers.settings import WorkerSettings
 
 solve_cmd = importlib.import_module("mrsa.cli.solve")  # mrsa.cli.solve is also the command function
 SERVER_CAPACITY = 64  # what a backend would report (vLLM: far more than the old fixed 8)
@@ -58,18 +59,16 @@ def served(monkeypatch: pytest.MonkeyPatch) -> list[WorkerSettings]:
     return seen
 
 
-def capture_options(
-    monkeypatch: pytest.MonkeyPatch, module: Any, name: str, pick: Callable[[Any], HttpOptions] = lambda o: o
-) -> list[HttpOptions]:
-    """Replace ``module.name`` (the command's async run) with one that records its ``options``
-    argument (or ``pick`` of its ``session``) and fails like an unreachable backend, so the command
-    stops right after building them."""
+def capture_options(monkeypatch: pytest.MonkeyPatch, module: Any, name: str) -> list[HttpOptions]:
+    """Replace ``module.name`` (the command's async run) with one that records the backend options
+    of its ``settings`` argument and fails like an unreachable backend, so the command stops right
+    after building them."""
     real: Callable[..., Coroutine[Any, Any, Any]] = getattr(module, name)
     seen: list[HttpOptions] = []
 
     async def fake(*args: Any, **kwargs: Any) -> Any:
         arguments = inspect.signature(real).bind(*args, **kwargs).arguments
-        seen.append(pick(arguments["options"] if "options" in arguments else arguments["session"]))
+        seen.append(arguments["settings"].http_options())
         raise BackendError("stopped by the test")
 
     monkeypatch.setattr(module, name, fake)
@@ -121,7 +120,7 @@ def test_http_options_leave_concurrency_to_the_server_unless_given(monkeypatch: 
 def test_bench_leaves_concurrency_to_the_server_by_default(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    seen = capture_options(monkeypatch, evals.session, "run_session", lambda session: session.http)
+    seen = capture_options(monkeypatch, evals.session, "run_session")
     result = CliRunner().invoke(app, bench(tmp_path, "--quiet"))
     assert result.exit_code == 1 and "stopped by the test" in result.output, result.output
     [options] = seen
@@ -132,7 +131,7 @@ def test_bench_leaves_concurrency_to_the_server_by_default(
 def test_bench_concurrency_from_the_flag_or_the_environment(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    seen = capture_options(monkeypatch, evals.session, "run_session", lambda session: session.http)
+    seen = capture_options(monkeypatch, evals.session, "run_session")
     assert CliRunner().invoke(app, bench(tmp_path / "flag", "--quiet", "--concurrency", "3")).exit_code == 1
     monkeypatch.setenv("MRSA_BACKEND_CONCURRENCY", "5")
     get_settings.cache_clear()
@@ -311,9 +310,10 @@ def test_solve_lays_its_flags_on_the_environment(monkeypatch: pytest.MonkeyPatch
     )
     assert result.exit_code == 1 and "stopped by the test" in result.output, result.output
     [args] = seen
-    assert args["backend_url"] == UNUSED and args["backend_kind"] == "vllm"
-    assert (args["options"].timeout_s, args["options"].max_retries) == (5, 0)
-    assert args["priority"] is True
+    settings = args["settings"]
+    assert settings.backend_url == UNUSED and settings.backend_kind == "vllm"
+    assert (settings.http_options().timeout_s, settings.http_options().max_retries) == (5, 0)
+    assert settings.backend_priority is True
     result = CliRunner().invoke(app, ["solve", "--backend", UNUSED, "--timeout", "-1", "What is 7*6?"])
     assert result.exit_code == 2 and "timeout: Input should be greater than 0" in result.output
 

@@ -13,8 +13,8 @@ import pytest
 
 from mrsa.api.app import create_app
 from mrsa.api.deps import ApiConfig, ApiDeps
+from mrsa.cli.settings import Settings
 from mrsa.console.serving import STATIC_DIR
-from mrsa.settings import Settings
 from mrsa.store.memory import MemoryStore
 
 KEY = "console-key-5c1f"

@@ -20,7 +20,7 @@ from prometheus_client import REGISTRY
 
 from mrsa import telemetry as shared_metrics
 from mrsa.api.ops import prometheus as api_metrics
-from mrsa.settings import Settings
+from mrsa.cli.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())

@@ -32,13 +32,15 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
+from mrsa.cli.settings import Settings
+from mrsa.env import env_name
 from mrsa.servers.server_process import free_port
-from mrsa.settings import Settings, WorkerSettings, env_name
 from mrsa.store.opening import open_store
 from mrsa.store.redis import GROUP, RedisStore, task_stream
 from tests.deploy_tools import ensure_checkov, ensure_npm_models
 from tests.plugins.redis_server import RedisServer
 from tests.store_contract import make_job, tasks_of
+from workers.settings import WorkerSettings
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -493,7 +495,7 @@ async def test_the_stream_length_keda_reads_counts_queued_and_running_tasks(
     length is the tasks queued plus those in flight (an ack deletes its entry), while the group's
     lag counts only the queued ones, so it would read 0, and let the HPA remove busy workers, as
     soon as the workers have taken everything."""
-    async with open_store(redis_server.url, Settings()) as store:
+    async with open_store(Settings(redis_url=redis_server.url)) as store:
         assert isinstance(store, RedisStore)
         await store.create_job(make_job("j1"), tasks_of("j1", n=5))
         taken = await store.take("w1", count=2, block_ms=100)

@@ -22,8 +22,8 @@ from typing import Any
 import httpx
 import pytest
 
+from mrsa.cli.settings import Settings
 from mrsa.servers.server_process import free_port
-from mrsa.settings import Settings
 from mrsa.store.opening import open_store
 from mrsa.store.redis import GROUP, RedisStore
 from testkit.processes import Child, child_processes, clean_env, http_ok
@@ -145,7 +145,7 @@ async def test_partition_heal_and_redis_failover_across_five_hosts(tmp_path: Pat
             assert reply.status_code in (200, 201, 202), reply.text
             ids.append(reply.json()["id"])
 
-        async with open_store(redis_url, Settings()) as store:
+        async with open_store(Settings(redis_url=redis_url)) as store:
             assert isinstance(store, RedisStore)
 
             async def worker1_holds_tasks() -> bool:

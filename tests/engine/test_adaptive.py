@@ -13,13 +13,13 @@ from pydantic import ValidationError
 
 from evals.configs import ConfigError, build_configs
 from mrsa.backends.base import GenerationRequest
+from mrsa.cli.settings import Settings
 from mrsa.cli.solve import render_result
 from mrsa.domain import CandidateSummary, JobResult, JobSpec, JobStatus, RoundSummary, Usage, Vote
 from mrsa.engine.adaptive import agreement, decide
 from mrsa.engine.job_service import JobService
 from mrsa.engine.runner import TaskRunner
 from mrsa.params import PRESETS, RSAParams, describe_validation_error, resolve_params
-from mrsa.settings import Settings
 from mrsa.store.base import Store
 from mrsa.store.memory import MemoryStore
 from mrsa.store.opening import open_store
@@ -239,7 +239,7 @@ async def test_redelivered_completions_neither_replan_nor_restop() -> None:
 
 @pytest.mark.redis
 async def test_an_adaptive_job_stops_early_through_redis(redis_server: RedisServer) -> None:
-    async with open_store(redis_server.url, Settings()) as store:
+    async with open_store(Settings(redis_url=redis_server.url)) as store:
         backend = FakeBackend(agreeing_from_round(1))
         result = await solve(backend, store, params(stop_agreement=0.75))
     assert [r.index for r in result.rounds] == [0, 1] and len(backend.calls) == 8

@@ -27,13 +27,13 @@ import mrsa.engine.equivalence as equivalence_module
 from mrsa.api.app import create_app
 from mrsa.api.deps import ApiConfig, ApiDeps, BackendHandle
 from mrsa.backends.base import GenerationRequest
+from mrsa.cli.settings import Settings
 from mrsa.domain import Candidate, JobSpec, JobStatus
 from mrsa.engine.equivalence import ROUND_LIMITS, Clustering, Equivalence, cluster, equivalent
 from mrsa.engine.job_service import JobService
 from mrsa.engine.runner import TaskRunner
 from mrsa.params import RSAParams
 from mrsa.servers.server_process import free_port
-from mrsa.settings import Settings
 from mrsa.store.memory import MemoryStore
 from testkit.processes import Child, child_processes, clean_env, http_ok
 from testkit.simulator.process import running_simulator

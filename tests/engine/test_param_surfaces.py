@@ -19,8 +19,8 @@ from typer.testing import CliRunner
 
 from mrsa.api.app import create_app
 from mrsa.cli import app
+from mrsa.cli.settings import Settings
 from mrsa.params import RSAParams, knobs, nest_overrides
-from mrsa.settings import Settings
 
 COMMANDS = ("solve", "submit")
 SCHEMA_NOTES = ("title", "description", "default")  # what is not a limit
@@ -168,7 +168,7 @@ EXTENDED = textwrap.dedent(
     from mrsa.api.chat.schemas import ChatCompletionRequest
     from mrsa.api.jobs.schemas import JobRequest, SubmitResponse
     from mrsa.cli import app
-    from mrsa.settings import Settings
+    from mrsa.cli.settings import Settings
 
     sent: list[dict[str, Any]] = []
 

@@ -17,10 +17,10 @@ from hypothesis import strategies as st
 from mrsa.api.app import create_app
 from mrsa.api.deps import ApiConfig, ApiDeps, BackendHandle
 from mrsa.backends.openai import OpenAICompatibleBackend, parse_chat_reply
+from mrsa.cli.settings import Settings
 from mrsa.cli.solve import render_result
 from mrsa.domain import JobResult, Usage
 from mrsa.prices import Price, PriceFileError, PriceTable, load_prices
-from mrsa.settings import Settings
 from mrsa.store.memory import MemoryStore
 from testkit.simulator.process import running_simulator
 from workers.inprocess import InProcessRunner

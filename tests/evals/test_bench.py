@@ -31,7 +31,7 @@ from evals.grading import Grader
 from evals.records import CandidateRecord, RecordLog
 from evals.sweep import SweepStats, plan_units, run_sweep
 from mrsa.backends.base import GenerationRequest, GenerationResult
-from mrsa.settings import Settings
+from mrsa.cli.settings import Settings
 from mrsa.store.base import Store
 from mrsa.store.opening import open_store
 from tests.fakes import FakeBackend
@@ -108,7 +108,7 @@ async def sweep(
     stats = SweepStats()
     async with contextlib.AsyncExitStack() as stack:
         if store is None:
-            store = await stack.enter_async_context(open_store(None, Settings()))
+            store = await stack.enter_async_context(open_store(Settings(redis_url=None)))
         await run_sweep(
             backend, units, log, grader, GOLDS, stats, store=store, capacity=capacity, model="fake", **session
         )
@@ -213,7 +213,7 @@ async def test_resume_generates_only_the_missing_candidates(tmp_path: Path, grad
 async def test_sweep_through_redis_resumes_in_a_new_session(
     tmp_path: Path, grader: Grader, redis_server: Any
 ) -> None:
-    async with open_store(redis_server.url, Settings(redis_prefix="benchtest")) as store:
+    async with open_store(Settings(redis_url=redis_server.url, redis_prefix="benchtest")) as store:
         log = RecordLog(tmp_path / "records.jsonl")
         first = FakeBackend(script, capacity=6)
         await sweep(first, log, grader, store=store, namespace="run-0")

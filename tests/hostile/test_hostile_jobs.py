@@ -12,9 +12,9 @@ import pytest
 
 from mrsa.backends.http import HttpOptions
 from mrsa.backends.openai import OpenAICompatibleBackend
+from mrsa.cli.settings import Settings
 from mrsa.domain import JobResult, JobSpec, JobStatus
 from mrsa.params import RSAParams
-from mrsa.settings import Settings
 from mrsa.store.opening import open_store
 from tests.hostile.server import MODEL, HostileServer, completion, raw, reply
 from tests.plugins.redis_server import RedisServer
@@ -76,7 +76,7 @@ async def test_lone_surrogates_are_stored_as_replacement_characters(
     body = completion("PLACEHOLDER")
     text = json.dumps(body).encode()
     server.play(raw(text.replace(b'"PLACEHOLDER"', rb'"odd \ud800 text, \\boxed{4} \udc00"')))
-    async with open_store(redis_server.url, Settings()) as store:
+    async with open_store(Settings(redis_url=redis_server.url)) as store:
         async with InProcessRunner(hostile_backend, store, capacity=2, options=options()) as runner:
             result = await solve(runner, spec())
         assert result.status == JobStatus.succeeded, result.error

@@ -30,7 +30,7 @@ from aiohttp import web
 from mrsa.domain import Candidate
 from mrsa.engine.equivalence import Equivalence
 from mrsa.engine.selection import tally_bounded
-from mrsa.settings import EQUIVALENCE_TIMEOUT_S
+from mrsa.engine.settings import EQUIVALENCE_TIMEOUT_S
 from tests.console_stack import ConsoleStack, console_stack
 from tests.hostile.server import HostileServer, completion
 

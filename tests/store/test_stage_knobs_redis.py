@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
+from mrsa.cli.settings import Settings
 from mrsa.domain import JobResult, JobSpec, JobStatus
-from mrsa.settings import Settings
 from mrsa.store.base import Store
 from mrsa.store.memory import MemoryStore
 from mrsa.store.opening import open_store
@@ -60,7 +60,7 @@ async def run(store: Store) -> tuple[JobResult, list[dict[str, Any]]]:
 
 
 async def test_redis_runs_the_same_job_as_memory(redis_server: RedisServer) -> None:
-    async with open_store(redis_server.url, Settings()) as redis_store:
+    async with open_store(Settings(redis_url=redis_server.url)) as redis_store:
         on_redis, redis_requests = await run(redis_store)
     on_memory, memory_requests = await run(MemoryStore())
     assert on_redis.status == on_memory.status == JobStatus.succeeded

@@ -14,7 +14,7 @@ from tests.store_contract import MAX_DELIVERIES, SETTINGS, StoreContract, make_j
 
 @pytest.fixture
 async def store() -> AsyncIterator[MemoryStore]:
-    async with open_store(None, SETTINGS) as opened:
+    async with open_store(SETTINGS.model_copy(update={"redis_url": None})) as opened:
         assert isinstance(opened, MemoryStore)
         yield opened
 

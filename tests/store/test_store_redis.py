@@ -11,8 +11,8 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from mrsa.cli.settings import Settings
 from mrsa.domain import JobStatus
-from mrsa.settings import Settings
 from mrsa.store.base import StoreUnavailable
 from mrsa.store.opening import open_store
 from mrsa.store.redis import RedisStore
@@ -35,7 +35,7 @@ pytestmark = pytest.mark.redis
 @pytest.fixture
 async def store(redis_server: RedisServer) -> AsyncIterator[RedisStore]:
     settings = Settings(max_deliveries=MAX_DELIVERIES, retention_s=3600)
-    async with open_store(redis_server.url, settings) as opened:
+    async with open_store(settings.model_copy(update={"redis_url": redis_server.url})) as opened:
         assert isinstance(opened, RedisStore)
         yield opened
 
@@ -134,7 +134,7 @@ async def test_one_heartbeat_and_one_release_cover_thousands_of_tasks(store: Red
 
 
 async def test_jobs_tasks_and_pending_entries_survive_a_restart(redis_server: RedisServer) -> None:
-    async with open_store(redis_server.url, SETTINGS) as store:
+    async with open_store(SETTINGS.model_copy(update={"redis_url": redis_server.url})) as store:
         await store.create_job(make_job("j1"), tasks_of("j1", n=3))
         await store.save_candidate("j1", make_candidate(0, 2))
         taken = await store.take("c1", 2, block_ms=0)
@@ -162,7 +162,7 @@ async def _retry(fn, *args):  # type: ignore[no-untyped-def]
 
 
 async def test_store_unavailable_when_redis_is_down(redis_server: RedisServer) -> None:
-    async with open_store(redis_server.url, Settings()) as store:
+    async with open_store(Settings(redis_url=redis_server.url)) as store:
         await store.create_job(make_job("j1"), tasks_of("j1", n=1))
         redis_server.stop()
         loop = asyncio.get_running_loop()
@@ -175,7 +175,7 @@ async def test_store_unavailable_when_redis_is_down(redis_server: RedisServer) -
             await store.save_candidate("j1", make_candidate(0, 0))
         assert loop.time() - started < 10
     with pytest.raises(StoreUnavailable):
-        async with open_store(redis_server.url, Settings()):
+        async with open_store(Settings(redis_url=redis_server.url)):
             pytest.fail("opened a store on a stopped redis")
 
 
@@ -188,7 +188,7 @@ async def test_open_store_waits_for_a_starting_redis(redis_server: RedisServer) 
         redis_server.start()
 
     starting = asyncio.create_task(asyncio.to_thread(start_later))
-    async with open_store(redis_server.url, Settings(), wait_s=60) as store:
+    async with open_store(Settings(redis_url=redis_server.url), wait_s=60) as store:
         assert await store.ping() is True
         assert starting.done()  # it waited for the start instead of failing
     await starting
@@ -201,14 +201,16 @@ async def test_open_store_stops_waiting_when_told(redis_server: RedisServer) -> 
     asyncio.get_running_loop().call_later(0.5, stop.set)
     started = time.monotonic()
     with pytest.raises(StoreUnavailable):
-        async with open_store(redis_server.url, Settings(), wait_s=math.inf, stop=stop):
+        async with open_store(Settings(redis_url=redis_server.url), wait_s=math.inf, stop=stop):
             pytest.fail("opened a store on a stopped redis")
     assert 0.4 < time.monotonic() - started < 10
 
 
 async def test_event_reads_can_have_a_pool_of_their_own(redis_server: RedisServer) -> None:
     """With ``events_connections``, blocked event reads do not take the other commands' connections."""
-    async with open_store(redis_server.url, Settings(), max_connections=2, events_connections=4) as store:
+    async with open_store(
+        Settings(redis_url=redis_server.url), max_connections=2, events_connections=4
+    ) as store:
         await store.create_job(make_job("j1"), [])
         readers = [asyncio.create_task(store.read_events("j1", None, block_ms=1500)) for _ in range(4)]
         await asyncio.sleep(0.2)  # all four blocked in XREAD
@@ -306,7 +308,9 @@ async def test_more_concurrent_commands_than_connections_wait_for_one(redis_serv
     """A worker with hundreds of tasks in flight issues more concurrent commands than its pool
     holds: they queue for a connection instead of failing (redis-py's default pool raises
     MaxConnectionsError past its limit, which left tasks pending until reclaim)."""
-    async with open_store(redis_server.url, Settings(redis_prefix="burst"), max_connections=4) as store:
+    async with open_store(
+        Settings(redis_url=redis_server.url, redis_prefix="burst"), max_connections=4
+    ) as store:
         await store.create_job(make_job("j1"), [])
         blocking = asyncio.create_task(store.read_events("j1", None, block_ms=300))  # holds one
         saves = [store.save_candidate("j1", make_candidate(0, i)) for i in range(200)]

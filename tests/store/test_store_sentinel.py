@@ -25,8 +25,8 @@ from pydantic import ValidationError
 from typer.testing import CliRunner
 
 from mrsa.cli import app
+from mrsa.cli.settings import Settings
 from mrsa.servers.server_process import free_port
-from mrsa.settings import Settings
 from mrsa.store.base import Delivery, Store, StoreUnavailable
 from mrsa.store.opening import open_store
 from mrsa.store.redis import RedisStore
@@ -153,7 +153,7 @@ def test_a_bad_url_never_echoes_its_password() -> None:
 async def test_a_server_that_is_not_the_master_is_unavailable_not_an_error(redis_server: RedisServer) -> None:
     """What a cut-off old master (NOREPLICAS, under min-replicas-to-write) or a replica (READONLY)
     answers is StoreUnavailable — workers leave the task pending and retry — never a task error."""
-    async with open_store(redis_server.url, Settings()) as store:
+    async with open_store(Settings(redis_url=redis_server.url)) as store:
         with redis.Redis(host=redis_server.host, port=redis_server.port) as raw:
             raw.config_set("min-replicas-to-write", 1)
             with pytest.raises(StoreUnavailable, match="NOREPLICAS"):
@@ -189,7 +189,9 @@ def sentinels(tmp_path: Path) -> Iterator[SentinelGroup]:
 
 @pytest.fixture
 async def store(sentinels: SentinelGroup) -> AsyncIterator[Store]:
-    async with open_store(sentinels.url(), Settings(max_deliveries=5), events_connections=2) as opened:
+    async with open_store(
+        Settings(redis_url=sentinels.url(), max_deliveries=5), events_connections=2
+    ) as opened:
         yield opened
 
 

@@ -14,10 +14,10 @@ from typing import Any
 import httpx
 import pytest
 
+from mrsa.cli.settings import Settings
 from mrsa.domain import JobSpec, JobStatus
 from mrsa.engine.job_service import JobService
 from mrsa.params import resolve_params
-from mrsa.settings import Settings
 from mrsa.store.opening import open_store
 from testkit.processes import Child, child_processes, clean_env
 from testkit.simulator.process import running_simulator
@@ -32,7 +32,7 @@ POPULATION = 2
 
 async def run_one_job(redis_url: str, worker: Child) -> None:
     """Submit a job of ``ROUNDS`` + 1 rounds and wait (polling, with a deadline) until it succeeds."""
-    async with open_store(redis_url, Settings()) as store:
+    async with open_store(Settings(redis_url=redis_url)) as store:
         params = resolve_params(
             "smoke",
             {"population": POPULATION, "subset": 2, "rounds": ROUNDS, "budget": 48, "tail": 16},

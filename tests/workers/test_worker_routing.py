@@ -11,10 +11,10 @@ from pathlib import Path
 import httpx
 import pytest
 
+from mrsa.cli.settings import Settings
 from mrsa.domain import JobSpec, JobStatus
 from mrsa.engine.job_service import JobService
 from mrsa.params import RSAParams
-from mrsa.settings import Settings
 from mrsa.store.opening import open_store
 from testkit.processes import child_processes
 from testkit.simulator.process import running_simulator
@@ -50,7 +50,7 @@ async def test_a_worker_behind_a_router_holds_on_its_queue_and_sends_lineage_key
             # A take already blocked in Redis when the hold began returns within its block (1 s):
             # the hold applies from the next one.
             await asyncio.sleep(1.5)
-            async with open_store(redis_server.url, Settings()) as store:
+            async with open_store(Settings(redis_url=redis_server.url)) as store:
                 params = RSAParams(
                     population=3, subset=2, rounds=1, budget=96, tail=32, chunk=32, carryover=8
                 )

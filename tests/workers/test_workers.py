@@ -25,12 +25,12 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from mrsa.cli.settings import Settings
 from mrsa.domain import Job, JobSpec, JobStatus
 from mrsa.engine.job_service import JobService
 from mrsa.engine.runner import TaskRunner
 from mrsa.params import resolve_params
 from mrsa.servers.server_process import free_port
-from mrsa.settings import Settings
 from mrsa.store.base import StoreUnavailable
 from mrsa.store.opening import open_store
 from mrsa.store.redis import GROUP, RedisStore
@@ -156,7 +156,7 @@ async def redis_store(redis_server: RedisServer) -> AsyncIterator[RedisStore]:
 
 @contextlib.asynccontextmanager
 async def open_redis_store(url: str, **settings: Any) -> AsyncIterator[RedisStore]:
-    async with open_store(url, Settings(**settings)) as store:
+    async with open_store(Settings(redis_url=url, **settings)) as store:
         assert isinstance(store, RedisStore)
         yield store
 

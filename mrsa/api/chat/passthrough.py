@@ -7,7 +7,8 @@ RSA request: a body with none of the RSA fields (our knobs other than OpenAI's o
 to the configured backend's ``/v1/chat/completions`` and answers with the backend's status, its
 allowed headers (:mod:`mrsa.api.chat.reply_headers`) and its body relayed as it arrives, under the
 passthrough limits (:mod:`mrsa.api.chat.relay`, :mod:`mrsa.api.chat.passthrough_slots`). mrsa's own API key
-is checked and not forwarded (it is mrsa's, not the backend's).
+is checked and not forwarded (it is mrsa's, not the backend's); the router's affinity header
+(``MRSA_BACKEND_ROUTING_HEADER``), when one is configured, is sent on as the client gave it.
 """
 
 from __future__ import annotations
@@ -25,7 +26,6 @@ from mrsa.api.chat.relay import RelayResponse
 from mrsa.api.chat.reply_headers import is_event_stream, media_type, relayed_headers
 from mrsa.api.deps import ApiDeps
 from mrsa.api.errors import ApiError
-from mrsa.backends.http import backend_base_url
 from mrsa.params import RSAParams, knobs
 
 log = logging.getLogger("mrsa.api")
@@ -78,8 +78,9 @@ async def forward(request: Request, body: bytes, deps: ApiDeps, owner: str, reas
             "--backend; for the embedded model the URL `mrsa backend` prints); add RSA fields "
             '(e.g. "preset") to run Markovian RSA',
         )
-    url = f"{backend_base_url(backend_url)}/v1/chat/completions"
-    headers = {k: v for k in FORWARDED_REQUEST_HEADERS if (v := request.headers.get(k)) is not None}
+    url = f"{backend_url}/v1/chat/completions"  # the root: normalised where the handle was built
+    forwarded = (*FORWARDED_REQUEST_HEADERS, *filter(None, [deps.backend.routing_header]))
+    headers = {k: v for k in forwarded if (v := request.headers.get(k)) is not None}
     headers["accept-encoding"] = "identity"  # bytes back as the backend wrote them
     relay = deps.passthroughs.start(owner, url)  # 429/503 over the limits
     try:
