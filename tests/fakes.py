@@ -215,3 +215,13 @@ class FakeBackend:
     @property
     def results(self) -> list[GenerationResult]:
         return [res for c in self.calls for res in (c.results or [])]
+
+
+class Sleeps:
+    """A fake ``sleep`` recording the delays it was asked for."""
+
+    def __init__(self) -> None:
+        self.delays: list[float] = []
+
+    async def __call__(self, delay: float) -> None:
+        self.delays.append(delay)
