@@ -15,6 +15,8 @@
 * ``before_answer``: when set, an async hook awaited with each request before it is answered (to
   hold particular requests in flight).
 * Every request is recorded in ``requests`` (and every answer in ``results``).
+
+:class:`Sleeps` is a fake ``sleep`` for retry and back-off tests.
 """
 
 from __future__ import annotations
