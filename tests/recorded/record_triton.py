@@ -17,7 +17,7 @@ from typing import Any
 
 import httpx
 
-from mrsa.backends.bundled_triton import BUNDLED_MODEL, TritonServer
+from mrsa.servers.bundled_triton import BUNDLED_MODEL, TritonServer
 
 OUT = Path(__file__).with_name("triton")
 PROMPT = "<|im_start|>user\nWhat is 2+2?<|im_end|>\n<|im_start|>assistant\n"

@@ -20,8 +20,8 @@ from typing import Any
 
 import httpx
 
-from mrsa.backends.bundled_vllm import VllmServer
-from mrsa.backends.embedded import MODEL_ALIAS
+from mrsa.servers.bundled_vllm import VllmServer
+from mrsa.servers.embedded import MODEL_ALIAS
 
 OUT = Path(__file__).with_name("vllm")
 YES = [{"role": "user", "content": "Reply with just the word: yes"}]
