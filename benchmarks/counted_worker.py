@@ -1,7 +1,7 @@
-"""``python -m benchmarks.counted_worker [mrsa worker flags]``: an ``mrsa worker`` that, on exit,
-writes its CPU time (from its first generation request on: start-up and imports are not the
-orchestration's per-request cost) and Redis round trips as JSON to
-``$MRSA_BENCH_COUNTS``.
+"""``python -m benchmarks.counted_worker``: the ``python -m workers`` worker (configured by the
+``MRSA_*`` environment alone) that, on exit, writes its CPU time (from its first generation
+request on: start-up and imports are not the orchestration's per-request cost) and Redis round
+trips as JSON to ``$MRSA_BENCH_COUNTS``.
 
 A round trip is one packet redis-py sends (a command, a pipeline or a script call), counted by
 wrapping ``send_packed_command``, as ``benchmarks/dispatch_overhead.py`` does in-process.
@@ -13,13 +13,13 @@ import atexit
 import json
 import os
 import resource
+import sys
 from typing import Any
 
-import typer
 from redis.asyncio.connection import AbstractConnection
 
 from mrsa.backends.http import HttpClient
-from mrsa.cli.worker_cmd import worker
+from workers.__main__ import main
 
 COUNTS: dict[str, float] = {"round_trips": 0}
 _CPU_AT_FIRST_REQUEST: list[float] = []
@@ -86,6 +86,4 @@ if __name__ == "__main__":
     atexit.register(_write_counts)
     if os.environ.get("MRSA_BENCH_PROFILE"):
         _start_profile(os.environ["MRSA_BENCH_PROFILE"])
-    app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
-    app.command()(worker)
-    app(prog_name="python -m benchmarks.counted_worker")
+    sys.exit(main(sys.argv[1:]))

@@ -170,25 +170,25 @@ class WorkerProcess:
 def worker_processes(
     backend_url: str, redis_url: str, workers: int, concurrency: int, folder: Path
 ) -> Iterator[list[WorkerProcess]]:
-    """``workers`` counted ``mrsa worker`` processes sharing ``concurrency``, ready on return;
-    stopped with SIGTERM (a graceful stop: they write their counts) on exit."""
+    """``workers`` counted worker processes (:mod:`benchmarks.counted_worker`, configured by the
+    environment) sharing ``concurrency``, ready on return; stopped with SIGTERM (a graceful stop:
+    they write their counts) on exit."""
     share = max(1, concurrency // workers)
     started: list[WorkerProcess] = []
     try:
         for i in range(workers):
             counts, log = folder / f"worker{i}.json", folder / f"worker{i}.log"
             counts.unlink(missing_ok=True)
-            env = {**os.environ, "MRSA_BENCH_COUNTS": str(counts)}
-            cmd = [sys.executable, "-m", "benchmarks.counted_worker", "--redis", redis_url, "--backend"]
-            cmd += [
-                backend_url,
-                "--backend-kind",
-                "vllm",
-                "--concurrency",
-                str(share),
-                "--consumer",
-                f"bench-{i}",
-            ]
+            env = {
+                **os.environ,
+                "MRSA_BENCH_COUNTS": str(counts),
+                "MRSA_REDIS_URL": redis_url,
+                "MRSA_BACKEND_URL": backend_url,
+                "MRSA_BACKEND_KIND": "vllm",
+                "MRSA_BACKEND_CONCURRENCY": str(share),
+                "MRSA_WORKER_CONSUMER": f"bench-{i}",
+            }
+            cmd = [sys.executable, "-m", "benchmarks.counted_worker"]
             with log.open("wb") as out:
                 proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
             started.append(WorkerProcess(proc, counts, log))

@@ -2,9 +2,9 @@
 merge this sweep into the run folder's manifest, record the session in it, and run the sweep.
 
 The CLI (``mrsa/cli/bench_cmd.py``) parses flags into the runtime's settings (which backend, which
-store, every backend setting) and :class:`SessionOptions` (what only a session has), plans the sweep
-(:func:`plan_manifest`, :func:`evals.sweep.plan_units`) and renders progress; everything between
-is here.
+store, every backend setting) and :class:`SessionOptions` (what only a session has) and renders
+progress; :mod:`evals.bench` plans the sweep (with :func:`plan_manifest` and
+:func:`evals.sweep.plan_units`), calls :func:`run_session` and closes the session however it ends.
 """
 
 from __future__ import annotations

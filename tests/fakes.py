@@ -15,6 +15,8 @@
 * ``before_answer``: when set, an async hook awaited with each request before it is answered (to
   hold particular requests in flight).
 * Every request is recorded in ``requests`` (and every answer in ``results``).
+
+:class:`Sleeps` is a fake ``sleep`` for retry and back-off tests.
 """
 
 from __future__ import annotations
@@ -215,3 +217,13 @@ class FakeBackend:
     @property
     def results(self) -> list[GenerationResult]:
         return [res for c in self.calls for res in (c.results or [])]
+
+
+class Sleeps:
+    """A fake ``sleep`` recording the delays it was asked for."""
+
+    def __init__(self) -> None:
+        self.delays: list[float] = []
+
+    async def __call__(self, delay: float) -> None:
+        self.delays.append(delay)

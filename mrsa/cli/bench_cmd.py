@@ -1,16 +1,17 @@
-"""``mrsa bench``: sweeps of datasets × configurations × seeds, resumable, with live progress."""
+"""``mrsa bench``: sweeps of datasets × configurations × seeds, resumable, with live progress.
+
+The flags, the progress display, the summary table and the exit codes are here; planning and
+running the sweep is :mod:`evals.bench`'s."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import os
-from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-from pydantic import ValidationError
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
@@ -26,8 +27,7 @@ from mrsa.store.base import StoreUnavailable
 
 if TYPE_CHECKING:
     from evals.report import ReportData
-    from evals.rundir import RunDir
-    from evals.sweep import SweepStats, Unit
+    from evals.sweep import SweepStats
 
 EXIT_INTERRUPTED = 130
 
@@ -76,11 +76,6 @@ async def _show_progress(stats: SweepStats, interval_s: float) -> None:
     while True:
         await asyncio.sleep(interval_s)
         err_console.print(f"bench: {progress_line(stats)}", markup=False, soft_wrap=True)
-
-
-def _all_recorded(run: RunDir, units: list[Unit]) -> bool:
-    have = Counter(record.unit for record in run.records.load().values())
-    return all(have[u.key] >= u.total for u in units)
 
 
 def _summary(data: ReportData) -> Table:
@@ -151,14 +146,11 @@ def bench(
 ) -> None:
     """Run Markovian RSA over benchmark problems (datasets × presets/grid × seeds), grade every
     candidate, append records to RUN_DIR/records.jsonl as they finish, and resume when rerun."""
-    from evals.configs import ConfigError, build_configs
-    from evals.datasets import DatasetError, load_dataset
-    from evals.grading import Grader
+    from evals.bench import BenchInputError, bench_report, default_presets, plan_bench, run_bench
     from evals.records import RecordLogError
-    from evals.report import compute
-    from evals.rundir import ManifestConflict, RunDir, merge
-    from evals.session import SessionOptions, plan_manifest, run_session
-    from evals.sweep import SweepStats, plan_units
+    from evals.rundir import ManifestConflict
+    from evals.session import SessionOptions
+    from evals.sweep import SweepStats
 
     logging.getLogger("math_verify").setLevel(logging.ERROR)  # its signal timeouts are off on purpose
     settings = settings_from_flags(Settings, ctx.params, ctx)  # the backend and store flags, over MRSA_*
@@ -172,32 +164,18 @@ def bench(
         fail("gpu-name: say how many with --gpus N too", EXIT_USAGE)
     seed_list = parse_seeds(seeds)
     try:
-        datasets = [load_dataset(d) for d in dict.fromkeys(dataset)]
-    except DatasetError as exc:
+        plan = plan_bench(
+            out,
+            dataset,
+            preset or default_presets(embedded=backend_url is None),
+            grid,
+            seed_list,
+            limit,
+            grade_timeout,
+            settings.equivalence_max_chars,
+        )
+    except BenchInputError as exc:
         fail(str(exc), EXIT_USAGE)
-    if len({d.name for d in datasets}) != len(datasets):
-        fail("dataset: two datasets share a name; rename one of the files", EXIT_USAGE)
-    try:
-        configs = build_configs(preset or ["smoke" if backend_url is None else "zaya1"], grid)
-    except ConfigError as exc:
-        fail(str(exc), EXIT_USAGE)
-
-    run = RunDir(out)
-    if out.exists() and not out.is_dir():
-        fail(f"out: {out} is a file", EXIT_USAGE)
-    if out.is_dir() and any(out.iterdir()) and not run.exists():
-        fail(f"out: {out} is not empty and holds no manifest.json (not a run folder)", EXIT_USAGE)
-    plan = plan_manifest(configs, datasets, seed_list, limit, grade_timeout, settings.equivalence_max_chars)
-    if run.exists():
-        try:
-            merge(run.load_manifest(), plan)  # fail before starting any server
-        except ManifestConflict as exc:
-            fail(str(exc), EXIT_USAGE)
-        except (ValidationError, ValueError) as exc:
-            fail(f"out: cannot read {run.manifest_path}: {str(exc).splitlines()[0]}", EXIT_USAGE)
-    problems = {d.name: d.problems[:limit] if limit else d.problems for d in datasets}
-    golds = {(d.name, p.id): p.answer for d in datasets for p in d.problems}
-    units = plan_units(configs, problems, seed_list)
     stats = SweepStats()
     session = SessionOptions(
         trace_dir=trace,
@@ -212,44 +190,24 @@ def bench(
         await _show_progress(stats, progress_every)
 
     try:
-        if run.exists() and _all_recorded(run, units):
-            # nothing to run: no backend needed
-            stats.units_total = stats.units_done = len(units)
-            stats.candidates_total = stats.candidates_done = sum(u.total for u in units)
-        else:
-            asyncio.run(
-                run_session(
-                    run, plan, units, golds, stats, session, settings, None if quiet else show_progress
-                )
-            )
+        run_bench(plan, session, settings, stats, None if quiet else show_progress)
     except KeyboardInterrupt:
-        run.end_session(stats.session_started_at, "interrupted", stats.candidates_new, stats.units_failed)
         if not quiet:
             err_console.print(progress_line(stats), highlight=False)  # where it stopped
         fail(
-            f"interrupted: {stats.candidates_new} new records kept in {run.records.path}; "
+            f"interrupted: {stats.candidates_new} new records kept in {plan.run.records.path}; "
             "rerun the same command to resume",
             EXIT_INTERRUPTED,
         )
-    except (ContextBudgetError, ManifestConflict) as exc:
+    except (ContextBudgetError, ManifestConflict, RecordLogError) as exc:
         fail(str(exc), EXIT_USAGE)
     except (BackendError, EmbeddedUnavailable, StoreUnavailable) as exc:
-        run.end_session(stats.session_started_at, "failed", stats.candidates_new, stats.units_failed)
         fail(str(exc))
-    except RecordLogError as exc:
-        fail(str(exc), EXIT_USAGE)
     except OSError as exc:
         fail(f"{type(exc).__name__}: {exc}")
-    run.end_session(
-        stats.session_started_at,
-        "failed" if stats.units_failed else "completed",
-        stats.candidates_new,
-        stats.units_failed,
-    )
     if not quiet and not json_out:
         err_console.print(f"bench: {progress_line(stats)}", markup=False, soft_wrap=True)
-    with Grader(workers=1, timeout_s=grade_timeout) as grader:
-        data = compute(run, grader)
+    data = bench_report(plan)
     if json_out:
         print_json(
             {
@@ -268,7 +226,7 @@ def bench(
         wide = out_console if out_console.is_terminal else Console(width=140, highlight=False)
         wide.print(_summary(data))
         out_console.print(
-            f"{data.records} records ({stats.candidates_new} new) in {run.records.path}; "
+            f"{data.records} records ({stats.candidates_new} new) in {plan.run.records.path}; "
             f"{data.complete}/{data.total} units complete. Report: mrsa report {out}",
             markup=False,
             soft_wrap=True,

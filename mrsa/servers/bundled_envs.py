@@ -274,11 +274,6 @@ def lock_entries(lock: Path) -> dict[str, LockEntry]:
     return entries
 
 
-def lock_pins(lock: Path) -> dict[str, str]:
-    """``{normalised name: version}`` of a lock file."""
-    return {key: entry.version for key, entry in lock_entries(lock).items()}
-
-
 def _run(argv: Sequence[str], out: IO[str], log: Path, environ: dict[str, str] | None = None) -> None:
     result = subprocess.run(list(argv), stdout=out, stderr=subprocess.STDOUT, check=False, env=environ)
     if result.returncode != 0:

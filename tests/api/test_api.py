@@ -53,13 +53,6 @@ def job_body(problem: str = "What is 7*6?", **extra: Any) -> dict[str, Any]:
     return {"problem": problem, **TINY, **extra}
 
 
-@pytest.fixture
-async def redis_store(redis_server: RedisServer) -> AsyncIterator[RedisStore]:
-    async with open_store(Settings(redis_url=redis_server.url)) as store:
-        assert isinstance(store, RedisStore)
-        yield store
-
-
 def make_app(
     store: Any, backend: OpenAICompatibleBackend | None = None, **config: Any
 ) -> tuple[FastAPI, ApiDeps]:

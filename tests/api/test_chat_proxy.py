@@ -24,10 +24,8 @@ from mrsa.params import RSAParams, resolve_params
 from mrsa.prices import Price, PriceTable
 from mrsa.store.redis import RedisStore
 from testkit.simulator.process import running_simulator
-from tests.api.test_api import H1, client_for, make_app, redis_store, served, sse_events
+from tests.api.test_api import H1, client_for, make_app, served, sse_events
 from workers.inprocess import InProcessRunner
-
-__all__ = ["redis_store"]  # the fixture, imported for pytest
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "zyphra-proxy.md"
 USER = [{"role": "user", "content": "Solve the problem and explain your reasoning: 15 * 17"}]

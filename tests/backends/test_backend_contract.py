@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Iterator
+from functools import partial
 from typing import Any
 
 import httpx
@@ -23,8 +24,6 @@ from mrsa.backends.base import (
     Backend,
     BackendRequestError,
     ContextOverflowError,
-    GenerationRequest,
-    Message,
 )
 from mrsa.backends.factory import make_backend
 from mrsa.backends.http import HttpOptions
@@ -32,6 +31,7 @@ from mrsa.engine.tails import make_tail, tail_source_text
 from mrsa.servers.bundled_triton import TritonServer
 from tests.plugins.servers import ServerHandle
 from tests.plugins.triton_server import start_triton
+from tests.support.builders import generation_request
 
 SERVERS = ["embedded_server", "triton_server", "vllm_server"]
 TEXT = "Markovian RSA keeps the last τ tokens of each candidate: 12 × 13 = 156, ∑ αβ.\n\n  \\boxed{42}"
@@ -72,10 +72,7 @@ async def backend(server: ServerHandle) -> AsyncIterator[Backend]:
         await b.aclose()
 
 
-def ask(content: str, **kwargs: Any) -> GenerationRequest:
-    values: dict[str, Any] = {"max_tokens": 64, "temperature": 0.0, "seed": 1}
-    values.update(kwargs)
-    return GenerationRequest(messages=[Message(role="user", content=content)], **values)
+ask = partial(generation_request, fields={"max_tokens": 64, "temperature": 0.0, "seed": 1})
 
 
 # -- health, discovery, capacity, metrics -----------------------------------------------------------

@@ -23,6 +23,7 @@ import json
 import socket
 import sys
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +34,6 @@ from mrsa.backends.base import (
     BackendServerError,
     BackendUnavailable,
     ContextOverflowError,
-    GenerationRequest,
     Message,
 )
 from mrsa.backends.factory import detect_kind, make_backend
@@ -42,6 +42,7 @@ from mrsa.backends.openai import Dialect, OpenAICompatibleBackend, normalise_fin
 from mrsa.backends.triton import TritonBackend
 from mrsa.backends.wire import MockWire, WireRequest, WireResponse
 from mrsa.servers.bundled_triton import BUNDLED_MODEL
+from tests.support.builders import generation_request
 
 BASE = "http://mock-server:8000"
 RECORDED = Path(__file__).parents[1] / "recorded" / "triton"
@@ -102,17 +103,11 @@ def backend(server: MockServer, dialect: Dialect, **kwargs: Any) -> OpenAICompat
     return OpenAICompatibleBackend(BASE, dialect=dialect, wire=server.wire, **kwargs)
 
 
-def request(**kwargs: Any) -> GenerationRequest:
-    base: dict[str, Any] = {
-        "messages": [Message(role="user", content="What is 2+2?")],
-        "max_tokens": 64,
-        "temperature": 0.6,
-        "top_p": 0.95,
-        "top_k": 20,
-        "seed": 7,
-    }
-    base.update(kwargs)
-    return GenerationRequest(**base)
+request = partial(
+    generation_request,
+    "What is 2+2?",
+    {"max_tokens": 64, "temperature": 0.6, "top_p": 0.95, "top_k": 20, "seed": 7},
+)
 
 
 # == vLLM =============================================================================================

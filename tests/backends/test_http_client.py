@@ -22,20 +22,11 @@ from mrsa.backends.base import (
 )
 from mrsa.backends.http import BackendDeadlineExceeded, HttpClient, HttpOptions
 from mrsa.backends.wire import MockWire, WireError, WireRequest, WireResponse, WireTimeout
+from tests.fakes import Sleeps
 
 BASE = "http://mock-server:8000"
 
 Handler = Callable[[WireRequest], Any]
-
-
-class Sleeps:
-    """A fake ``sleep`` recording the delays it was asked for."""
-
-    def __init__(self) -> None:
-        self.delays: list[float] = []
-
-    async def __call__(self, delay: float) -> None:
-        self.delays.append(delay)
 
 
 class Script:

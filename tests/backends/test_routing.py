@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,6 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from mrsa.backends.base import GenerationRequest, Message
 from mrsa.backends.http import HEADER_NAME_PATTERN, HttpClient, HttpOptions
 from mrsa.backends.openai import OpenAICompatibleBackend
 from mrsa.backends.wire import MockWire, WireRequest, WireResponse
@@ -23,6 +23,7 @@ from mrsa.engine.planning import lineage_key
 from mrsa.env import describe_settings_error
 from mrsa.params import RSAParams
 from tests.fakes import FakeBackend
+from tests.support.builders import generation_request
 from workers.inprocess import InProcessRunner
 from workers.loop import WorkerOptions
 
@@ -86,8 +87,7 @@ async def test_no_header_without_a_configured_name() -> None:
     assert set(seen[0].headers) == {"content-type"}
 
 
-def request(**kwargs: Any) -> GenerationRequest:
-    return GenerationRequest(messages=[Message(role="user", content="2+2?")], max_tokens=8, **kwargs)
+request = partial(generation_request, "2+2?", {"max_tokens": 8})
 
 
 @pytest.mark.parametrize("dialect", ["vllm", "llamacpp"])

@@ -14,13 +14,18 @@ from packaging.markers import default_environment
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-from mrsa.servers.bundled_envs import lock_pins
+from mrsa.servers.bundled_envs import lock_entries
 from mrsa.servers.env_locks import locked_specs
 from tests.deploy_tools import CHECKOV_VERSION, NPM_MODELS, NPM_PROJECT, checkov_spec
 
 ROOT = Path(__file__).resolve().parents[2]
 LOCK = ROOT / "requirements" / "lock.txt"
 _PIN = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==([^\s;\\]+)\s*(?:;\s*([^\\]+?))?\s*\\?$")
+
+
+def lock_pins(lock: Path) -> dict[str, str]:
+    """``{normalised name: version}`` of a lock file."""
+    return {key: entry.version for key, entry in lock_entries(lock).items()}
 
 
 def _main_lock() -> dict[str, tuple[str, str | None]]:

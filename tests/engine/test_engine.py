@@ -7,6 +7,7 @@ import asyncio
 import math
 import re
 from collections.abc import Sequence
+from functools import partial
 from string import Template
 from typing import Any
 
@@ -28,6 +29,7 @@ from mrsa.engine.runner import TaskRunner
 from mrsa.params import RSAParams
 from mrsa.store.memory import MemoryStore
 from tests.fakes import FakeBackend
+from tests.support.builders import job_spec
 from workers.inprocess import InProcessRunner
 from workers.loop import WorkerOptions
 
@@ -50,14 +52,12 @@ def script(request: GenerationRequest) -> str:
     return attempt_text(request.tag)
 
 
+PARAMS: dict[str, Any] = {"population": 4, "subset": 2, "rounds": 2, "budget": 64, "tail": 16, "seed": 11}
+make_spec = partial(job_spec, PROBLEM, PARAMS, "fake")
+
+
 def make_params(**overrides: Any) -> RSAParams:
-    base: dict[str, Any] = {"population": 4, "subset": 2, "rounds": 2, "budget": 64, "tail": 16, "seed": 11}
-    base.update(overrides)
-    return RSAParams.model_validate(base)
-
-
-def make_spec(**overrides: Any) -> JobSpec:
-    return JobSpec(problem=PROBLEM, params=make_params(**overrides), model="fake")
+    return make_spec(**overrides).params
 
 
 def fast_options() -> WorkerOptions:

@@ -17,6 +17,7 @@ import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -28,17 +29,17 @@ from mrsa.api.app import create_app
 from mrsa.api.deps import ApiConfig, ApiDeps, BackendHandle
 from mrsa.backends.base import GenerationRequest
 from mrsa.cli.settings import Settings
-from mrsa.domain import Candidate, JobSpec, JobStatus
+from mrsa.domain import Candidate, JobStatus
 from mrsa.engine.equivalence import ROUND_LIMITS, Clustering, Equivalence, cluster, equivalent
 from mrsa.engine.job_service import JobService
 from mrsa.engine.runner import TaskRunner
-from mrsa.params import RSAParams
 from mrsa.servers.server_process import free_port
 from mrsa.store.memory import MemoryStore
 from testkit.processes import Child, child_processes, clean_env, http_ok
 from testkit.simulator.process import running_simulator
 from tests.fakes import FakeBackend
 from tests.plugins.redis_server import RedisServer
+from tests.support.builders import job_spec
 from workers.loop import Worker, WorkerOptions
 
 POISON = "9^{9^{9}}"
@@ -223,10 +224,9 @@ def hostile_script(request: GenerationRequest) -> str:
     return f"Thinking it over, the answer is \\boxed{{{POISON if hostile else '42'}}}"
 
 
-def spec(problem: str, **params: Any) -> JobSpec:
-    base: dict[str, Any] = {"population": 3, "subset": 2, "rounds": 1, "budget": 64, "tail": 16, "seed": 3}
-    base.update(params)
-    return JobSpec(problem=problem, params=RSAParams.model_validate(base))
+spec = partial(
+    job_spec, params={"population": 3, "subset": 2, "rounds": 1, "budget": 64, "tail": 16, "seed": 3}
+)
 
 
 @pytest.mark.timeout(240)

@@ -25,12 +25,16 @@ from typing import Any
 
 import pytest
 
+import evals.session
+from evals.bench import plan_bench, run_bench
 from evals.configs import ConfigError, build_configs, parse_grid
 from evals.datasets import Problem
 from evals.grading import Grader
 from evals.records import CandidateRecord, RecordLog
+from evals.rundir import BackendEntry, Session
+from evals.session import SessionOptions
 from evals.sweep import SweepStats, plan_units, run_sweep
-from mrsa.backends.base import GenerationRequest, GenerationResult
+from mrsa.backends.base import BackendError, GenerationRequest, GenerationResult
 from mrsa.cli.settings import Settings
 from mrsa.store.base import Store
 from mrsa.store.opening import open_store
@@ -38,6 +42,7 @@ from tests.fakes import FakeBackend
 from tests.signals import default_sigint
 
 MRSA = [sys.executable, "-m", "mrsa"]
+UNREACHABLE = "http://127.0.0.1:9"  # nothing listens: a command that got past validation would exit 1
 
 
 def env() -> dict[str, str]:
@@ -256,9 +261,32 @@ def test_torn_last_line_is_dropped_and_repaired(tmp_path: Path) -> None:
     assert len(log.path.read_text().splitlines()) == 2 and len(log.load()) == 2
 
 
-# -- the command line: bad input exits 2 before anything runs --------------------------------------
+def test_a_session_the_backend_ends_is_closed_as_failed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """:func:`evals.bench.run_bench` closes the manifest's session however the run ends: here the
+    backend fails after the session was recorded, and the error still reaches the caller."""
+    data = tmp_path / "tiny.jsonl"
+    data.write_text('{"id": "a", "problem": "What is 7*6?", "answer": "42"}\n')
+    plan = plan_bench(tmp_path / "run", [str(data)], ["smoke"], None, [0], None, 10.0, 1000)
+    backend = BackendEntry(url=UNREACHABLE, kind="vllm")
 
-UNREACHABLE = "http://127.0.0.1:9"  # nothing listens: a command that got past validation would exit 1
+    async def backend_goes_away(*args: Any) -> None:
+        run, manifest, _, _, stats = args[:5]
+        stats.session_started_at = 1.0
+        session = Session(started_at=1.0, backend=backend, mrsa_version="test", git_revision=None)
+        run.save_manifest(manifest.model_copy(update={"sessions": [session]}))
+        raise BackendError("the backend went away")
+
+    monkeypatch.setattr(evals.session, "run_session", backend_goes_away)
+    with pytest.raises(BackendError, match="went away"):
+        run_bench(plan, SessionOptions(), Settings(), SweepStats())
+    [session] = plan.run.load_manifest().sessions
+    assert session.status == "failed" and session.finished_at is not None
+    assert not plan.all_recorded()
+
+
+# -- the command line: bad input exits 2 before anything runs --------------------------------------
 
 
 def one_error_line(proc: subprocess.CompletedProcess[str]) -> str:

@@ -8,15 +8,16 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 
 import pytest
 
 from mrsa.backends.http import HttpOptions
 from mrsa.backends.openai import OpenAICompatibleBackend
-from mrsa.domain import JobSpec, JobStatus
-from mrsa.params import RSAParams
+from mrsa.domain import JobStatus
 from testkit.simulator.process import SimulatorProcess
+from tests.support.builders import job_spec
 from workers.inprocess import InProcessRunner
 from workers.loop import WorkerOptions
 
@@ -36,9 +37,9 @@ def simulator(tmp_path: Path) -> Iterator[SimulatorProcess]:
         sim.stop()
 
 
-def spec() -> JobSpec:
-    params = {"population": 2, "subset": 1, "rounds": 1, "budget": 48, "tail": 8, "seed": 5}
-    return JobSpec(problem="What is 6*7?", params=RSAParams.model_validate(params))
+spec = partial(
+    job_spec, "What is 6*7?", {"population": 2, "subset": 1, "rounds": 1, "budget": 48, "tail": 8, "seed": 5}
+)
 
 
 def options(hold_s: float) -> WorkerOptions:

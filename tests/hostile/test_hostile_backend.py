@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from functools import partial
 from typing import Any
 
 import pytest
@@ -18,13 +19,14 @@ from mrsa.backends.base import (
     GenerationRequest,
     GenerationResult,
     MalformedReplyError,
-    Message,
     ReplyTooLargeError,
 )
 from mrsa.backends.factory import make_backend
 from mrsa.backends.http import BackendDeadlineExceeded, HttpClient, HttpOptions, backend_base_url
 from mrsa.backends.openai import OpenAICompatibleBackend
+from tests.fakes import Sleeps
 from tests.hostile.server import MODEL, HostileServer, completion, huge, raw, reply, silent_then, trickle
+from tests.support.builders import generation_request
 
 GUARD_S = 30.0  # a behaviour that would hang the client fails the test after this long instead
 
@@ -34,8 +36,7 @@ def backend(server: HostileServer, **options: Any) -> OpenAICompatibleBackend:
     return OpenAICompatibleBackend(server.url, dialect="vllm", options=opts)
 
 
-def request(n: int = 1, model: str | None = None) -> GenerationRequest:
-    return GenerationRequest(messages=[Message(role="user", content="2+2?")], max_tokens=64, n=n, model=model)
+request = partial(generation_request, "2+2?", {"max_tokens": 64})
 
 
 async def generate(
@@ -45,14 +46,6 @@ async def generate(
         return await asyncio.wait_for(b.generate(req or request()), GUARD_S)
     finally:
         await b.aclose()
-
-
-class Sleeps:
-    def __init__(self) -> None:
-        self.delays: list[float] = []
-
-    async def __call__(self, delay: float) -> None:
-        self.delays.append(delay)
 
 
 # -- stalls ----------------------------------------------------------------------------------------

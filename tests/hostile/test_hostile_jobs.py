@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator
+from functools import partial
 from typing import Any
 
 import pytest
@@ -14,19 +15,18 @@ from mrsa.backends.http import HttpOptions
 from mrsa.backends.openai import OpenAICompatibleBackend
 from mrsa.cli.settings import Settings
 from mrsa.domain import JobResult, JobSpec, JobStatus
-from mrsa.params import RSAParams
 from mrsa.store.opening import open_store
 from tests.hostile.server import MODEL, HostileServer, completion, raw, reply
 from tests.plugins.redis_server import RedisServer
+from tests.support.builders import job_spec
 from workers.inprocess import InProcessRunner
 from workers.loop import WorkerOptions
 
 TIMEOUT_S = 60.0
 
 
-def spec(model: str | None = None, **params: Any) -> JobSpec:
-    base: dict[str, Any] = {"population": 2, "subset": 1, "rounds": 1, "budget": 64, "tail": 8, "seed": 3}
-    return JobSpec(problem="What is 2+2?", params=RSAParams.model_validate({**base, **params}), model=model)
+PARAMS = {"population": 2, "subset": 1, "rounds": 1, "budget": 64, "tail": 8, "seed": 3}
+spec = partial(job_spec, "What is 2+2?", PARAMS)
 
 
 def options() -> WorkerOptions:

@@ -1,12 +1,16 @@
-"""Fixtures that start a real ``redis-server`` (AOF on) on a free loopback port in a temp dir."""
+"""Fixtures that start a real ``redis-server`` (AOF on) on a free loopback port in a temp dir, and
+a store opened on it."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 
+from mrsa.store.opening import open_store
+from mrsa.store.redis import RedisStore
+from mrsa.store.settings import StoreSettings
 from testkit.redis_process import RedisProcess, RedisUnavailable
 
 
@@ -29,3 +33,11 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture
+async def redis_store(redis_server: RedisServer) -> AsyncIterator[RedisStore]:
+    """A :class:`RedisStore` on a fresh redis-server, opened with the default settings."""
+    async with open_store(StoreSettings(redis_url=redis_server.url)) as store:
+        assert isinstance(store, RedisStore)
+        yield store

@@ -10,42 +10,39 @@ from typing import Any
 
 import pytest
 
-from mrsa.cli.settings import Settings
-from mrsa.domain import JobResult, JobSpec, JobStatus
+from mrsa.domain import JobResult, JobStatus
 from mrsa.store.base import Store
 from mrsa.store.memory import MemoryStore
-from mrsa.store.opening import open_store
+from mrsa.store.redis import RedisStore
 from tests.engine.test_engine import fast_options, make_spec
 from tests.engine.test_summaries import summary_script
 from tests.fakes import FakeBackend
-from tests.plugins.redis_server import RedisServer
 from workers.inprocess import InProcessRunner
 
 pytestmark = pytest.mark.redis
 
 
-def spec() -> JobSpec:
-    return make_spec(
-        population=4,
-        subset=2,
-        rounds=2,
-        budget=40,
-        chunk=16,
-        carryover=4,
-        head=3,
-        tail_mode="summarize",
-        summary_budget=30,
-        final_population=2,
-        final_budget=24,
-        final_temperature=0.5,
-        selection="aggregate",
-    )
+KNOBS = {
+    "population": 4,
+    "subset": 2,
+    "rounds": 2,
+    "budget": 40,
+    "chunk": 16,
+    "carryover": 4,
+    "head": 3,
+    "tail_mode": "summarize",
+    "summary_budget": 30,
+    "final_population": 2,
+    "final_budget": 24,
+    "final_temperature": 0.5,
+    "selection": "aggregate",
+}
 
 
 async def run(store: Store) -> tuple[JobResult, list[dict[str, Any]]]:
     backend = FakeBackend(summary_script, split_reasoning=True, supports_prefill=False)
     async with InProcessRunner(backend, store, capacity=3, options=fast_options()) as runner:
-        result = await asyncio.wait_for(runner.solve(spec()), 60)
+        result = await asyncio.wait_for(runner.solve(make_spec(**KNOBS)), 60)
     # The job id is random and the order of calls depends on timing: compare the requests as a
     # set, sorted by their JSON (dicts do not compare).
     # The lineage key starts with the job id too: compare what follows it (round and candidate).
@@ -59,9 +56,8 @@ async def run(store: Store) -> tuple[JobResult, list[dict[str, Any]]]:
     return result, requests
 
 
-async def test_redis_runs_the_same_job_as_memory(redis_server: RedisServer) -> None:
-    async with open_store(Settings(redis_url=redis_server.url)) as redis_store:
-        on_redis, redis_requests = await run(redis_store)
+async def test_redis_runs_the_same_job_as_memory(redis_store: RedisStore) -> None:
+    on_redis, redis_requests = await run(redis_store)
     on_memory, memory_requests = await run(MemoryStore())
     assert on_redis.status == on_memory.status == JobStatus.succeeded
     assert redis_requests == memory_requests

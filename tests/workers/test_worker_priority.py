@@ -6,8 +6,6 @@ request carrying one with 400, as vLLM does)."""
 
 from __future__ import annotations
 
-import asyncio
-import time
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +20,7 @@ from mrsa.store.opening import open_store
 from testkit.processes import Child, child_processes, clean_env
 from testkit.simulator.process import running_simulator
 from tests.plugins.redis_server import RedisServer
+from tests.support.jobs import wait_for_job
 
 pytestmark = pytest.mark.redis
 
@@ -38,15 +37,7 @@ async def run_one_job(redis_url: str, worker: Child) -> None:
             {"population": POPULATION, "subset": 2, "rounds": ROUNDS, "budget": 48, "tail": 16},
         )
         job = await JobService(store).submit(JobSpec(problem="What is 6*7?", params=params))
-        deadline = time.monotonic() + 180
-        while True:
-            got = await store.get_job(job.id)
-            assert got is not None
-            if got.status.terminal:
-                break
-            assert worker.proc.poll() is None, f"the worker exited:\n{worker.log_tail()}"
-            assert time.monotonic() < deadline, f"job not done in 180 s:\n{worker.log_tail()}"
-            await asyncio.sleep(0.2)
+        got = await wait_for_job(store, job.id, worker, 180)
         assert got.status == JobStatus.succeeded, (got.error, worker.log_tail())
 
 

@@ -5,7 +5,6 @@ once it is short, every generation carrying its candidate's key (the simulator r
 from __future__ import annotations
 
 import asyncio
-import time
 from pathlib import Path
 
 import httpx
@@ -20,6 +19,7 @@ from testkit.processes import child_processes
 from testkit.simulator.process import running_simulator
 from tests.hostile.server import hostile_server, raw
 from tests.plugins.redis_server import RedisServer
+from tests.support.jobs import wait_for_job
 
 pytestmark = pytest.mark.redis
 
@@ -60,15 +60,7 @@ async def test_a_worker_behind_a_router_holds_on_its_queue_and_sends_lineage_key
                 held = await store.get_job(job.id)
                 assert held is not None and not held.status.terminal
                 metrics_server.metrics = raw(b'vllm:num_requests_waiting{model_name="m"} 2\n')
-                deadline = time.monotonic() + 90
-                while True:
-                    got = await store.get_job(job.id)
-                    assert got is not None
-                    if got.status.terminal:
-                        break
-                    assert w.proc.poll() is None, f"the worker exited:\n{w.log_tail()}"
-                    assert time.monotonic() < deadline, f"job not done in 90 s:\n{w.log_tail()}"
-                    await asyncio.sleep(0.2)
+                got = await wait_for_job(store, job.id, w, 90)
                 assert got.status == JobStatus.succeeded, (got.error, w.log_tail())
                 chunks = {
                     f"{job.id}-r{r}-c{c.index}": c.chunks

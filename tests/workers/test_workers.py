@@ -148,12 +148,6 @@ def cluster(redis_server: RedisServer, tmp_path: Path) -> Iterator[Cluster]:
         c.kill_all()
 
 
-@pytest.fixture
-async def redis_store(redis_server: RedisServer) -> AsyncIterator[RedisStore]:
-    async with open_redis_store(redis_server.url) as store:
-        yield store
-
-
 @contextlib.asynccontextmanager
 async def open_redis_store(url: str, **settings: Any) -> AsyncIterator[RedisStore]:
     async with open_store(Settings(redis_url=url, **settings)) as store:
