@@ -223,11 +223,19 @@ def cluster_by(answers: Sequence[str], same: Callable[[str, str], bool]) -> list
 Verdict = tuple[str, str, bool]
 
 
+# A plain decimal number (AIME's answers are integers): math-verify compares two of them quickly and
+# safely, so :func:`cluster_noting` also compares them the other way round.
+_PLAIN_NUMBER = re.compile(r"-?\d{1,40}(?:\.\d{1,40})?")
+
+
 def cluster_noting(
     answers: Sequence[str], max_chars: int = MAX_SYMBOLIC_CHARS
 ) -> tuple[list[list[int]], list[Verdict]]:
     """:func:`cluster`, and every ``(rep, answer, equivalent)`` verdict it computed on the way: the
-    pool's call, so its caller can remember them and cluster the same answers again without it."""
+    pool's call, so its caller can remember them and cluster the same answers again without it.
+    For two plain numbers it also gives the verdict the other way round (math-verify's comparison
+    is asymmetric): a round's classes change order as lower-indexed candidates arrive, and the next
+    clustering then asks for it."""
     verdicts: list[Verdict] = []
 
     def same(rep: str, answer: str) -> bool:
@@ -235,7 +243,11 @@ def cluster_noting(
         verdicts.append((rep, answer, verdict))
         return verdict
 
-    return cluster_by(answers, same), verdicts
+    groups = cluster_by(answers, same)
+    for rep, answer, _ in list(verdicts):
+        if _PLAIN_NUMBER.fullmatch(rep) and _PLAIN_NUMBER.fullmatch(answer):
+            verdicts.append((answer, rep, equivalent(answer, rep, max_chars)))
+    return groups, verdicts
 
 
 class _Unknown(Exception):

@@ -182,6 +182,11 @@ async def test_a_round_clustered_again_runs_inline_once_its_verdicts_are_known(
     more = [*grown, "x+1"]  # a new answer: its comparisons are not known
     assert await limited.acluster(more) == Clustering(groups=cluster(more))
     assert len(calls) == 2
+    # A lower-indexed candidate arriving later turns the classes' order round: two plain numbers
+    # were compared both ways, so that needs no pool either.
+    turned = ["7", "42", " 7 "]
+    assert await limited.acluster(turned) == Clustering(groups=cluster(turned))
+    assert len(calls) == 2
     limited.forget_verdicts()
     assert limited.cluster(answers) == Clustering(groups=cluster(answers))
     assert len(calls) == 3
