@@ -388,6 +388,17 @@ class StoreContract:
         assert [c.index for c in missing] == [1]  # unknown indices are skipped
         assert await store.get_candidates("j1", 0, []) == []
 
+    async def test_get_candidates_but_the_ones_already_read(self, store: Store) -> None:
+        """A worker clustering a round again reads only the candidates stored since."""
+        await store.create_job(make_job("j1"), [])
+        for i in (3, 0, 11, 2):
+            await store.save_candidate("j1", make_candidate(0, i, answer=str(i)))
+        others = await store.get_candidates("j1", 0, exclude={0, 2, 7})
+        assert [(c.index, c.answer) for c in others] == [(3, "3"), (11, "11")]  # ordered by index
+        assert await store.get_candidates("j1", 0, exclude=[0, 2, 3, 11]) == []
+        assert [c.index for c in await store.get_candidates("j1", 0, exclude=())] == [0, 2, 3, 11]
+        assert await store.get_candidates("j1", 1, exclude=[0]) == []
+
     async def test_save_candidate_releases_a_child_once_its_parents_are_stored(self, store: Store) -> None:
         await store.create_job(make_job("j1"), [])
         child_a = Task(job_id="j1", round=1, index=0, parents=[0, 2])
@@ -555,6 +566,25 @@ class StoreContract:
         four = RoundVotes(round=0, tallied=4, groups=[[0, 2, 3], [1]])
         assert await store.save_round_votes("j1", four) is True
         assert await store.get_round_votes("j1", 0) == four
+
+    async def test_round_votes_carry_the_event_that_announces_them(self, store: Store) -> None:
+        """The worker that saved a candidate stores the round's votes and its event in one step:
+        the event is appended after the votes, also when newer votes were already stored."""
+        await store.create_job(make_job("j1"), [])
+        two = RoundVotes(round=0, tallied=2, groups=[[0, 1]])
+        first = Event(type="candidate", job_id="j1", round=0, index=1, answer="7", done=2)
+        assert await store.save_round_votes("j1", two, first) is True
+        assert await store.get_round_votes("j1", 0) == two
+        late = Event(type="candidate", job_id="j1", round=0, index=0, answer="7", done=1)
+        stale = RoundVotes(round=0, tallied=1, groups=[[0]])
+        assert await store.save_round_votes("j1", stale, late) is False
+        assert await store.get_round_votes("j1", 0) == two
+        assert [e for _, e in await store.read_events("j1", None, block_ms=0)] == [first, late]
+        try:
+            await store.save_round_votes("nope", two, first)
+        except KeyError:
+            return
+        raise AssertionError("an event was stored for a job that does not exist")
 
     async def test_round_votes_of_an_unknown_job_are_refused(self, store: Store) -> None:
         try:

@@ -44,7 +44,7 @@ import re
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -80,6 +80,10 @@ ROUND_LIMITS = 2 + PROBE_BUDGET + 1
 # as its candidates arrive, and a known runaway stands alone at once instead of costing its limits
 # again.
 RUNAWAY_MEMORY = 1024
+# Verdicts of math-verify an Equivalence remembers ((rep, answer) pairs): a round is clustered again
+# each time a candidate arrives, over answers it has mostly compared already, so once its pairs are
+# known a clustering runs inline, without a pool call (a thread, a pickle, a process's wake-up).
+VERDICT_MEMORY = 65536
 # Modules a math pool's fork server imports once, so a recycled pool starts warm.
 MATH_PRELOAD = ("mrsa.engine.equivalence",)
 
@@ -194,6 +198,13 @@ def cluster(answers: Sequence[str], max_chars: int = MAX_SYMBOLIC_CHARS) -> list
     """Group indices of ``answers`` into classes of equivalent answers (first-seen order; each
     class's first answer is the gold of the comparisons), in this process and without a time
     limit: callers run it under one (:class:`Equivalence`)."""
+    return cluster_by(answers, lambda rep, answer: equivalent(rep, answer, max_chars))
+
+
+def cluster_by(answers: Sequence[str], same: Callable[[str, str], bool]) -> list[list[int]]:
+    """:func:`cluster` with ``same(rep, answer)`` as the comparison of answers whose normal forms
+    differ (:func:`cluster` passes :func:`equivalent`; :class:`Equivalence` also its remembered
+    verdicts of it)."""
     reps: list[str] = []
     groups: list[list[int]] = []
     by_norm: dict[str, int] = {}
@@ -203,7 +214,7 @@ def cluster(answers: Sequence[str], max_chars: int = MAX_SYMBOLIC_CHARS) -> list
             groups[by_norm[key]].append(i)
             continue
         for g, rep in enumerate(reps):
-            if equivalent(rep, answer, max_chars):
+            if same(rep, answer):
                 groups[g].append(i)
                 by_norm[key] = g
                 break
@@ -212,6 +223,40 @@ def cluster(answers: Sequence[str], max_chars: int = MAX_SYMBOLIC_CHARS) -> list
             reps.append(answer)
             groups.append([i])
     return groups
+
+
+Verdict = tuple[str, str, bool]
+
+
+# A plain decimal number (AIME's answers are integers): math-verify compares two of them quickly and
+# safely, so :func:`cluster_noting` also compares them the other way round.
+_PLAIN_NUMBER = re.compile(r"-?\d{1,40}(?:\.\d{1,40})?")
+
+
+def cluster_noting(
+    answers: Sequence[str], max_chars: int = MAX_SYMBOLIC_CHARS
+) -> tuple[list[list[int]], list[Verdict]]:
+    """:func:`cluster`, and every ``(rep, answer, equivalent)`` verdict it computed on the way: the
+    pool's call, so its caller can remember them and cluster the same answers again without it.
+    For two plain numbers it also gives the verdict the other way round (math-verify's comparison
+    is asymmetric): a round's classes change order as lower-indexed candidates arrive, and the next
+    clustering then asks for it."""
+    verdicts: list[Verdict] = []
+
+    def same(rep: str, answer: str) -> bool:
+        verdict = equivalent(rep, answer, max_chars)
+        verdicts.append((rep, answer, verdict))
+        return verdict
+
+    groups = cluster_by(answers, same)
+    for rep, answer, _ in list(verdicts):
+        if _PLAIN_NUMBER.fullmatch(rep) and _PLAIN_NUMBER.fullmatch(answer):
+            verdicts.append((answer, rep, equivalent(answer, rep, max_chars)))
+    return groups, verdicts
+
+
+class _Unknown(Exception):
+    """A comparison :class:`Equivalence` has no remembered verdict for."""
 
 
 def probe(answer: str) -> bool:
@@ -249,7 +294,9 @@ class Equivalence:
     plus process restarts, however hostile its answers. The runaways found by probing are
     remembered (the last ``RUNAWAY_MEMORY``): a later clustering holding one leaves it alone at
     once, as its probe would, so a round clustered again as its candidates arrive pays for each
-    runaway once.
+    runaway once. So are the verdicts the pool computed (the last ``VERDICT_MEMORY`` pairs): a
+    clustering whose comparisons are all known runs inline, with the same classes the pool's
+    :func:`cluster` would give (it is :func:`cluster_by` over the same verdicts).
     """
 
     def __init__(
@@ -265,11 +312,18 @@ class Equivalence:
         self.pool = DeadlinePool(workers, timeout_s, initializer=_warm_up, preload=MATH_PRELOAD, name=name)
         self._runaways: OrderedDict[str, None] = OrderedDict()
         self._runaways_lock = threading.Lock()
+        self._verdicts: OrderedDict[tuple[str, str], bool] = OrderedDict()
+        self._verdicts_lock = threading.Lock()
 
     def forget_runaways(self) -> None:
         """Forget the runaways found so far (their next clustering probes them again)."""
         with self._runaways_lock:
             self._runaways.clear()
+
+    def forget_verdicts(self) -> None:
+        """Forget the remembered verdicts (the next clustering of any answers calls the pool)."""
+        with self._verdicts_lock:
+            self._verdicts.clear()
 
     def _known_runaway(self, answer: str) -> bool:
         with self._runaways_lock:
@@ -284,6 +338,42 @@ class Equivalence:
             self._runaways.move_to_end(answer)
             while len(self._runaways) > RUNAWAY_MEMORY:
                 self._runaways.popitem(last=False)
+
+    def _remember_verdicts(self, verdicts: Sequence[Verdict]) -> None:
+        with self._verdicts_lock:
+            for rep, answer, same in verdicts:
+                self._verdicts[rep, answer] = same
+                self._verdicts.move_to_end((rep, answer))
+            while len(self._verdicts) > VERDICT_MEMORY:
+                self._verdicts.popitem(last=False)
+
+    def _known_verdict(self, rep: str, answer: str) -> bool:
+        with self._verdicts_lock:
+            same = self._verdicts.get((rep, answer))
+            if same is None:
+                raise _Unknown
+            self._verdicts.move_to_end((rep, answer))
+            return same
+
+    def _cluster_known(self, answers: list[str]) -> list[list[int]] | None:
+        """:func:`cluster` of ``answers`` from remembered verdicts; ``None`` when one is missing."""
+        try:
+            return cluster_by(answers, self._known_verdict)
+        except _Unknown:
+            return None
+
+    def _cluster_in_pool(self, answers: list[str]) -> list[list[int]] | None:
+        """:func:`cluster` of ``answers``, inline when every verdict is known, else in the pool
+        under the limit (``None``: it overran, or the pool failed)."""
+        known = self._cluster_known(answers)
+        if known is not None:
+            return known
+        [done] = self._run([(cluster_noting, (answers, self.max_chars))])
+        if done is None:
+            return None
+        groups, verdicts = done[0]
+        self._remember_verdicts(verdicts)
+        return list(groups)
 
     def close(self) -> None:
         self.pool.close()
@@ -311,10 +401,22 @@ class Equivalence:
         return self._finish(members, root, timeouts, oversized)
 
     async def acluster(self, answers: Sequence[str]) -> Clustering:
-        """:meth:`cluster` off the event loop (inline when no symbolic comparison is needed)."""
+        """:meth:`cluster` off the event loop; inline when no symbolic comparison is needed or all
+        the comparisons it needs were made before (known verdicts and runaways)."""
         members, eligible, oversized = self._classes(answers)
+        root = list(range(len(members)))
         if len(eligible) < 2:
-            return self._finish(members, list(range(len(members))), 0, oversized)
+            return self._finish(members, root, 0, oversized)
+        reps = [answers[m[0]] for m in members]
+        with self._runaways_lock:
+            runaways = sum(1 for j in eligible if reps[j] in self._runaways)
+        if runaways == 0:
+            groups = self._cluster_known([reps[j] for j in eligible])
+            if groups is not None:
+                for group in groups:
+                    for pos in group:
+                        root[eligible[pos]] = eligible[group[0]]
+                return self._finish(members, root, 0, oversized)
         return await asyncio.to_thread(self.cluster, answers)
 
     def _classes(self, answers: Sequence[str]) -> tuple[list[list[int]], list[int], int]:
@@ -336,9 +438,9 @@ class Equivalence:
             eligible = [j for j in eligible if j not in known]
             if len(eligible) < 2:
                 return len(known)
-        [done] = self._run([(cluster, ([reps[j] for j in eligible], self.max_chars))])
-        if done is not None:
-            apply(done[0], eligible)
+        groups = self._cluster_in_pool([reps[j] for j in eligible])
+        if groups is not None:
+            apply(groups, eligible)
             return len(known)
         # Something ran away: find the answers that do, probing each alone.
         started, restarts = time.monotonic(), self.pool.startup_s
@@ -361,11 +463,11 @@ class Equivalence:
                     survivors.append(j)
         survivors.sort()
         if len(survivors) >= 2:
-            [again] = self._run([(cluster, ([reps[j] for j in survivors], self.max_chars))])
+            again = self._cluster_in_pool([reps[j] for j in survivors])
             if again is None:
                 timeouts += len(survivors)
             else:
-                apply(again[0], survivors)
+                apply(again, survivors)
         return timeouts
 
     def _run_probes(self, answers: list[str]) -> tuple[list[tuple[Any] | None], bool]:

@@ -117,12 +117,13 @@ class JobService:
             self._equivalence = shared_equivalence()
         return self._equivalence
 
-    async def tally(self, job_id: str, round_index: int) -> RoundVotes:
+    async def tally(self, job_id: str, round_index: int, event: Event | None = None) -> RoundVotes:
         """Cluster the round's stored answers and store the classes with it (coalesced per round
-        in this process): the worker that saves a candidate calls this before announcing it."""
+        in this process), then ``event``: the worker that saves a candidate announces it so, the
+        votes counting it stored first."""
         if self._keeper is None:
             self._keeper = VoteKeeper(self.store, self.equivalence)
-        return await self._keeper.refresh(job_id, round_index)
+        return await self._keeper.refresh(job_id, round_index, event)
 
     async def round_votes(
         self, job: Job, round_index: int, candidates: Sequence[Candidate]

@@ -70,10 +70,10 @@ class TaskRunner:
             telemetry.DECODE_TOKENS.inc(cand.usage.decode_tokens)
             telemetry.PROMPT_TOKENS.inc(cand.usage.prompt_tokens)
             # Votes before the event: a reader the event sends to the round finds them counting this
-            # candidate (the API never clusters: mrsa.engine.round_votes).
-            await self.jobs.tally(job.id, task.round)
-            await self.store.add_event(
+            # candidate (the API never clusters: mrsa.engine.round_votes). One store call for both.
+            await self.jobs.tally(
                 job.id,
+                task.round,
                 Event(
                     type="candidate",
                     job_id=job.id,

@@ -29,7 +29,7 @@ Implementations: :mod:`mrsa.store.memory` (in-process, what ``mrsa solve`` runs 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import NamedTuple, Protocol
 
 from pydantic import BaseModel, Field
@@ -188,15 +188,26 @@ class JobStore(Protocol):
         ...
 
     async def get_candidates(
-        self, job_id: str, round_index: int, indices: Sequence[int] | None = None
+        self,
+        job_id: str,
+        round_index: int,
+        indices: Sequence[int] | None = None,
+        *,
+        exclude: Collection[int] = (),
     ) -> list[Candidate]:
-        """Candidates of one round, ordered by index (only ``indices`` when given)."""
+        """Candidates of one round, ordered by index (only ``indices`` when given; without
+        ``indices``, all but those in ``exclude``: a worker clustering a round again reads only the
+        candidates it has not read yet)."""
         ...
 
-    async def save_round_votes(self, job_id: str, votes: RoundVotes) -> bool:
+    async def save_round_votes(self, job_id: str, votes: RoundVotes, event: Event | None = None) -> bool:
         """Store a round's clustered answers unless the stored ones already cover as many candidates
         (several workers may cluster the same round at once: the newest state wins, whatever order
-        their writes land in). ``True`` when written. A write to a finished job inherits its TTL."""
+        their writes land in). ``True`` when written. A write to a finished job inherits its TTL.
+
+        ``event``: then append it to the job's events (whether or not the votes were written), in
+        the same step: the worker that saved a candidate announces it with the votes that count it
+        (one round trip instead of two)."""
         ...
 
     async def get_round_votes(self, job_id: str, round_index: int) -> RoundVotes | None:

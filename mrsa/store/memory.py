@@ -12,7 +12,7 @@ import asyncio
 import itertools
 import time
 from collections import Counter, deque
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 
 from mrsa.domain import Candidate, ChunkCheckpoint, Event, Job, JobResult, JobStatus, RoundVotes, Task
@@ -275,22 +275,30 @@ class MemoryStore:
         return _round_size(st, candidate.round)
 
     async def get_candidates(
-        self, job_id: str, round_index: int, indices: Sequence[int] | None = None
+        self,
+        job_id: str,
+        round_index: int,
+        indices: Sequence[int] | None = None,
+        *,
+        exclude: Collection[int] = (),
     ) -> list[Candidate]:
         st = self._state(job_id)
         if indices is None:
-            keys = sorted(i for (r, i) in st.candidates if r == round_index)
+            skip = set(exclude)
+            keys = sorted(i for (r, i) in st.candidates if r == round_index and i not in skip)
         else:
             keys = [i for i in indices if (round_index, i) in st.candidates]
         return [st.candidates[(round_index, i)].model_copy(deep=True) for i in keys]
 
-    async def save_round_votes(self, job_id: str, votes: RoundVotes) -> bool:
+    async def save_round_votes(self, job_id: str, votes: RoundVotes, event: Event | None = None) -> bool:
         st = self._state(job_id)
         stored = st.votes.get(votes.round)
-        if stored is not None and stored.tallied >= votes.tallied:
-            return False
-        st.votes[votes.round] = votes.model_copy(deep=True)
-        return True
+        saved = stored is None or stored.tallied < votes.tallied
+        if saved:
+            st.votes[votes.round] = votes.model_copy(deep=True)
+        if event is not None:
+            await self.add_event(job_id, event)
+        return saved
 
     async def get_round_votes(self, job_id: str, round_index: int) -> RoundVotes | None:
         stored = self._state(job_id).votes.get(round_index)

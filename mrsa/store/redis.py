@@ -56,12 +56,13 @@ Errors: a connection error or timeout (also Redis still loading its AOF after a 
 
 Round trips per candidate (counted by ``tests/store/test_store_redis.py::test_round_trips_per_candidate``,
 which counts what the client sends, a pipeline, a MULTI or a script being one): a worker running
-one candidate task makes **7** — XREADGROUP (``take``), one pipeline of HMGET job / HGET stored
+one candidate task makes **6** — XREADGROUP (``take``), one pipeline of HMGET job / HGET stored
 candidate / HMGET parents (``load_task``), EVALSHA (``save_candidate``, which also releases the
-next round's ready tasks), HGETALL of the round and EVALSHA (``save_round_votes``: the round's
-answers clustered and stored with it, so round views and results never cluster), EVALSHA
-(``add_event``), EVALSHA (``ack``: XACK + XDEL); candidates that arrive while their round is being
-clustered share the next run, and skip those two. On top, per
+next round's ready tasks), EVALSHA (``get_candidates`` with ``exclude``: the round's candidates
+this worker has not read yet), EVALSHA (``save_round_votes`` with the candidate's event: the
+round's answers clustered and stored with it, so round views and results never cluster, then the
+event), EVALSHA (``ack``: XACK + XDEL); candidates that arrive while their round is being
+clustered share the next run: they skip the read, and send their event alone. On top, per
 round 1 (``complete_rounds``) plus its event (none after the last round), and per job 4 + (T+1) + 3
 (create + event; first ``mark_running`` + event; ``finish``: get_job, one HGETALL per round, the
 finish script, the event; plus one HGET per round whose votes another worker stored) — amortised over the job's N·(T+1) candidates that is less than one more
@@ -75,7 +76,7 @@ from __future__ import annotations
 import contextlib
 import json
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from typing import Any, cast
 
 import redis.asyncio as aioredis
@@ -151,7 +152,9 @@ class _Redis:
         self.save_candidate = s(lua.SAVE_CANDIDATE)
         self.complete_rounds = s(lua.COMPLETE_ROUNDS)
         self.terminate = s(lua.TERMINATE)
-        self.save_newest = s(lua.SAVE_NEWEST)  # checkpoints and round votes
+        self.save_newest = s(lua.SAVE_NEWEST)  # checkpoints
+        self.save_votes = s(lua.SAVE_VOTES)  # round votes, and the event announcing them
+        self.round_except = s(lua.ROUND_EXCEPT)
         self.add_event = s(lua.ADD_EVENT)
         self.claim_key = s(lua.CLAIM_KEY)
         self.ack = s(lua.ACK)
@@ -221,6 +224,8 @@ class _Redis:
             self.complete_rounds,
             self.terminate,
             self.save_newest,
+            self.save_votes,
+            self.round_except,
             self.add_event,
             self.claim_key,
             self.ack,
@@ -602,24 +607,40 @@ class RedisStore:
         return count
 
     async def get_candidates(
-        self, job_id: str, round_index: int, indices: Sequence[int] | None = None
+        self,
+        job_id: str,
+        round_index: int,
+        indices: Sequence[int] | None = None,
+        *,
+        exclude: Collection[int] = (),
     ) -> list[Candidate]:
         key = self._r.round(job_id, round_index)
         with self._r.unavailable():
             if indices is None:
-                found = await self._r.client.hgetall(key)
+                if exclude:  # one script: the round's other candidates only
+                    args = [str(i) for i in exclude]
+                    pairs = cast(list[str], await self._r.round_except(keys=[key], args=args))
+                    found = dict(zip(pairs[::2], pairs[1::2], strict=True))
+                else:
+                    found = cast(dict[str, str], await self._r.client.hgetall(key))
                 return [Candidate.model_validate_json(found[k]) for k in sorted(found, key=int)]
             if not indices:
                 return []
             values = await self._r.client.hmget(key, [str(i) for i in indices])
         return [Candidate.model_validate_json(v) for v in values if v is not None]
 
-    async def save_round_votes(self, job_id: str, votes: RoundVotes) -> bool:
+    async def save_round_votes(self, job_id: str, votes: RoundVotes, event: Event | None = None) -> bool:
         with self._r.unavailable():
             saved = int(
-                await self._r.save_newest(
-                    keys=[self._r.job(job_id), self._r.votes(job_id)],
-                    args=[votes.round, votes.tallied, votes.model_dump_json()],
+                await self._r.save_votes(
+                    keys=[self._r.job(job_id), self._r.votes(job_id), self._r.events(job_id)],
+                    args=[
+                        votes.round,
+                        votes.tallied,
+                        votes.model_dump_json(),
+                        event.model_dump_json() if event is not None else "",
+                        EVENTS_MAXLEN,
+                    ],
                 )
             )
         if saved < 0:

@@ -166,6 +166,43 @@ if ttl > 0 then redis.call('PEXPIRE', KEYS[2], ttl) end
 return 1
 """
 
+# KEYS: job, votes, events. ARGV: round, tallied, votes JSON, event JSON ('' for none), maxlen.
+# A round's votes as SAVE_NEWEST keeps them, then the event that announces them (whether or not these
+# votes were the newest) as ADD_EVENT does: one round trip per candidate instead of two, the votes
+# written before the event. Returns 1 written, 0 (the stored votes cover as many), -1 (unknown job).
+SAVE_VOTES = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
+local ttl = redis.call('PTTL', KEYS[1])
+local saved = 0
+local old = tonumber(redis.call('HGET', KEYS[2], ARGV[1] .. ':n') or '-1')
+if old < tonumber(ARGV[2]) then
+  redis.call('HSET', KEYS[2], ARGV[1], ARGV[3], ARGV[1] .. ':n', ARGV[2])
+  if ttl > 0 then redis.call('PEXPIRE', KEYS[2], ttl) end
+  saved = 1
+end
+if ARGV[4] ~= '' then
+  redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[5], '*', 'event', ARGV[4])
+  if ttl > 0 then redis.call('PEXPIRE', KEYS[3], ttl) end
+end
+return saved
+"""
+
+# KEYS: round. ARGV: candidate indices to leave out. Returns {index, Candidate JSON, ...} of the
+# round's other candidates: a worker clustering a round again reads only the ones it has not seen.
+# Each HGET alone (no unpack of a long list into HMGET: Lua's C stack, see TOUCH).
+ROUND_EXCEPT = """
+local skip = {}
+for i = 1, #ARGV do skip[ARGV[i]] = true end
+local out = {}
+for _, index in ipairs(redis.call('HKEYS', KEYS[1])) do
+  if not skip[index] then
+    out[#out + 1] = index
+    out[#out + 1] = redis.call('HGET', KEYS[1], index)
+  end
+end
+return out
+"""
+
 # KEYS: job, events. ARGV: event JSON, maxlen. Returns the event id, or false for an unknown job.
 ADD_EVENT = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return false end

@@ -89,8 +89,10 @@ class Ticker:
 
 @pytest.fixture(autouse=True)
 def fresh_memory(limited: Equivalence) -> None:
-    """Each test starts with no runaway known (the pool is shared to save its start-up)."""
+    """Each test starts with no runaway and no verdict known (the pool is shared to save its
+    start-up)."""
     limited.forget_runaways()
+    limited.forget_verdicts()
 
 
 # -- the clustering ------------------------------------------------------------------------------
@@ -154,6 +156,41 @@ def test_oversized_answers_are_compared_as_normalised_strings(limited: Equivalen
     got = limited.cluster([big, "2", big + " ", "100000", "2.0"])
     assert time.monotonic() - started < LIMIT_S
     assert got == Clustering(groups=[[0, 2], [1, 4], [3]], oversized=1)
+
+
+@pytest.mark.timeout(120)
+async def test_a_round_clustered_again_runs_inline_once_its_verdicts_are_known(
+    limited: Equivalence, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker clusters a round each time a candidate arrives: the comparisons the pool made are
+    remembered, so a later clustering over answers already compared calls no pool, with the
+    classes the pool would give."""
+    calls: list[object] = []
+    run_many = limited.pool.run_many
+
+    def counted(*args: Any, **kwargs: Any) -> list[tuple[Any] | None]:
+        calls.append(args)
+        return run_many(*args, **kwargs)
+
+    monkeypatch.setattr(limited.pool, "run_many", counted)
+    answers = ["\\frac{1}{2}", "42", "0.5", "7"]
+    assert await limited.acluster(answers) == Clustering(groups=cluster(answers))
+    assert len(calls) == 1
+    grown = [*answers, " 7 ", "42", "0.5"]  # new candidates, every normal form compared before
+    assert await limited.acluster(grown) == Clustering(groups=cluster(grown))
+    assert limited.cluster(grown) == Clustering(groups=cluster(grown))
+    assert len(calls) == 1, "a clustering whose comparisons are all known called the pool"
+    more = [*grown, "x+1"]  # a new answer: its comparisons are not known
+    assert await limited.acluster(more) == Clustering(groups=cluster(more))
+    assert len(calls) == 2
+    # A lower-indexed candidate arriving later turns the classes' order round: two plain numbers
+    # were compared both ways, so that needs no pool either.
+    turned = ["7", "42", " 7 "]
+    assert await limited.acluster(turned) == Clustering(groups=cluster(turned))
+    assert len(calls) == 2
+    limited.forget_verdicts()
+    assert limited.cluster(answers) == Clustering(groups=cluster(answers))
+    assert len(calls) == 3
 
 
 def test_a_pool_that_cannot_run_leaves_the_answers_alone(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -267,8 +267,8 @@ async def _run_sequentially(store: RedisStore, specs: list[object]) -> int:
 async def test_round_trips_per_candidate(
     store: RedisStore, monkeypatch: pytest.MonkeyPatch, population: int, rounds: int, jobs: int
 ) -> None:
-    """The count documented in mrsa/store/redis.py: 7 per candidate (5, and 2 to cluster its round's
-    answers and store the votes), per round one ``complete_rounds`` and its event (none after the
+    """The count documented in mrsa/store/redis.py: 6 per candidate (5, and 1 to read its round's
+    answers to cluster: the votes are stored with the candidate's event), per round one ``complete_rounds`` and its event (none after the
     last), and per job 2 to submit, 2 to mark it running and T+1 + 3 to finish it (the votes it
     stored are not read back); plus the final empty take. Nothing grows with N, T or the number of
     jobs except through these terms."""
@@ -282,7 +282,7 @@ async def test_round_trips_per_candidate(
     assert await _run_sequentially(store, specs) == jobs
     candidates = jobs * population * (rounds + 1)
     expected = (
-        7 * candidates
+        6 * candidates
         + jobs * (rounds + 1)  # complete_rounds, once per round
         + jobs * rounds  # the round event (none after the last round)
         + jobs * (2 + 2 + (rounds + 1) + 3)  # submit; mark running; finish
