@@ -11,7 +11,12 @@ A *level* names the operation and the digits of each term, ``x`` between terms:
 * ``add2x2``: a two-digit plus a two-digit number; ``add1x1x1``: three one-digit numbers summed;
 * ``sub3x2``: a three-digit minus a two-digit number (terms after the first are subtracted; the
   answer may be negative);
-* ``mul1x2``: a one-digit times a two-digit number.
+* ``mul1x2``: a one-digit times a two-digit number;
+* ``pick3add1x1``: ``add1x1`` asked as a choice among 3 boxed equations, the right one and 2
+  off by 1 to 3 (``pickC`` before any level, C from 2 to 7). SmolLM2-135M boxes almost none of
+  its own sums on the free levels (docs/evaluation.md); shown boxed equations it boxes one about
+  half the time, the right one more often than chance, so its round-0 pass@1 lands mid-range.
+  Chance is 1/C of the answers it boxes.
 
 ``mrsa bench --dataset arith:LEVEL[:N[:SEED]]`` (:func:`parse_spec`, default N = 200, seed 0) runs
 a generated set without a file; ``python -m evals.arith LEVEL --n N --seed S`` prints it as JSONL.
@@ -45,7 +50,11 @@ _EXAMPLES = {
     "sub": ((90, 15), (64, 22)),
     "mul": ((12, 3), (21, 4)),
 }
-_LEVEL = re.compile(r"^(add|sub|mul)([1-9](?:x[1-9])+)$")
+_LEVEL = re.compile(r"^(?:pick([2-9]))?(add|sub|mul)([1-9](?:x[1-9])+)$")
+# A pick level's wrong choices: the answer moved by 1 to 3 either way (never below 0 unless the
+# operation can give a negative answer), so a wrong choice is a near miss, not an absurd number.
+# Changing these or the order they are drawn in changes every pick set, recorded results included.
+_OFFSETS = (-3, -2, -1, 1, 2, 3)
 
 
 class ArithSpecError(ValueError):
@@ -56,10 +65,12 @@ class ArithSpecError(ValueError):
 class Level:
     op: str
     digits: tuple[int, ...]
+    choices: int = 0  # 0: answer freely; C ≥ 2: pick among C boxed equations
 
     @property
     def name(self) -> str:
-        return self.op + "x".join(str(d) for d in self.digits)
+        pick = f"pick{self.choices}" if self.choices else ""
+        return pick + self.op + "x".join(str(d) for d in self.digits)
 
     def space(self) -> int:
         """How many distinct expressions the level has (terms with exactly ``d`` digits each)."""
@@ -79,9 +90,21 @@ def parse_level(text: str) -> Level:
     if match is None:
         raise ArithSpecError(
             f"arith: level {text!r} is not OP followed by the digits of each term, 'x' between them "
-            "(OP add, sub or mul; e.g. add2x2, add1x1x1, mul1x2)"
+            "(OP add, sub or mul; e.g. add2x2, add1x1x1, mul1x2), optionally after pickC "
+            "(C choices, e.g. pick3add1x1)"
         )
-    return Level(op=match.group(1), digits=tuple(int(d) for d in match.group(2).split("x")))
+    level = Level(
+        op=match.group(2),
+        digits=tuple(int(d) for d in match.group(3).split("x")),
+        choices=int(match.group(1) or 0),
+    )
+    _check_choices(level)
+    return level
+
+
+def _check_choices(level: Level) -> None:
+    if level.choices and not 2 <= level.choices <= len(_OFFSETS) + 1:
+        raise ArithSpecError(f"arith: level {level.name}: a pick level has 2 to {len(_OFFSETS) + 1} choices")
 
 
 def parse_spec(spec: str) -> tuple[Level, int, int]:
@@ -115,6 +138,17 @@ def _expression(op: str, terms: tuple[int, ...]) -> tuple[str, int]:
     return text, terms[0] - sum(terms[1:])
 
 
+def _pick_question(rng: random.Random, op: str, text: str, value: int, choices: int) -> str:
+    """``Which is right: 3 + 4 = \\boxed{6} or 3 + 4 = \\boxed{7} or …?``: the right equation and
+    ``choices - 1`` near misses, in an order drawn from ``rng``."""
+    offsets = [d for d in _OFFSETS if op == "sub" or value + d >= 0]
+    # Near 0 (``1 × 1``) too few near misses are ≥ 0: the next ones above stand in for them.
+    offsets += range(_OFFSETS[-1] + 1, _OFFSETS[-1] + 1 + max(0, choices - 1 - len(offsets)))
+    values = [value + d for d in rng.sample(offsets, choices - 1)] + [value]
+    rng.shuffle(values)
+    return "Which is right: " + " or ".join(f"{text} = \\boxed{{{v}}}" for v in values) + "?"
+
+
 def generate(level: Level | str, n: int, seed: int = 0) -> list[ArithProblem]:
     """``n`` distinct problems of ``level``, deterministic for (level, seed) and prefix-stable in ``n``."""
     lvl = parse_level(level) if isinstance(level, str) else level
@@ -124,6 +158,7 @@ def generate(level: Level | str, n: int, seed: int = 0) -> list[ArithProblem]:
         raise ArithSpecError(f"arith: level {lvl.name} has only {lvl.space()} distinct problems, not {n}")
     if seed < 0:
         raise ArithSpecError(f"arith: seed {seed} must be ≥ 0")
+    _check_choices(lvl)
     # A string seed is hashed with SHA-512 by random.seed: the same stream everywhere.
     rng = random.Random(f"arith:{lvl.name}:{seed}")
     examples = (
@@ -139,10 +174,17 @@ def generate(level: Level | str, n: int, seed: int = 0) -> list[ArithProblem]:
             continue
         seen.add(terms)
         text, value = _expression(lvl.op, terms)
+        # A pick level draws its choices from the same stream right after the terms, so its sets
+        # stay prefix-stable; a free level draws nothing more (its pinned sets are unchanged).
+        problem = (
+            _pick_question(rng, lvl.op, text, value, lvl.choices)
+            if lvl.choices
+            else f"{examples}What is {text}? Give the final answer in \\boxed{{}}, as in the examples."
+        )
         out.append(
             ArithProblem(
                 id=f"{lvl.name}-s{seed}-{len(out):04d}",
-                problem=f"{examples}What is {text}? Give the final answer in \\boxed{{}}, as in the examples.",
+                problem=problem,
                 answer=value,
                 terms=terms,
             )
@@ -162,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m evals.arith", description="Print a generated arithmetic set as JSONL."
     )
-    parser.add_argument("level", help="e.g. add2x2, add1x1x1, sub3x2, mul1x2")
+    parser.add_argument("level", help="e.g. add2x2, add1x1x1, sub3x2, mul1x2, pick3add1x1")
     parser.add_argument("--n", type=int, default=DEFAULT_N, help=f"problems (default {DEFAULT_N})")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)

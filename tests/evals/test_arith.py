@@ -38,12 +38,28 @@ def _value_of(expression: str) -> int:
 
 
 def _evaluate(problem: str) -> int:
-    """The value of the problem's ``What is EXPR?`` computed from its text alone."""
+    """The value of the problem's ``What is EXPR?`` (or, on a pick level, of the expression all its
+    choices share) computed from its text alone."""
+    if problem.startswith("Which is right: "):
+        return _evaluate_pick(problem)[0]
     examples, sep, rest = problem.partition("\n\nWhat is ")
     assert examples.startswith("Examples:\n") and sep
     question, sep, instruction = rest.partition("? ")
     assert sep and instruction == r"Give the final answer in \boxed{}, as in the examples."
     return _value_of(question)
+
+
+def _evaluate_pick(problem: str) -> tuple[int, list[int]]:
+    """A pick question's value and its boxed choices; exactly one choice is right and none repeats."""
+    assert problem.startswith("Which is right: ") and problem.endswith("?")
+    equations = problem.removeprefix("Which is right: ").removesuffix("?").split(" or ")
+    expressions = {e.split(" = ")[0] for e in equations}
+    assert len(expressions) == 1
+    value = _value_of(expressions.pop())
+    choices = [int(e.split(" = ")[1].removeprefix("\\boxed{").removesuffix("}")) for e in equations]
+    assert len(set(choices)) == len(choices) and choices.count(value) == 1
+    assert all(1 <= abs(c - value) <= (3 if value >= 3 else 6) for c in choices if c != value)
+    return value, choices
 
 
 def _python(*args: str) -> subprocess.CompletedProcess[str]:
@@ -53,9 +69,10 @@ def _python(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 levels = st.builds(
-    lambda op, digits: Level(op=op, digits=tuple(digits)),
+    lambda op, digits, choices: Level(op=op, digits=tuple(digits), choices=choices),
     st.sampled_from(["add", "sub", "mul"]),
     st.lists(st.integers(1, 4), min_size=2, max_size=3),
+    st.sampled_from([0, 0, 2, 3, 7]),
 )
 
 
@@ -72,6 +89,11 @@ def test_generated_sets_are_deterministic_distinct_and_right(level: Level, n: in
         assert p.id == f"{level.name}-s{seed}-{i:04d}"
         assert [len(str(t)) for t in p.terms] == list(level.digits)  # exactly d digits each
         assert p.answer == _evaluate(p.problem)
+        if level.choices:
+            choices = _evaluate_pick(p.problem)[1]
+            assert len(choices) == level.choices
+            assert level.op == "sub" or min(choices) >= 0
+    assert parse_level(level.name) == level
     # A larger N starts with the smaller set, so --limit and a smaller N agree.
     assert generate(level, min(n + 5, level.space()), seed)[:n] == problems
 
@@ -89,6 +111,24 @@ def test_seeds_give_different_sets_and_the_stream_is_pinned() -> None:
     assert [p.terms for p in generate("add1x1", 3, 0)] == [(2, 4), (7, 6), (5, 2)]  # the recorded sweep's
     assert generate("mul1x2", 1, 0)[0].problem.split("What is ")[1].count("×") == 1
     assert generate("sub2x2x2", 1, 0)[0].problem.split("What is ")[1].count(" - ") == 2
+    # The pick level of the recorded vLLM sweep (docs/evaluation.md, arith:pick3add1x1:81).
+    assert [p.problem for p in generate("pick3add1x1", 2, 0)] == [
+        "Which is right: 5 + 3 = \\boxed{6} or 5 + 3 = \\boxed{8} or 5 + 3 = \\boxed{7}?",
+        "Which is right: 1 + 5 = \\boxed{5} or 1 + 5 = \\boxed{9} or 1 + 5 = \\boxed{6}?",
+    ]
+
+
+def test_pick_levels_put_the_right_choice_everywhere_and_cover_the_level() -> None:
+    problems = generate("pick3add1x1", 81, 0)
+    assert sorted(p.terms for p in problems) == [(a, b) for a in range(1, 10) for b in range(1, 10)]
+    positions = [_evaluate_pick(p.problem)[1].index(p.answer) for p in problems]
+    # The right choice's place is drawn, not fixed: a model that always boxes the first (or last)
+    # choice is right about a third of the time, not always or never.
+    assert all(15 <= positions.count(i) <= 40 for i in range(3)), positions
+    assert all(_evaluate_pick(p.problem)[0] == p.answer for p in generate("pick7sub2x2", 30, 4))
+    # 1 × 1 has only one near miss below it that is ≥ 0: the others come from above, never < 0.
+    [one] = [p for p in generate("pick7mul1x1", 81, 0) if p.terms == (1, 1)]
+    assert sorted(_evaluate_pick(one.problem)[1]) == [0, 1, 2, 3, 4, 5, 6]
 
 
 def test_a_level_can_be_exhausted_but_not_exceeded() -> None:
@@ -104,6 +144,8 @@ def test_a_level_can_be_exhausted_but_not_exceeded() -> None:
         ("arith:add2", "is not OP followed by the digits"),
         ("arith:div2x2", "is not OP followed by the digits"),
         ("arith:add0x2", "is not OP followed by the digits"),
+        ("arith:pick1add1x1", "is not OP followed by the digits"),
+        ("arith:pick8add1x1", "a pick level has 2 to 7 choices"),
         ("arith:add2x2:ten", "N and SEED must be integers"),
         ("arith:add2x2:0", "N=0 must be between"),
         ("arith:add2x2:10:-1", "seed -1 must be ≥ 0"),

@@ -123,3 +123,34 @@ def test_mrsa_backend_vllm_refuses_threads_in_one_line() -> None:
     )
     assert proc.returncode == 2
     assert "threads" in proc.stderr and "Traceback" not in proc.stderr
+
+
+# A slice of the recorded real-model sweep (docs/evaluation.md, "A real model on generated
+# arithmetic"): its set and both of its commands, shrunk to one problem and small budgets. A smoke
+# check that the benchmark still runs on the real server and the report pairs RSA with its
+# matched-budget self-consistency; accuracy is not asserted (one problem says nothing).
+ARITH_RSA = "population=2;subset=2;rounds=1;budget=48;tail=24;temperature=0.8"
+ARITH_SC = "population=4;rounds=0;budget=48;temperature=0.8"
+
+
+def arith_smoke(url: str, out: Path) -> None:
+    for grid in (ARITH_RSA, ARITH_SC):
+        args = ["-d", "arith:pick3add1x1:81", "--limit", "1", "--preset", "smoke", "--grid", grid]
+        proc = run("bench", *args, "--backend", url, "--out", str(out), "--json", "--quiet", timeout=400)
+        assert proc.returncode == 0, proc.stderr
+    records = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
+    assert len(records) == 2 * 2 + 4
+    assert all(r["problem"] == "pick3add1x1-s0-0000" for r in records)
+    assert all(r["reason"] in ("correct", "wrong", "no_boxed", "parse_error") for r in records)
+    report = run("report", str(out), "--json", timeout=120)
+    assert report.returncode == 0, report.stderr
+    metrics = json.loads(report.stdout)
+    rsa_id, sc_id = f"smoke:{ARITH_RSA.replace(';', ',')}", f"smoke:{ARITH_SC.replace(';', ',')}"
+    [group] = [g for g in metrics["groups"] if g["config"] == rsa_id]
+    assert group["dataset"] == "arith-pick3add1x1-n81-s0" and [r["round"] for r in group["rounds"]] == [0, 1]
+    matched = [b for b in metrics["baselines"] if "matched total" in b["method"]]
+    assert [(b["config"], b["metric"], b["source"]) for b in matched] == [(rsa_id, "maj@4", sc_id)]
+
+
+def test_arith_benchmark_slice(vllm_server: ServerHandle, tmp_path: Path) -> None:
+    arith_smoke(vllm_server.url, tmp_path / "run")
